@@ -1,0 +1,205 @@
+//! Request and response bodies of the JSON API.
+//!
+//! Volunteer calls authenticate with `Authorization: Bearer <secret>`: the account key for
+//! registering a host, the host token for everything a host does afterwards.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::Sha256Hash;
+
+/// The body of every error response: a stable machine-readable `code` and a sentence for
+/// people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// "ok" when the server can reach its database, "unavailable" otherwise (with a 503).
+    pub status: String,
+    pub version: String,
+}
+
+/// `POST /api/v1/accounts`: create a volunteer account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateAccountRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateAccountResponse {
+    pub account_id: i64,
+    /// The secret that attaches hosts to this account. Shown once; the server keeps only a
+    /// hash of it.
+    pub account_key: String,
+}
+
+/// `POST /api/v1/hosts`, authenticated by the account key: register one volunteer machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterHostRequest {
+    pub name: String,
+    pub os: String,
+    pub arch: String,
+    pub cores: u32,
+    pub memory_bytes: u64,
+    pub client_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterHostResponse {
+    pub host_id: i64,
+    pub account_id: i64,
+    /// The secret this host authenticates every later call with. Shown once.
+    pub host_token: String,
+}
+
+/// `POST /api/v1/scheduler`, authenticated by the host token: report finished replicas and
+/// ask for new ones, in one call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulerRequest {
+    /// Finished replicas. Reporting one again is harmless: it is acknowledged and changes
+    /// nothing.
+    #[serde(default)]
+    pub reports: Vec<ReplicaReport>,
+    /// How many new replicas the host wants; 0 only reports.
+    #[serde(default)]
+    pub want_replicas: u32,
+}
+
+/// What a host says about one replica it ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaReport {
+    pub replica_id: i64,
+    pub outcome: ReportedOutcome,
+    /// Fuel (deterministic instruction count) the run consumed.
+    pub fuel_used: u64,
+    /// Wall-clock run time, for the volunteer's and the scientist's information only.
+    pub run_time_ms: u64,
+    /// The module's exit status, when it exited.
+    #[serde(default)]
+    pub exit_status: Option<i32>,
+    /// The end of the module's standard error; the server keeps at most
+    /// [`MAX_STDERR_BYTES`] of it.
+    #[serde(default)]
+    pub stderr: String,
+}
+
+/// How much of a replica's standard error the server keeps.
+pub const MAX_STDERR_BYTES: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ReportedOutcome {
+    /// The run finished and its output was uploaded under `output_hash` beforehand.
+    Success { output_hash: Sha256Hash, output_bytes: u64 },
+    /// The run failed on the host: a trap, a broken limit, a non-zero exit...
+    Error { reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchedulerReply {
+    /// Replica ids whose reports are now safely stored; the host may forget them.
+    pub acknowledged: Vec<i64>,
+    /// New work, at most one replica per work unit.
+    pub assignments: Vec<Assignment>,
+    /// Replicas the host holds that are no longer needed and should be abandoned.
+    pub abort: Vec<i64>,
+    /// Seconds the host must wait before its next scheduler request.
+    pub retry_after_seconds: u64,
+}
+
+/// A link to a content-addressed file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRef {
+    pub sha256: Sha256Hash,
+    pub bytes: u64,
+    /// Where to download it: relative to the server's base URL.
+    pub url: String,
+}
+
+impl BlobRef {
+    pub fn new(sha256: Sha256Hash, bytes: u64) -> Self {
+        let url = blob_path(&sha256);
+        Self { sha256, bytes, url }
+    }
+}
+
+/// The path a blob is served under.
+pub fn blob_path(hash: &Sha256Hash) -> String {
+    format!("{}/blobs/{hash}", crate::API_PREFIX)
+}
+
+/// The path a replica's output is uploaded to.
+pub fn output_upload_path(replica_id: i64, hash: &Sha256Hash) -> String {
+    format!("{}/replicas/{replica_id}/output/{hash}", crate::API_PREFIX)
+}
+
+/// A file placed in the run's read-only input directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFile {
+    pub name: String,
+    pub blob: BlobRef,
+}
+
+/// Per-run limits the client enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunLimits {
+    pub fuel: u64,
+    pub memory_bytes: u64,
+    pub output_bytes: u64,
+    pub wall_time_seconds: u64,
+}
+
+/// One replica handed to a host: everything it needs to run it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub replica_id: i64,
+    pub work_unit_id: i64,
+    pub work_unit_name: String,
+    pub module: BlobRef,
+    pub args: Vec<String>,
+    pub stdin: Option<BlobRef>,
+    pub inputs: Vec<InputFile>,
+    pub limits: RunLimits,
+    /// Seeds the module's random numbers, identically on every replica of the work unit.
+    pub seed: u64,
+    /// Report by then, or the replica is given to someone else.
+    pub deadline: DateTime<Utc>,
+}
+
+/// `PUT /api/v1/replicas/{id}/output/{sha256}` answers with this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputUploaded {
+    pub sha256: Sha256Hash,
+    pub bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reported_outcome_is_tagged_by_status() {
+        let success = ReportedOutcome::Success { output_hash: Sha256Hash::of(b"out"), output_bytes: 3 };
+        let json = serde_json::to_value(&success).unwrap();
+        assert_eq!(json["status"], "success");
+        assert_eq!(json["output_hash"], Sha256Hash::of(b"out").to_hex());
+        let error: ReportedOutcome = serde_json::from_str(r#"{"status":"error","reason":"fuel exhausted"}"#).unwrap();
+        assert_eq!(error, ReportedOutcome::Error { reason: "fuel exhausted".into() });
+    }
+
+    #[test]
+    fn scheduler_request_fields_default_to_empty() {
+        let request: SchedulerRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(request, SchedulerRequest::default());
+    }
+}

@@ -1,0 +1,18 @@
+//! Wire types shared by the wasmgrid server and its clients.
+//!
+//! Everything that crosses the network is defined here, once, so the two ends cannot drift:
+//! - [`hash`]: content addresses (SHA-256 in lowercase hex) and the hashing helpers.
+//! - [`api`]: request and response bodies of the JSON API under [`API_PREFIX`].
+//!
+//! Times are RFC 3339 in UTC; ids are 64-bit integers assigned by the server.
+
+pub mod api;
+pub mod hash;
+
+pub use hash::Sha256Hash;
+
+/// Version of the HTTP API; every route lives under [`API_PREFIX`].
+pub const API_VERSION: u32 = 1;
+
+/// Path prefix of every API route.
+pub const API_PREFIX: &str = "/api/v1";

@@ -1,0 +1,147 @@
+//! Volunteer accounts and their hosts: creation, registration and authentication.
+//!
+//! Account keys and host tokens are 256-bit random secrets, shown once and stored only as
+//! SHA-256 hashes. Being random and long, they need no slow password hash: a hash lookup
+//! is enough and keeps every authenticated request cheap.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+use wasmgrid_protocol::API_PREFIX;
+use wasmgrid_protocol::api::{CreateAccountRequest, CreateAccountResponse, RegisterHostRequest, RegisterHostResponse};
+
+use crate::http::AppState;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{ApiJson, VolunteerAccount};
+
+/// Longest name accepted for an account or a host.
+const MAX_NAME_CHARS: usize = 100;
+/// Longest OS, architecture or client version string accepted.
+const MAX_LABEL_CHARS: usize = 100;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Account {
+    pub id: i64,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Host {
+    pub id: i64,
+    pub account_id: i64,
+    pub cores: i32,
+    pub memory_bytes: i64,
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(&format!("{API_PREFIX}/accounts"), post(create_account_handler))
+        .route(&format!("{API_PREFIX}/hosts"), post(register_host_handler))
+}
+
+async fn create_account_handler(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CreateAccountRequest>,
+) -> ApiResult<(StatusCode, Json<CreateAccountResponse>)> {
+    let name = clean_label("name", &request.name, MAX_NAME_CHARS)?;
+    let mut connection = state.pool.acquire().await?;
+    let created = create_account(&mut connection, &name).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn register_host_handler(
+    State(state): State<AppState>,
+    VolunteerAccount(account): VolunteerAccount,
+    ApiJson(request): ApiJson<RegisterHostRequest>,
+) -> ApiResult<(StatusCode, Json<RegisterHostResponse>)> {
+    let request = RegisterHostRequest {
+        name: clean_label("name", &request.name, MAX_NAME_CHARS)?,
+        os: clean_label("os", &request.os, MAX_LABEL_CHARS)?,
+        arch: clean_label("arch", &request.arch, MAX_LABEL_CHARS)?,
+        client_version: clean_label("client_version", &request.client_version, MAX_LABEL_CHARS)?,
+        ..request
+    };
+    if request.cores == 0 || request.cores > 65_536 {
+        return Err(ApiError::bad_request("cores must be between 1 and 65536"));
+    }
+    let memory_bytes =
+        i64::try_from(request.memory_bytes).map_err(|_| ApiError::bad_request("memory_bytes is out of range"))?;
+    let daily_quota = i32::try_from(state.scheduler.daily_quota_per_core).unwrap_or(i32::MAX);
+    let mut connection = state.pool.acquire().await?;
+    let token = new_secret("wgh");
+    let host_id: i64 = sqlx::query_scalar(
+        "insert into host (account_id, token_hash, name, os, arch, cores, memory_bytes, client_version, daily_quota)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         returning id",
+    )
+    .bind(account.id)
+    .bind(secret_hash(&token))
+    .bind(&request.name)
+    .bind(&request.os)
+    .bind(&request.arch)
+    .bind(request.cores as i32)
+    .bind(memory_bytes)
+    .bind(&request.client_version)
+    .bind(daily_quota)
+    .fetch_one(&mut *connection)
+    .await?;
+    tracing::info!(host.id = host_id, account.id = account.id, "host registered");
+    Ok((StatusCode::CREATED, Json(RegisterHostResponse { host_id, account_id: account.id, host_token: token })))
+}
+
+/// Creates an account and returns its key, the only time the key exists in clear.
+pub async fn create_account(connection: &mut PgConnection, name: &str) -> sqlx::Result<CreateAccountResponse> {
+    let key = new_secret("wga");
+    let account_id: i64 = sqlx::query_scalar("insert into account (name, key_hash) values ($1, $2) returning id")
+        .bind(name)
+        .bind(secret_hash(&key))
+        .fetch_one(connection)
+        .await?;
+    tracing::info!(account.id = account_id, "account created");
+    Ok(CreateAccountResponse { account_id, account_key: key })
+}
+
+pub async fn account_by_key(connection: &mut PgConnection, key: &str) -> sqlx::Result<Option<Account>> {
+    sqlx::query_as("select id, name from account where key_hash = $1")
+        .bind(secret_hash(key))
+        .fetch_optional(connection)
+        .await
+}
+
+pub async fn host_by_token(connection: &mut PgConnection, token: &str) -> sqlx::Result<Option<Host>> {
+    sqlx::query_as("select id, account_id, cores, memory_bytes from host where token_hash = $1")
+        .bind(secret_hash(token))
+        .fetch_optional(connection)
+        .await
+}
+
+/// A fresh secret: a short prefix saying what it is, then 256 random bits in hex.
+fn new_secret(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("{prefix}_{}", hex::encode(bytes))
+}
+
+fn secret_hash(secret: &str) -> Vec<u8> {
+    Sha256::digest(secret.as_bytes()).to_vec()
+}
+
+/// Trims a user-supplied label and checks it is non-empty, short and free of control
+/// characters (it will be shown on web pages and in terminals).
+fn clean_label(field: &str, value: &str, max_chars: usize) -> ApiResult<String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ApiError::bad_request(format!("{field} must not be empty")));
+    }
+    if value.chars().count() > max_chars {
+        return Err(ApiError::bad_request(format!("{field} is longer than {max_chars} characters")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!("{field} must not contain control characters")));
+    }
+    Ok(value.to_owned())
+}

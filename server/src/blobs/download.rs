@@ -1,0 +1,151 @@
+//! `GET /api/v1/blobs/{sha256}`: a blob never changes, so its hash is a strong ETag and it
+//! may be cached forever; ranges let clients resume large downloads.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tokio_util::io::ReaderStream;
+use wasmgrid_protocol::Sha256Hash;
+
+use crate::http::AppState;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::ApiPath;
+
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+pub(super) async fn get_blob(
+    State(state): State<AppState>,
+    ApiPath(hash): ApiPath<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let hash: Sha256Hash = hash.parse().map_err(|error| ApiError::bad_request(format!("{error}")))?;
+    let etag = format!("\"{hash}\"");
+    let not_found = || ApiError::not_found(format!("no blob {hash}"));
+
+    let total = state.blobs.size(hash).await.map_err(internal)?.ok_or_else(not_found)?;
+    if if_none_match_hits(&headers, &etag) {
+        return Ok(with_cache_headers(StatusCode::NOT_MODIFIED.into_response(), &etag));
+    }
+    let range = match headers.get(header::RANGE) {
+        Some(range) if if_range_allows(&headers, &etag) => parse_range(range, total)?,
+        _ => None,
+    };
+    let (start, len, status) = match range {
+        Some((start, end)) => (start, end - start + 1, StatusCode::PARTIAL_CONTENT),
+        None => (0, total, StatusCode::OK),
+    };
+    let reader = state.blobs.read(hash, start, Some(len)).await.map_err(internal)?.ok_or_else(not_found)?;
+    let mut response = Response::new(Body::from_stream(ReaderStream::new(reader.body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if status == StatusCode::PARTIAL_CONTENT {
+        let content_range = format!("bytes {start}-{}/{total}", start + len - 1);
+        headers.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_str(&content_range).map_err(|e| ApiError::Internal(e.into()))?,
+        );
+    }
+    Ok(with_cache_headers(response, &etag))
+}
+
+fn internal(error: std::io::Error) -> ApiError {
+    ApiError::Internal(error.into())
+}
+
+fn with_cache_headers(mut response: Response, etag: &str) -> Response {
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(etag) {
+        headers.insert(header::ETAG, value);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+    response
+}
+
+fn if_none_match_hits(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.split(',').map(str::trim).any(|tag| tag == etag || tag == "*"))
+}
+
+/// `If-Range` with another validator means "the copy I have is stale: send it all".
+fn if_range_allows(headers: &HeaderMap, etag: &str) -> bool {
+    match headers.get(header::IF_RANGE) {
+        None => true,
+        Some(value) => value.to_str().is_ok_and(|value| value.trim() == etag),
+    }
+}
+
+/// Parses a single `bytes=` range into inclusive offsets. Several ranges, or a header that
+/// is not a byte range, are ignored (served whole), as RFC 9110 allows; a range that starts
+/// past the end is a 416.
+fn parse_range(value: &HeaderValue, total: u64) -> ApiResult<Option<(u64, u64)>> {
+    let Some(spec) = value.to_str().ok().and_then(|value| value.trim().strip_prefix("bytes=")) else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((first, last)) = spec.split_once('-') else { return Ok(None) };
+    let (first, last) = (first.trim(), last.trim());
+    let range = if first.is_empty() {
+        // A suffix: the last N bytes.
+        let Ok(suffix) = last.parse::<u64>() else { return Ok(None) };
+        if suffix == 0 || total == 0 {
+            return Err(ApiError::RangeNotSatisfiable(total));
+        }
+        (total.saturating_sub(suffix), total - 1)
+    } else {
+        let Ok(start) = first.parse::<u64>() else { return Ok(None) };
+        let end = if last.is_empty() {
+            total.saturating_sub(1)
+        } else {
+            let Ok(end) = last.parse::<u64>() else { return Ok(None) };
+            if end < start {
+                return Ok(None);
+            }
+            end.min(total.saturating_sub(1))
+        };
+        if start >= total {
+            return Err(ApiError::RangeNotSatisfiable(total));
+        }
+        (start, end)
+    };
+    Ok(Some(range))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(spec: &str, total: u64) -> ApiResult<Option<(u64, u64)>> {
+        parse_range(&HeaderValue::from_str(spec).unwrap(), total)
+    }
+
+    #[test]
+    fn byte_ranges_parse_to_inclusive_offsets() {
+        assert_eq!(range("bytes=0-9", 100).unwrap(), Some((0, 9)));
+        assert_eq!(range("bytes=90-", 100).unwrap(), Some((90, 99)));
+        assert_eq!(range("bytes=-10", 100).unwrap(), Some((90, 99)));
+        assert_eq!(range("bytes=50-500", 100).unwrap(), Some((50, 99)));
+        assert_eq!(range("bytes=-500", 100).unwrap(), Some((0, 99)));
+    }
+
+    #[test]
+    fn ranges_past_the_end_are_unsatisfiable() {
+        assert!(matches!(range("bytes=100-", 100), Err(ApiError::RangeNotSatisfiable(100))));
+        assert!(matches!(range("bytes=-0", 100), Err(ApiError::RangeNotSatisfiable(100))));
+    }
+
+    #[test]
+    fn unsupported_or_malformed_ranges_are_ignored() {
+        assert_eq!(range("bytes=0-1,5-6", 100).unwrap(), None);
+        assert_eq!(range("items=0-1", 100).unwrap(), None);
+        assert_eq!(range("bytes=9-2", 100).unwrap(), None);
+        assert_eq!(range("bytes=x-", 100).unwrap(), None);
+    }
+}

@@ -1,0 +1,108 @@
+//! Where blob bytes live. Handlers see only [`BlobStore`], so an S3-compatible object store
+//! (for several server replicas) can stand in for the directory without touching them.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+use futures::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
+use wasmgrid_protocol::Sha256Hash;
+
+/// A readable part of a blob.
+pub struct BlobReader {
+    /// Size of the whole blob.
+    pub total_bytes: u64,
+    pub body: Pin<Box<dyn AsyncRead + Send>>,
+}
+
+pub trait BlobStore: Send + Sync + 'static {
+    /// Where incoming bytes are spooled (and hashed) before they are known to be valid.
+    /// Files there must be cheap to hand to [`BlobStore::put_file`].
+    fn staging_dir(&self) -> &Path;
+
+    /// Stores the verified file `staged` under `hash`. Storing a hash that exists already
+    /// succeeds and changes nothing: blobs are immutable.
+    fn put_file(&self, hash: Sha256Hash, staged: tempfile::TempPath) -> BoxFuture<'_, io::Result<()>>;
+
+    /// The bytes `start..start + len` of a blob (`len` `None`: to the end); `None` if the blob
+    /// is not stored.
+    fn read(&self, hash: Sha256Hash, start: u64, len: Option<u64>) -> BoxFuture<'_, io::Result<Option<BlobReader>>>;
+
+    /// The size of a stored blob, or `None`.
+    fn size(&self, hash: Sha256Hash) -> BoxFuture<'_, io::Result<Option<u64>>>;
+}
+
+/// Blobs as files in a directory: `<root>/ab/abcdef…`, two hex digits of fan-out so no
+/// directory grows to millions of entries.
+pub struct DirectoryStore {
+    root: PathBuf,
+    staging: PathBuf,
+}
+
+impl DirectoryStore {
+    pub fn open(root: impl Into<PathBuf>) -> io::Result<Self> {
+        let root = root.into();
+        let staging = root.join("staging");
+        std::fs::create_dir_all(&staging)?;
+        // Anything left in staging was interrupted before it was verified.
+        for entry in std::fs::read_dir(&staging)?.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+        Ok(Self { root, staging })
+    }
+
+    fn path_of(&self, hash: &Sha256Hash) -> PathBuf {
+        let hex = hash.to_hex();
+        self.root.join(&hex[..2]).join(hex)
+    }
+}
+
+impl BlobStore for DirectoryStore {
+    fn staging_dir(&self) -> &Path {
+        &self.staging
+    }
+
+    fn put_file(&self, hash: Sha256Hash, staged: tempfile::TempPath) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async move {
+            let target = self.path_of(&hash);
+            if tokio::fs::try_exists(&target).await? {
+                return Ok(());
+            }
+            tokio::fs::create_dir_all(target.parent().expect("blob paths have a parent")).await?;
+            // The file is complete and synced before the rename makes it visible, so a
+            // crash leaves either nothing or the whole blob under its name.
+            let file = tokio::fs::File::open(&staged).await?;
+            file.sync_all().await?;
+            staged.persist(&target).map_err(|error| error.error)?;
+            Ok(())
+        })
+    }
+
+    fn read(&self, hash: Sha256Hash, start: u64, len: Option<u64>) -> BoxFuture<'_, io::Result<Option<BlobReader>>> {
+        Box::pin(async move {
+            let mut file = match tokio::fs::File::open(self.path_of(&hash)).await {
+                Ok(file) => file,
+                Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(error) => return Err(error),
+            };
+            let total_bytes = file.metadata().await?.len();
+            file.seek(io::SeekFrom::Start(start)).await?;
+            let body: Pin<Box<dyn AsyncRead + Send>> = match len {
+                Some(len) => Box::pin(file.take(len)),
+                None => Box::pin(file),
+            };
+            Ok(Some(BlobReader { total_bytes, body }))
+        })
+    }
+
+    fn size(&self, hash: Sha256Hash) -> BoxFuture<'_, io::Result<Option<u64>>> {
+        Box::pin(async move {
+            match tokio::fs::metadata(self.path_of(&hash)).await {
+                Ok(meta) => Ok(Some(meta.len())),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(error) => Err(error),
+            }
+        })
+    }
+}

@@ -1,0 +1,141 @@
+//! Credit: how much a validated work unit is worth, granting it once per valid replica, and
+//! folding grants into host, account and team totals.
+//!
+//! Credit comes from fuel, the sandbox's deterministic count of executed Wasm instructions,
+//! so a fast machine earns more by doing more, never by reporting more. One credit is
+//! [`FUEL_PER_CREDIT`] units of fuel.
+//!
+//! Grants are rows in `credit_grant`, written in the validating transaction (its primary key
+//! makes a second grant for one replica impossible). A sweep folds them into the totals and
+//! into BOINC's recent average credit (exponential decay, 7-day half-life), in batches and in
+//! host-id order, which keeps hot host rows out of every report's transaction.
+
+use std::collections::BTreeMap;
+
+use sqlx::PgConnection;
+
+/// Fuel per credit: about a billion Wasm instructions.
+pub const FUEL_PER_CREDIT: f64 = 1e9;
+/// Grants folded per sweep transaction.
+const FOLD_BATCH: i64 = 5000;
+
+/// The credit of a validated work unit from the fuel its agreeing replicas reported: the
+/// lower median. Honest replicas of one work unit report the very same fuel; with the lower
+/// median, a cheater can never raise the credit above what an honest replica reported.
+pub fn credit_for_fuel(fuels: &[i64]) -> f64 {
+    if fuels.is_empty() {
+        return 0.0;
+    }
+    let mut sorted = fuels.to_vec();
+    sorted.sort_unstable();
+    sorted[(sorted.len() - 1) / 2].max(0) as f64 / FUEL_PER_CREDIT
+}
+
+/// Records the credit of one valid replica; a second grant for it changes nothing.
+pub async fn grant(
+    connection: &mut PgConnection,
+    replica_id: i64,
+    host_id: i64,
+    account_id: i64,
+    credit: f64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "insert into credit_grant (replica_id, host_id, account_id, credit) values ($1, $2, $3, $4)
+         on conflict (replica_id) do nothing",
+    )
+    .bind(replica_id)
+    .bind(host_id)
+    .bind(account_id)
+    .bind(credit)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct Grant {
+    host_id: i64,
+    account_id: i64,
+    credit: f64,
+}
+
+/// Folds up to one batch of unapplied grants into the totals; returns how many. Several
+/// server processes may run this at once: each takes its own grants (`SKIP LOCKED`).
+pub async fn fold_grants(connection: &mut PgConnection) -> sqlx::Result<usize> {
+    let grants: Vec<Grant> = sqlx::query_as(
+        "with batch as (
+             select replica_id from credit_grant where not applied
+             order by replica_id limit $1 for no key update skip locked
+         )
+         update credit_grant c set applied = true
+         from batch where c.replica_id = batch.replica_id
+         returning c.host_id, c.account_id, c.credit",
+    )
+    .bind(FOLD_BATCH)
+    .fetch_all(&mut *connection)
+    .await?;
+    if grants.is_empty() {
+        return Ok(0);
+    }
+    let mut per_host: BTreeMap<i64, f64> = BTreeMap::new();
+    let mut per_account: BTreeMap<i64, f64> = BTreeMap::new();
+    for grant in &grants {
+        *per_host.entry(grant.host_id).or_default() += grant.credit;
+        *per_account.entry(grant.account_id).or_default() += grant.credit;
+    }
+    add_credit(connection, "host", &per_host).await?;
+    add_credit(connection, "account", &per_account).await?;
+
+    let account_ids: Vec<i64> = per_account.keys().copied().collect();
+    let teams: Vec<(i64, i64)> =
+        sqlx::query_as("select id, team_id from account where id = any($1) and team_id is not null")
+            .bind(&account_ids)
+            .fetch_all(&mut *connection)
+            .await?;
+    let mut per_team: BTreeMap<i64, f64> = BTreeMap::new();
+    for (account_id, team_id) in teams {
+        *per_team.entry(team_id).or_default() += per_account[&account_id];
+    }
+    add_credit(connection, "team", &per_team).await?;
+    Ok(grants.len())
+}
+
+/// Adds credit to rows of `table`, locking them in id order so that concurrent writers
+/// cannot deadlock.
+async fn add_credit(connection: &mut PgConnection, table: &str, credit: &BTreeMap<i64, f64>) -> sqlx::Result<()> {
+    if credit.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = credit.keys().copied().collect();
+    let amounts: Vec<f64> = credit.values().copied().collect();
+    sqlx::query(&format!("select id from {table} where id = any($1) order by id for no key update"))
+        .bind(&ids)
+        .fetch_all(&mut *connection)
+        .await?;
+    sqlx::query(&format!(
+        "update {table} t
+         set total_credit = t.total_credit + u.credit,
+             expavg_credit = decayed_average(t.expavg_credit, t.expavg_time, u.credit, now()),
+             expavg_time = now()
+         from unnest($1::bigint[], $2::float8[]) as u(id, credit)
+         where t.id = u.id"
+    ))
+    .bind(&ids)
+    .bind(&amounts)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credit_is_the_lower_median_of_the_reported_fuel() {
+        assert_eq!(credit_for_fuel(&[3_000_000_000]), 3.0);
+        assert_eq!(credit_for_fuel(&[2_000_000_000, 9_000_000_000]), 2.0);
+        assert_eq!(credit_for_fuel(&[5_000_000_000, 1_000_000_000, 2_000_000_000]), 2.0);
+        assert_eq!(credit_for_fuel(&[]), 0.0);
+    }
+}

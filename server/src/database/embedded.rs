@@ -1,0 +1,499 @@
+//! The embedded default: a private PostgreSQL cluster that the server starts and owns.
+//!
+//! The cluster lives in `<data-dir>/postgres`, listens only on a Unix socket inside that
+//! directory (no TCP port), and trusts local connections: the socket is only reachable by
+//! the cluster's owner and root. It runs the machine's own PostgreSQL binaries. Because
+//! PostgreSQL refuses to run as root, a server running as root runs the cluster as an
+//! unprivileged system user instead.
+//!
+//! The postmaster is a direct child of this process and is told by the kernel to shut down
+//! when this process dies (`PR_SET_PDEATHSIG`), so a crashed server leaves no orphan behind;
+//! a stale `postmaster.pid` left by a crash is recognised and removed before starting.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sqlx::postgres::PgConnectOptions;
+
+/// Name of the cluster's superuser role and of the server's database.
+const ROLE: &str = "wasmgrid";
+const DATABASE: &str = "wasmgrid";
+/// The port only names the socket file (`.s.PGSQL.5432`); no TCP port is opened.
+const PORT: u16 = 5432;
+/// Unix socket paths are limited to 107 bytes on Linux.
+const MAX_SOCKET_PATH: usize = 107;
+/// Names the directory of the PostgreSQL server binaries, overriding the search.
+const BIN_DIR_VARIABLE: &str = "WASMGRID_POSTGRES_BIN_DIR";
+/// Users tried, in order, to own the cluster when the server runs as root.
+const UNPRIVILEGED_USERS: &[&str] = &["postgres", "nobody"];
+
+/// How the cluster should behave: durable for a real server, fast for throwaway test runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync on, the normal PostgreSQL guarantees.
+    Durable,
+    /// fsync off: for throwaway clusters whose data may be lost on a machine crash.
+    Throwaway,
+}
+
+/// The PostgreSQL server binaries found on this machine.
+#[derive(Debug, Clone)]
+pub struct PostgresBinaries {
+    pub initdb: PathBuf,
+    pub postgres: PathBuf,
+}
+
+impl PostgresBinaries {
+    /// Finds `initdb` and `postgres` in `$WASMGRID_POSTGRES_BIN_DIR` if it is set (for
+    /// installations elsewhere), otherwise on `PATH`, then in the newest
+    /// `/usr/lib/postgresql/<version>/bin` (where Debian and Ubuntu put them).
+    pub fn find() -> anyhow::Result<Self> {
+        let dirs: Vec<PathBuf> = match std::env::var_os(BIN_DIR_VARIABLE) {
+            Some(dir) => vec![PathBuf::from(dir)],
+            None => std::env::var_os("PATH")
+                .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .chain(debian_postgres_bin_dirs())
+                .collect(),
+        };
+        for dir in dirs {
+            let initdb = dir.join("initdb");
+            let postgres = dir.join("postgres");
+            if is_executable(&initdb) && is_executable(&postgres) {
+                return Ok(Self { initdb, postgres });
+            }
+        }
+        bail!(
+            "no PostgreSQL server binaries (initdb, postgres) found on PATH or under \
+             /usr/lib/postgresql/*/bin: install them with `apt-get install postgresql`, or set \
+             DATABASE_URL to use an existing PostgreSQL server"
+        )
+    }
+}
+
+fn debian_postgres_bin_dirs() -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir("/usr/lib/postgresql") else {
+        return Vec::new();
+    };
+    let mut versions: Vec<(u32, PathBuf)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((version, entry.path().join("bin")))
+        })
+        .collect();
+    versions.sort_by_key(|(version, _)| std::cmp::Reverse(*version));
+    versions.into_iter().map(|(_, dir)| dir).collect()
+}
+
+fn is_executable(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+}
+
+/// The operating-system user that owns and runs the cluster.
+#[derive(Debug, Clone, Copy)]
+struct ClusterUser {
+    uid: u32,
+    gid: u32,
+}
+
+impl ClusterUser {
+    /// This process's own user, or an unprivileged one when running as root.
+    fn choose() -> anyhow::Result<Option<Self>> {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return Ok(None);
+        }
+        for name in UNPRIVILEGED_USERS {
+            if let Some(user) = lookup_user(name) {
+                return Ok(Some(user));
+            }
+        }
+        bail!(
+            "running as root, and PostgreSQL refuses to run as root; none of the users {:?} \
+             exists to run it: create one (`useradd --system postgres`) or run wasmgrid-server \
+             as an unprivileged user",
+            UNPRIVILEGED_USERS
+        )
+    }
+}
+
+/// Looks a user up in the system's user database.
+fn lookup_user(name: &str) -> Option<ClusterUser> {
+    let c_name = std::ffi::CString::new(name).ok()?;
+    let mut record: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer refers to live, correctly sized storage owned by this frame;
+    // getpwnam_r writes only within `buffer` and `record`.
+    let status =
+        unsafe { libc::getpwnam_r(c_name.as_ptr(), &mut record, buffer.as_mut_ptr(), buffer.len(), &mut result) };
+    if status != 0 || result.is_null() {
+        return None;
+    }
+    Some(ClusterUser { uid: record.pw_uid, gid: record.pw_gid })
+}
+
+/// A running PostgreSQL cluster owned by this process.
+#[derive(Debug)]
+pub struct EmbeddedPostgres {
+    cluster_dir: PathBuf,
+    postmaster: Mutex<Option<Postmaster>>,
+}
+
+/// The postmaster child and the thread that spawned it and waits for it. The kernel's
+/// parent-death signal follows the spawning *thread*, so that thread must live exactly as
+/// long as the child: it does, because all it does is wait for it.
+#[derive(Debug)]
+struct Postmaster {
+    pid: u32,
+    waiter: JoinHandle<std::io::Result<ExitStatus>>,
+}
+
+impl Postmaster {
+    fn shut_down(self) -> anyhow::Result<ExitStatus> {
+        signal(self.pid, libc::SIGINT);
+        let status = self.waiter.join().map_err(|_| anyhow::anyhow!("postmaster waiter panicked"))??;
+        Ok(status)
+    }
+}
+
+impl EmbeddedPostgres {
+    /// The cluster directory for a server data directory.
+    pub fn cluster_dir(data_dir: &Path) -> PathBuf {
+        data_dir.join("postgres")
+    }
+
+    /// Creates the cluster on first use, then starts it and creates the server's database.
+    /// Returns once PostgreSQL accepts connections.
+    pub async fn start(data_dir: &Path, durability: Durability) -> anyhow::Result<Self> {
+        let binaries = PostgresBinaries::find()?;
+        let user = ClusterUser::choose()?;
+        fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+        let data_dir = data_dir
+            .canonicalize()
+            .with_context(|| format!("cannot resolve the data directory {}", data_dir.display()))?;
+        let cluster_dir = Self::cluster_dir(&data_dir);
+        let socket = cluster_dir.join(format!(".s.PGSQL.{PORT}"));
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            bail!(
+                "the data directory path {} is too long for PostgreSQL's Unix socket (at most \
+                 {MAX_SOCKET_PATH} bytes for {}): choose a shorter --data-dir",
+                data_dir.display(),
+                socket.display()
+            );
+        }
+        if let Some(user) = user {
+            check_reachable_by(&data_dir, user)?;
+        }
+
+        if !cluster_dir.join("PG_VERSION").exists() {
+            init_cluster(&binaries, &cluster_dir, user).await?;
+        }
+        remove_stale_pid_file(&cluster_dir)?;
+
+        let postmaster = spawn_postmaster(&binaries, &cluster_dir, user, durability)?;
+        let this = Self { cluster_dir, postmaster: Mutex::new(Some(postmaster)) };
+        this.wait_until_ready(Duration::from_secs(60)).await?;
+        this.create_database_if_missing(DATABASE).await?;
+        Ok(this)
+    }
+
+    /// Connection options for a database in this cluster.
+    pub fn connect_options(&self, database: &str) -> PgConnectOptions {
+        connect_options_for(&self.cluster_dir, database)
+    }
+
+    /// Connection options for the server's own database.
+    pub fn server_database(&self) -> PgConnectOptions {
+        self.connect_options(DATABASE)
+    }
+
+    /// A `postgres://` URL for the server's database, for tools and for other processes
+    /// (a second server replica, the benchmark) that should share this cluster.
+    pub fn database_url(&self) -> String {
+        database_url_for(&self.cluster_dir, DATABASE)
+    }
+
+    async fn wait_until_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            if self.postmaster_exited() {
+                bail!(
+                    "PostgreSQL exited during start-up; its log is {}",
+                    self.cluster_dir.join("postgres.log").display()
+                );
+            }
+            let options = self.connect_options("postgres");
+            match sqlx::ConnectOptions::connect(&options).await {
+                Ok(connection) => {
+                    sqlx::Connection::close(connection).await.ok();
+                    return Ok(());
+                }
+                Err(error) if started.elapsed() > timeout => {
+                    return Err(error).context(format!(
+                        "PostgreSQL did not accept connections within {timeout:?}; its log is {}",
+                        self.cluster_dir.join("postgres.log").display()
+                    ));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    fn postmaster_exited(&self) -> bool {
+        let guard = self.postmaster.lock().expect("postmaster handle poisoned");
+        guard.as_ref().is_none_or(|postmaster| postmaster.waiter.is_finished())
+    }
+
+    /// Creates `name` unless it exists, optionally as a copy of `template`.
+    pub async fn create_database_if_missing(&self, name: &str) -> anyhow::Result<()> {
+        self.create_database(name, None, true).await
+    }
+
+    /// Creates a database, as a copy of `template` when given (much faster than running
+    /// migrations again).
+    pub async fn create_database(&self, name: &str, template: Option<&str>, if_missing: bool) -> anyhow::Result<()> {
+        use sqlx::{Connection, Executor};
+        let mut connection = sqlx::PgConnection::connect_with(&self.connect_options("postgres")).await?;
+        let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(name)
+            .fetch_one(&mut connection)
+            .await?;
+        if exists && if_missing {
+            return Ok(());
+        }
+        let mut statement = format!("create database {}", quote_identifier(name));
+        if let Some(template) = template {
+            statement.push_str(&format!(" template {}", quote_identifier(template)));
+        }
+        connection.execute(statement.as_str()).await.with_context(|| format!("cannot create database {name}"))?;
+        connection.close().await?;
+        Ok(())
+    }
+
+    /// Fast shutdown: disconnects clients, writes a checkpoint and waits for PostgreSQL to
+    /// exit.
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        let postmaster = self.postmaster.lock().expect("postmaster handle poisoned").take();
+        let Some(postmaster) = postmaster else { return Ok(()) };
+        let exited = tokio::task::spawn_blocking(move || postmaster.shut_down()).await??;
+        tracing::info!(%exited, "embedded PostgreSQL stopped");
+        Ok(())
+    }
+}
+
+impl Drop for EmbeddedPostgres {
+    fn drop(&mut self) {
+        if let Ok(mut guard) = self.postmaster.lock()
+            && let Some(postmaster) = guard.take()
+        {
+            let _ = postmaster.shut_down();
+        }
+    }
+}
+
+/// Connection options for a database in the cluster at `cluster_dir`, running or not.
+pub fn connect_options_for(cluster_dir: &Path, database: &str) -> PgConnectOptions {
+    PgConnectOptions::new().socket(cluster_dir).port(PORT).username(ROLE).database(database)
+}
+
+fn database_url_for(cluster_dir: &Path, database: &str) -> String {
+    format!("postgres://{ROLE}@localhost:{PORT}/{database}?host={}", cluster_dir.display())
+}
+
+fn quote_identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn signal(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill has no memory-safety preconditions; a stale pid yields ESRCH, ignored.
+    unsafe {
+        libc::kill(pid as libc::pid_t, signal);
+    }
+}
+
+/// PostgreSQL running as `user` must be able to reach its directory: every ancestor of the
+/// data directory needs to be searchable by it (a home directory of mode 0700 is not).
+fn check_reachable_by(data_dir: &Path, user: ClusterUser) -> anyhow::Result<()> {
+    for ancestor in data_dir.ancestors() {
+        let meta = fs::metadata(ancestor)?;
+        let mode = meta.mode();
+        let searchable = if meta.uid() == user.uid {
+            mode & 0o100 != 0
+        } else if meta.gid() == user.gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !searchable {
+            bail!(
+                "the embedded PostgreSQL runs as uid {} (the server runs as root), which cannot \
+                 enter {}: choose a --data-dir outside it, or set DATABASE_URL",
+                user.uid,
+                ancestor.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn command_as(program: &Path, user: Option<ClusterUser>) -> Command {
+    let mut command = Command::new(program);
+    if let Some(user) = user {
+        // std drops supplementary groups before setuid when running as root.
+        command.uid(user.uid).gid(user.gid);
+    }
+    command.env_clear().env("LC_ALL", "C").env("PATH", "/usr/bin:/bin");
+    command
+}
+
+async fn init_cluster(
+    binaries: &PostgresBinaries,
+    cluster_dir: &Path,
+    user: Option<ClusterUser>,
+) -> anyhow::Result<()> {
+    // initdb wants an empty directory it can own; a half-finished earlier attempt (no
+    // PG_VERSION) is discarded.
+    if cluster_dir.exists() {
+        fs::remove_dir_all(cluster_dir)
+            .with_context(|| format!("cannot clear the unfinished cluster {}", cluster_dir.display()))?;
+    }
+    fs::create_dir_all(cluster_dir)?;
+    fs::set_permissions(cluster_dir, fs::Permissions::from_mode(0o700))?;
+    if let Some(user) = user {
+        std::os::unix::fs::chown(cluster_dir, Some(user.uid), Some(user.gid))?;
+    }
+    let mut command = command_as(&binaries.initdb, user);
+    command
+        .arg("--pgdata")
+        .arg(cluster_dir)
+        .args(["--username", ROLE, "--auth", "trust", "--encoding", "UTF8", "--locale", "C", "--no-instructions"])
+        .stdin(Stdio::null());
+    let output = tokio::task::spawn_blocking(move || command.output()).await?.context("cannot run initdb")?;
+    if !output.status.success() {
+        bail!("initdb failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
+}
+
+/// A `postmaster.pid` whose process is gone, or is no longer a PostgreSQL (the pid was
+/// reused after a crash or reboot), would stop PostgreSQL from starting; remove it. A live
+/// postmaster on this cluster was left by a server that died without its child noticing:
+/// stop it first.
+fn remove_stale_pid_file(cluster_dir: &Path) -> anyhow::Result<()> {
+    let pid_file = cluster_dir.join("postmaster.pid");
+    let Ok(contents) = fs::read_to_string(&pid_file) else {
+        return Ok(());
+    };
+    let Some(pid) = contents.lines().next().and_then(|line| line.trim().parse::<u32>().ok()) else {
+        fs::remove_file(&pid_file)?;
+        return Ok(());
+    };
+    if is_postmaster_of(pid, cluster_dir) {
+        tracing::warn!(pid, "stopping a PostgreSQL left running by an earlier server");
+        signal(pid, libc::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while is_postmaster_of(pid, cluster_dir) {
+            if Instant::now() > deadline {
+                bail!("an earlier PostgreSQL (pid {pid}) on {} does not stop", cluster_dir.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    } else {
+        tracing::info!(pid, "removing a stale postmaster.pid");
+        fs::remove_file(&pid_file)?;
+    }
+    Ok(())
+}
+
+fn is_postmaster_of(pid: u32, cluster_dir: &Path) -> bool {
+    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let as_path = |bytes: &[u8]| Path::new(std::ffi::OsStr::from_bytes(bytes)).to_path_buf();
+    let is_postgres = args.first().is_some_and(|program| as_path(program).ends_with("postgres"));
+    is_postgres && args.iter().any(|arg| as_path(arg) == cluster_dir)
+}
+
+fn spawn_postmaster(
+    binaries: &PostgresBinaries,
+    cluster_dir: &Path,
+    user: Option<ClusterUser>,
+    durability: Durability,
+) -> anyhow::Result<Postmaster> {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(cluster_dir.join("postgres.log"))
+        .context("cannot open the PostgreSQL log")?;
+    if let Some(user) = user {
+        std::os::unix::fs::chown(cluster_dir.join("postgres.log"), Some(user.uid), Some(user.gid))?;
+    }
+    let mut command = command_as(&binaries.postgres, user);
+    command
+        .arg("-D")
+        .arg(cluster_dir)
+        .arg("-c")
+        .arg("listen_addresses=")
+        .arg("-c")
+        .arg(format!("unix_socket_directories={}", cluster_dir.display()))
+        .arg("-c")
+        .arg("unix_socket_permissions=0700")
+        .arg("-p")
+        .arg(PORT.to_string())
+        .args(["-c", "max_connections=200", "-c", "shared_buffers=128MB"])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    if durability == Durability::Throwaway {
+        command.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+    }
+    // SAFETY: the closure runs in the child between fork and exec and only calls
+    // async-signal-safe functions (prctl, getppid).
+    unsafe {
+        command.pre_exec(|| {
+            // Runs after std's setuid, which would otherwise clear the setting. SIGINT is
+            // PostgreSQL's fast shutdown.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl.
+            if libc::getppid() == 1 {
+                return Err(std::io::Error::other("parent exited"));
+            }
+            Ok(())
+        });
+    }
+    let (started, pid) = std::sync::mpsc::channel();
+    let waiter = std::thread::Builder::new()
+        .name("postmaster".into())
+        .spawn(move || match command.spawn() {
+            Ok(mut child) => {
+                let _ = started.send(Ok(child.id()));
+                child.wait()
+            }
+            Err(error) => {
+                let message = error.to_string();
+                let _ = started.send(Err(error));
+                Err(std::io::Error::other(message))
+            }
+        })
+        .context("cannot start the postmaster thread")?;
+    let pid = pid
+        .recv()
+        .context("the postmaster thread ended early")?
+        .with_context(|| format!("cannot start {}", binaries.postgres.display()))?;
+    Ok(Postmaster { pid, waiter })
+}

@@ -1,0 +1,82 @@
+//! PostgreSQL: the only source of truth.
+//!
+//! - [`embedded`]: the private cluster the server starts when no `DATABASE_URL` is given.
+//! - [`test_cluster`]: one throwaway cluster per test process, a fresh database per test.
+//!
+//! Queries are runtime-checked (`sqlx::query` with binds) and every one is exercised by
+//! the test suite against a real PostgreSQL; query functions take `&mut PgConnection` so
+//! callers own the transaction.
+
+pub mod embedded;
+pub mod test_cluster;
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+pub use embedded::{Durability, EmbeddedPostgres};
+
+/// The schema migrations in `migrations/`, compiled into the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Where the server's data lives.
+#[derive(Debug, Clone)]
+pub enum DatabaseLocation {
+    /// A PostgreSQL server someone else runs (`DATABASE_URL`); the server starts nothing.
+    Url(String),
+    /// The embedded default: a private cluster under the data directory.
+    Embedded,
+}
+
+/// A connection pool, plus the embedded cluster behind it when the server owns one.
+pub struct Database {
+    pub pool: PgPool,
+    pub embedded: Option<EmbeddedPostgres>,
+}
+
+impl Database {
+    /// Connects (starting the embedded cluster first when needed) and migrates.
+    pub async fn open(location: &DatabaseLocation, data_dir: &Path, max_connections: u32) -> anyhow::Result<Self> {
+        let (options, embedded) = match location {
+            DatabaseLocation::Url(url) => {
+                let options: PgConnectOptions = url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;
+                (options, None)
+            }
+            DatabaseLocation::Embedded => {
+                let embedded = EmbeddedPostgres::start(data_dir, Durability::Durable).await?;
+                (embedded.server_database(), Some(embedded))
+            }
+        };
+        let pool = pool_options(max_connections).connect_with(options).await.context("cannot connect to PostgreSQL")?;
+        MIGRATOR.run(&pool).await.context("cannot apply database migrations")?;
+        Ok(Self { pool, embedded })
+    }
+
+    /// Closes the pool, then stops the embedded cluster if this process owns one.
+    pub async fn close(self) -> anyhow::Result<()> {
+        self.pool.close().await;
+        if let Some(embedded) = self.embedded {
+            embedded.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+pub fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        // A request waiting longer than this for a connection gets a 503 with Retry-After
+        // rather than piling up behind an overloaded database.
+        .acquire_timeout(Duration::from_secs(5))
+}
+
+/// Is `error` a violation of the named unique constraint or index?
+pub fn is_unique_violation(error: &sqlx::Error, constraint: &str) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.is_unique_violation() && db.constraint() == Some(constraint),
+        _ => false,
+    }
+}

@@ -1,0 +1,107 @@
+//! Extractors that turn a request into trusted values, or into an [`ApiError`].
+//!
+//! Authentication is an extractor, so a handler that needs a host cannot forget to check
+//! its token.
+
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::accounts::{self, Account, Host};
+
+/// `Json<T>` whose rejections use the API's error shape.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(request, state).await {
+            Ok(axum::Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::PayloadTooLarge("the request body is too large".into());
+    }
+    ApiError::BadRequest(format!("invalid JSON body: {}", rejection.body_text()))
+}
+
+/// `Path<T>` whose rejections use the API's error shape.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(path_rejection(rejection)),
+        }
+    }
+}
+
+fn path_rejection(rejection: PathRejection) -> ApiError {
+    ApiError::BadRequest(format!("invalid path: {}", rejection.body_text()))
+}
+
+/// The bearer secret of a request, if it has one.
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let token = value.strip_prefix("Bearer ")?.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+/// A volunteer machine, authenticated by its host token.
+pub struct VolunteerHost(pub Host);
+
+impl<S> FromRequestParts<S> for VolunteerHost
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let mut connection = state.pool.acquire().await?;
+        let host = accounts::host_by_token(&mut connection, token).await?.ok_or(ApiError::Unauthorized)?;
+        Ok(Self(host))
+    }
+}
+
+/// A volunteer account, authenticated by its account key.
+pub struct VolunteerAccount(pub Account);
+
+impl<S> FromRequestParts<S> for VolunteerAccount
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let key = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let mut connection = state.pool.acquire().await?;
+        let account = accounts::account_by_key(&mut connection, key).await?.ok_or(ApiError::Unauthorized)?;
+        Ok(Self(account))
+    }
+}

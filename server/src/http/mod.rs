@@ -1,0 +1,66 @@
+//! The HTTP surface: shared state, the router that merges every feature's routes, and the
+//! layers around them (body limits, timeouts, tracing).
+
+pub mod error;
+pub mod extract;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use sqlx::PgPool;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use wasmgrid_protocol::api::Health;
+
+use crate::blobs::BlobStore;
+use crate::config::SchedulerConfig;
+use error::ApiError;
+
+/// Everything a handler may need; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub blobs: Arc<dyn BlobStore>,
+    pub scheduler: Arc<SchedulerConfig>,
+    pub started_at: Instant,
+}
+
+/// JSON request bodies are small; uploads have their own, per-work-unit limit.
+pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
+/// A request that takes longer than this is cut off, so a stalled client cannot hold a
+/// connection (or a graceful shutdown) forever.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health))
+        .merge(crate::accounts::router())
+        .merge(crate::work_fetch::router())
+        .merge(crate::blobs::router())
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+/// Liveness and readiness: 200 when the database answers, 503 otherwise.
+async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    let version = env!("CARGO_PKG_VERSION").to_owned();
+    match sqlx::query("select 1").execute(&state.pool).await {
+        Ok(_) => (StatusCode::OK, axum::Json(Health { status: "ok".into(), version })),
+        Err(error) => {
+            tracing::warn!(%error, "health check: database unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(Health { status: "unavailable".into(), version }))
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! The wasmgrid project server.
+//!
+//! It hands WebAssembly work units to volunteer hosts, accepts an answer only when enough
+//! unrelated volunteers agree, and grants credit for it. Its only state is PostgreSQL and
+//! the blob store, so several server processes can share one database.
+//!
+//! - [`startup`]: `build(config) -> App`, and running it until shutdown.
+//! - [`config`]: settings of a server process.
+//! - [`database`]: the pool, migrations, the embedded PostgreSQL and test databases.
+//! - [`http`]: shared state, the router, the error type and the extractors.
+//! - [`accounts`]: volunteer accounts and hosts, their secrets and authentication.
+//! - [`work_fetch`]: the scheduler request: reports in, replicas claimed and sent out.
+//! - [`reports`]: recording finished replicas, idempotently.
+//! - [`state_machine`]: what each event does to a work unit.
+//! - [`validator`]: which outputs agree, and when a canonical result exists.
+//! - [`credit`]: what a valid result earns, and the running totals.
+//! - [`trust`]: per-host quotas that shrink on errors and grow on valid results.
+//! - [`blobs`]: content-addressed modules, inputs and outputs.
+//! - [`publishing`]: apps, versions, batches and work units.
+//! - [`sweeps`]: background work: missed deadlines, credit folding.
+
+pub mod accounts;
+pub mod blobs;
+pub mod config;
+pub mod credit;
+pub mod database;
+pub mod http;
+pub mod publishing;
+pub mod reports;
+pub mod startup;
+pub mod state_machine;
+pub mod sweeps;
+pub mod trust;
+pub mod validator;
+pub mod work_fetch;
+
+pub use config::{SchedulerConfig, ServerConfig};
+pub use startup::{App, build};

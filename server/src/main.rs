@@ -1,0 +1,115 @@
+//! `wasmgrid-server`: the project server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use wasmgrid_server::ServerConfig;
+use wasmgrid_server::database::DatabaseLocation;
+
+#[derive(Parser)]
+#[command(name = "wasmgrid-server", version, about = "The wasmgrid project server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the project. Without DATABASE_URL, starts a private PostgreSQL cluster in the
+    /// data directory and stops it on shutdown.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where the blobs and the embedded database live.
+        #[arg(long, default_value = "./wasmgrid-data")]
+        data_dir: PathBuf,
+        /// Use this PostgreSQL database instead of the embedded one.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// Most database connections this process opens.
+        #[arg(long, default_value_t = 32)]
+        max_connections: u32,
+        /// Seconds between background sweeps (missed deadlines, credit).
+        #[arg(long, default_value_t = 5)]
+        sweep_interval: u64,
+        /// Seconds a host that got no work is asked to wait before asking again.
+        #[arg(long, default_value_t = 60)]
+        idle_retry_after: u64,
+        /// Replicas per core per day a fully trusted host may take.
+        #[arg(long, default_value_t = 1000)]
+        daily_quota_per_core: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("cannot start the async runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("wasmgrid-server: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            listen,
+            data_dir,
+            database_url,
+            max_connections,
+            sweep_interval,
+            idle_retry_after,
+            daily_quota_per_core,
+        } => {
+            let database = match database_url {
+                Some(url) => DatabaseLocation::Url(url),
+                None => DatabaseLocation::Embedded,
+            };
+            let mut config = ServerConfig::new(listen, data_dir, database);
+            config.max_database_connections = max_connections;
+            config.sweep_interval = Duration::from_secs(sweep_interval.max(1));
+            config.scheduler.idle_retry_after = Duration::from_secs(idle_retry_after);
+            config.scheduler.daily_quota_per_core = daily_quota_per_core;
+            let app = wasmgrid_server::build(config).await?;
+            // Scripts and tests read this line to learn the port (useful with port 0).
+            println!("wasmgrid-server listening on http://{}", app.local_addr());
+            app.run_until_stopped(shutdown_signal()).await
+        }
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,252 @@
+//! Apps, app versions, batches and work units: what a scientist publishes.
+//!
+//! These functions are the server side of publishing; the HTTP endpoints and the
+//! `wasmgrid` commands in front of them build on them.
+
+use std::time::Duration;
+
+use sqlx::PgConnection;
+use wasmgrid_protocol::Sha256Hash;
+use wasmgrid_protocol::api::RunLimits;
+
+use crate::http::error::{ApiError, ApiResult};
+
+/// How a work unit is replicated and validated.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicationPolicy {
+    /// Successful replicas needed before validation; a canonical result needs more than half
+    /// of them to agree.
+    pub min_quorum: u32,
+    /// Replicas created at first.
+    pub target_replicas: u32,
+    /// Failed replicas at which the work unit fails.
+    pub max_error_replicas: u32,
+    /// Replicas, of every outcome, that may ever be created.
+    pub max_total_replicas: u32,
+    /// Time a host has to report a replica.
+    pub delay_bound: Duration,
+}
+
+impl Default for ReplicationPolicy {
+    fn default() -> Self {
+        Self {
+            min_quorum: 2,
+            target_replicas: 2,
+            max_error_replicas: 3,
+            max_total_replicas: 8,
+            delay_bound: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+pub const DEFAULT_LIMITS: RunLimits = RunLimits {
+    fuel: 1_000_000_000_000,
+    memory_bytes: 256 * 1024 * 1024,
+    output_bytes: 64 * 1024 * 1024,
+    wall_time_seconds: 3600,
+};
+
+/// One work unit to create. Its module is the newest version of the batch's app.
+#[derive(Debug, Clone)]
+pub struct WorkUnitSpec {
+    pub name: String,
+    pub args: Vec<String>,
+    pub stdin: Option<Sha256Hash>,
+    pub files: Vec<(String, Sha256Hash)>,
+    pub policy: ReplicationPolicy,
+    pub limits: RunLimits,
+}
+
+impl WorkUnitSpec {
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            args: Vec::new(),
+            stdin: None,
+            files: Vec::new(),
+            policy: ReplicationPolicy::default(),
+            limits: DEFAULT_LIMITS,
+        }
+    }
+}
+
+pub async fn create_app(connection: &mut PgConnection, name: &str) -> ApiResult<i64> {
+    sqlx::query_scalar("insert into app (name) values ($1) returning id")
+        .bind(name)
+        .fetch_one(connection)
+        .await
+        .map_err(|error| {
+            if crate::database::is_unique_violation(&error, "app_name_key") {
+                ApiError::Conflict(format!("an app named {name:?} exists already"))
+            } else {
+                error.into()
+            }
+        })
+}
+
+/// Adds a version whose module is the stored blob `module`; returns its id.
+pub async fn add_app_version(connection: &mut PgConnection, app_id: i64, module: Sha256Hash) -> ApiResult<i64> {
+    Ok(sqlx::query_scalar(
+        "insert into app_version (app_id, version, module_sha256)
+         select $1, coalesce(max(version), 0) + 1, $2 from app_version where app_id = $1
+         returning id",
+    )
+    .bind(app_id)
+    .bind(module.to_hex())
+    .fetch_one(connection)
+    .await?)
+}
+
+/// Creates a batch of work units, each with its first replicas, in the caller's
+/// transaction. Every referenced blob must be stored already.
+pub async fn create_batch(
+    connection: &mut PgConnection,
+    app_id: i64,
+    name: &str,
+    work_units: &[WorkUnitSpec],
+) -> ApiResult<i64> {
+    let batch_id: i64 = sqlx::query_scalar("insert into batch (app_id, name) values ($1, $2) returning id")
+        .bind(app_id)
+        .bind(name)
+        .fetch_one(&mut *connection)
+        .await?;
+    add_work_units(connection, app_id, batch_id, work_units).await?;
+    Ok(batch_id)
+}
+
+/// Adds work units to a batch: a few statements whatever their number, so that batches of
+/// hundreds of thousands load quickly.
+pub async fn add_work_units(
+    connection: &mut PgConnection,
+    app_id: i64,
+    batch_id: i64,
+    work_units: &[WorkUnitSpec],
+) -> ApiResult<()> {
+    for spec in work_units {
+        validate_spec(spec)?;
+    }
+    let app_version_id: i64 =
+        sqlx::query_scalar("select id from app_version where app_id = $1 order by version desc limit 1")
+            .bind(app_id)
+            .fetch_optional(&mut *connection)
+            .await?
+            .ok_or_else(|| ApiError::Conflict("the app has no published version yet".into()))?;
+
+    let column = |f: &dyn Fn(&WorkUnitSpec) -> i64| work_units.iter().map(f).collect::<Vec<i64>>();
+    let names: Vec<&str> = work_units.iter().map(|w| w.name.as_str()).collect();
+    let args: Vec<serde_json::Value> = work_units.iter().map(|w| serde_json::json!(w.args)).collect();
+    let stdin: Vec<Option<String>> = work_units.iter().map(|w| w.stdin.map(|h| h.to_hex())).collect();
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "insert into work_unit (batch_id, app_version_id, name, args, stdin_sha256, seed,
+                                min_quorum, target_replicas, max_error_replicas, max_total_replicas, delay_bound,
+                                fuel_limit, memory_limit_bytes, output_limit_bytes, wall_time_limit_seconds)
+         select $1, $2, u.name, u.args, u.stdin, (random() * 9.2e18)::bigint,
+                u.min_quorum, u.target_replicas, u.max_error_replicas, u.max_total_replicas,
+                make_interval(secs => u.delay_bound_seconds),
+                u.fuel, u.memory, u.output, u.wall_time
+         from unnest($3::text[], $4::jsonb[], $5::text[], $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[],
+                     $11::int8[], $12::int8[], $13::int8[], $14::int8[])
+              with ordinality as u(name, args, stdin, min_quorum, target_replicas, max_error_replicas,
+                                   max_total_replicas, delay_bound_seconds, fuel, memory, output, wall_time, position)
+         order by u.position
+         returning id",
+    )
+    .bind(batch_id)
+    .bind(app_version_id)
+    .bind(&names)
+    .bind(&args)
+    .bind(&stdin)
+    .bind(column(&|w| i64::from(w.policy.min_quorum)))
+    .bind(column(&|w| i64::from(w.policy.target_replicas)))
+    .bind(column(&|w| i64::from(w.policy.max_error_replicas)))
+    .bind(column(&|w| i64::from(w.policy.max_total_replicas)))
+    .bind(column(&|w| w.policy.delay_bound.as_secs() as i64))
+    .bind(column(&|w| w.limits.fuel as i64))
+    .bind(column(&|w| w.limits.memory_bytes as i64))
+    .bind(column(&|w| w.limits.output_bytes as i64))
+    .bind(column(&|w| w.limits.wall_time_seconds as i64))
+    .fetch_all(&mut *connection)
+    .await
+    .map_err(|error| {
+        if crate::database::is_unique_violation(&error, "work_unit_batch_id_name_key") {
+            ApiError::Conflict("work unit names must be unique within a batch".into())
+        } else if is_foreign_key_violation(&error) {
+            ApiError::bad_request("a work unit names an input that was not uploaded")
+        } else {
+            error.into()
+        }
+    })?;
+
+    let mut file_work_units = Vec::new();
+    let mut file_names = Vec::new();
+    let mut file_hashes = Vec::new();
+    for (id, spec) in ids.iter().zip(work_units) {
+        for (name, hash) in &spec.files {
+            file_work_units.push(*id);
+            file_names.push(name.as_str());
+            file_hashes.push(hash.to_hex());
+        }
+    }
+    if !file_work_units.is_empty() {
+        sqlx::query(
+            "insert into work_unit_file (work_unit_id, name, sha256)
+             select * from unnest($1::int8[], $2::text[], $3::text[])",
+        )
+        .bind(&file_work_units)
+        .bind(&file_names)
+        .bind(&file_hashes)
+        .execute(&mut *connection)
+        .await
+        .map_err(|error| {
+            if is_foreign_key_violation(&error) {
+                ApiError::bad_request("a work unit names an input file that was not uploaded")
+            } else if crate::database::is_unique_violation(&error, "work_unit_file_pkey") {
+                ApiError::bad_request("input file names must be unique within a work unit")
+            } else {
+                error.into()
+            }
+        })?;
+    }
+    sqlx::query(
+        "insert into replica (work_unit_id)
+         select w.id from work_unit w, generate_series(1, w.target_replicas)
+         where w.id = any($1)
+         order by w.id",
+    )
+    .bind(&ids)
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+fn is_foreign_key_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_foreign_key_violation())
+}
+
+fn validate_spec(spec: &WorkUnitSpec) -> ApiResult<()> {
+    let policy = &spec.policy;
+    let problem = if spec.name.trim().is_empty() {
+        Some("a work unit needs a name".to_owned())
+    } else if policy.min_quorum == 0 {
+        Some("min_quorum must be at least 1".to_owned())
+    } else if policy.target_replicas < policy.min_quorum {
+        Some("target_replicas must be at least min_quorum".to_owned())
+    } else if policy.max_total_replicas < policy.target_replicas {
+        Some("max_total_replicas must be at least target_replicas".to_owned())
+    } else if policy.max_error_replicas == 0 {
+        Some("max_error_replicas must be at least 1".to_owned())
+    } else if policy.delay_bound.as_secs() == 0 {
+        Some("the deadline must be at least one second".to_owned())
+    } else if [spec.limits.fuel, spec.limits.memory_bytes, spec.limits.output_bytes, spec.limits.wall_time_seconds]
+        .iter()
+        .any(|&limit| limit == 0 || limit > i64::MAX as u64)
+    {
+        Some("limits must be positive".to_owned())
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(ApiError::bad_request(format!("work unit {:?}: {problem}", spec.name))),
+        None => Ok(()),
+    }
+}

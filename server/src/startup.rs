@@ -1,0 +1,77 @@
+//! Building and running a server: `build(config)` opens the database, binds the listener
+//! (port 0 works) and returns an [`App`] that runs until its shutdown future completes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::blobs::DirectoryStore;
+use crate::config::ServerConfig;
+use crate::database::Database;
+use crate::http::{self, AppState};
+use crate::sweeps;
+
+/// Longest wait for background sweeps to finish after shutdown was asked for.
+const SWEEP_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    database: Database,
+    config: ServerConfig,
+}
+
+pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+    let database = Database::open(&config.database, &config.data_dir, config.max_database_connections).await?;
+    let blobs = DirectoryStore::open(config.data_dir.join("blobs")).context("cannot open the blob store")?;
+    let listener =
+        TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let state = AppState {
+        pool: database.pool.clone(),
+        blobs: Arc::new(blobs),
+        scheduler: Arc::new(config.scheduler.clone()),
+        started_at: Instant::now(),
+    };
+    Ok(App { listener, state, database, config })
+}
+
+impl App {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then drains in-flight requests, stops the sweeps
+    /// and closes the database (stopping the embedded cluster, if any).
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let App { listener, state, database, config } = self;
+        let (stop_sweeps, sweeps_stopped) = tokio::sync::watch::channel(false);
+        let sweeper = tokio::spawn(sweeps::run_periodically(
+            state.pool.clone(),
+            config.sweep_interval,
+            config.scheduler.daily_quota_per_core,
+            sweeps_stopped,
+        ));
+        let served = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown).await;
+        let _ = stop_sweeps.send(true);
+        if tokio::time::timeout(SWEEP_STOP_TIMEOUT, sweeper).await.is_err() {
+            tracing::warn!("background sweeps did not stop within {SWEEP_STOP_TIMEOUT:?}");
+        }
+        let closed = database.close().await;
+        served.context("the HTTP server failed")?;
+        closed
+    }
+}

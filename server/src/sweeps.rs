@@ -1,0 +1,95 @@
+//! Background sweeps: missed deadlines and credit folding.
+//!
+//! Every server process runs them; they coordinate through PostgreSQL (`SKIP LOCKED`), so
+//! any number of replicas can sweep at once without doing anything twice. Each sweep loop
+//! stops when its shutdown signal fires. Tests call [`run_sweeps_once`] instead of waiting.
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
+
+use crate::credit;
+use crate::state_machine;
+use crate::trust::HostEffects;
+
+/// Work units whose deadlines are handled per transaction.
+const DEADLINE_BATCH: i64 = 500;
+
+/// Marks replicas past their deadline as "no reply" and moves their work units on (which
+/// asks for new replicas). Returns how many replicas timed out.
+pub async fn expire_deadlines(connection: &mut PgConnection, max_daily_quota: u32) -> anyhow::Result<usize> {
+    let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
+    // Work units someone else is working on right now are skipped, and picked up next time.
+    let work_unit_ids: Vec<i64> = sqlx::query_scalar(
+        "select w.id from work_unit w
+         where w.id in (select work_unit_id from replica
+                        where state = 'in_progress' and deadline_at < now() limit $1)
+         order by w.id
+         for no key update of w skip locked",
+    )
+    .bind(DEADLINE_BATCH)
+    .fetch_all(&mut *transaction)
+    .await?;
+    if work_unit_ids.is_empty() {
+        return Ok(0);
+    }
+    let expired: Vec<(i64, i64)> = sqlx::query_as(
+        "update replica set state = 'over', outcome = 'no_reply'
+         where work_unit_id = any($1) and state = 'in_progress' and deadline_at < now()
+         returning work_unit_id, host_id",
+    )
+    .bind(&work_unit_ids)
+    .fetch_all(&mut *transaction)
+    .await?;
+    let mut effects = HostEffects::default();
+    for (_, host_id) in &expired {
+        effects.error(*host_id);
+    }
+    for work_unit_id in &work_unit_ids {
+        state_machine::transition(&mut transaction, *work_unit_id, &mut effects).await?;
+    }
+    effects.apply(&mut transaction, max_daily_quota).await?;
+    transaction.commit().await?;
+    if !expired.is_empty() {
+        tracing::info!(replicas = expired.len(), "replicas missed their deadline");
+    }
+    Ok(expired.len())
+}
+
+/// Runs every sweep until there is nothing left to do. For tests and for the loop below.
+pub async fn run_sweeps_once(pool: &PgPool, max_daily_quota: u32) -> anyhow::Result<()> {
+    let mut connection = pool.acquire().await?;
+    while expire_deadlines(&mut connection, max_daily_quota).await? > 0 {}
+    loop {
+        let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
+        let folded = credit::fold_grants(&mut transaction).await?;
+        transaction.commit().await?;
+        if folded == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the sweeps every `interval` until `shutdown` fires. A failing sweep is logged and
+/// retried next time; missed ticks are skipped rather than run in a burst.
+pub async fn run_periodically(
+    pool: PgPool,
+    interval: Duration,
+    max_daily_quota: u32,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if let Err(error) = run_sweeps_once(&pool, max_daily_quota).await {
+                    tracing::warn!(error = format!("{error:#}"), "sweep failed; retrying next interval");
+                }
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The scheduler request: a host reports what it finished and asks for more, in one call
+//! and one transaction.
+//!
+//! Claiming is one statement over the queue of unsent replicas with `FOR UPDATE SKIP
+//! LOCKED`, so any number of server processes can hand out work from one database without
+//! giving a replica twice. The hosts of one account are serialised by an advisory lock, so
+//! that they cannot be handed two replicas of one work unit at the same moment; a unique
+//! index backs that rule up.
+
+use std::collections::HashMap;
+
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use wasmgrid_protocol::api::{Assignment, BlobRef, InputFile, RunLimits, SchedulerReply, SchedulerRequest};
+use wasmgrid_protocol::{API_PREFIX, Sha256Hash};
+
+use crate::accounts::Host;
+use crate::http::AppState;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{ApiJson, VolunteerHost};
+use crate::reports;
+use crate::trust::HostEffects;
+
+/// The most reports one request may carry; a client with more sends several requests.
+pub const MAX_REPORTS_PER_REQUEST: usize = 1000;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route(&format!("{API_PREFIX}/scheduler"), post(scheduler_request))
+}
+
+async fn scheduler_request(
+    State(state): State<AppState>,
+    VolunteerHost(host): VolunteerHost,
+    ApiJson(request): ApiJson<SchedulerRequest>,
+) -> ApiResult<Json<SchedulerReply>> {
+    if request.reports.len() > MAX_REPORTS_PER_REQUEST {
+        return Err(ApiError::bad_request(format!("at most {MAX_REPORTS_PER_REQUEST} reports per request")));
+    }
+    let want = request.want_replicas.min(state.scheduler.max_replicas_per_request);
+
+    let mut transaction = state.pool.begin().await?;
+    let mut effects = HostEffects::default();
+    let acknowledged = reports::apply_reports(&mut transaction, &host, &request.reports, &mut effects).await?;
+    let assignments = if want > 0 { claim_replicas(&mut transaction, &host, want).await? } else { Vec::new() };
+    let abort = abandon_unneeded_replicas(&mut transaction, host.id).await?;
+    effects.contacted(host.id, assignments.len() as i32);
+    effects.apply(&mut transaction, state.scheduler.daily_quota_per_core).await?;
+    transaction.commit().await?;
+
+    let retry_after = if want > 0 && assignments.is_empty() {
+        state.scheduler.idle_retry_after
+    } else {
+        state.scheduler.busy_retry_after
+    };
+    tracing::debug!(
+        host.id = host.id,
+        reports = request.reports.len(),
+        assigned = assignments.len(),
+        "scheduler request"
+    );
+    Ok(Json(SchedulerReply { acknowledged, assignments, abort, retry_after_seconds: retry_after.as_secs() }))
+}
+
+#[derive(sqlx::FromRow)]
+struct HostQuota {
+    daily_quota: i32,
+    replicas_today: i32,
+    quota_day_is_today: bool,
+}
+
+/// How many more replicas the host may take today.
+async fn remaining_quota(connection: &mut PgConnection, host: &Host) -> sqlx::Result<i64> {
+    let quota: HostQuota = sqlx::query_as(
+        "select daily_quota, replicas_today, quota_day = current_date as quota_day_is_today from host where id = $1",
+    )
+    .bind(host.id)
+    .fetch_one(connection)
+    .await?;
+    let used = if quota.quota_day_is_today { quota.replicas_today } else { 0 };
+    Ok(i64::from(quota.daily_quota) * i64::from(host.cores) - i64::from(used))
+}
+
+#[derive(sqlx::FromRow)]
+struct Claimed {
+    replica_id: i64,
+    work_unit_id: i64,
+    deadline_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct WorkUnitForRun {
+    id: i64,
+    name: String,
+    args: serde_json::Value,
+    module_sha256: String,
+    module_bytes: i64,
+    stdin_sha256: Option<String>,
+    stdin_bytes: Option<i64>,
+    seed: i64,
+    fuel_limit: i64,
+    memory_limit_bytes: i64,
+    output_limit_bytes: i64,
+    wall_time_limit_seconds: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct WorkUnitFileRow {
+    work_unit_id: i64,
+    name: String,
+    sha256: String,
+    bytes: i64,
+}
+
+/// Hands up to `want` unsent replicas to `host`: at most one per work unit, none of a work
+/// unit its account already holds, none that needs more memory than the host has, and no
+/// more than its daily quota.
+pub async fn claim_replicas(connection: &mut PgConnection, host: &Host, want: u32) -> ApiResult<Vec<Assignment>> {
+    let allowed = remaining_quota(connection, host).await?.min(i64::from(want));
+    if allowed <= 0 {
+        return Ok(Vec::new());
+    }
+    // Hosts of one account queue here, so the `not exists` below sees every replica the
+    // account was handed before.
+    sqlx::query("select pg_advisory_xact_lock($1)").bind(host.account_id).execute(&mut *connection).await?;
+    // Twice as many candidates as wanted are locked, because the replicas of one work unit
+    // sit next to each other in the queue and only one of them may be taken.
+    let claimed: Vec<Claimed> = sqlx::query_as(
+        "with candidate as (
+             select r.id, r.work_unit_id, r.priority
+             from replica r
+             join work_unit w on w.id = r.work_unit_id
+             where r.state = 'unsent'
+               and w.memory_limit_bytes <= $3
+               and not exists (
+                   select 1 from replica mine
+                   where mine.work_unit_id = r.work_unit_id and mine.account_id = $2)
+             order by r.priority desc, r.id
+             limit $4 * 2
+             for no key update of r skip locked
+         ),
+         chosen as (
+             select id from (
+                 select distinct on (work_unit_id) id, priority
+                 from candidate
+                 order by work_unit_id, priority desc, id
+             ) one_per_work_unit
+             order by priority desc, id
+             limit $4
+         )
+         update replica r
+         set state = 'in_progress', host_id = $1, account_id = $2, sent_at = now(),
+             deadline_at = now() + w.delay_bound
+         from chosen, work_unit w
+         where r.id = chosen.id and w.id = r.work_unit_id
+         returning r.id as replica_id, r.work_unit_id, r.deadline_at",
+    )
+    .bind(host.id)
+    .bind(host.account_id)
+    .bind(host.memory_bytes)
+    .bind(allowed)
+    .fetch_all(&mut *connection)
+    .await?;
+    if claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    describe_assignments(connection, claimed).await
+}
+
+/// Everything the host needs to run each claimed replica.
+async fn describe_assignments(connection: &mut PgConnection, claimed: Vec<Claimed>) -> ApiResult<Vec<Assignment>> {
+    let work_unit_ids: Vec<i64> = claimed.iter().map(|c| c.work_unit_id).collect();
+    let work_units: Vec<WorkUnitForRun> = sqlx::query_as(
+        "select w.id, w.name, w.args, v.module_sha256, mb.bytes as module_bytes,
+                w.stdin_sha256, sb.bytes as stdin_bytes, w.seed,
+                w.fuel_limit, w.memory_limit_bytes, w.output_limit_bytes, w.wall_time_limit_seconds
+         from work_unit w
+         join app_version v on v.id = w.app_version_id
+         join blob mb on mb.sha256 = v.module_sha256
+         left join blob sb on sb.sha256 = w.stdin_sha256
+         where w.id = any($1)",
+    )
+    .bind(&work_unit_ids)
+    .fetch_all(&mut *connection)
+    .await?;
+    let files: Vec<WorkUnitFileRow> = sqlx::query_as(
+        "select f.work_unit_id, f.name, f.sha256, b.bytes
+         from work_unit_file f join blob b on b.sha256 = f.sha256
+         where f.work_unit_id = any($1)
+         order by f.work_unit_id, f.name",
+    )
+    .bind(&work_unit_ids)
+    .fetch_all(&mut *connection)
+    .await?;
+
+    let mut files_by_work_unit: HashMap<i64, Vec<InputFile>> = HashMap::new();
+    for file in files {
+        files_by_work_unit
+            .entry(file.work_unit_id)
+            .or_default()
+            .push(InputFile { name: file.name, blob: blob_ref(&file.sha256, file.bytes)? });
+    }
+    let work_units: HashMap<i64, WorkUnitForRun> = work_units.into_iter().map(|w| (w.id, w)).collect();
+
+    claimed
+        .into_iter()
+        .map(|claim| {
+            let work_unit = work_units.get(&claim.work_unit_id).ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("claimed work unit {} vanished", claim.work_unit_id))
+            })?;
+            let stdin = match (&work_unit.stdin_sha256, work_unit.stdin_bytes) {
+                (Some(hash), Some(bytes)) => Some(blob_ref(hash, bytes)?),
+                _ => None,
+            };
+            Ok(Assignment {
+                replica_id: claim.replica_id,
+                work_unit_id: work_unit.id,
+                work_unit_name: work_unit.name.clone(),
+                module: blob_ref(&work_unit.module_sha256, work_unit.module_bytes)?,
+                args: serde_json::from_value(work_unit.args.clone()).map_err(|error| {
+                    ApiError::Internal(anyhow::anyhow!("stored arguments are not strings: {error}"))
+                })?,
+                stdin,
+                inputs: files_by_work_unit.remove(&work_unit.id).unwrap_or_default(),
+                limits: RunLimits {
+                    fuel: work_unit.fuel_limit as u64,
+                    memory_bytes: work_unit.memory_limit_bytes as u64,
+                    output_bytes: work_unit.output_limit_bytes as u64,
+                    wall_time_seconds: work_unit.wall_time_limit_seconds as u64,
+                },
+                seed: work_unit.seed as u64,
+                deadline: claim.deadline_at,
+            })
+        })
+        .collect()
+}
+
+fn blob_ref(hash: &str, bytes: i64) -> ApiResult<BlobRef> {
+    let hash: Sha256Hash =
+        hash.parse().map_err(|_| ApiError::Internal(anyhow::anyhow!("stored hash {hash:?} is malformed")))?;
+    Ok(BlobRef::new(hash, bytes as u64))
+}
+
+/// Replicas the host still runs for work units that have failed: nobody needs them now.
+/// They end as "didn't need" and the host is told to abort them.
+async fn abandon_unneeded_replicas(connection: &mut PgConnection, host_id: i64) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "update replica r set state = 'over', outcome = 'didnt_need'
+         from work_unit w
+         where w.id = r.work_unit_id and r.host_id = $1 and r.state = 'in_progress' and w.state = 'failed'
+         returning r.id",
+    )
+    .bind(host_id)
+    .fetch_all(connection)
+    .await
+}

@@ -1,0 +1,148 @@
+//! The real `wasmgrid-server` binary on its embedded PostgreSQL: started, stopped, killed
+//! and started again.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use wasmgrid_client::api::ServerClient;
+use wasmgrid_protocol::api::RegisterHostRequest;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_wasmgrid-server");
+
+struct RunningServer {
+    child: Child,
+    client: ServerClient,
+}
+
+/// A data directory PostgreSQL can reach even when the server runs as root and hands the
+/// cluster to an unprivileged user.
+fn data_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix("wg-embedded-").tempdir_in("/tmp").unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+async fn start(data_dir: &Path) -> RunningServer {
+    let mut child = Command::new(SERVER)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the server binary starts");
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::time::timeout(Duration::from_secs(120), BufReader::new(stdout).lines().next_line())
+        .await
+        .expect("the server announces its address in time")
+        .unwrap()
+        .expect("the server printed its address");
+    let url = line.strip_prefix("wasmgrid-server listening on ").expect("the announcement line").to_owned();
+    let client = ServerClient::new(&url).unwrap();
+    let health = client.request(reqwest::Method::GET, "/healthz").send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    RunningServer { child, client }
+}
+
+impl RunningServer {
+    async fn terminate(mut self) -> std::process::ExitStatus {
+        signal(&self.child, libc::SIGTERM);
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await.expect("stops in time").unwrap()
+    }
+
+    async fn kill(mut self) {
+        signal(&self.child, libc::SIGKILL);
+        self.child.wait().await.unwrap();
+    }
+}
+
+fn signal(child: &Child, signal: libc::c_int) {
+    let pid = child.id().expect("still running") as libc::pid_t;
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(pid, signal) };
+}
+
+fn pid_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("postgres").join("postmaster.pid")
+}
+
+/// PostgreSQL removes its pid file when it has shut down.
+async fn wait_for_postgres_to_stop(data_dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pid_file(data_dir).exists() {
+        assert!(Instant::now() < deadline, "PostgreSQL is still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn host() -> RegisterHostRequest {
+    RegisterHostRequest {
+        name: "laptop".into(),
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        cores: 2,
+        memory_bytes: 1 << 30,
+        client_version: "test".into(),
+    }
+}
+
+#[tokio::test]
+async fn the_server_owns_its_postgres_and_keeps_data_across_restarts_and_crashes() {
+    let dir = data_dir();
+
+    let server = start(dir.path()).await;
+    let account = server.client.create_account("first run").await.unwrap();
+    assert!(pid_file(dir.path()).exists(), "the cluster runs in the data directory");
+    let status = server.terminate().await;
+    assert!(status.success(), "SIGTERM is a clean shutdown: {status}");
+    assert!(!pid_file(dir.path()).exists(), "the cluster stopped with the server");
+
+    let server = start(dir.path()).await;
+    server.client.register_host(&account.account_key, &host()).await.expect("the account survived a restart");
+    server.kill().await;
+    wait_for_postgres_to_stop(dir.path()).await;
+
+    let server = start(dir.path()).await;
+    server.client.register_host(&account.account_key, &host()).await.expect("the account survived a crash");
+    assert!(server.terminate().await.success());
+}
+
+#[tokio::test]
+async fn a_stale_postmaster_pid_from_a_crash_does_not_stop_the_server() {
+    let dir = data_dir();
+    let server = start(dir.path()).await;
+    assert!(server.terminate().await.success());
+    // As after a power cut: the pid file survives, and its pid now belongs to another
+    // process (this test).
+    let stale = format!("{}\n{}\n", std::process::id(), dir.path().join("postgres").display());
+    std::fs::write(pid_file(dir.path()), stale).unwrap();
+
+    let server = start(dir.path()).await;
+    server.client.create_account("after the crash").await.expect("the server works");
+    assert!(server.terminate().await.success());
+}
+
+#[tokio::test]
+async fn without_postgres_binaries_the_server_says_what_to_install_in_one_line() {
+    let dir = data_dir();
+    let output = Command::new(SERVER)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("DATABASE_URL")
+        .env("WASMGRID_POSTGRES_BIN_DIR", "/nonexistent")
+        .env("RUST_LOG", "off")
+        .output()
+        .await
+        .unwrap();
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("apt-get install postgresql"), "{stderr}");
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+}

@@ -1,0 +1,318 @@
+//! `TestApp`: a real server on port 0 with a fresh database of its own, the real client
+//! library talking to it, and helpers to publish work and to act as volunteers.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use sqlx::PgPool;
+use tokio::sync::oneshot;
+use wasmgrid_client::api::{ApiResult, ServerClient};
+use wasmgrid_protocol::Sha256Hash;
+use wasmgrid_protocol::api::{
+    Assignment, RegisterHostRequest, ReplicaReport, ReportedOutcome, SchedulerReply, SchedulerRequest,
+};
+use wasmgrid_server::ServerConfig;
+use wasmgrid_server::database::{DatabaseLocation, test_cluster};
+use wasmgrid_server::publishing::{self, ReplicationPolicy, WorkUnitSpec};
+
+pub const FUEL: u64 = 2_000_000_000;
+pub const HOST_MEMORY: u64 = 8 << 30;
+
+pub struct TestApp {
+    pub client: ServerClient,
+    pub pool: PgPool,
+    pub database_url: String,
+    pub data_dir: tempfile::TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    daily_quota_per_core: u32,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// A server with adjusted settings, on a fresh database.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        let database_url = test_cluster::fresh_database_url().await;
+        Self::spawn_on(database_url, adjust).await
+    }
+
+    /// A server on an existing database (for several servers sharing one).
+    pub async fn spawn_on(database_url: String, adjust: impl FnOnce(&mut ServerConfig)) -> Self {
+        init_logging();
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut config = ServerConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            data_dir.path().to_path_buf(),
+            DatabaseLocation::Url(database_url.clone()),
+        );
+        config.max_database_connections = 10;
+        // Tests drain sweeps explicitly with `sweep()`.
+        config.sweep_interval = Duration::from_secs(3600);
+        adjust(&mut config);
+        let daily_quota_per_core = config.scheduler.daily_quota_per_core;
+        let app = wasmgrid_server::build(config).await.expect("server starts");
+        let address = format!("http://{}", app.local_addr());
+        let pool = app.state().pool.clone();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            client: ServerClient::new(&address).unwrap(),
+            pool,
+            database_url,
+            data_dir,
+            shutdown: Some(shutdown),
+            server: Some(server),
+            daily_quota_per_core,
+        }
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server stops cleanly");
+        }
+    }
+
+    /// Runs the background sweeps (deadlines, credit) until they have nothing left to do.
+    pub async fn sweep(&self) {
+        wasmgrid_server::sweeps::run_sweeps_once(&self.pool, self.daily_quota_per_core).await.expect("sweeps run");
+    }
+
+    /// A new account with one host.
+    pub async fn volunteer(&self, name: &str) -> Volunteer {
+        self.volunteer_with_memory(name, HOST_MEMORY).await
+    }
+
+    pub async fn volunteer_with_memory(&self, name: &str, memory_bytes: u64) -> Volunteer {
+        let account = self.client.create_account(name).await.expect("account created");
+        self.host_for(&account.account_key, name, memory_bytes).await
+    }
+
+    /// Another host on the same account as `volunteer`.
+    pub async fn another_host(&self, volunteer: &Volunteer) -> Volunteer {
+        self.host_for(&volunteer.account_key, "second host", HOST_MEMORY).await
+    }
+
+    async fn host_for(&self, account_key: &str, name: &str, memory_bytes: u64) -> Volunteer {
+        let host = self
+            .client
+            .register_host(
+                account_key,
+                &RegisterHostRequest {
+                    name: name.into(),
+                    os: "linux".into(),
+                    arch: "x86_64".into(),
+                    cores: 4,
+                    memory_bytes,
+                    client_version: "test".into(),
+                },
+            )
+            .await
+            .expect("host registered");
+        Volunteer {
+            client: self.client.clone(),
+            account_key: account_key.to_owned(),
+            account_id: host.account_id,
+            host_id: host.host_id,
+            token: host.host_token,
+        }
+    }
+
+    /// Publishes an app and one batch of `count` work units with `policy`; returns their ids.
+    pub async fn publish(&self, count: usize, policy: ReplicationPolicy) -> Vec<i64> {
+        self.publish_specs(
+            (0..count).map(|i| WorkUnitSpec { policy, ..WorkUnitSpec::new(format!("wu-{i}")) }).collect(),
+        )
+        .await
+    }
+
+    pub async fn publish_specs(&self, specs: Vec<WorkUnitSpec>) -> Vec<i64> {
+        let mut transaction = self.pool.begin().await.unwrap();
+        let store = wasmgrid_server::blobs::DirectoryStore::open(self.data_dir.path().join("blobs")).unwrap();
+        let module = wasmgrid_server::blobs::store_bytes(&mut transaction, &store, b"\0asm\x01\0\0\0").await.unwrap();
+        let app_name = format!("app-{}", rand_suffix());
+        let app_id = publishing::create_app(&mut transaction, &app_name).await.unwrap();
+        publishing::add_app_version(&mut transaction, app_id, module).await.unwrap();
+        let batch_id = publishing::create_batch(&mut transaction, app_id, "batch", &specs).await.unwrap();
+        transaction.commit().await.unwrap();
+        sqlx::query_scalar("select id from work_unit where batch_id = $1 order by id")
+            .bind(batch_id)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn work_unit(&self, id: i64) -> WorkUnitView {
+        sqlx::query_as(
+            "select state::text as state, failure_reason, canonical_replica_id, credit from work_unit where id = $1",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    pub async fn replicas(&self, work_unit_id: i64) -> Vec<ReplicaView> {
+        sqlx::query_as(
+            "select id, state::text as state, outcome::text as outcome, validate_state::text as validate_state,
+                    credit
+             from replica where work_unit_id = $1 order by id",
+        )
+        .bind(work_unit_id)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    pub async fn host(&self, host_id: i64) -> HostView {
+        sqlx::query_as(
+            "select total_credit, expavg_credit, daily_quota, consecutive_valid, error_count, invalid_count, valid_count
+             from host where id = $1",
+        )
+        .bind(host_id)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    pub async fn account_credit(&self, account_id: i64) -> f64 {
+        sqlx::query_scalar("select total_credit from account where id = $1")
+            .bind(account_id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Moves a replica's deadline into the past, as if its time had run out.
+    pub async fn expire(&self, replica_id: i64) {
+        sqlx::query("update replica set deadline_at = now() - interval '1 second' where id = $1")
+            .bind(replica_id)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+/// Server warnings and errors appear in a failing test's output (`RUST_LOG` overrides).
+fn init_logging() {
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    });
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One volunteer host, acting through the real client library.
+#[derive(Clone)]
+pub struct Volunteer {
+    pub client: ServerClient,
+    pub account_key: String,
+    pub account_id: i64,
+    pub host_id: i64,
+    pub token: String,
+}
+
+impl Volunteer {
+    pub async fn request(&self, reports: Vec<ReplicaReport>, want: u32) -> ApiResult<SchedulerReply> {
+        self.client.scheduler(&self.token, &SchedulerRequest { reports, want_replicas: want }).await
+    }
+
+    pub async fn fetch(&self, want: u32) -> Vec<Assignment> {
+        self.request(Vec::new(), want).await.expect("scheduler request").assignments
+    }
+
+    /// Uploads `output` and reports success.
+    pub async fn succeed(&self, replica_id: i64, output: &[u8]) -> SchedulerReply {
+        self.upload(replica_id, output).await.expect("upload");
+        self.request(vec![success(replica_id, output)], 0).await.expect("report")
+    }
+
+    pub async fn upload(&self, replica_id: i64, output: &[u8]) -> ApiResult<()> {
+        self.client.upload_output(&self.token, replica_id, Bytes::copy_from_slice(output)).await.map(|_| ())
+    }
+
+    pub async fn fail(&self, replica_id: i64, reason: &str) -> SchedulerReply {
+        self.request(vec![failure(replica_id, reason)], 0).await.expect("report")
+    }
+}
+
+pub fn success(replica_id: i64, output: &[u8]) -> ReplicaReport {
+    ReplicaReport {
+        replica_id,
+        outcome: ReportedOutcome::Success { output_hash: Sha256Hash::of(output), output_bytes: output.len() as u64 },
+        fuel_used: FUEL,
+        run_time_ms: 10,
+        exit_status: Some(0),
+        stderr: String::new(),
+    }
+}
+
+pub fn failure(replica_id: i64, reason: &str) -> ReplicaReport {
+    ReplicaReport {
+        replica_id,
+        outcome: ReportedOutcome::Error { reason: reason.into() },
+        fuel_used: 1000,
+        run_time_ms: 10,
+        exit_status: Some(1),
+        stderr: "trap".into(),
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct WorkUnitView {
+    pub state: String,
+    pub failure_reason: Option<String>,
+    pub canonical_replica_id: Option<i64>,
+    pub credit: Option<f64>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ReplicaView {
+    pub id: i64,
+    pub state: String,
+    pub outcome: Option<String>,
+    pub validate_state: String,
+    pub credit: Option<f64>,
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct HostView {
+    pub total_credit: f64,
+    pub expavg_credit: f64,
+    pub daily_quota: i32,
+    pub consecutive_valid: i32,
+    pub error_count: i64,
+    pub invalid_count: i64,
+    pub valid_count: i64,
+}
+
+/// A policy with the given quorum and target, and room for retries.
+pub fn policy(min_quorum: u32, target_replicas: u32) -> ReplicationPolicy {
+    ReplicationPolicy { min_quorum, target_replicas, ..ReplicationPolicy::default() }
+}

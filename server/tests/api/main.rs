@@ -1,0 +1,12 @@
+//! Integration tests of the server: a real server and a real PostgreSQL (a fresh database
+//! per test), driven through the real client library.
+
+mod bad_input;
+mod blobs;
+mod cheating;
+mod claiming;
+mod concurrency;
+mod embedded;
+mod helpers;
+mod idempotency;
+mod state_machine;

@@ -1,0 +1,2 @@
+//! End-to-end harness: the real server binary, real PostgreSQL and real clients, shared by
+//! the end-to-end tests and the benchmark programs.

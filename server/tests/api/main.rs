@@ -6,6 +6,7 @@ mod blobs;
 mod cheating;
 mod claiming;
 mod concurrency;
+mod credit;
 mod embedded;
 mod helpers;
 mod idempotency;

@@ -1,0 +1,66 @@
+//! Credit totals: teams, and BOINC's recent average credit.
+
+use crate::helpers::{TestApp, policy};
+
+#[tokio::test]
+async fn a_team_earns_the_credit_of_its_members() {
+    let app = TestApp::spawn().await;
+    let [wu] = app.publish(1, policy(2, 2)).await[..] else { panic!() };
+    let (alice, bob) = (app.volunteer("alice").await, app.volunteer("bob").await);
+    let team_id: i64 = sqlx::query_scalar("insert into team (name) values ('crunchers') returning id")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("update account set team_id = $1 where id = $2")
+        .bind(team_id)
+        .bind(alice.account_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let a = alice.fetch(1).await[0].replica_id;
+    let b = bob.fetch(1).await[0].replica_id;
+    alice.succeed(a, b"out").await;
+    bob.succeed(b, b"out").await;
+    app.sweep().await;
+
+    let (total, recent): (f64, f64) = sqlx::query_as("select total_credit, expavg_credit from team where id = $1")
+        .bind(team_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(total, 2.0, "only alice is in the team");
+    assert!(recent > 0.0);
+    assert_eq!(app.count("select count(*) from credit_grant where not applied").await, 0);
+    assert_eq!(app.work_unit(wu).await.state, "validated");
+}
+
+#[tokio::test]
+async fn recent_average_credit_halves_in_a_week_without_new_credit() {
+    let app = TestApp::spawn().await;
+    let decayed: f64 = sqlx::query_scalar("select decayed_average(100, now() - interval '7 days', 0, now())")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!((decayed - 50.0).abs() < 1e-9, "{decayed}");
+}
+
+#[tokio::test]
+async fn recent_average_credit_converges_to_the_daily_rate() {
+    let app = TestApp::spawn().await;
+    // Ten credits a day, every day, for a year.
+    let average: f64 = sqlx::query_scalar(
+        "with recursive day(n, average) as (
+             select 0, 0::float8
+             union all
+             select n + 1, decayed_average(average, now() + make_interval(days => n), 10,
+                                           now() + make_interval(days => n + 1))
+             from day where n < 365
+         )
+         select average from day where n = 365",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert!((average - 10.0).abs() < 0.01, "{average}");
+}

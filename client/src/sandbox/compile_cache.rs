@@ -1,0 +1,63 @@
+//! Compiled modules cached on disk, per module hash and engine, so a module is compiled
+//! once and later tasks start at once.
+//!
+//! Loading precompiled code is only safe for code this client compiled itself: the cache
+//! lives in the client's own data directory, files are written under a temporary name and
+//! renamed when complete, and their name binds them to the module's hash and to the
+//! engine's compatibility hash (wasmtime version and settings). Precompiled code never
+//! comes from the network.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use wasmgrid_protocol::Sha256Hash;
+use wasmtime::{Engine, Module};
+
+pub struct CompileCache {
+    dir: PathBuf,
+    engine_tag: String,
+}
+
+impl CompileCache {
+    pub fn open(dir: impl Into<PathBuf>, engine: &Engine) -> std::io::Result<Self> {
+        let dir = dir.into();
+        std::fs::create_dir_all(&dir)?;
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Ok(Self { dir, engine_tag: format!("{:016x}", hasher.finish()) })
+    }
+
+    fn path_of(&self, module_hash: &Sha256Hash) -> PathBuf {
+        self.dir.join(format!("{module_hash}-{}.cwasm", self.engine_tag))
+    }
+
+    /// The compiled module for `wasm`, whose hash the caller has verified: from the cache
+    /// when present and loadable, otherwise compiled now and stored.
+    pub fn load_or_compile(&self, engine: &Engine, module_hash: &Sha256Hash, wasm: &Path) -> anyhow::Result<Module> {
+        let cached = self.path_of(module_hash);
+        if cached.exists() {
+            // SAFETY: the file was produced by `Module::serialize` in `store` below, by
+            // this client, for an engine with the same compatibility hash; wasmtime also
+            // checks the version and settings it records before loading.
+            match unsafe { Module::deserialize_file(engine, &cached) } {
+                Ok(module) => return Ok(module),
+                Err(_) => {
+                    let _ = std::fs::remove_file(&cached);
+                }
+            }
+        }
+        let module = Module::from_file(engine, wasm)?;
+        // A cache that cannot be written only costs a recompilation next time.
+        let _ = self.store(&module, &cached);
+        Ok(module)
+    }
+
+    fn store(&self, module: &Module, path: &Path) -> anyhow::Result<()> {
+        let bytes = module.serialize()?;
+        let mut temporary = tempfile::NamedTempFile::new_in(&self.dir)?;
+        std::io::Write::write_all(&mut temporary, &bytes)?;
+        temporary.persist(path)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,77 @@
+//! Resource limits that end a run with an error naming the limit.
+
+use std::fmt;
+
+use wasmtime::ResourceLimiter;
+
+/// A limit a run broke, or the reason it was stopped from outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Fuel,
+    WallTime,
+    Memory,
+    Tables,
+    Stack,
+    Output,
+    ScratchDisk,
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Fuel => "fuel limit exceeded",
+            Self::WallTime => "wall-clock time limit exceeded",
+            Self::Memory => "memory limit exceeded",
+            Self::Tables => "table limit exceeded",
+            Self::Stack => "stack depth limit exceeded",
+            Self::Output => "output size limit exceeded",
+            Self::ScratchDisk => "scratch disk limit exceeded",
+        })
+    }
+}
+
+/// Most table elements a module may have (function tables of real programs are far
+/// smaller; a table-growth bomb is stopped here).
+pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// Caps linear memory and tables, and remembers which cap was hit.
+pub struct MemoryLimiter {
+    memory_bytes: usize,
+    pub broken: Option<Limit>,
+}
+
+impl MemoryLimiter {
+    pub fn new(memory_bytes: u64) -> Self {
+        Self { memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX), broken: None }
+    }
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.broken = Some(Limit::Memory);
+            wasmtime::bail!("{}: {desired} bytes requested, {} allowed", Limit::Memory, self.memory_bytes);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS {
+            self.broken = Some(Limit::Tables);
+            wasmtime::bail!("{}: {desired} elements requested", Limit::Tables);
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        1
+    }
+
+    fn tables(&self) -> usize {
+        16
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+}

@@ -1,0 +1,62 @@
+//! The same module and inputs give the same bytes and the same fuel: twice, and with
+//! another engine configuration.
+
+use wasmgrid_client::sandbox::RunOutcome;
+use wasmgrid_client::sandbox::engine::EngineSettings;
+
+use crate::{Harness, LIMITS, wat};
+
+#[test]
+fn the_probe_gives_the_same_bytes_and_fuel_every_time() {
+    let wasm = wat("probes/determinism.wat");
+    let harness = Harness::default();
+    let first = harness.run(harness.spec(&wasm, LIMITS));
+    let second = harness.run(harness.spec(&wasm, LIMITS));
+    let unoptimized = Harness::with_settings(EngineSettings { optimize: false, ..EngineSettings::FULL });
+    let third = unoptimized.run(unoptimized.spec(&wasm, LIMITS));
+
+    for report in [&first, &second, &third] {
+        assert_eq!(report.outcome, RunOutcome::Success, "{}", report.stderr);
+        assert_eq!(report.stdout, first.stdout);
+        assert_eq!(report.fuel_used, first.fuel_used);
+    }
+    assert_eq!(first.stdout.len(), 128);
+    assert!(first.fuel_used > 100_000, "the accumulation loop costs fuel");
+}
+
+#[test]
+fn nans_are_canonical() {
+    let harness = Harness::default();
+    let report = harness.run(harness.spec(&wat("probes/determinism.wat"), LIMITS));
+    let f64_bits = |offset: usize| u64::from_le_bytes(report.stdout[offset..offset + 8].try_into().unwrap());
+    for offset in [0, 8, 16] {
+        assert_eq!(f64_bits(offset), 0x7FF8_0000_0000_0000, "f64 NaN at {offset}");
+    }
+    let f32_bits = u32::from_le_bytes(report.stdout[24..28].try_into().unwrap());
+    assert_eq!(f32_bits, 0x7FC0_0000);
+}
+
+#[test]
+fn random_bytes_follow_the_seed_and_the_clock_is_frozen() {
+    let wasm = wat("probes/determinism.wat");
+    let harness = Harness::default();
+    let seeded_42 = harness.run(harness.spec(&wasm, LIMITS));
+    let mut other_seed = harness.spec(&wasm, LIMITS);
+    other_seed.seed = 7;
+    let seeded_7 = harness.run(other_seed);
+
+    assert_ne!(seeded_42.stdout[56..88], seeded_7.stdout[56..88], "random bytes depend on the seed");
+    assert_eq!(seeded_42.stdout[..56], seeded_7.stdout[..56], "nothing else does");
+    assert_eq!(seeded_42.stdout[88..96], [0u8; 8], "the wall clock reads the Unix epoch");
+}
+
+#[test]
+fn the_second_run_loads_the_compiled_module_from_the_cache() {
+    let wasm = wat("probes/determinism.wat");
+    let harness = Harness::default();
+    harness.run(harness.spec(&wasm, LIMITS));
+    let cached: Vec<_> = std::fs::read_dir(harness.dir.path().join("cache")).unwrap().flatten().collect();
+    assert_eq!(cached.len(), 1, "one compiled module on disk");
+    let report = harness.run(harness.spec(&wasm, LIMITS));
+    assert_eq!(report.outcome, RunOutcome::Success);
+}

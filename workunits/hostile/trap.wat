@@ -1,0 +1,4 @@
+;; Executes `unreachable`.
+(module
+  (func (export "_start")
+    unreachable))

@@ -1,8 +1,26 @@
 //! The wasmgrid volunteer client and publishing commands.
 //!
-//! - [`api`]: the typed HTTP client for the server's API, used by the daemon and by every
-//!   command.
+//! - [`api`]: the typed HTTP client for the server's API.
 //! - [`sandbox`]: runs a work unit's Wasm module deterministically, within hard limits.
+//! - [`daemon`]: keeps the slots busy: fetch, stage, run, upload, report.
+//! - [`state`]: the tasks and unreported results, kept on disk across crashes.
+//! - [`output`]: a finished run's output, packed deterministically.
+//! - [`blob_cache`]: modules and inputs downloaded by hash, verified, evicted LRU.
+//! - [`projects`]: attached projects and their secrets.
+//! - [`settings`]: `client.toml` and the resource limits it sets.
+//! - [`status`]: what the daemon is doing, over a local socket.
+//! - [`data_dir`]: where everything lives, and atomic file replacement.
+//! - [`backoff`], [`host_info`]: retry timing; what this machine is.
 
 pub mod api;
+pub mod backoff;
+pub mod blob_cache;
+pub mod daemon;
+pub mod data_dir;
+pub mod host_info;
+pub mod output;
+pub mod projects;
 pub mod sandbox;
+pub mod settings;
+pub mod state;
+pub mod status;

@@ -138,6 +138,11 @@ pub fn blob_path(hash: &Sha256Hash) -> String {
     format!("{}/blobs/{hash}", crate::API_PREFIX)
 }
 
+/// A replica's output is a tar archive of its standard output and its output files, so the
+/// uploaded blob may exceed the work unit's output limit (which bounds the content) by this
+/// much, for the archive's headers.
+pub const OUTPUT_ARCHIVE_ALLOWANCE: u64 = 64 * 1024;
+
 /// The path a replica's output is uploaded to.
 pub fn output_upload_path(replica_id: i64, hash: &Sha256Hash) -> String {
     format!("{}/replicas/{replica_id}/output/{hash}", crate::API_PREFIX)

@@ -24,7 +24,7 @@ pub mod limits;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmgrid_protocol::Sha256Hash;
@@ -73,11 +73,13 @@ pub enum StopReason {
     Aborted,
 }
 
-/// Shared between a run and the rest of the client: ask it to stop, watch its fuel.
+/// Shared between a run and the rest of the client: asks it to stop.
+///
+/// (Fuel used so far is not observable here: wasmtime keeps a synchronous run's fuel
+/// counter in a register and stores it only around calls, so it is known at the end.)
 #[derive(Debug, Default)]
 pub struct RunControl {
     stop: AtomicU8,
-    fuel_used: AtomicU64,
 }
 
 impl RunControl {
@@ -95,11 +97,6 @@ impl RunControl {
             2 => Some(StopReason::Aborted),
             _ => None,
         }
-    }
-
-    /// Fuel the run has used so far (updated every epoch tick).
-    pub fn fuel_used(&self) -> u64 {
-        self.fuel_used.load(Ordering::Relaxed)
     }
 }
 
@@ -295,19 +292,15 @@ impl fmt::Display for NotACommand {
 impl std::error::Error for NotACommand {}
 
 /// Checks, every epoch tick, the stop flag, the wall-clock limit and (less often) the
-/// scratch directory's size, and publishes the fuel used so far.
+/// scratch directory's size.
 fn watch(store: &mut Store<RunState>, spec: &RunSpec, control: Arc<RunControl>, started: Instant) {
     let deadline = started + Duration::from_secs(spec.limits.wall_time_seconds);
     let scratch_dir = spec.scratch_dir.clone();
     let scratch_limit = spec.scratch_limit_bytes;
-    let fuel_limit = spec.limits.fuel;
     let mut ticks = 0u64;
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |context| {
+    store.epoch_deadline_callback(move |_context| {
         ticks += 1;
-        if let Ok(left) = context.get_fuel() {
-            control.fuel_used.store(fuel_limit - left, Ordering::Relaxed);
-        }
         if let Some(reason) = control.stop_reason() {
             return Err(wasmtime::Error::new(Interruption::Stopped(reason)));
         }

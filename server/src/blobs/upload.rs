@@ -1,13 +1,14 @@
 //! `PUT /api/v1/replicas/{id}/output/{sha256}`: a host uploads the output of a replica it
-//! holds, before reporting it. The size limit comes from the work unit and the hash is
-//! checked on arrival; uploading the same output again is harmless.
+//! holds, before reporting it. The size limit comes from the work unit (plus room for the
+//! output archive's headers) and the hash is checked on arrival; uploading the same output
+//! again is harmless.
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use wasmgrid_protocol::Sha256Hash;
-use wasmgrid_protocol::api::OutputUploaded;
+use wasmgrid_protocol::api::{OUTPUT_ARCHIVE_ALLOWANCE, OutputUploaded};
 
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
@@ -46,7 +47,7 @@ pub(super) async fn put_output(
     }
     accepts_output(&target, &claimed_hash, replica_id)?;
 
-    let limit = target.output_limit_bytes as u64;
+    let limit = (target.output_limit_bytes as u64).saturating_add(OUTPUT_ARCHIVE_ALLOWANCE);
     let declared_length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())

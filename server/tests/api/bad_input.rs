@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use reqwest::{Method, StatusCode};
 use wasmgrid_protocol::Sha256Hash;
-use wasmgrid_protocol::api::ErrorBody;
+use wasmgrid_protocol::api::{ErrorBody, OUTPUT_ARCHIVE_ALLOWANCE};
 
 use crate::helpers::{TestApp, policy, success};
 
@@ -167,12 +167,13 @@ async fn an_upload_over_the_work_units_output_limit_is_a_413_and_leaves_no_file(
     let alice = app.volunteer("alice").await;
     let a = alice.fetch(1).await[0].replica_id;
 
-    let too_big = vec![7u8; 1001];
+    let limit = 1000 + OUTPUT_ARCHIVE_ALLOWANCE as usize;
+    let too_big = vec![7u8; limit + 1];
     let error = alice.upload(a, &too_big).await.unwrap_err();
 
     assert_eq!(error.status(), Some(StatusCode::PAYLOAD_TOO_LARGE));
     assert_no_stored_or_staged_file(&app, &Sha256Hash::of(&too_big));
-    alice.upload(a, &vec![7u8; 1000]).await.expect("exactly the limit is fine");
+    alice.upload(a, &vec![7u8; limit]).await.expect("exactly the limit is fine");
 }
 
 #[tokio::test]

@@ -1,0 +1,473 @@
+//! The volunteer daemon: keeps every slot busy with work from the attached projects,
+//! runs it in the sandbox, uploads the outputs and reports the results.
+//!
+//! - [`staging`]: downloading and laying out a task's inputs.
+//! - [`execute`]: one task from staging to packed output, off the async runtime.
+//!
+//! One loop owns the state. It starts tasks in free slots, contacts each project when the
+//! server's `retry_after` (or the backoff after a failure) allows, applies finished runs,
+//! answers status requests, and stops on SIGTERM or Ctrl-C, interrupting running tasks so
+//! they run again next time. Every change to the state is on disk before it is acted on.
+
+mod execute;
+pub mod staging;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::mpsc;
+use wasmgrid_protocol::api::{ReplicaReport, SchedulerReply, SchedulerRequest};
+
+use crate::api::{ApiError, ServerClient};
+use crate::backoff::Backoff;
+use crate::blob_cache::BlobCache;
+use crate::data_dir::DataDir;
+use crate::projects::{Project, Projects, check_transport};
+use crate::sandbox::{RunControl, Sandbox, StopReason};
+use crate::settings::Settings;
+use crate::state::{ClientState, Phase, Task};
+use crate::status::{self, StatusReport};
+use execute::{Completion, ExecContext};
+
+/// Longest wait for running tasks to stop at shutdown.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Reports per scheduler request, as the server allows.
+const MAX_REPORTS: usize = 1000;
+/// The loop wakes at least this often (deadlines, retries of failed staging).
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Exit once no project has work and every result is reported.
+    pub exit_when_idle: bool,
+    /// Allow plain HTTP to servers that are not on this machine.
+    pub allow_insecure: bool,
+}
+
+/// What the daemon knows about talking to one project.
+struct Contact {
+    project: Project,
+    server: ServerClient,
+    next_contact: Instant,
+    backoff: Backoff,
+    /// The last request asked for work and got none.
+    out_of_work: bool,
+}
+
+struct Running {
+    control: Arc<RunControl>,
+    started: Instant,
+    memory_bytes: u64,
+}
+
+pub struct Daemon {
+    data_dir: DataDir,
+    settings: Settings,
+    options: RunOptions,
+    state: ClientState,
+    contacts: Vec<Contact>,
+    running: HashMap<i64, Running>,
+    /// Tasks whose staging failed for a passing reason, and when to try again.
+    retry_at: HashMap<i64, Instant>,
+    exec: Arc<ExecContext>,
+    completions: (mpsc::UnboundedSender<Completion>, mpsc::UnboundedReceiver<Completion>),
+}
+
+impl Daemon {
+    pub fn new(data_dir: DataDir, settings: Settings, options: RunOptions) -> anyhow::Result<Self> {
+        let projects = Projects::load(&data_dir)?;
+        if projects.projects.is_empty() {
+            anyhow::bail!("no project attached: run `wasmgrid attach <SERVER_URL>` first");
+        }
+        let (min, max) = settings.backoff();
+        let mut contacts = Vec::new();
+        for project in projects.projects {
+            check_transport(&project.url, options.allow_insecure)?;
+            let server = ServerClient::new(&project.url)?;
+            contacts.push(Contact {
+                project,
+                server,
+                next_contact: Instant::now(),
+                backoff: Backoff::new(min, max),
+                out_of_work: false,
+            });
+        }
+        let mut state = ClientState::load(&data_dir)?;
+        drop_expired_tasks(&mut state, &data_dir)?;
+        let sandbox = Sandbox::new(&data_dir.compiled())?;
+        let cache = BlobCache::open(data_dir.blobs(), settings.disk / 2)?;
+        let scratch_limit_bytes = settings.disk / (2 * settings.cores() as u64);
+        let exec = Arc::new(ExecContext { sandbox, cache, data_dir: data_dir.clone(), scratch_limit_bytes });
+        Ok(Self {
+            data_dir,
+            settings,
+            options,
+            state,
+            contacts,
+            running: HashMap::new(),
+            retry_at: HashMap::new(),
+            exec,
+            completions: mpsc::unbounded_channel(),
+        })
+    }
+
+    /// Runs until shutdown (or, with `exit_when_idle`, until there is nothing left to do).
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let status_socket = status::bind(&self.data_dir)?;
+        tokio::pin!(shutdown);
+        loop {
+            self.start_tasks();
+            self.contact_due_projects().await?;
+            if self.options.exit_when_idle && self.is_idle() {
+                tracing::info!("no work left and every result reported; exiting");
+                break;
+            }
+            let wake = self
+                .contacts
+                .iter()
+                .map(|contact| contact.next_contact)
+                .min()
+                .unwrap_or_else(Instant::now)
+                .max(Instant::now())
+                .min(Instant::now() + IDLE_TICK);
+            tokio::select! {
+                Some(completion) = self.completions.1.recv() => self.apply(completion)?,
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                accepted = status_socket.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        status::answer(stream, &self.status_report()).await;
+                    }
+                }
+                () = &mut shutdown => {
+                    self.stop_running_tasks().await?;
+                    break;
+                }
+            }
+        }
+        let _ = std::fs::remove_file(self.data_dir.status_socket());
+        Ok(())
+    }
+
+    fn is_idle(&self) -> bool {
+        self.running.is_empty() && self.state.tasks.is_empty() && self.contacts.iter().all(|c| c.out_of_work)
+    }
+
+    /// Starts pending tasks while slots and memory allow.
+    fn start_tasks(&mut self) {
+        let now = Instant::now();
+        let memory_budget = self.settings.memory();
+        let candidates: Vec<Task> = self
+            .state
+            .pending()
+            .filter(|task| !self.running.contains_key(&task.assignment.replica_id))
+            .filter(|task| self.retry_at.get(&task.assignment.replica_id).is_none_or(|at| *at <= now))
+            .cloned()
+            .collect();
+        for task in candidates {
+            if self.running.len() >= self.settings.cores() {
+                break;
+            }
+            let memory_bytes = task.assignment.limits.memory_bytes;
+            let memory_in_use: u64 = self.running.values().map(|r| r.memory_bytes).sum();
+            // A task larger than the whole budget still runs, alone, rather than never.
+            if !self.running.is_empty() && memory_in_use + memory_bytes > memory_budget {
+                continue;
+            }
+            let Some(contact) = self.contacts.iter().find(|c| c.project.url == task.project_url) else { continue };
+            let control = Arc::new(RunControl::default());
+            let replica_id = task.assignment.replica_id;
+            tracing::info!(replica.id = replica_id, workunit = %task.assignment.work_unit_name, "starting task");
+            tokio::spawn(execute::execute(
+                task,
+                contact.server.clone(),
+                self.exec.clone(),
+                control.clone(),
+                self.completions.0.clone(),
+            ));
+            self.running.insert(replica_id, Running { control, started: Instant::now(), memory_bytes });
+        }
+    }
+
+    /// Applies the end of a task's run.
+    fn apply(&mut self, completion: Completion) -> anyhow::Result<()> {
+        let replica_id = completion.replica_id();
+        self.running.remove(&replica_id);
+        match completion {
+            Completion::Finished { phase, .. } => {
+                if let Some(task) = self.state.tasks.get_mut(&replica_id) {
+                    task.phase = phase;
+                    self.state.save(&self.data_dir)?;
+                }
+            }
+            Completion::Stopped { reason: StopReason::Aborted, .. } => self.forget(&[replica_id])?,
+            Completion::Stopped { reason: StopReason::Shutdown, .. } => {}
+            Completion::Retry { error, .. } => {
+                let (min, _) = self.settings.backoff();
+                tracing::warn!(replica.id = replica_id, error = %error, "cannot prepare task; retrying later");
+                self.retry_at.insert(replica_id, Instant::now() + min);
+            }
+        }
+        Ok(())
+    }
+
+    async fn contact_due_projects(&mut self) -> anyhow::Result<()> {
+        for index in 0..self.contacts.len() {
+            if self.contacts[index].next_contact > Instant::now() {
+                continue;
+            }
+            let url = self.contacts[index].project.url.clone();
+            let has_reports = self.state.finished_for(&url).next().is_some();
+            let want = self.wanted_from(index);
+            if has_reports || want > 0 {
+                self.contact(index, want).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many new tasks to ask project `index` for: its share of the slots, less what it
+    /// already has here.
+    fn wanted_from(&self, index: usize) -> u32 {
+        let total_share: f64 = self.contacts.iter().map(|c| c.project.resource_share.max(0.0)).sum();
+        let project = &self.contacts[index].project;
+        if total_share <= 0.0 || project.resource_share <= 0.0 {
+            return 0;
+        }
+        let slots = self.settings.cores() as f64;
+        let target = (slots * project.resource_share / total_share).ceil() as usize;
+        let unfinished =
+            self.state.tasks.values().filter(|t| t.project_url == project.url && t.phase == Phase::Pending).count();
+        target.saturating_sub(unfinished) as u32
+    }
+
+    /// One exchange with a project: upload finished outputs, then report and ask for work.
+    async fn contact(&mut self, index: usize, want: u32) -> anyhow::Result<()> {
+        if !self.upload_outputs(index).await? {
+            return Ok(());
+        }
+        let url = self.contacts[index].project.url.clone();
+        let reports: Vec<ReplicaReport> = self
+            .state
+            .finished_for(&url)
+            .filter_map(|task| match &task.phase {
+                Phase::Finished { report, uploaded: true, .. } => Some(report.clone()),
+                Phase::Finished { report, output: None, .. } => Some(report.clone()),
+                _ => None,
+            })
+            .take(MAX_REPORTS)
+            .collect();
+        let request = SchedulerRequest { reports: reports.clone(), want_replicas: want };
+        let contact = &self.contacts[index];
+        match contact.server.scheduler(&contact.project.host_token, &request).await {
+            Ok(reply) => self.apply_reply(index, want, reply),
+            Err(error) if error.is_transient() => {
+                self.back_off(index, &error);
+                Ok(())
+            }
+            Err(error) if !reports.is_empty() => {
+                tracing::warn!(project = %url, error = %error, "the server refused a batch of reports; sending them one by one");
+                self.report_one_by_one(index, reports).await
+            }
+            Err(error) => {
+                self.back_off(index, &error);
+                Ok(())
+            }
+        }
+    }
+
+    /// Uploads outputs not yet uploaded; `false` if the server is unreachable (back off).
+    async fn upload_outputs(&mut self, index: usize) -> anyhow::Result<bool> {
+        let url = self.contacts[index].project.url.clone();
+        let waiting: Vec<(i64, crate::state::StoredOutput)> = self
+            .state
+            .finished_for(&url)
+            .filter_map(|task| match &task.phase {
+                Phase::Finished { output: Some(output), uploaded: false, .. } => {
+                    Some((task.assignment.replica_id, output.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        for (replica_id, output) in waiting {
+            let path = self.data_dir.task(replica_id).join(execute::OUTPUT_FILE);
+            let bytes = tokio::fs::read(&path).await.with_context(|| format!("cannot read {}", path.display()))?;
+            let contact = &self.contacts[index];
+            match contact
+                .server
+                .upload_output_as(&contact.project.host_token, replica_id, output.sha256, bytes.into())
+                .await
+            {
+                Ok(_) => {
+                    if let Some(Task { phase: Phase::Finished { uploaded, .. }, .. }) =
+                        self.state.tasks.get_mut(&replica_id)
+                    {
+                        *uploaded = true;
+                    }
+                    self.state.save(&self.data_dir)?;
+                }
+                Err(error) if error.is_transient() => {
+                    self.back_off(index, &error);
+                    return Ok(false);
+                }
+                Err(error) => {
+                    tracing::error!(replica.id = replica_id, error = %error, "the server refused the output; dropping the task");
+                    self.forget(&[replica_id])?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn apply_reply(&mut self, index: usize, want: u32, reply: SchedulerReply) -> anyhow::Result<()> {
+        let url = self.contacts[index].project.url.clone();
+        // New work is on disk before anything else happens to it.
+        for assignment in reply.assignments.iter().cloned() {
+            self.state.tasks.entry(assignment.replica_id).or_insert(Task {
+                project_url: url.clone(),
+                assignment,
+                phase: Phase::Pending,
+            });
+        }
+        for replica_id in &reply.abort {
+            if let Some(running) = self.running.get(replica_id) {
+                running.control.stop(StopReason::Aborted);
+            }
+        }
+        let aborted_idle: Vec<i64> = reply.abort.iter().copied().filter(|id| !self.running.contains_key(id)).collect();
+        for replica_id in reply.acknowledged.iter().chain(&aborted_idle) {
+            self.state.tasks.remove(replica_id);
+        }
+        self.state.save(&self.data_dir)?;
+        for replica_id in reply.acknowledged.iter().chain(&aborted_idle) {
+            let _ = std::fs::remove_dir_all(self.data_dir.task(*replica_id));
+        }
+        if !reply.assignments.is_empty() || !reply.acknowledged.is_empty() {
+            tracing::info!(
+                project = %url,
+                reported = reply.acknowledged.len(),
+                received = reply.assignments.len(),
+                "scheduler request done"
+            );
+        }
+        let contact = &mut self.contacts[index];
+        contact.backoff.succeeded();
+        contact.out_of_work = want > 0 && reply.assignments.is_empty();
+        contact.next_contact = Instant::now() + Duration::from_secs(reply.retry_after_seconds);
+        let keep: HashSet<_> = self.state.tasks.values().map(|task| task.assignment.module.sha256).collect();
+        let _ = self.exec.cache.evict(&keep);
+        Ok(())
+    }
+
+    /// Finds which reports the server refuses, so that one bad result cannot block the
+    /// others forever: the refused ones are dropped, with an error in the log.
+    async fn report_one_by_one(&mut self, index: usize, reports: Vec<ReplicaReport>) -> anyhow::Result<()> {
+        for report in reports {
+            let replica_id = report.replica_id;
+            let request = SchedulerRequest { reports: vec![report], want_replicas: 0 };
+            let contact = &self.contacts[index];
+            match contact.server.scheduler(&contact.project.host_token, &request).await {
+                Ok(reply) => self.apply_reply(index, 0, reply)?,
+                Err(error) if error.is_transient() => {
+                    self.back_off(index, &error);
+                    return Ok(());
+                }
+                Err(error) => {
+                    tracing::error!(replica.id = replica_id, error = %error, "the server refused this report; dropping it");
+                    self.forget(&[replica_id])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn back_off(&mut self, index: usize, error: &ApiError) {
+        let contact = &mut self.contacts[index];
+        let mut wait = contact.backoff.failed();
+        if let ApiError::Server { retry_after: Some(retry_after), .. } = error {
+            wait = wait.max(*retry_after);
+        }
+        tracing::warn!(project = %contact.project.url, error = %error, wait_seconds = wait.as_secs(), "backing off");
+        contact.next_contact = Instant::now() + wait;
+    }
+
+    fn forget(&mut self, replica_ids: &[i64]) -> anyhow::Result<()> {
+        for replica_id in replica_ids {
+            self.state.tasks.remove(replica_id);
+        }
+        self.state.save(&self.data_dir)?;
+        for replica_id in replica_ids {
+            let _ = std::fs::remove_dir_all(self.data_dir.task(*replica_id));
+        }
+        Ok(())
+    }
+
+    /// Interrupts every running task; each stays pending and runs again next start.
+    async fn stop_running_tasks(&mut self) -> anyhow::Result<()> {
+        for running in self.running.values() {
+            running.control.stop(StopReason::Shutdown);
+        }
+        let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+        while !self.running.is_empty() {
+            match tokio::time::timeout_at(deadline, self.completions.1.recv()).await {
+                Ok(Some(completion)) => self.apply(completion)?,
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn status_report(&self) -> StatusReport {
+        let running = self.running.iter().map(|(id, running)| (*id, running.started.elapsed())).collect();
+        let projects = self
+            .contacts
+            .iter()
+            .map(|contact| status::ProjectStatus {
+                url: contact.project.url.clone(),
+                host_id: contact.project.host_id,
+                resource_share: contact.project.resource_share,
+                failed_contacts: contact.backoff.failures(),
+                next_contact_in_seconds: contact.next_contact.saturating_duration_since(Instant::now()).as_secs(),
+            })
+            .collect();
+        status::StatusReport::new(true, projects, &self.state, &running)
+    }
+}
+
+/// Tasks not started before their deadline are given to someone else by now: drop them.
+/// Finished ones are kept, since a late result is still checked and may earn credit.
+fn drop_expired_tasks(state: &mut ClientState, data_dir: &DataDir) -> anyhow::Result<()> {
+    let now = chrono::Utc::now();
+    let expired: Vec<i64> = state
+        .tasks
+        .values()
+        .filter(|task| task.phase == Phase::Pending && task.assignment.deadline < now)
+        .map(|task| task.assignment.replica_id)
+        .collect();
+    if expired.is_empty() {
+        return Ok(());
+    }
+    for replica_id in &expired {
+        tracing::info!(replica.id = replica_id, "dropping a task past its deadline");
+        state.tasks.remove(replica_id);
+    }
+    state.save(data_dir)?;
+    for replica_id in expired {
+        let _ = std::fs::remove_dir_all(data_dir.task(replica_id));
+    }
+    Ok(())
+}
+
+/// Holds the data directory's lock for the daemon's lifetime: one daemon per directory.
+pub fn lock(data_dir: &DataDir) -> anyhow::Result<std::fs::File> {
+    let file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data_dir.lock_file())
+        .context("cannot open the daemon lock")?;
+    file.try_lock()
+        .map_err(|_| anyhow::anyhow!("another wasmgrid daemon is running on {}", data_dir.root().display()))?;
+    Ok(file)
+}

@@ -1,0 +1,107 @@
+//! The client's data directory and what lives where in it.
+//!
+//! ```text
+//! client.toml      settings (the same as the `run` flags)
+//! projects.json    attached projects with their secrets (mode 0600)
+//! state.json       tasks and unreported results, rewritten atomically on every change
+//! daemon.lock      held by the running daemon
+//! daemon.sock      the running daemon's status socket
+//! blobs/           downloaded modules and inputs, by SHA-256
+//! compiled/        compiled modules, by module hash and engine
+//! tasks/<id>/      one directory per task: input/, scratch/, output.tar
+//! ```
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// Overrides the data directory, like `--data-dir`.
+pub const DATA_DIR_VARIABLE: &str = "WASMGRID_DATA_DIR";
+
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// `--data-dir`, else `$WASMGRID_DATA_DIR`, else the platform's data directory.
+    pub fn locate(flag: Option<PathBuf>) -> anyhow::Result<Self> {
+        let root = match flag.or_else(|| std::env::var_os(DATA_DIR_VARIABLE).map(PathBuf::from)) {
+            Some(root) => root,
+            None => dirs::data_dir()
+                .context("no data directory on this platform: pass --data-dir or set WASMGRID_DATA_DIR")?
+                .join("wasmgrid"),
+        };
+        Self::open(root)
+    }
+
+    /// Opens (creating it, private to this user) the data directory at `root`.
+    pub fn open(root: PathBuf) -> anyhow::Result<Self> {
+        fs::create_dir_all(&root).with_context(|| format!("cannot create the data directory {}", root.display()))?;
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))?;
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn settings_file(&self) -> PathBuf {
+        self.root.join("client.toml")
+    }
+
+    pub fn projects_file(&self) -> PathBuf {
+        self.root.join("projects.json")
+    }
+
+    pub fn state_file(&self) -> PathBuf {
+        self.root.join("state.json")
+    }
+
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("daemon.lock")
+    }
+
+    pub fn status_socket(&self) -> PathBuf {
+        self.root.join("daemon.sock")
+    }
+
+    pub fn blobs(&self) -> PathBuf {
+        self.root.join("blobs")
+    }
+
+    pub fn compiled(&self) -> PathBuf {
+        self.root.join("compiled")
+    }
+
+    pub fn task(&self, replica_id: i64) -> PathBuf {
+        self.root.join("tasks").join(replica_id.to_string())
+    }
+
+    pub fn tasks(&self) -> PathBuf {
+        self.root.join("tasks")
+    }
+}
+
+/// Replaces `path` with `contents` so that a crash at any moment leaves either the old or
+/// the new file, complete: write a temporary file, sync it, rename it over, sync the
+/// directory. The file is readable by its owner only.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let dir = path.parent().context("a file to replace has a parent directory")?;
+    let temporary = dir.join(format!(".{}.tmp", path.file_name().and_then(|name| name.to_str()).unwrap_or("file")));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)
+        .with_context(|| format!("cannot write {}", temporary.display()))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    fs::rename(&temporary, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}

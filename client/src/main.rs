@@ -1,0 +1,182 @@
+//! `wasmgrid`: the volunteer client.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use wasmgrid_client::api::ServerClient;
+use wasmgrid_client::daemon::{self, Daemon, RunOptions};
+use wasmgrid_client::data_dir::DataDir;
+use wasmgrid_client::projects::{Project, Projects, check_transport, normalize_url};
+use wasmgrid_client::settings::Settings;
+use wasmgrid_client::{host_info, status};
+
+#[derive(Parser)]
+#[command(name = "wasmgrid", version, about = "Give your spare CPU time to WebAssembly science projects")]
+struct Cli {
+    /// The client's data directory [default: $WASMGRID_DATA_DIR, else the platform's data directory].
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach this machine to a project (creating an account unless a key is given).
+    Attach {
+        server_url: String,
+        /// Attach to an existing account.
+        #[arg(long, env = "WASMGRID_ACCOUNT_KEY", hide_env_values = true)]
+        account_key: Option<String>,
+        /// Name of the new account (without --account-key) and of this host.
+        #[arg(long)]
+        name: Option<String>,
+        /// This project's share of the machine, relative to other attached projects.
+        #[arg(long, default_value_t = 100.0)]
+        resource_share: f64,
+        /// Allow plain http to a server that is not on this machine.
+        #[arg(long)]
+        allow_insecure: bool,
+    },
+    /// Detach from a project.
+    Detach { server_url: String },
+    /// Run the volunteer daemon.
+    Run {
+        /// Tasks to run at once [default: every core].
+        #[arg(long)]
+        cores: Option<usize>,
+        /// Linear memory all running tasks may use together, in bytes.
+        #[arg(long)]
+        memory: Option<u64>,
+        /// Disk for cached files and task directories, in bytes.
+        #[arg(long)]
+        disk: Option<u64>,
+        /// Exit once no project has work and every result is reported.
+        #[arg(long)]
+        exit_when_idle: bool,
+        /// Allow plain http to servers that are not on this machine.
+        #[arg(long)]
+        allow_insecure: bool,
+    },
+    /// Show the attached projects and the tasks.
+    Status {
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,wasmtime=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().expect("cannot start the async runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("wasmgrid: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = DataDir::locate(cli.data_dir)?;
+    match cli.command {
+        Command::Attach { server_url, account_key, name, resource_share, allow_insecure } => {
+            attach(&data_dir, &server_url, account_key, name, resource_share, allow_insecure).await
+        }
+        Command::Detach { server_url } => {
+            let mut projects = Projects::load(&data_dir)?;
+            if !projects.remove(&server_url) {
+                anyhow::bail!("not attached to {server_url}");
+            }
+            projects.save(&data_dir)?;
+            println!("detached from {}", normalize_url(&server_url));
+            Ok(())
+        }
+        Command::Run { cores, memory, disk, exit_when_idle, allow_insecure } => {
+            let mut settings = Settings::load(&data_dir)?;
+            settings.cores = cores.or(settings.cores);
+            settings.memory = memory.or(settings.memory);
+            settings.disk = disk.unwrap_or(settings.disk);
+            let _lock = daemon::lock(&data_dir)?;
+            let daemon = Daemon::new(data_dir, settings, RunOptions { exit_when_idle, allow_insecure })?;
+            daemon.run(shutdown_signal()).await
+        }
+        Command::Status { json } => {
+            let report = status::query(&data_dir).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn attach(
+    data_dir: &DataDir,
+    server_url: &str,
+    account_key: Option<String>,
+    name: Option<String>,
+    resource_share: f64,
+    allow_insecure: bool,
+) -> anyhow::Result<()> {
+    let url = normalize_url(server_url);
+    check_transport(&url, allow_insecure)?;
+    if resource_share.is_nan() || resource_share <= 0.0 {
+        anyhow::bail!("--resource-share must be positive");
+    }
+    let server = ServerClient::new(&url)?;
+    let name = name.unwrap_or_else(host_info::hostname);
+    let account_key = match account_key {
+        Some(key) => key,
+        None => {
+            let account = server.create_account(&name).await.context("cannot create an account")?;
+            println!(
+                "created account {} — keep this account key to attach more machines: {}",
+                account.account_id, account.account_key
+            );
+            account.account_key
+        }
+    };
+    let host =
+        server.register_host(&account_key, &host_info::describe(&name)).await.context("cannot register this host")?;
+    let mut projects = Projects::load(data_dir)?;
+    projects.upsert(Project {
+        url: url.clone(),
+        account_id: host.account_id,
+        account_key,
+        host_id: host.host_id,
+        host_token: host.host_token,
+        resource_share,
+    });
+    projects.save(data_dir)?;
+    println!("attached to {url} as host {}", host.host_id);
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("stopping: running tasks are kept for the next start");
+}

@@ -1,0 +1,149 @@
+//! A finished run's output, packed into one deterministic archive: a tar file holding
+//! `stdout` and `files/<path>` for every regular file the module left in its scratch
+//! directory, in sorted order, with fixed metadata, so that equal outputs are equal bytes.
+//!
+//! A top-level `checkpoint` entry in the scratch directory is the module's own business
+//! (state for resuming) and is not part of the output. Symbolic links and other special
+//! files are never followed or packed.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use wasmgrid_protocol::Sha256Hash;
+use wasmgrid_protocol::api::OUTPUT_ARCHIVE_ALLOWANCE;
+use wasmgrid_protocol::hash::Sha256Hasher;
+
+/// The scratch entry that holds checkpoints and is left out of the output.
+pub const CHECKPOINT_NAME: &str = "checkpoint";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("output size limit exceeded")]
+    TooLarge,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Packs `stdout` and the scratch files into `destination`; returns its hash and size.
+/// The content may be at most `limit` bytes (the archive at most that plus its headers).
+pub fn pack(stdout: &[u8], scratch: &Path, destination: &Path, limit: u64) -> Result<(Sha256Hash, u64), PackError> {
+    let files = output_files(scratch)?;
+    let content: u64 = stdout.len() as u64 + files.iter().map(|(_, bytes, _)| bytes).sum::<u64>();
+    if content > limit {
+        return Err(PackError::TooLarge);
+    }
+    let mut archive = tar::Builder::new(File::create(destination)?);
+    archive.mode(tar::HeaderMode::Deterministic);
+    append(&mut archive, "stdout", stdout.len() as u64, stdout)?;
+    for (relative, bytes, path) in &files {
+        append(&mut archive, &format!("files/{relative}"), *bytes, File::open(path)?)?;
+    }
+    archive.into_inner()?.sync_all()?;
+    let bytes = std::fs::metadata(destination)?.len();
+    if bytes > limit + OUTPUT_ARCHIVE_ALLOWANCE {
+        return Err(PackError::TooLarge);
+    }
+    Ok((hash_file(destination)?, bytes))
+}
+
+fn append(archive: &mut tar::Builder<File>, name: &str, bytes: u64, data: impl std::io::Read) -> std::io::Result<()> {
+    let mut header = tar::Header::new_ustar();
+    header.set_size(bytes);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    archive.append_data(&mut header, name, data)
+}
+
+/// Regular files under `scratch`, as (relative path, size, full path), sorted by path.
+fn output_files(scratch: &Path) -> std::io::Result<Vec<(String, u64, PathBuf)>> {
+    let mut files = Vec::new();
+    collect(scratch, scratch, &mut files)?;
+    files.sort();
+    Ok(files)
+}
+
+fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, u64, PathBuf)>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if dir == root && entry.file_name() == CHECKPOINT_NAME {
+            continue;
+        }
+        // `file_type` does not follow symbolic links: a link is neither a file nor a dir.
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            collect(root, &path, files)?;
+        } else if kind.is_file() {
+            let relative = path.strip_prefix(root).expect("inside the scratch directory");
+            let Some(relative) = relative.to_str() else { continue };
+            files.push((relative.to_owned(), entry.metadata()?.len(), path));
+        }
+    }
+    Ok(())
+}
+
+pub fn hash_file(path: &Path) -> std::io::Result<Sha256Hash> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256Hasher::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = std::io::Read::read(&mut file, &mut buffer)?;
+        if read == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buffer[..read]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch_with(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, bytes) in files {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn equal_outputs_pack_to_equal_bytes() {
+        let out = tempfile::tempdir().unwrap();
+        let a = scratch_with(&[("b.txt", b"2"), ("a/x.txt", b"1")]);
+        let b = scratch_with(&[("a/x.txt", b"1"), ("b.txt", b"2")]);
+        let (hash_a, _) = pack(b"hi", a.path(), &out.path().join("a.tar"), 1000).unwrap();
+        let (hash_b, _) = pack(b"hi", b.path(), &out.path().join("b.tar"), 1000).unwrap();
+        assert_eq!(hash_a, hash_b);
+    }
+
+    #[test]
+    fn the_archive_holds_stdout_and_files_but_not_checkpoints_or_links() {
+        let out = tempfile::tempdir().unwrap();
+        let scratch = scratch_with(&[("result.txt", b"42"), ("checkpoint/state", b"resume here")]);
+        std::os::unix::fs::symlink("/etc/passwd", scratch.path().join("passwd")).unwrap();
+        let archive_path = out.path().join("out.tar");
+        pack(b"printed", scratch.path(), &archive_path, 1000).unwrap();
+
+        let mut archive = tar::Archive::new(File::open(&archive_path).unwrap());
+        let names: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|entry| entry.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["stdout", "files/result.txt"]);
+    }
+
+    #[test]
+    fn content_over_the_limit_is_refused() {
+        let out = tempfile::tempdir().unwrap();
+        let scratch = scratch_with(&[("big", &[0u8; 600])]);
+        let result = pack(&[1u8; 500], scratch.path(), &out.path().join("out.tar"), 1000);
+        assert!(matches!(result, Err(PackError::TooLarge)));
+    }
+}

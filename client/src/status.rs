@@ -1,0 +1,182 @@
+//! `wasmgrid status`: what the daemon is doing. A running daemon answers on a Unix socket
+//! in the data directory with one JSON document; without a daemon, the same document is
+//! built from the state on disk.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::data_dir::DataDir;
+use crate::projects::Projects;
+use crate::state::{ClientState, Phase};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub daemon_running: bool,
+    pub projects: Vec<ProjectStatus>,
+    pub tasks: Vec<TaskStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectStatus {
+    pub url: String,
+    pub host_id: i64,
+    pub resource_share: f64,
+    pub failed_contacts: u32,
+    pub next_contact_in_seconds: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    pub replica_id: i64,
+    pub work_unit: String,
+    pub project: String,
+    /// pending, running, or finished (waiting to be uploaded and reported).
+    pub state: String,
+    /// Known once the run has ended.
+    pub fuel_used: Option<u64>,
+    pub fuel_limit: u64,
+    pub elapsed_seconds: f64,
+    pub deadline: chrono::DateTime<chrono::Utc>,
+    /// For finished tasks: success, or the error.
+    pub outcome: Option<String>,
+}
+
+impl StatusReport {
+    /// `running` maps replica ids to the time they have been running.
+    pub fn new(
+        daemon_running: bool,
+        projects: Vec<ProjectStatus>,
+        state: &ClientState,
+        running: &HashMap<i64, Duration>,
+    ) -> Self {
+        let tasks = state
+            .tasks
+            .values()
+            .map(|task| {
+                let id = task.assignment.replica_id;
+                let (state, fuel_used, elapsed, outcome) = match (&task.phase, running.get(&id)) {
+                    (Phase::Pending, Some(elapsed)) => ("running", None, elapsed.as_secs_f64(), None),
+                    (Phase::Pending, None) => ("pending", None, 0.0, None),
+                    (Phase::Finished { report, .. }, _) => {
+                        let outcome = match &report.outcome {
+                            wasmgrid_protocol::api::ReportedOutcome::Success { .. } => "success".to_owned(),
+                            wasmgrid_protocol::api::ReportedOutcome::Error { reason } => format!("error: {reason}"),
+                        };
+                        ("finished", Some(report.fuel_used), report.run_time_ms as f64 / 1000.0, Some(outcome))
+                    }
+                };
+                TaskStatus {
+                    replica_id: id,
+                    work_unit: task.assignment.work_unit_name.clone(),
+                    project: task.project_url.clone(),
+                    state: state.to_owned(),
+                    fuel_used,
+                    fuel_limit: task.assignment.limits.fuel,
+                    elapsed_seconds: elapsed,
+                    deadline: task.assignment.deadline,
+                    outcome,
+                }
+            })
+            .collect();
+        Self { daemon_running, projects, tasks }
+    }
+
+    /// The status from disk, for when no daemon answers.
+    pub fn from_disk(data_dir: &DataDir) -> anyhow::Result<Self> {
+        let projects = Projects::load(data_dir)?
+            .projects
+            .into_iter()
+            .map(|project| ProjectStatus {
+                url: project.url,
+                host_id: project.host_id,
+                resource_share: project.resource_share,
+                failed_contacts: 0,
+                next_contact_in_seconds: 0,
+            })
+            .collect();
+        Ok(Self::new(false, projects, &ClientState::load(data_dir)?, &HashMap::new()))
+    }
+
+    /// A table for people.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let daemon = if self.daemon_running { "running" } else { "not running" };
+        out.push_str(&format!("daemon: {daemon}\n"));
+        if self.projects.is_empty() {
+            out.push_str("no project attached (wasmgrid attach <SERVER_URL>)\n");
+        }
+        for project in &self.projects {
+            out.push_str(&format!(
+                "project {}  host {}  share {}{}\n",
+                project.url,
+                project.host_id,
+                project.resource_share,
+                if project.failed_contacts > 0 {
+                    format!(
+                        "  {} failed contacts, next in {} s",
+                        project.failed_contacts, project.next_contact_in_seconds
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        if self.tasks.is_empty() {
+            out.push_str("no tasks\n");
+            return out;
+        }
+        out.push_str(&format!(
+            "{:>10}  {:<24} {:<9} {:>16} {:>9}  {}\n",
+            "replica", "work unit", "state", "fuel", "time (s)", "outcome"
+        ));
+        for task in &self.tasks {
+            out.push_str(&format!(
+                "{:>10}  {:<24} {:<9} {:>16} {:>9.1}  {}\n",
+                task.replica_id,
+                truncate(&task.work_unit, 24),
+                task.state,
+                task.fuel_used.map_or_else(|| "-".to_owned(), |fuel| fuel.to_string()),
+                task.elapsed_seconds,
+                task.outcome.as_deref().unwrap_or("")
+            ));
+        }
+        out
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max { text.to_owned() } else { text.chars().take(max - 1).chain(['…']).collect() }
+}
+
+/// Listens on the status socket, replacing one left by a daemon that died.
+pub fn bind(data_dir: &DataDir) -> anyhow::Result<UnixListener> {
+    let path = data_dir.status_socket();
+    let _ = std::fs::remove_file(&path);
+    Ok(UnixListener::bind(&path)?)
+}
+
+pub async fn answer(mut stream: UnixStream, report: &StatusReport) {
+    if let Ok(json) = serde_json::to_vec(report) {
+        let _ = stream.write_all(&json).await;
+        let _ = stream.shutdown().await;
+    }
+}
+
+/// Asks the running daemon, or reads the state from disk when none answers.
+pub async fn query(data_dir: &DataDir) -> anyhow::Result<StatusReport> {
+    if let Ok(Ok(mut stream)) =
+        tokio::time::timeout(Duration::from_secs(5), UnixStream::connect(data_dir.status_socket())).await
+    {
+        let mut json = Vec::new();
+        if tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut json)).await.is_ok()
+            && let Ok(report) = serde_json::from_slice(&json)
+        {
+            return Ok(report);
+        }
+    }
+    StatusReport::from_disk(data_dir)
+}

@@ -1,0 +1,5 @@
+//! End to end: the real `wasmgrid-server` binary on a real PostgreSQL, real `wasmgrid`
+//! volunteer daemons, real Wasm modules.
+
+mod daemon;
+mod harness;

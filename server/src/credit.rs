@@ -31,22 +31,30 @@ pub fn credit_for_fuel(fuels: &[i64]) -> f64 {
     sorted[(sorted.len() - 1) / 2].max(0) as f64 / FUEL_PER_CREDIT
 }
 
-/// Records the credit of one valid replica; a second grant for it changes nothing.
-pub async fn grant(
-    connection: &mut PgConnection,
-    replica_id: i64,
-    host_id: i64,
-    account_id: i64,
-    credit: f64,
-) -> sqlx::Result<()> {
+/// The credit one valid replica earns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreditGrant {
+    pub replica_id: i64,
+    pub host_id: i64,
+    pub account_id: i64,
+    pub credit: f64,
+}
+
+/// Records grants; a second grant for one replica changes nothing.
+pub async fn grant_all(connection: &mut PgConnection, grants: &[CreditGrant]) -> sqlx::Result<()> {
+    if grants.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&CreditGrant) -> i64| grants.iter().map(f).collect::<Vec<i64>>();
     sqlx::query(
-        "insert into credit_grant (replica_id, host_id, account_id, credit) values ($1, $2, $3, $4)
+        "insert into credit_grant (replica_id, host_id, account_id, credit)
+         select * from unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::float8[])
          on conflict (replica_id) do nothing",
     )
-    .bind(replica_id)
-    .bind(host_id)
-    .bind(account_id)
-    .bind(credit)
+    .bind(column(|g| g.replica_id))
+    .bind(column(|g| g.host_id))
+    .bind(column(|g| g.account_id))
+    .bind(grants.iter().map(|g| g.credit).collect::<Vec<f64>>())
     .execute(connection)
     .await?;
     Ok(())

@@ -6,7 +6,7 @@
 //! only be a mistake or an attack (an unknown replica, another host's replica, an output
 //! that was never uploaded) rejects the whole request and stores nothing.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use sqlx::PgConnection;
 use wasmgrid_protocol::api::{MAX_STDERR_BYTES, ReplicaReport, ReportedOutcome};
@@ -81,88 +81,106 @@ pub async fn apply_reports(
     let work_unit_ids: Vec<i64> = work_unit_ids.into_iter().collect();
     state_machine::lock_work_units(connection, &work_unit_ids).await?;
 
+    let awaiting: Vec<(&ReportedReplica, &ReplicaReport)> =
+        ids.iter().map(|id| (&rows[id], by_id[id])).filter(|(row, _)| row.awaits_report()).collect();
+    let recorded = record_reports(connection, &awaiting).await?;
     let mut touched = BTreeSet::new();
-    for id in &ids {
-        let report = by_id[id];
-        let row = &rows[id];
-        if record_report(connection, row, report).await? {
+    for (row, report) in awaiting {
+        if recorded.contains(&row.id) {
             touched.insert(row.work_unit_id);
             if matches!(report.outcome, ReportedOutcome::Error { .. }) {
                 effects.error(host.id);
             }
         }
     }
-    for work_unit_id in touched {
-        state_machine::transition(connection, work_unit_id, effects).await?;
-    }
+    let touched: Vec<i64> = touched.into_iter().collect();
+    state_machine::transition_all(connection, &touched, effects).await?;
     let mut acknowledged = ids;
     acknowledged.sort_unstable();
     Ok(acknowledged)
 }
 
-/// Stores one report; `false` if it changed nothing (a retry, or a replica that was
-/// abandoned).
-async fn record_report(
+/// Stores the reports of replicas that await one, in one statement, and returns the ids it
+/// changed; a replica whose state moved since it was read (abandoned, or reported by a
+/// concurrent retry) is left alone.
+async fn record_reports(
     connection: &mut PgConnection,
-    row: &ReportedReplica,
-    report: &ReplicaReport,
-) -> ApiResult<bool> {
-    // The state may have moved since the unlocked read above; the `where` below re-checks
-    // it under the row lock.
-    if !row.awaits_report() {
-        return Ok(false);
-    }
-    let stderr = truncate_to_boundary(&report.stderr, MAX_STDERR_BYTES);
-    let fuel_used = i64::try_from(report.fuel_used).unwrap_or(i64::MAX);
-    let run_time_ms = i64::try_from(report.run_time_ms).unwrap_or(i64::MAX);
-    let updated = match &report.outcome {
-        ReportedOutcome::Success { output_hash, .. } => {
-            let uploaded = row.uploaded_sha256.as_deref();
-            if uploaded != Some(output_hash.to_hex().as_str()) {
-                return Err(ApiError::bad_request(format!(
-                    "replica {}: output {output_hash} was not uploaded before the report",
-                    row.id
-                )));
+    reports: &[(&ReportedReplica, &ReplicaReport)],
+) -> ApiResult<HashSet<i64>> {
+    let mut columns = ReportColumns::default();
+    for (row, report) in reports {
+        let (outcome, output_sha256, output_bytes, reason) = match &report.outcome {
+            ReportedOutcome::Success { output_hash, .. } => {
+                let output_sha256 = output_hash.to_hex();
+                if row.uploaded_sha256.as_deref() != Some(output_sha256.as_str()) {
+                    return Err(ApiError::bad_request(format!(
+                        "replica {}: output {output_hash} was not uploaded before the report",
+                        row.id
+                    )));
+                }
+                ("success", Some(output_sha256), row.uploaded_bytes, None)
             }
-            sqlx::query(
-                "update replica r
-                 set state = 'over', outcome = 'success', validate_state = 'pending', received_at = now(),
-                     output_sha256 = r.uploaded_sha256, output_bytes = $2,
-                     fuel_used = least($3, w.fuel_limit), run_time_ms = $4, exit_status = $5, stderr = $6
-                 from work_unit w
-                 where r.id = $1 and w.id = r.work_unit_id
-                   and (r.state = 'in_progress' or r.outcome = 'no_reply')",
-            )
-            .bind(row.id)
-            .bind(row.uploaded_bytes)
-            .bind(fuel_used)
-            .bind(run_time_ms)
-            .bind(report.exit_status)
-            .bind(stderr)
-            .execute(&mut *connection)
-            .await?
-        }
-        ReportedOutcome::Error { reason } => {
-            sqlx::query(
-                "update replica r
-                 set state = 'over', outcome = 'client_error', received_at = now(),
-                     fuel_used = least($2, w.fuel_limit), run_time_ms = $3, exit_status = $4, stderr = $5,
-                     error_reason = $6
-                 from work_unit w
-                 where r.id = $1 and w.id = r.work_unit_id
-                   and (r.state = 'in_progress' or r.outcome = 'no_reply')",
-            )
-            .bind(row.id)
-            .bind(fuel_used)
-            .bind(run_time_ms)
-            .bind(report.exit_status)
-            .bind(stderr)
-            .bind(truncate_to_boundary(reason, MAX_REASON_BYTES))
-            .execute(&mut *connection)
-            .await?
-        }
-    };
-    Ok(updated.rows_affected() == 1)
+            ReportedOutcome::Error { reason } => {
+                ("client_error", None, None, Some(truncate_to_boundary(reason, MAX_REASON_BYTES)))
+            }
+        };
+        columns.id.push(row.id);
+        columns.outcome.push(outcome);
+        columns.output_sha256.push(output_sha256);
+        columns.output_bytes.push(output_bytes);
+        columns.fuel_used.push(i64::try_from(report.fuel_used).unwrap_or(i64::MAX));
+        columns.run_time_ms.push(i64::try_from(report.run_time_ms).unwrap_or(i64::MAX));
+        columns.exit_status.push(report.exit_status);
+        columns.stderr.push(truncate_to_boundary(&report.stderr, MAX_STDERR_BYTES));
+        columns.error_reason.push(reason);
+    }
+    if columns.id.is_empty() {
+        return Ok(HashSet::new());
+    }
+    // The state is re-checked here, under the work unit's lock; a success must still match
+    // the output that was uploaded for it.
+    let recorded: Vec<i64> = sqlx::query_scalar(
+        "update replica r
+         set state = 'over', outcome = u.outcome::replica_outcome, received_at = now(),
+             validate_state = 'pending', output_sha256 = u.output_sha256, output_bytes = u.output_bytes,
+             fuel_used = least(u.fuel_used, w.fuel_limit), run_time_ms = u.run_time_ms,
+             exit_status = u.exit_status, stderr = u.stderr, error_reason = u.error_reason
+         from unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
+                     $7::int[], $8::text[], $9::text[])
+                  as u(id, outcome, output_sha256, output_bytes, fuel_used, run_time_ms, exit_status, stderr,
+                       error_reason),
+              work_unit w
+         where r.id = u.id and w.id = r.work_unit_id
+           and (r.state = 'in_progress' or r.outcome = 'no_reply')
+           and (u.output_sha256 is null or r.uploaded_sha256 = u.output_sha256)
+         returning r.id",
+    )
+    .bind(columns.id)
+    .bind(columns.outcome)
+    .bind(columns.output_sha256)
+    .bind(columns.output_bytes)
+    .bind(columns.fuel_used)
+    .bind(columns.run_time_ms)
+    .bind(columns.exit_status)
+    .bind(columns.stderr)
+    .bind(columns.error_reason)
+    .fetch_all(connection)
+    .await?;
+    Ok(recorded.into_iter().collect())
+}
+
+/// Reports as columns, for one `unnest`.
+#[derive(Default)]
+struct ReportColumns {
+    id: Vec<i64>,
+    outcome: Vec<&'static str>,
+    output_sha256: Vec<Option<String>>,
+    output_bytes: Vec<Option<i64>>,
+    fuel_used: Vec<i64>,
+    run_time_ms: Vec<i64>,
+    exit_status: Vec<Option<i32>>,
+    stderr: Vec<String>,
+    error_reason: Vec<Option<String>>,
 }
 
 /// The last `max` bytes of `text` (the end of standard error says most), cut on a

@@ -8,11 +8,18 @@
 //!   no longer needed. Not found: one more replica.
 //! - `max_total_replicas` caps everything: a work unit that needs more fails.
 //! - After validation, late results are checked against the canonical one.
+//!
+//! Deciding is separate from writing: [`decide`] looks at one work unit and its replicas and
+//! records what must change in [`Changes`]; [`transition_all`] decides for every work unit an
+//! event touched and then writes all their changes in a handful of set-based statements, so
+//! a report of 32 results costs a few round trips to the database, not a few hundred.
+
+use std::collections::HashMap;
 
 use sqlx::PgConnection;
 use wasmgrid_protocol::Sha256Hash;
 
-use crate::credit;
+use crate::credit::{self, CreditGrant};
 use crate::trust::HostEffects;
 use crate::validator::{self, Bitwise, Candidate, Validator, Verdict};
 
@@ -39,6 +46,7 @@ pub async fn lock_work_units(connection: &mut PgConnection, ids: &[i64]) -> sqlx
 
 #[derive(sqlx::FromRow)]
 struct WorkUnitRow {
+    id: i64,
     state: String,
     min_quorum: i32,
     target_replicas: i32,
@@ -51,6 +59,7 @@ struct WorkUnitRow {
 #[derive(sqlx::FromRow)]
 struct ReplicaRow {
     id: i64,
+    work_unit_id: i64,
     state: String,
     outcome: Option<String>,
     validate_state: String,
@@ -86,50 +95,193 @@ impl ReplicaRow {
     }
 }
 
-/// Moves the work unit on after an event. The caller holds its lock.
-pub async fn transition(
+/// Moves the work units on after an event touched them. The caller holds their locks.
+pub async fn transition_all(
     connection: &mut PgConnection,
-    work_unit_id: i64,
+    work_unit_ids: &[i64],
     effects: &mut HostEffects,
 ) -> anyhow::Result<()> {
-    let work_unit: WorkUnitRow = sqlx::query_as(
-        "select state::text as state, min_quorum, target_replicas, max_error_replicas, max_total_replicas,
+    if work_unit_ids.is_empty() {
+        return Ok(());
+    }
+    let work_units: Vec<WorkUnitRow> = sqlx::query_as(
+        "select id, state::text as state, min_quorum, target_replicas, max_error_replicas, max_total_replicas,
                 canonical_replica_id, credit
-         from work_unit where id = $1",
+         from work_unit where id = any($1) order by id",
     )
-    .bind(work_unit_id)
-    .fetch_one(&mut *connection)
-    .await?;
-    let replicas: Vec<ReplicaRow> = sqlx::query_as(
-        "select id, state::text as state, outcome::text as outcome, validate_state::text as validate_state,
-                host_id, account_id, output_sha256, fuel_used, error_reason
-         from replica where work_unit_id = $1 order by id",
-    )
-    .bind(work_unit_id)
+    .bind(work_unit_ids)
     .fetch_all(&mut *connection)
     .await?;
-    let validator = Bitwise;
+    let replicas: Vec<ReplicaRow> = sqlx::query_as(
+        "select id, work_unit_id, state::text as state, outcome::text as outcome,
+                validate_state::text as validate_state, host_id, account_id, output_sha256, fuel_used, error_reason
+         from replica where work_unit_id = any($1) order by id",
+    )
+    .bind(work_unit_ids)
+    .fetch_all(&mut *connection)
+    .await?;
+    let mut replicas_by_work_unit: HashMap<i64, Vec<ReplicaRow>> = HashMap::new();
+    for replica in replicas {
+        replicas_by_work_unit.entry(replica.work_unit_id).or_default().push(replica);
+    }
 
-    match work_unit.state.as_str() {
-        "validated" => check_late_results(connection, &validator, &work_unit, &replicas, effects).await,
-        "failed" => Ok(()),
-        _ => advance_active(connection, &validator, work_unit_id, &work_unit, &replicas, effects).await,
+    let validator = Bitwise;
+    let mut changes = Changes::default();
+    for work_unit in &work_units {
+        let replicas = replicas_by_work_unit.remove(&work_unit.id).unwrap_or_default();
+        decide(&validator, work_unit, &replicas, &mut changes, effects)?;
+    }
+    changes.write(connection).await
+}
+
+/// Everything the state machine decided for a set of work units, written at once.
+#[derive(Default)]
+struct Changes {
+    /// (work unit, canonical replica, credit).
+    validated: Vec<(i64, i64, f64)>,
+    /// (work unit, reason).
+    failed: Vec<(i64, String)>,
+    /// (replica, new validation state, credit).
+    validations: Vec<(i64, &'static str, Option<f64>)>,
+    grants: Vec<CreditGrant>,
+    /// (work unit, priority, how many).
+    new_replicas: Vec<(i64, i32, i32)>,
+    /// Work units whose unsent replicas are no longer needed.
+    finished: Vec<i64>,
+}
+
+impl Changes {
+    fn valid(&mut self, replica: &ReplicaRow, credit: f64, effects: &mut HostEffects) -> anyhow::Result<()> {
+        let (Some(host_id), Some(account_id)) = (replica.host_id, replica.account_id) else {
+            anyhow::bail!("valid replica {} has no host", replica.id);
+        };
+        self.validations.push((replica.id, "valid", Some(credit)));
+        self.grants.push(CreditGrant { replica_id: replica.id, host_id, account_id, credit });
+        effects.valid(host_id);
+        Ok(())
+    }
+
+    fn invalid(&mut self, replica: &ReplicaRow, effects: &mut HostEffects) {
+        self.validations.push((replica.id, "invalid", Some(0.0)));
+        if let Some(host_id) = replica.host_id {
+            effects.invalid(host_id);
+        }
+    }
+
+    fn fail(&mut self, work_unit_id: i64, reason: String) {
+        tracing::info!(workunit.id = work_unit_id, reason, "work unit failed");
+        self.failed.push((work_unit_id, reason));
+        self.finished.push(work_unit_id);
+    }
+
+    async fn write(self, connection: &mut PgConnection) -> anyhow::Result<()> {
+        if !self.validated.is_empty() {
+            let (ids, canonical, credit): (Vec<i64>, Vec<i64>, Vec<f64>) = unzip3(&self.validated);
+            sqlx::query(
+                "update work_unit w
+                 set state = 'validated', canonical_replica_id = u.canonical, credit = u.credit, finished_at = now()
+                 from unnest($1::bigint[], $2::bigint[], $3::float8[]) as u(id, canonical, credit)
+                 where w.id = u.id and w.state = 'active'",
+            )
+            .bind(ids)
+            .bind(canonical)
+            .bind(credit)
+            .execute(&mut *connection)
+            .await?;
+        }
+        if !self.failed.is_empty() {
+            let (ids, reasons): (Vec<i64>, Vec<String>) = self.failed.into_iter().unzip();
+            sqlx::query(
+                "update work_unit w
+                 set state = 'failed', failure_reason = u.reason, finished_at = now()
+                 from unnest($1::bigint[], $2::text[]) as u(id, reason)
+                 where w.id = u.id and w.state = 'active'",
+            )
+            .bind(ids)
+            .bind(reasons)
+            .execute(&mut *connection)
+            .await?;
+        }
+        if !self.validations.is_empty() {
+            let (ids, states, credit) = unzip3(&self.validations);
+            sqlx::query(
+                "update replica r
+                 set validate_state = u.state::validate_state, credit = coalesce(u.credit, r.credit)
+                 from unnest($1::bigint[], $2::text[], $3::float8[]) as u(id, state, credit)
+                 where r.id = u.id",
+            )
+            .bind(ids)
+            .bind(states)
+            .bind(credit)
+            .execute(&mut *connection)
+            .await?;
+        }
+        if !self.new_replicas.is_empty() {
+            let (work_units, priorities, counts) = unzip3(&self.new_replicas);
+            sqlx::query(
+                "insert into replica (work_unit_id, priority)
+                 select u.work_unit_id, u.priority
+                 from unnest($1::bigint[], $2::int[], $3::int[]) as u(work_unit_id, priority, count),
+                      generate_series(1, u.count)",
+            )
+            .bind(work_units)
+            .bind(priorities)
+            .bind(counts)
+            .execute(&mut *connection)
+            .await?;
+        }
+        if !self.finished.is_empty() {
+            sqlx::query(
+                "update replica set state = 'over', outcome = 'didnt_need'
+                 where work_unit_id = any($1) and state = 'unsent'",
+            )
+            .bind(&self.finished)
+            .execute(&mut *connection)
+            .await?;
+        }
+        credit::grant_all(connection, &self.grants).await?;
+        Ok(())
     }
 }
 
-async fn advance_active(
-    connection: &mut PgConnection,
+fn unzip3<A: Clone, B: Clone, C: Clone>(rows: &[(A, B, C)]) -> (Vec<A>, Vec<B>, Vec<C>) {
+    let mut columns = (Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()), Vec::with_capacity(rows.len()));
+    for (a, b, c) in rows {
+        columns.0.push(a.clone());
+        columns.1.push(b.clone());
+        columns.2.push(c.clone());
+    }
+    columns
+}
+
+/// Decides what happens to one work unit, given all its replicas.
+fn decide(
     validator: &dyn Validator,
-    work_unit_id: i64,
     work_unit: &WorkUnitRow,
     replicas: &[ReplicaRow],
+    changes: &mut Changes,
+    effects: &mut HostEffects,
+) -> anyhow::Result<()> {
+    match work_unit.state.as_str() {
+        "validated" => check_late_results(validator, work_unit, replicas, changes, effects),
+        "failed" => Ok(()),
+        _ => advance_active(validator, work_unit, replicas, changes, effects),
+    }
+}
+
+fn advance_active(
+    validator: &dyn Validator,
+    work_unit: &WorkUnitRow,
+    replicas: &[ReplicaRow],
+    changes: &mut Changes,
     effects: &mut HostEffects,
 ) -> anyhow::Result<()> {
     let errors: Vec<&ReplicaRow> = replicas.iter().filter(|r| r.is_error()).collect();
     if errors.len() >= work_unit.max_error_replicas as usize {
         let last_reason = errors.iter().rev().find_map(|r| r.error_reason.as_deref()).unwrap_or("no reason given");
         let reason = format!("too many errors ({} replicas failed; last: {last_reason})", errors.len());
-        return fail(connection, work_unit_id, &reason).await;
+        changes.fail(work_unit.id, reason);
+        return Ok(());
     }
 
     let successes: Vec<&ReplicaRow> = replicas
@@ -140,16 +292,12 @@ async fn advance_active(
     if successes.len() >= work_unit.min_quorum as usize {
         let candidates = successes.iter().map(|r| r.candidate()).collect::<anyhow::Result<Vec<_>>>()?;
         match validator::find_canonical(validator, &candidates, work_unit.min_quorum as usize)? {
-            Verdict::Canonical(agreeing) => {
-                return accept(connection, work_unit_id, &successes, &agreeing, effects).await;
-            }
+            Verdict::Canonical(agreeing) => return accept(work_unit, &successes, &agreeing, changes, effects),
             Verdict::NoConsensus => {
                 inconclusive = true;
-                let ids: Vec<i64> = successes.iter().map(|r| r.id).collect();
-                sqlx::query("update replica set validate_state = 'inconclusive' where id = any($1)")
-                    .bind(&ids)
-                    .execute(&mut *connection)
-                    .await?;
+                for replica in &successes {
+                    changes.validations.push((replica.id, "inconclusive", None));
+                }
             }
         }
     }
@@ -163,12 +311,7 @@ async fn advance_active(
     let to_create = missing.min(room).max(0);
     if to_create > 0 {
         let priority = if replicas.is_empty() { 0 } else { RETRY_PRIORITY };
-        sqlx::query("insert into replica (work_unit_id, priority) select $1, $2 from generate_series(1, $3)")
-            .bind(work_unit_id)
-            .bind(priority)
-            .bind(to_create)
-            .execute(&mut *connection)
-            .await?;
+        changes.new_replicas.push((work_unit.id, priority, to_create as i32));
     }
     if outstanding + to_create == 0 {
         let reason = if inconclusive {
@@ -176,56 +319,42 @@ async fn advance_active(
         } else {
             format!("needs more than the maximum of {} replicas", work_unit.max_total_replicas)
         };
-        return fail(connection, work_unit_id, &reason).await;
+        changes.fail(work_unit.id, reason);
     }
     Ok(())
 }
 
 /// A canonical result is found: the work unit is validated, once.
-async fn accept(
-    connection: &mut PgConnection,
-    work_unit_id: i64,
+fn accept(
+    work_unit: &WorkUnitRow,
     successes: &[&ReplicaRow],
     agreeing: &[i64],
+    changes: &mut Changes,
     effects: &mut HostEffects,
 ) -> anyhow::Result<()> {
-    let agreeing_rows: Vec<&&ReplicaRow> = successes.iter().filter(|r| agreeing.contains(&r.id)).collect();
-    let fuels: Vec<i64> = agreeing_rows.iter().map(|r| r.fuel_used.unwrap_or(0)).collect();
+    let fuels: Vec<i64> =
+        successes.iter().filter(|r| agreeing.contains(&r.id)).map(|r| r.fuel_used.unwrap_or(0)).collect();
     let credit = credit::credit_for_fuel(&fuels);
     let canonical = agreeing[0];
-    sqlx::query(
-        "update work_unit set state = 'validated', canonical_replica_id = $2, credit = $3, finished_at = now()
-         where id = $1 and state = 'active'",
-    )
-    .bind(work_unit_id)
-    .bind(canonical)
-    .bind(credit)
-    .execute(&mut *connection)
-    .await?;
-
+    changes.validated.push((work_unit.id, canonical, credit));
+    changes.finished.push(work_unit.id);
     for replica in successes {
         if agreeing.contains(&replica.id) {
-            mark_valid(connection, replica, credit, effects).await?;
+            changes.valid(replica, credit, effects)?;
         } else {
-            mark_invalid(connection, replica, effects).await?;
+            changes.invalid(replica, effects);
         }
     }
-    sqlx::query(
-        "update replica set state = 'over', outcome = 'didnt_need' where work_unit_id = $1 and state = 'unsent'",
-    )
-    .bind(work_unit_id)
-    .execute(&mut *connection)
-    .await?;
-    tracing::debug!(workunit.id = work_unit_id, replica.id = canonical, credit, "work unit validated");
+    tracing::debug!(workunit.id = work_unit.id, replica.id = canonical, credit, "work unit validated");
     Ok(())
 }
 
 /// After validation, successes that arrive late are compared with the canonical output.
-async fn check_late_results(
-    connection: &mut PgConnection,
+fn check_late_results(
     validator: &dyn Validator,
     work_unit: &WorkUnitRow,
     replicas: &[ReplicaRow],
+    changes: &mut Changes,
     effects: &mut HostEffects,
 ) -> anyhow::Result<()> {
     let canonical_id = work_unit
@@ -239,64 +368,10 @@ async fn check_late_results(
     let credit = work_unit.credit.unwrap_or(0.0);
     for replica in replicas.iter().filter(|r| r.is_success() && r.validate_state == "pending") {
         if validator.equivalent(&canonical, &replica.candidate()?)? {
-            mark_valid(connection, replica, credit, effects).await?;
+            changes.valid(replica, credit, effects)?;
         } else {
-            mark_invalid(connection, replica, effects).await?;
+            changes.invalid(replica, effects);
         }
     }
-    Ok(())
-}
-
-async fn mark_valid(
-    connection: &mut PgConnection,
-    replica: &ReplicaRow,
-    credit: f64,
-    effects: &mut HostEffects,
-) -> anyhow::Result<()> {
-    sqlx::query("update replica set validate_state = 'valid', credit = $2 where id = $1")
-        .bind(replica.id)
-        .bind(credit)
-        .execute(&mut *connection)
-        .await?;
-    let (Some(host_id), Some(account_id)) = (replica.host_id, replica.account_id) else {
-        anyhow::bail!("valid replica {} has no host", replica.id);
-    };
-    credit::grant(connection, replica.id, host_id, account_id, credit).await?;
-    effects.valid(host_id);
-    Ok(())
-}
-
-async fn mark_invalid(
-    connection: &mut PgConnection,
-    replica: &ReplicaRow,
-    effects: &mut HostEffects,
-) -> anyhow::Result<()> {
-    sqlx::query("update replica set validate_state = 'invalid', credit = 0 where id = $1")
-        .bind(replica.id)
-        .execute(&mut *connection)
-        .await?;
-    if let Some(host_id) = replica.host_id {
-        effects.invalid(host_id);
-    }
-    Ok(())
-}
-
-/// The work unit ends without a result, once; unsent replicas are no longer needed.
-async fn fail(connection: &mut PgConnection, work_unit_id: i64, reason: &str) -> anyhow::Result<()> {
-    sqlx::query(
-        "update work_unit set state = 'failed', failure_reason = $2, finished_at = now()
-         where id = $1 and state = 'active'",
-    )
-    .bind(work_unit_id)
-    .bind(reason)
-    .execute(&mut *connection)
-    .await?;
-    sqlx::query(
-        "update replica set state = 'over', outcome = 'didnt_need' where work_unit_id = $1 and state = 'unsent'",
-    )
-    .bind(work_unit_id)
-    .execute(&mut *connection)
-    .await?;
-    tracing::info!(workunit.id = work_unit_id, reason, "work unit failed");
     Ok(())
 }

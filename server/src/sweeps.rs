@@ -46,9 +46,7 @@ pub async fn expire_deadlines(connection: &mut PgConnection, max_daily_quota: u3
     for (_, host_id) in &expired {
         effects.error(*host_id);
     }
-    for work_unit_id in &work_unit_ids {
-        state_machine::transition(&mut transaction, *work_unit_id, &mut effects).await?;
-    }
+    state_machine::transition_all(&mut transaction, &work_unit_ids, &mut effects).await?;
     effects.apply(&mut transaction, max_daily_quota).await?;
     transaction.commit().await?;
     if !expired.is_empty() {

@@ -12,6 +12,7 @@ mod upload;
 use axum::Router;
 use axum::body::Body;
 use axum::routing::{get, put};
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use sqlx::PgConnection;
 use tokio::io::AsyncWriteExt;
@@ -29,22 +30,30 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{API_PREFIX}/replicas/{{replica_id}}/output/{{sha256}}"), put(upload::put_output))
 }
 
-/// Bytes that arrived, were spooled to staging and hashed, but are not stored yet.
+/// Uploads up to this size are checked in memory; larger ones are spooled to a staging file.
+/// Most outputs are small, and most uploads of them store nothing new (a retry, or an output
+/// that another replica already sent), so they should not cost a file.
+const IN_MEMORY_BYTES: usize = 1 << 20;
+
+/// Bytes that arrived and were hashed, but are not stored yet.
 pub struct Spooled {
     pub hash: Sha256Hash,
     pub bytes: u64,
-    pub file: tempfile::TempPath,
+    pub content: SpooledContent,
 }
 
-/// Streams `body` into a staging file, hashing it, and refuses it as soon as it exceeds
-/// `limit` bytes.
+pub enum SpooledContent {
+    Memory(Bytes),
+    File(tempfile::TempPath),
+}
+
+/// Reads `body`, hashing it, and refuses it as soon as it exceeds `limit` bytes; past
+/// [`IN_MEMORY_BYTES`] it continues into a staging file.
 pub async fn spool(store: &dyn BlobStore, body: Body, limit: u64) -> Result<Spooled, ApiError> {
-    let (file, path) = tempfile::NamedTempFile::new_in(store.staging_dir())
-        .map_err(|error| ApiError::Internal(error.into()))?
-        .into_parts();
-    let mut file = tokio::fs::File::from_std(file);
     let mut hasher = Sha256Hasher::new();
     let mut bytes = 0u64;
+    let mut memory = BytesMut::new();
+    let mut file: Option<(tokio::fs::File, tempfile::TempPath)> = None;
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|error| ApiError::bad_request(format!("the upload was interrupted: {error}")))?;
@@ -53,10 +62,35 @@ pub async fn spool(store: &dyn BlobStore, body: Body, limit: u64) -> Result<Spoo
             return Err(ApiError::PayloadTooLarge(format!("the upload exceeds its limit of {limit} bytes")));
         }
         hasher.update(&chunk);
-        file.write_all(&chunk).await.map_err(|error| ApiError::Internal(error.into()))?;
+        if file.is_none() && memory.len() + chunk.len() <= IN_MEMORY_BYTES {
+            memory.extend_from_slice(&chunk);
+            continue;
+        }
+        let (staging, _) = match &mut file {
+            Some(open) => open,
+            None => {
+                let (staging, path) =
+                    tempfile::NamedTempFile::new_in(store.staging_dir()).map_err(internal)?.into_parts();
+                let mut staging = tokio::fs::File::from_std(staging);
+                staging.write_all(&memory).await.map_err(internal)?;
+                memory = BytesMut::new();
+                file.insert((staging, path))
+            }
+        };
+        staging.write_all(&chunk).await.map_err(internal)?;
     }
-    file.flush().await.map_err(|error| ApiError::Internal(error.into()))?;
-    Ok(Spooled { hash: hasher.finish(), bytes, file: path })
+    let content = match file {
+        Some((mut staging, path)) => {
+            staging.flush().await.map_err(internal)?;
+            SpooledContent::File(path)
+        }
+        None => SpooledContent::Memory(memory.freeze()),
+    };
+    Ok(Spooled { hash: hasher.finish(), bytes, content })
+}
+
+fn internal(error: std::io::Error) -> ApiError {
+    ApiError::Internal(error.into())
 }
 
 /// Stores spooled bytes as a blob and records it.
@@ -65,10 +99,18 @@ pub async fn store_spooled(
     store: &dyn BlobStore,
     spooled: Spooled,
 ) -> Result<Sha256Hash, ApiError> {
-    let Spooled { hash, bytes, file } = spooled;
-    store.put_file(hash, file).await.map_err(|error| ApiError::Internal(error.into()))?;
+    let Spooled { hash, bytes, content } = spooled;
+    put_content(store, hash, content).await?;
     record_blob(connection, hash, bytes).await?;
     Ok(hash)
+}
+
+/// Hands spooled bytes to the store (which keeps what it has already).
+pub async fn put_content(store: &dyn BlobStore, hash: Sha256Hash, content: SpooledContent) -> Result<(), ApiError> {
+    match content {
+        SpooledContent::Memory(bytes) => store.put_bytes(hash, bytes).await.map_err(internal),
+        SpooledContent::File(path) => store.put_file(hash, path).await.map_err(internal),
+    }
 }
 
 /// Stores `bytes` as a blob (for small things: modules and inputs from publishers, tests).

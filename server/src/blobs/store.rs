@@ -1,10 +1,11 @@
 //! Where blob bytes live. Handlers see only [`BlobStore`], so an S3-compatible object store
 //! (for several server replicas) can stand in for the directory without touching them.
 
-use std::io;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
 use wasmgrid_protocol::Sha256Hash;
@@ -24,6 +25,9 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Stores the verified file `staged` under `hash`. Storing a hash that exists already
     /// succeeds and changes nothing: blobs are immutable.
     fn put_file(&self, hash: Sha256Hash, staged: tempfile::TempPath) -> BoxFuture<'_, io::Result<()>>;
+
+    /// Stores verified bytes held in memory under `hash`, with the same guarantees.
+    fn put_bytes(&self, hash: Sha256Hash, bytes: Bytes) -> BoxFuture<'_, io::Result<()>>;
 
     /// The bytes `start..start + len` of a blob (`len` `None`: to the end); `None` if the blob
     /// is not stored.
@@ -76,6 +80,22 @@ impl BlobStore for DirectoryStore {
             file.sync_all().await?;
             staged.persist(&target).map_err(|error| error.error)?;
             Ok(())
+        })
+    }
+
+    fn put_bytes(&self, hash: Sha256Hash, bytes: Bytes) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async move {
+            if tokio::fs::try_exists(self.path_of(&hash)).await? {
+                return Ok(());
+            }
+            let staging = self.staging.clone();
+            let staged = tokio::task::spawn_blocking(move || -> io::Result<tempfile::TempPath> {
+                let mut file = tempfile::NamedTempFile::new_in(staging)?;
+                file.write_all(&bytes)?;
+                Ok(file.into_temp_path())
+            })
+            .await??;
+            self.put_file(hash, staged).await
         })
     }
 

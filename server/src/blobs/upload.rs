@@ -61,20 +61,23 @@ pub(super) async fn put_output(
         return Err(ApiError::bad_request(format!("the uploaded bytes hash to {}, not {claimed_hash}", spooled.hash)));
     }
     let bytes = spooled.bytes;
-    let mut transaction = state.pool.begin().await?;
-    super::store_spooled(&mut transaction, state.blobs.as_ref(), spooled).await?;
-    // Only a replica still waiting for its report takes the upload; a report may have
-    // landed since the check above.
+    super::put_content(state.blobs.as_ref(), claimed_hash, spooled.content).await?;
+    // The blob row and the replica's claim on it in one statement (atomic without a
+    // transaction). Only a replica still waiting for its report takes the upload; a report
+    // may have landed since the check above.
     sqlx::query(
-        "update replica set uploaded_sha256 = $2
+        "with recorded as (
+             insert into blob (sha256, bytes) values ($2, $4) on conflict (sha256) do nothing
+         )
+         update replica set uploaded_sha256 = $2
          where id = $1 and host_id = $3 and (state = 'in_progress' or outcome = 'no_reply')",
     )
     .bind(replica_id)
     .bind(claimed_hash.to_hex())
     .bind(host.id)
-    .execute(&mut *transaction)
+    .bind(bytes as i64)
+    .execute(&state.pool)
     .await?;
-    transaction.commit().await?;
     Ok(Json(OutputUploaded { sha256: claimed_hash, bytes }))
 }
 

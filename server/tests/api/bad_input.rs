@@ -159,6 +159,22 @@ async fn an_upload_whose_bytes_do_not_match_its_hash_is_a_400_and_leaves_no_file
 }
 
 #[tokio::test]
+async fn a_large_upload_whose_bytes_do_not_match_its_hash_leaves_no_staged_file() {
+    let app = TestApp::spawn().await;
+    app.publish(1, policy(1, 1)).await;
+    let alice = app.volunteer("alice").await;
+    let a = alice.fetch(1).await[0].replica_id;
+
+    // Past the in-memory threshold, so the bytes go through a staging file.
+    let sent = vec![3u8; 3 << 20];
+    let claimed = Sha256Hash::of(b"something else");
+    let error = app.client.upload_output_as(&alice.token, a, claimed, Bytes::from(sent.clone())).await;
+
+    assert_eq!(error.unwrap_err().status(), Some(StatusCode::BAD_REQUEST));
+    assert_no_stored_or_staged_file(&app, &Sha256Hash::of(&sent));
+}
+
+#[tokio::test]
 async fn an_upload_over_the_work_units_output_limit_is_a_413_and_leaves_no_file() {
     let app = TestApp::spawn().await;
     let mut spec = wasmgrid_server::publishing::WorkUnitSpec::new("small output");

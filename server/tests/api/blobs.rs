@@ -39,6 +39,21 @@ async fn a_blob_is_served_with_a_strong_etag_and_immutable_caching() {
 }
 
 #[tokio::test]
+async fn a_large_output_is_stored_whole_and_served_back() {
+    let app = TestApp::spawn().await;
+    // Larger than what uploads keep in memory, and not a multiple of any buffer size.
+    let output: Vec<u8> = (0..(3 << 20) + 17).map(|i: u32| (i % 251) as u8).collect();
+    let hash = stored_output(&app, &output).await;
+
+    let response = app.client.request(Method::GET, &blob_path(&hash)).send().await.unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let served = response.bytes().await.unwrap();
+    assert_eq!(served.len(), output.len());
+    assert_eq!(Sha256Hash::of(&served), hash);
+}
+
+#[tokio::test]
 async fn range_requests_return_the_requested_bytes() {
     let app = TestApp::spawn().await;
     let hash = stored_output(&app, b"0123456789").await;

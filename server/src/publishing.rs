@@ -116,6 +116,9 @@ pub async fn create_batch(
 
 /// Adds work units to a batch: a few statements whatever their number, so that batches of
 /// hundreds of thousands load quickly.
+/// Submissions at least this large refresh the planner's statistics of the queue.
+const ANALYZE_AFTER_WORK_UNITS: usize = 1000;
+
 pub async fn add_work_units(
     connection: &mut PgConnection,
     app_id: i64,
@@ -216,6 +219,12 @@ pub async fn add_work_units(
     .bind(&ids)
     .execute(&mut *connection)
     .await?;
+    if work_units.len() >= ANALYZE_AFTER_WORK_UNITS {
+        // The scheduler's claim walks the queue index only while the planner knows the queue
+        // is long; with statistics from before a large submission it would sort the whole
+        // queue on every request until autovacuum catches up.
+        sqlx::query("analyze work_unit, replica").execute(&mut *connection).await?;
+    }
     Ok(())
 }
 

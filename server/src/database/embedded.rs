@@ -453,7 +453,7 @@ fn spawn_postmaster(
         .arg("unix_socket_permissions=0700")
         .arg("-p")
         .arg(PORT.to_string())
-        .args(["-c", "max_connections=200", "-c", "shared_buffers=128MB"])
+        .args(["-c", "max_connections=200", "-c", "shared_buffers=128MB", "-c", "autovacuum_naptime=10s"])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

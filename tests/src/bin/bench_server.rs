@@ -1,0 +1,365 @@
+//! `bench-server`: how fast one server moves work through the whole loop.
+//!
+//! It starts the release `wasmgrid-server` on its embedded PostgreSQL, loads work units
+//! with quorum 2 straight into the database, and drives simulated volunteers over real HTTP
+//! with the real client library: each asks for work, uploads a fixed output for every
+//! replica it got (no Wasm runs) and reports them in its next request, until every work
+//! unit is validated. It prints throughput, request latencies and peak memory. It is a
+//! measurement, not a test: nothing here fails on a timing.
+//!
+//! ```sh
+//! cargo build --release -p wasmgrid-server -p wasmgrid-e2e && target/release/bench-server
+//! ```
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Parser;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{Mutex, watch};
+use wasmgrid_client::api::ServerClient;
+use wasmgrid_protocol::Sha256Hash;
+use wasmgrid_protocol::api::{RegisterHostRequest, ReplicaReport, ReportedOutcome, SchedulerRequest};
+use wasmgrid_server::blobs::{DirectoryStore, store_bytes};
+use wasmgrid_server::database::embedded::connect_options_for;
+use wasmgrid_server::publishing::{self, WorkUnitSpec};
+
+#[derive(Parser)]
+#[command(about = "Measures the server's replica throughput over real HTTP")]
+struct Args {
+    /// Work units to load (quorum 2, so twice as many replicas).
+    #[arg(long, default_value_t = 100_000)]
+    work_units: usize,
+    /// Simulated volunteers, each its own account and host.
+    #[arg(long, default_value_t = 64)]
+    volunteers: usize,
+    /// Replicas each volunteer asks for per scheduler request.
+    #[arg(long, default_value_t = 32)]
+    batch: u32,
+}
+
+/// Every replica returns this output, so every quorum agrees.
+const OUTPUT: &[u8] = b"42\n";
+/// Every replica reports this fuel: one credit.
+const FUEL: u64 = 1_000_000_000;
+const LOAD_CHUNK: usize = 10_000;
+
+#[derive(Default)]
+struct Latencies {
+    scheduler: Mutex<Vec<Duration>>,
+    upload: Mutex<Vec<Duration>>,
+}
+
+#[derive(Default)]
+struct Counters {
+    dispatched: AtomicU64,
+    reported: AtomicU64,
+    failed_requests: AtomicU64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let server_binary = server_binary()?;
+    let data_dir = tempfile::Builder::new().prefix("wgbench-").tempdir_in("/tmp")?;
+    // When run as root, the embedded PostgreSQL runs as another user, who must get in.
+    std::fs::set_permissions(data_dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let data_path = data_dir.path().canonicalize()?;
+
+    let (mut server, url) = start_server(&server_binary, &data_path).await?;
+    let server_pid = server.id().context("the server has a pid")?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(connect_options_for(&data_path.join("postgres"), "wasmgrid"))
+        .await
+        .context("cannot connect to the server's embedded database")?;
+
+    println!("loading {} work units (quorum 2)...", args.work_units);
+    let load_started = Instant::now();
+    load_work_units(&pool, &data_path, args.work_units).await?;
+    let load_time = load_started.elapsed();
+
+    let volunteers = register_volunteers(&url, args.volunteers).await?;
+    println!("{} volunteers registered; running...", volunteers.len());
+
+    let latencies = Arc::new(Latencies::default());
+    let counters = Arc::new(Counters::default());
+    let (finish, finished) = watch::channel(false);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for (client, token) in volunteers {
+        workers.push(tokio::spawn(volunteer_loop(
+            client,
+            token,
+            args.batch,
+            latencies.clone(),
+            counters.clone(),
+            finished.clone(),
+        )));
+    }
+    let all_validated_after = wait_until_all_validated(&pool, started).await?;
+    let _ = finish.send(true);
+    for worker in workers {
+        worker.await??;
+    }
+    let run_time = started.elapsed();
+
+    let valid_replicas: i64 =
+        sqlx::query_scalar("select count(*) from replica where validate_state = 'valid'").fetch_one(&pool).await?;
+    let credit = wait_for_credit(&pool).await?;
+    let server_peak = peak_rss_kib(server_pid);
+    let postgres_peak = postgres_peak_rss_kib(&data_path);
+
+    let mut scheduler = latencies.scheduler.lock().await.clone();
+    let mut upload = latencies.upload.lock().await.clone();
+    let dispatched = counters.dispatched.load(Ordering::Relaxed);
+    let reported = counters.reported.load(Ordering::Relaxed);
+    let seconds = all_validated_after.as_secs_f64();
+    println!();
+    println!("work units                      {:>12}", args.work_units);
+    println!("volunteers x replicas/request   {:>12}", format!("{} x {}", args.volunteers, args.batch));
+    println!(
+        "load time                       {:>11.1}s  ({:.0} work units/s)",
+        load_time.as_secs_f64(),
+        args.work_units as f64 / load_time.as_secs_f64()
+    );
+    println!("time until all validated        {:>11.1}s", seconds);
+    println!("replicas dispatched             {:>12}  ({:.0}/s)", dispatched, dispatched as f64 / seconds);
+    println!(
+        "replicas reported               {:>12}  ({:.0}/s over the whole run of {:.1}s)",
+        reported,
+        reported as f64 / run_time.as_secs_f64(),
+        run_time.as_secs_f64()
+    );
+    println!("replicas validated              {:>12}  ({:.0}/s)", valid_replicas, valid_replicas as f64 / seconds);
+    println!("work units validated per second {:>12.0}", args.work_units as f64 / seconds);
+    println!(
+        "scheduler requests              {:>12}  p50 {}  p99 {}  max {}",
+        scheduler.len(),
+        ms(percentile(&mut scheduler, 0.50)),
+        ms(percentile(&mut scheduler, 0.99)),
+        ms(percentile(&mut scheduler, 1.0))
+    );
+    println!(
+        "output uploads                  {:>12}  p50 {}  p99 {}  max {}",
+        upload.len(),
+        ms(percentile(&mut upload, 0.50)),
+        ms(percentile(&mut upload, 0.99)),
+        ms(percentile(&mut upload, 1.0))
+    );
+    println!("failed requests                 {:>12}", counters.failed_requests.load(Ordering::Relaxed));
+    println!("server peak memory (VmHWM)      {:>9} MiB", server_peak / 1024);
+    println!("PostgreSQL peak memory (sum)    {:>9} MiB", postgres_peak / 1024);
+    println!("credit granted                  {:>12.1}  (expected {valid_replicas}.0: one per valid replica)", credit);
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(server_pid as libc::pid_t, libc::SIGTERM) };
+    server.wait().await?;
+    Ok(())
+}
+
+fn server_binary() -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.parent().context("the benchmark lives in a directory")?.join("wasmgrid-server");
+    if !path.exists() {
+        bail!("{} is missing: run `cargo build --release -p wasmgrid-server -p wasmgrid-e2e` first", path.display());
+    }
+    Ok(path)
+}
+
+async fn start_server(binary: &Path, data_dir: &Path) -> anyhow::Result<(Child, String)> {
+    let log = std::fs::File::create(data_dir.join("server.log"))?;
+    let mut child = Command::new(binary)
+        .args(["serve", "--listen", "127.0.0.1:0", "--sweep-interval", "1", "--idle-retry-after", "1"])
+        .args(["--daily-quota-per-core", "1000000", "--max-connections", "32"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the server")?;
+    let stdout = child.stdout.take().context("piped stdout")?;
+    let line = tokio::time::timeout(Duration::from_secs(120), BufReader::new(stdout).lines().next_line())
+        .await
+        .context("the server did not start within two minutes")??
+        .context("the server exited; see server.log in its data directory")?;
+    let url = line.strip_prefix("wasmgrid-server listening on ").context("unexpected announcement")?.to_owned();
+    Ok((child, url))
+}
+
+async fn load_work_units(pool: &sqlx::PgPool, data_dir: &Path, count: usize) -> anyhow::Result<()> {
+    let store = DirectoryStore::open(data_dir.join("blobs"))?;
+    let mut transaction = pool.begin().await?;
+    let module = store_bytes(&mut transaction, &store, b"\0asm\x01\0\0\0").await.map_err(api_error)?;
+    let app = publishing::create_app(&mut transaction, "bench").await.map_err(api_error)?;
+    publishing::add_app_version(&mut transaction, app, module).await.map_err(api_error)?;
+    let batch = publishing::create_batch(&mut transaction, app, "bench", &[]).await.map_err(api_error)?;
+    transaction.commit().await?;
+    for start in (0..count).step_by(LOAD_CHUNK) {
+        let specs: Vec<WorkUnitSpec> =
+            (start..(start + LOAD_CHUNK).min(count)).map(|i| WorkUnitSpec::new(format!("wu-{i}"))).collect();
+        let mut transaction = pool.begin().await?;
+        publishing::add_work_units(&mut transaction, app, batch, &specs).await.map_err(api_error)?;
+        transaction.commit().await?;
+    }
+    Ok(())
+}
+
+fn api_error(error: wasmgrid_server::http::error::ApiError) -> anyhow::Error {
+    anyhow::anyhow!("{error}")
+}
+
+async fn register_volunteers(url: &str, count: usize) -> anyhow::Result<Vec<(ServerClient, String)>> {
+    let mut volunteers = Vec::new();
+    for i in 0..count {
+        let client = ServerClient::new(url)?;
+        let account = client.create_account(&format!("volunteer-{i}")).await?;
+        let host = client
+            .register_host(
+                &account.account_key,
+                &RegisterHostRequest {
+                    name: format!("host-{i}"),
+                    os: "linux".into(),
+                    arch: "x86_64".into(),
+                    cores: 4,
+                    memory_bytes: 8 << 30,
+                    client_version: "bench".into(),
+                },
+            )
+            .await?;
+        volunteers.push((client, host.host_token));
+    }
+    Ok(volunteers)
+}
+
+/// One simulated volunteer: ask, upload, report in the next request; stop when the
+/// coordinator says all is validated and nothing is left to report.
+async fn volunteer_loop(
+    client: ServerClient,
+    token: String,
+    batch: u32,
+    latencies: Arc<Latencies>,
+    counters: Arc<Counters>,
+    finished: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let output = Bytes::from_static(OUTPUT);
+    let output_hash = Sha256Hash::of(OUTPUT);
+    let mut reports: Vec<ReplicaReport> = Vec::new();
+    loop {
+        let done = *finished.borrow();
+        let want = if done { 0 } else { batch };
+        if done && reports.is_empty() {
+            return Ok(());
+        }
+        let request = SchedulerRequest { reports: std::mem::take(&mut reports), want_replicas: want };
+        let sent = Instant::now();
+        let reply = match client.scheduler(&token, &request).await {
+            Ok(reply) => reply,
+            Err(error) => {
+                counters.failed_requests.fetch_add(1, Ordering::Relaxed);
+                eprintln!("scheduler request failed: {error}");
+                reports = request.reports;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        latencies.scheduler.lock().await.push(sent.elapsed());
+        counters.reported.fetch_add(reply.acknowledged.len() as u64, Ordering::Relaxed);
+        counters.dispatched.fetch_add(reply.assignments.len() as u64, Ordering::Relaxed);
+        for assignment in &reply.assignments {
+            let sent = Instant::now();
+            if let Err(error) =
+                client.upload_output_as(&token, assignment.replica_id, output_hash, output.clone()).await
+            {
+                counters.failed_requests.fetch_add(1, Ordering::Relaxed);
+                eprintln!("upload failed: {error}");
+                continue;
+            }
+            latencies.upload.lock().await.push(sent.elapsed());
+            reports.push(ReplicaReport {
+                replica_id: assignment.replica_id,
+                outcome: ReportedOutcome::Success { output_hash, output_bytes: OUTPUT.len() as u64 },
+                fuel_used: FUEL,
+                run_time_ms: 0,
+                exit_status: Some(0),
+                stderr: String::new(),
+            });
+        }
+        if reply.assignments.is_empty() && reports.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200).min(Duration::from_secs(reply.retry_after_seconds))).await;
+        }
+    }
+}
+
+async fn wait_until_all_validated(pool: &sqlx::PgPool, started: Instant) -> anyhow::Result<Duration> {
+    loop {
+        let active: i64 =
+            sqlx::query_scalar("select count(*) from work_unit where state <> 'validated'").fetch_one(pool).await?;
+        if active == 0 {
+            return Ok(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Total credit once the server's credit sweep has folded every grant.
+async fn wait_for_credit(pool: &sqlx::PgPool) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let unapplied: i64 =
+            sqlx::query_scalar("select count(*) from credit_grant where not applied").fetch_one(pool).await?;
+        if unapplied == 0 || Instant::now() > deadline {
+            return Ok(sqlx::query_scalar("select coalesce(sum(total_credit), 0) from host").fetch_one(pool).await?);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn percentile(samples: &mut [Duration], quantile: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort_unstable();
+    let index = ((samples.len() as f64 - 1.0) * quantile).round() as usize;
+    samples[index]
+}
+
+fn ms(duration: Duration) -> String {
+    format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
+}
+
+/// Peak resident memory of a process, in KiB, from `/proc/<pid>/status`.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Sum of the peaks of the PostgreSQL processes serving `data_dir` (an upper bound: shared
+/// buffers are counted in every process that touched them).
+fn postgres_peak_rss_kib(data_dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
+    let cluster = data_dir.join("postgres");
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == cluster)
+                && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "postgres")
+        })
+        .map(peak_rss_kib)
+        .sum()
+}

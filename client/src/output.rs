@@ -2,8 +2,9 @@
 //! `stdout` and `files/<path>` for every regular file the module left in its scratch
 //! directory, in sorted order, with fixed metadata, so that equal outputs are equal bytes.
 //!
-//! A top-level `checkpoint` entry in the scratch directory is the module's own business
-//! (state for resuming) and is not part of the output. Symbolic links and other special
+//! The top-level `checkpoint` and `progress` entries in the scratch directory are the
+//! module's own business (state for resuming, and its fraction done) and are not part of the
+//! output. Symbolic links and other special
 //! files are never followed or packed.
 
 use std::fs::File;
@@ -15,6 +16,8 @@ use wasmgrid_protocol::hash::Sha256Hasher;
 
 /// The scratch entry that holds checkpoints and is left out of the output.
 pub const CHECKPOINT_NAME: &str = "checkpoint";
+/// Scratch entries that are not output.
+const NOT_OUTPUT: [&str; 2] = [CHECKPOINT_NAME, crate::sandbox::PROGRESS_FILE];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
@@ -69,7 +72,7 @@ fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, u64, PathBuf)>) -> 
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
-        if dir == root && entry.file_name() == CHECKPOINT_NAME {
+        if dir == root && NOT_OUTPUT.iter().any(|name| entry.file_name() == *name) {
             continue;
         }
         // `file_type` does not follow symbolic links: a link is neither a file nor a dir.
@@ -123,9 +126,10 @@ mod tests {
     }
 
     #[test]
-    fn the_archive_holds_stdout_and_files_but_not_checkpoints_or_links() {
+    fn the_archive_holds_stdout_and_files_but_not_checkpoints_progress_or_links() {
         let out = tempfile::tempdir().unwrap();
-        let scratch = scratch_with(&[("result.txt", b"42"), ("checkpoint/state", b"resume here")]);
+        let scratch =
+            scratch_with(&[("result.txt", b"42"), ("checkpoint/state", b"resume here"), ("progress", b"0.5")]);
         std::os::unix::fs::symlink("/etc/passwd", scratch.path().join("passwd")).unwrap();
         let archive_path = out.path().join("out.tar");
         pack(b"printed", scratch.path(), &archive_path, 1000).unwrap();

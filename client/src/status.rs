@@ -11,6 +11,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::data_dir::DataDir;
 use crate::projects::Projects;
+use crate::sandbox::Progress;
 use crate::state::{ClientState, Phase};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,37 +37,54 @@ pub struct TaskStatus {
     pub project: String,
     /// pending, running, or finished (waiting to be uploaded and reported).
     pub state: String,
-    /// Known once the run has ended.
+    /// So far while running (as of the module's latest function call), final once ended.
     pub fuel_used: Option<u64>,
     pub fuel_limit: u64,
+    /// The fraction done the module reports while running (see `sandbox::PROGRESS_FILE`);
+    /// 1 once finished.
+    pub fraction_done: Option<f64>,
     pub elapsed_seconds: f64,
     pub deadline: chrono::DateTime<chrono::Utc>,
     /// For finished tasks: success, or the error.
     pub outcome: Option<String>,
 }
 
+/// A task the daemon is running right now.
+#[derive(Debug, Clone, Copy)]
+pub struct RunningTask {
+    pub elapsed: Duration,
+    pub progress: Progress,
+}
+
 impl StatusReport {
-    /// `running` maps replica ids to the time they have been running.
+    /// `running` maps the replica ids of running tasks to how far they have got.
     pub fn new(
         daemon_running: bool,
         projects: Vec<ProjectStatus>,
         state: &ClientState,
-        running: &HashMap<i64, Duration>,
+        running: &HashMap<i64, RunningTask>,
     ) -> Self {
         let tasks = state
             .tasks
             .values()
             .map(|task| {
                 let id = task.assignment.replica_id;
-                let (state, fuel_used, elapsed, outcome) = match (&task.phase, running.get(&id)) {
-                    (Phase::Pending, Some(elapsed)) => ("running", None, elapsed.as_secs_f64(), None),
-                    (Phase::Pending, None) => ("pending", None, 0.0, None),
+                let (state, fuel_used, fraction_done, elapsed, outcome) = match (&task.phase, running.get(&id)) {
+                    (Phase::Pending, Some(run)) => (
+                        "running",
+                        Some(run.progress.fuel_used),
+                        run.progress.fraction_done,
+                        run.elapsed.as_secs_f64(),
+                        None,
+                    ),
+                    (Phase::Pending, None) => ("pending", None, None, 0.0, None),
                     (Phase::Finished { report, .. }, _) => {
                         let outcome = match &report.outcome {
                             wasmgrid_protocol::api::ReportedOutcome::Success { .. } => "success".to_owned(),
                             wasmgrid_protocol::api::ReportedOutcome::Error { reason } => format!("error: {reason}"),
                         };
-                        ("finished", Some(report.fuel_used), report.run_time_ms as f64 / 1000.0, Some(outcome))
+                        let elapsed = report.run_time_ms as f64 / 1000.0;
+                        ("finished", Some(report.fuel_used), Some(1.0), elapsed, Some(outcome))
                     }
                 };
                 TaskStatus {
@@ -76,6 +94,7 @@ impl StatusReport {
                     state: state.to_owned(),
                     fuel_used,
                     fuel_limit: task.assignment.limits.fuel,
+                    fraction_done,
                     elapsed_seconds: elapsed,
                     deadline: task.assignment.deadline,
                     outcome,
@@ -130,15 +149,16 @@ impl StatusReport {
             return out;
         }
         out.push_str(&format!(
-            "{:>10}  {:<24} {:<9} {:>16} {:>9}  {}\n",
-            "replica", "work unit", "state", "fuel", "time (s)", "outcome"
+            "{:>10}  {:<24} {:<9} {:>8} {:>16} {:>9}  {}\n",
+            "replica", "work unit", "state", "progress", "fuel", "time (s)", "outcome"
         ));
         for task in &self.tasks {
             out.push_str(&format!(
-                "{:>10}  {:<24} {:<9} {:>16} {:>9.1}  {}\n",
+                "{:>10}  {:<24} {:<9} {:>8} {:>16} {:>9.1}  {}\n",
                 task.replica_id,
                 truncate(&task.work_unit, 24),
                 task.state,
+                task.fraction_done.map_or_else(|| "-".to_owned(), |fraction| format!("{:.1}%", fraction * 100.0)),
                 task.fuel_used.map_or_else(|| "-".to_owned(), |fuel| fuel.to_string()),
                 task.elapsed_seconds,
                 task.outcome.as_deref().unwrap_or("")

@@ -419,7 +419,15 @@ impl Daemon {
     }
 
     fn status_report(&self) -> StatusReport {
-        let running = self.running.iter().map(|(id, running)| (*id, running.started.elapsed())).collect();
+        let running = self
+            .running
+            .iter()
+            .map(|(id, running)| {
+                let task =
+                    status::RunningTask { elapsed: running.started.elapsed(), progress: running.control.progress() };
+                (*id, task)
+            })
+            .collect();
         let projects = self
             .contacts
             .iter()

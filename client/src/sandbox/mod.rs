@@ -22,9 +22,10 @@ pub mod engine;
 pub mod limits;
 
 use std::fmt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmgrid_protocol::Sha256Hash;
@@ -47,6 +48,11 @@ pub const GUEST_INPUT_DIR: &str = "/input";
 pub const GUEST_SCRATCH_DIR: &str = "/scratch";
 /// How often, in epoch ticks, the scratch directory's size is measured.
 const SCRATCH_CHECK_TICKS: u64 = 10;
+/// How often, in epoch ticks, the module's progress file is read.
+const PROGRESS_CHECK_TICKS: u64 = 50;
+/// A module may report how far it has got by writing its fraction done, a decimal number
+/// from 0 to 1 (such as `0.25`), to this file in its scratch directory. It is not output.
+pub const PROGRESS_FILE: &str = "progress";
 
 /// Everything one run needs.
 #[derive(Debug, Clone)]
@@ -73,16 +79,40 @@ pub enum StopReason {
     Aborted,
 }
 
-/// Shared between a run and the rest of the client: asks it to stop.
-///
-/// (Fuel used so far is not observable here: wasmtime keeps a synchronous run's fuel
-/// counter in a register and stores it only around calls, so it is known at the end.)
+/// Shared between a run and the rest of the client: asks it to stop, and tells how far it
+/// has got.
 #[derive(Debug, Default)]
 pub struct RunControl {
     stop: AtomicU8,
+    fuel_used: AtomicU64,
+    /// The module's fraction done as `f64` bits, plus one (0: not reported).
+    fraction_done: AtomicU64,
+}
+
+/// How far a running module has got.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Fuel burnt so far, as of the module's latest function call: compiled code keeps the
+    /// fuel counter in a register and writes it back only around calls, so a long loop
+    /// without calls shows the figure from before it until it calls something or ends.
+    pub fuel_used: u64,
+    /// What the module says in its [`PROGRESS_FILE`], if it writes one.
+    pub fraction_done: Option<f64>,
 }
 
 impl RunControl {
+    pub fn progress(&self) -> Progress {
+        let fraction = self.fraction_done.load(Ordering::Relaxed);
+        Progress {
+            fuel_used: self.fuel_used.load(Ordering::Relaxed),
+            fraction_done: fraction.checked_sub(1).map(f64::from_bits),
+        }
+    }
+
+    fn record_fraction_done(&self, fraction: f64) {
+        self.fraction_done.store(fraction.to_bits() + 1, Ordering::Relaxed);
+    }
+
     pub fn stop(&self, reason: StopReason) {
         let code = match reason {
             StopReason::Shutdown => 1,
@@ -237,7 +267,7 @@ impl Sandbox {
             store.set_fuel(spec.limits.fuel).expect("fuel metering is enabled");
         }
         if self.settings.epoch_interruption {
-            watch(&mut store, spec, control.clone(), started);
+            watch(&mut store, spec, control.clone(), started, self.settings.fuel);
         }
 
         let result = self.instantiate_and_start(&mut store, &module);
@@ -291,16 +321,25 @@ impl fmt::Display for NotACommand {
 
 impl std::error::Error for NotACommand {}
 
-/// Checks, every epoch tick, the stop flag, the wall-clock limit and (less often) the
-/// scratch directory's size.
-fn watch(store: &mut Store<RunState>, spec: &RunSpec, control: Arc<RunControl>, started: Instant) {
+/// Checks, every epoch tick, the stop flag and the wall-clock limit, records the fuel
+/// used so far, and less often measures the scratch directory and reads the progress file.
+fn watch(store: &mut Store<RunState>, spec: &RunSpec, control: Arc<RunControl>, started: Instant, fuel: bool) {
     let deadline = started + Duration::from_secs(spec.limits.wall_time_seconds);
     let scratch_dir = spec.scratch_dir.clone();
     let scratch_limit = spec.scratch_limit_bytes;
+    let fuel_limit = spec.limits.fuel;
     let mut ticks = 0u64;
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_context| {
+    store.epoch_deadline_callback(move |context| {
         ticks += 1;
+        if fuel && let Ok(remaining) = context.get_fuel() {
+            control.fuel_used.store(fuel_limit.saturating_sub(remaining), Ordering::Relaxed);
+        }
+        if ticks.is_multiple_of(PROGRESS_CHECK_TICKS)
+            && let Some(fraction) = read_fraction_done(&scratch_dir.join(PROGRESS_FILE))
+        {
+            control.record_fraction_done(fraction);
+        }
         if let Some(reason) = control.stop_reason() {
             return Err(wasmtime::Error::new(Interruption::Stopped(reason)));
         }
@@ -374,6 +413,19 @@ fn build_wasi(spec: &RunSpec, stdout: &CappedPipe, stderr: &CappedPipe) -> anyho
     builder.preopened_dir(&spec.scratch_dir, GUEST_SCRATCH_DIR, FsPerms::ReadWrite)?;
     builder.preopened_dir(&spec.scratch_dir, ".", FsPerms::ReadWrite)?;
     Ok(builder.build_p1())
+}
+
+/// The fraction done a module wrote, if the file holds a number (clamped to 0..=1).
+fn read_fraction_done(path: &Path) -> Option<f64> {
+    // A module writes a few bytes; anything longer is not a progress report.
+    const MAX_BYTES: u64 = 64;
+    let mut text = String::new();
+    std::io::Read::take(std::fs::File::open(path).ok()?, MAX_BYTES + 1).read_to_string(&mut text).ok()?;
+    if text.len() as u64 > MAX_BYTES {
+        return None;
+    }
+    let fraction: f64 = text.trim().parse().ok()?;
+    fraction.is_finite().then(|| fraction.clamp(0.0, 1.0))
 }
 
 /// Bytes held by the files under `dir` (apparent sizes, so sparse files count in full).

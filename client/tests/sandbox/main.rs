@@ -3,6 +3,7 @@
 
 mod determinism;
 mod hostile;
+mod progress;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

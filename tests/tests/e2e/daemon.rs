@@ -93,25 +93,36 @@ async fn a_result_finished_while_the_server_is_down_is_reported_once_both_are_ba
 }
 
 #[tokio::test]
-async fn status_shows_the_running_task_and_its_time_so_far() {
+async fn status_shows_the_running_task_with_its_progress_fuel_and_time_so_far() {
     let server = Server::start().await;
-    server.publish(&workunit("probes/spin.wat"), 1, policy(1, 1)).await;
+    // Writes 0.5 to its progress file, then works forever.
+    server.publish(&workunit("probes/progress.wat"), 1, policy(1, 1)).await;
     let volunteer = Volunteer::attach(&server, "curious").await;
     let mut daemon = volunteer.start();
     volunteer.wait_for_task_state("running", TIMEOUT).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let status = volunteer.status().await;
+    let give_up = std::time::Instant::now() + TIMEOUT;
+    let status = loop {
+        let status = volunteer.status().await;
+        let task = &status["tasks"][0];
+        let reported = task["fraction_done"] == 0.5 && task["fuel_used"].as_u64().is_some_and(|fuel| fuel > 0);
+        if reported || std::time::Instant::now() > give_up {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let task = &status["tasks"][0];
     assert_eq!(status["daemon_running"], true);
     assert_eq!(task["work_unit"], "wu-0");
     assert_eq!(task["state"], "running");
+    assert_eq!(task["fraction_done"], 0.5, "{status}");
+    assert!(task["fuel_used"].as_u64().unwrap() > 0, "{status}");
     assert!(task["elapsed_seconds"].as_f64().unwrap() > 0.0, "{status}");
     assert_eq!(task["fuel_limit"], 1_000_000_000_000u64);
     assert_eq!(status["projects"][0]["url"], server.url.as_str());
     let table = volunteer.command(&["status"]).output().await.unwrap();
     let table = String::from_utf8_lossy(&table.stdout);
-    assert!(table.contains("wu-0") && table.contains("daemon: running"), "{table}");
+    assert!(table.contains("wu-0") && table.contains("daemon: running") && table.contains("50.0%"), "{table}");
 
     signal(&daemon, libc::SIGTERM);
     daemon.wait().await.unwrap();

@@ -1,0 +1,45 @@
+//! A running module's progress is visible from outside while it runs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmgrid_client::sandbox::{RunControl, RunOutcome, StopReason};
+use wasmgrid_protocol::api::RunLimits;
+
+use crate::{Harness, wat};
+
+#[test]
+fn fuel_and_the_reported_fraction_grow_while_a_module_runs() {
+    let harness = Harness::default();
+    let limits = RunLimits { fuel: u64::MAX / 2, wall_time_seconds: 60, ..crate::LIMITS };
+    let spec = harness.spec(&wat("probes/progress.wat"), limits);
+    let control = Arc::new(RunControl::default());
+    let mut finished = harness.sandbox.spawn(spec, control.clone()).unwrap();
+
+    let mut samples = Vec::new();
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(200));
+        let progress = control.progress();
+        samples.push(progress.fuel_used);
+        let grew = samples.windows(2).any(|pair| pair[1] > pair[0] && pair[0] > 0);
+        if grew && progress.fraction_done == Some(0.5) {
+            break;
+        }
+    }
+    control.stop(StopReason::Shutdown);
+    let report = loop {
+        match finished.try_recv() {
+            Ok(report) => break report,
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+
+    assert_eq!(control.progress().fraction_done, Some(0.5), "the module wrote 0.5 to its progress file");
+    assert!(
+        samples.windows(2).any(|pair| pair[1] > pair[0] && pair[0] > 0),
+        "fuel so far must grow while the module runs: {samples:?}"
+    );
+    assert_eq!(report.outcome, RunOutcome::Stopped(StopReason::Shutdown));
+    assert!(report.fuel_used >= *samples.last().unwrap(), "the final count is at least the last sample");
+}

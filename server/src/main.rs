@@ -39,6 +39,9 @@ enum Command {
         /// Seconds a host that got no work is asked to wait before asking again.
         #[arg(long, default_value_t = 60)]
         idle_retry_after: u64,
+        /// Seconds a host that got work is asked to wait before its next request.
+        #[arg(long, default_value_t = 1)]
+        busy_retry_after: u64,
         /// Replicas per core per day a fully trusted host may take.
         #[arg(long, default_value_t = 1000)]
         daily_quota_per_core: u32,
@@ -73,6 +76,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_connections,
             sweep_interval,
             idle_retry_after,
+            busy_retry_after,
             daily_quota_per_core,
         } => {
             let database = match database_url {
@@ -83,6 +87,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.max_database_connections = max_connections;
             config.sweep_interval = Duration::from_secs(sweep_interval.max(1));
             config.scheduler.idle_retry_after = Duration::from_secs(idle_retry_after);
+            config.scheduler.busy_retry_after = Duration::from_secs(busy_retry_after);
             config.scheduler.daily_quota_per_core = daily_quota_per_core;
             let app = wasmgrid_server::build(config).await?;
             // Scripts and tests read this line to learn the port (useful with port 0).

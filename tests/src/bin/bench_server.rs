@@ -11,24 +11,19 @@
 //! cargo build --release -p wasmgrid-server -p wasmgrid-e2e && target/release/bench-server
 //! ```
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Parser;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, watch};
 use wasmgrid_client::api::ServerClient;
+use wasmgrid_e2e::bench::{BenchServer, ms, peak_rss_kib, percentile};
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::{RegisterHostRequest, ReplicaReport, ReportedOutcome, SchedulerRequest};
 use wasmgrid_server::blobs::{DirectoryStore, store_bytes};
-use wasmgrid_server::database::embedded::connect_options_for;
 use wasmgrid_server::publishing::{self, WorkUnitSpec};
 
 #[derive(Parser)]
@@ -67,19 +62,19 @@ struct Counters {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let server_binary = server_binary()?;
-    let data_dir = tempfile::Builder::new().prefix("wgbench-").tempdir_in("/tmp")?;
-    // When run as root, the embedded PostgreSQL runs as another user, who must get in.
-    std::fs::set_permissions(data_dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    let data_path = data_dir.path().canonicalize()?;
-
-    let (mut server, url) = start_server(&server_binary, &data_path).await?;
-    let server_pid = server.id().context("the server has a pid")?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(connect_options_for(&data_path.join("postgres"), "wasmgrid"))
-        .await
-        .context("cannot connect to the server's embedded database")?;
+    let server = BenchServer::start(&[
+        "--sweep-interval",
+        "1",
+        "--idle-retry-after",
+        "1",
+        "--daily-quota-per-core",
+        "1000000",
+        "--max-connections",
+        "32",
+    ])
+    .await?;
+    let (pool, url, data_path, server_pid) =
+        (server.pool.clone(), server.url.clone(), server.data_dir.clone(), server.pid);
 
     println!("loading {} work units (quorum 2)...", args.work_units);
     let load_started = Instant::now();
@@ -159,41 +154,7 @@ async fn main() -> anyhow::Result<()> {
     println!("PostgreSQL peak memory (sum)    {:>9} MiB", postgres_peak / 1024);
     println!("credit granted                  {:>12.1}  (expected {valid_replicas}.0: one per valid replica)", credit);
 
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(server_pid as libc::pid_t, libc::SIGTERM) };
-    server.wait().await?;
-    Ok(())
-}
-
-fn server_binary() -> anyhow::Result<PathBuf> {
-    let path = std::env::current_exe()?.parent().context("the benchmark lives in a directory")?.join("wasmgrid-server");
-    if !path.exists() {
-        bail!("{} is missing: run `cargo build --release -p wasmgrid-server -p wasmgrid-e2e` first", path.display());
-    }
-    Ok(path)
-}
-
-async fn start_server(binary: &Path, data_dir: &Path) -> anyhow::Result<(Child, String)> {
-    let log = std::fs::File::create(data_dir.join("server.log"))?;
-    let mut child = Command::new(binary)
-        .args(["serve", "--listen", "127.0.0.1:0", "--sweep-interval", "1", "--idle-retry-after", "1"])
-        .args(["--daily-quota-per-core", "1000000", "--max-connections", "32"])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start the server")?;
-    let stdout = child.stdout.take().context("piped stdout")?;
-    let line = tokio::time::timeout(Duration::from_secs(120), BufReader::new(stdout).lines().next_line())
-        .await
-        .context("the server did not start within two minutes")??
-        .context("the server exited; see server.log in its data directory")?;
-    let url = line.strip_prefix("wasmgrid-server listening on ").context("unexpected announcement")?.to_owned();
-    Ok((child, url))
+    server.stop().await
 }
 
 async fn load_work_units(pool: &sqlx::PgPool, data_dir: &Path, count: usize) -> anyhow::Result<()> {
@@ -322,30 +283,6 @@ async fn wait_for_credit(pool: &sqlx::PgPool) -> anyhow::Result<f64> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-}
-
-fn percentile(samples: &mut [Duration], quantile: f64) -> Duration {
-    if samples.is_empty() {
-        return Duration::ZERO;
-    }
-    samples.sort_unstable();
-    let index = ((samples.len() as f64 - 1.0) * quantile).round() as usize;
-    samples[index]
-}
-
-fn ms(duration: Duration) -> String {
-    format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
-}
-
-/// Peak resident memory of a process, in KiB, from `/proc/<pid>/status`.
-fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-            line.split_whitespace().nth(1)?.parse().ok()
-        })
-        .unwrap_or(0)
 }
 
 /// Sum of the peaks of the PostgreSQL processes serving `data_dir` (an upper bound: shared

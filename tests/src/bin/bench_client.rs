@@ -1,0 +1,336 @@
+//! `bench-client`: what the volunteer client costs on top of the work itself.
+//!
+//! 1. Sandbox speed: compute-heavy example work units from `workunits/` natively, under
+//!    plain wasmtime (the library with default settings), and under the client's sandbox
+//!    with everything on, then without fuel metering and without NaN canonicalisation to
+//!    show what each costs. Best of `--repeat` runs; the outputs must be identical.
+//! 2. Per-task overhead: the real `wasmgrid` daemon, one slot, runs a batch of trivial work
+//!    units from the real server (module cached after the first), and the time and CPU it
+//!    spends per task, from claim to report, are printed.
+//!
+//! It is a measurement, not a test: nothing here fails on a timing.
+//!
+//! ```sh
+//! cargo build --release --workspace && target/release/bench-client
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use wasmgrid_client::sandbox::engine::EngineSettings;
+use wasmgrid_client::sandbox::{RunControl, RunOutcome, RunSpec, Sandbox};
+use wasmgrid_e2e::bench::{BenchServer, build_workunits, sibling_binary};
+use wasmgrid_protocol::Sha256Hash;
+use wasmgrid_protocol::api::RunLimits;
+use wasmgrid_server::blobs::{DirectoryStore, store_bytes};
+use wasmgrid_server::publishing::{self, ReplicationPolicy, WorkUnitSpec};
+use wasmtime::{Config, Engine, Linker, Module, Store};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+
+#[derive(Parser)]
+#[command(about = "Measures the sandbox against plain wasmtime and native code, and the client's per-task overhead")]
+struct Args {
+    /// Runs of each configuration; the best counts.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Trivial work units for the per-task overhead.
+    #[arg(long, default_value_t = 300)]
+    tasks: usize,
+}
+
+/// A compute-heavy run of an example work unit.
+struct Workload {
+    program: &'static str,
+    args: &'static [&'static str],
+    what: &'static str,
+}
+
+const WORKLOADS: [Workload; 2] = [
+    Workload {
+        program: "primes",
+        args: &["--count-only", "0", "1000000000"],
+        what: "primes below 10^9 (integer sieve)",
+    },
+    Workload {
+        program: "mandelbrot",
+        args: &["8192", "8192", "2048", "1", "1", "2000"],
+        what: "a 2048x2048 Mandelbrot tile (f64)",
+    },
+];
+
+const LIMITS: RunLimits =
+    RunLimits { fuel: 1 << 60, memory_bytes: 1 << 30, output_bytes: 256 << 20, wall_time_seconds: 3600 };
+
+/// A module that prints one line: the smallest real task.
+const TRIVIAL_MODULE: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "\10\00\00\00\03\00\00\00")
+  (data (i32.const 16) "ok\0a")
+  (func (export "_start")
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 24)))))
+"#;
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    println!("building the example work units (native and wasm32-wasip1)...");
+    let native_dir = build_workunits(None)?;
+    let wasm_dir = build_workunits(Some("wasm32-wasip1"))?;
+    let scratch = tempfile::tempdir()?;
+
+    println!();
+    println!("Sandbox speed (best of {} runs)", args.repeat);
+    for workload in &WORKLOADS {
+        measure_workload(workload, &native_dir, &wasm_dir, scratch.path(), args.repeat)?;
+    }
+
+    println!();
+    println!("Per-task overhead ({} trivial tasks, one slot)", args.tasks);
+    tokio::runtime::Runtime::new()?.block_on(measure_overhead(args.tasks))
+}
+
+fn measure_workload(
+    workload: &Workload,
+    native_dir: &Path,
+    wasm_dir: &Path,
+    scratch: &Path,
+    repeat: usize,
+) -> anyhow::Result<()> {
+    let module_path = wasm_dir.join(format!("{}.wasm", workload.program));
+    let wasm = std::fs::read(&module_path)?;
+    println!();
+    println!("{}: {}", workload.program, workload.what);
+
+    let (native_output, native) = best_of(repeat, || run_native(&native_dir.join(workload.program), workload.args))?;
+    let (plain_output, plain) = best_of(repeat, || run_plain(&Config::default(), &wasm, workload.args))?;
+    let mut with_epochs = Config::default();
+    with_epochs.epoch_interruption(true);
+    let (_, plain_epochs) = best_of(repeat, || run_plain(&with_epochs, &wasm, workload.args))?;
+    let mut sandboxed = Vec::new();
+    for (label, settings) in [
+        ("sandbox (fuel, NaN canonicalisation, epochs)", EngineSettings::FULL),
+        ("sandbox without fuel metering", EngineSettings { fuel: false, ..EngineSettings::FULL }),
+        (
+            "sandbox without NaN canonicalisation",
+            EngineSettings { nan_canonicalization: false, ..EngineSettings::FULL },
+        ),
+        (
+            "sandbox with epochs only",
+            EngineSettings { fuel: false, nan_canonicalization: false, ..EngineSettings::FULL },
+        ),
+    ] {
+        let sandbox = Sandbox::with_settings(&scratch.join(format!("cache-{}", sandboxed.len())), settings)?;
+        let spec = run_spec(&module_path, &wasm, workload.args, scratch)?;
+        sandbox.prepare(&spec.module_hash, &spec.module_path).map_err(|error| anyhow::anyhow!("{error}"))?;
+        let (output, time) = best_of(repeat, || run_sandboxed(&sandbox, &spec))?;
+        sandboxed.push((label, output, time));
+    }
+
+    let full = sandboxed[0].2;
+    println!("  {:<46} {:>9.3} s", "native (same Rust code)", native.as_secs_f64());
+    println!("  {:<46} {:>9.3} s", "plain wasmtime (default settings)", plain.as_secs_f64());
+    println!("  {:<46} {:>9.3} s", "plain wasmtime with epoch interruption", plain_epochs.as_secs_f64());
+    for (label, _, time) in &sandboxed {
+        println!("  {:<46} {:>9.3} s", label, time.as_secs_f64());
+    }
+    println!("  sandbox / plain wasmtime                       {:>9.2}x", ratio(full, plain));
+    println!("  sandbox / native                               {:>9.2}x", ratio(full, native));
+    println!("  cost of fuel metering                          {:>+8.1}%", percent(full, sandboxed[1].2));
+    println!("  cost of NaN canonicalisation                   {:>+8.1}%", percent(full, sandboxed[2].2));
+    println!("  cost of epoch checks                           {:>+8.1}%", percent(sandboxed[3].2, plain));
+    let identical = sandboxed.iter().all(|(_, output, _)| *output == native_output) && plain_output == native_output;
+    println!("  outputs identical everywhere                   {:>10}", if identical { "yes" } else { "NO" });
+    if !identical {
+        bail!("{} gave different outputs in different configurations", workload.program);
+    }
+    Ok(())
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
+
+/// How much slower `with` is than `without`, in percent.
+fn percent(with: Duration, without: Duration) -> f64 {
+    (ratio(with, without) - 1.0) * 100.0
+}
+
+/// Runs `run` `repeat` times; the output of the last run and the shortest time.
+fn best_of(
+    repeat: usize,
+    mut run: impl FnMut() -> anyhow::Result<(Vec<u8>, Duration)>,
+) -> anyhow::Result<(Vec<u8>, Duration)> {
+    let mut best: Option<(Vec<u8>, Duration)> = None;
+    for _ in 0..repeat.max(1) {
+        let (output, time) = run()?;
+        if best.as_ref().is_none_or(|(_, fastest)| time < *fastest) {
+            best = Some((output, time));
+        }
+    }
+    Ok(best.expect("at least one run"))
+}
+
+fn run_native(program: &Path, args: &[&str]) -> anyhow::Result<(Vec<u8>, Duration)> {
+    let started = Instant::now();
+    let output = std::process::Command::new(program).args(args).output()?;
+    let time = started.elapsed();
+    if !output.status.success() {
+        bail!("{} failed: {}", program.display(), String::from_utf8_lossy(&output.stderr));
+    }
+    Ok((output.stdout, time))
+}
+
+/// The module under wasmtime as anyone would embed it: `config` (the default, or with one
+/// feature switched on), WASI with standard output captured, nothing else.
+fn run_plain(config: &Config, wasm: &[u8], args: &[&str]) -> anyhow::Result<(Vec<u8>, Duration)> {
+    let engine = Engine::new(config)?;
+    let module = Module::new(&engine, wasm)?;
+    let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |context| context)?;
+    let stdout = MemoryOutputPipe::new(LIMITS.output_bytes as usize);
+    let wasi = WasiCtxBuilder::new().arg("main.wasm").args(args).stdout(stdout.clone()).build_p1();
+    let mut store = Store::new(&engine, wasi);
+    // Never reached: the epoch is never incremented here.
+    store.set_epoch_deadline(u64::MAX);
+    let started = Instant::now();
+    let instance = linker.instantiate(&mut store, &module)?;
+    let result = instance.get_typed_func::<(), ()>(&mut store, "_start")?.call(&mut store, ());
+    let time = started.elapsed();
+    match result {
+        Ok(()) => {}
+        Err(error) if error.downcast_ref::<I32Exit>().is_some_and(|exit| exit.0 == 0) => {}
+        Err(error) => bail!("the module failed under plain wasmtime: {error:?}"),
+    }
+    Ok((stdout.contents().to_vec(), time))
+}
+
+fn run_spec(module_path: &Path, wasm: &[u8], args: &[&str], scratch: &Path) -> anyhow::Result<RunSpec> {
+    let run_dir = tempfile::tempdir_in(scratch)?.keep();
+    let (input_dir, scratch_dir) = (run_dir.join("input"), run_dir.join("scratch"));
+    std::fs::create_dir_all(&input_dir)?;
+    std::fs::create_dir_all(&scratch_dir)?;
+    Ok(RunSpec {
+        module_hash: Sha256Hash::of(wasm),
+        module_path: module_path.to_path_buf(),
+        args: args.iter().map(|arg| arg.to_string()).collect(),
+        stdin: Vec::new(),
+        input_dir,
+        scratch_dir,
+        limits: LIMITS,
+        scratch_limit_bytes: 1 << 30,
+        seed: 1,
+    })
+}
+
+fn run_sandboxed(sandbox: &Arc<Sandbox>, spec: &RunSpec) -> anyhow::Result<(Vec<u8>, Duration)> {
+    let started = Instant::now();
+    let report = sandbox.spawn(spec.clone(), Arc::new(RunControl::default()))?.blocking_recv()?;
+    let time = started.elapsed();
+    if report.outcome != RunOutcome::Success {
+        bail!("the sandboxed run failed: {:?} ({})", report.outcome, report.stderr);
+    }
+    Ok((report.stdout, time))
+}
+
+async fn measure_overhead(tasks: usize) -> anyhow::Result<()> {
+    let server =
+        BenchServer::start(&["--busy-retry-after", "0", "--idle-retry-after", "1", "--sweep-interval", "1"]).await?;
+    let wasm = wat::parse_str(TRIVIAL_MODULE)?;
+    let client_dir = tempfile::tempdir()?;
+    let wasmgrid = sibling_binary("wasmgrid")?;
+    let attach = std::process::Command::new(&wasmgrid)
+        .arg("--data-dir")
+        .arg(client_dir.path())
+        .args(["attach", &server.url, "--name", "bench"])
+        .output()?;
+    if !attach.status.success() {
+        bail!("attach failed: {}", String::from_utf8_lossy(&attach.stderr));
+    }
+
+    // A first task compiles and caches the module; the measured ones find it cached.
+    publish(&server, &wasm, "warm-up", 1).await?;
+    run_daemon(&wasmgrid, client_dir.path()).await?;
+    publish(&server, &wasm, "measured", tasks).await?;
+    let run = run_daemon(&wasmgrid, client_dir.path()).await?;
+
+    let validated: i64 =
+        sqlx::query_scalar("select count(*) from work_unit where state = 'validated'").fetch_one(&server.pool).await?;
+    let module_ms: Option<i64> =
+        sqlx::query_scalar("select sum(run_time_ms)::bigint from replica").fetch_one(&server.pool).await?;
+    server.stop().await?;
+    if validated != tasks as i64 + 1 {
+        bail!("only {validated} of {} work units were validated", tasks + 1);
+    }
+    let per_task = |total: Duration| total.as_secs_f64() * 1000.0 / tasks as f64;
+    println!("  work units validated                           {:>10}", validated);
+    println!("  wall time per task, claim to report            {:>7.2} ms", per_task(run.wall));
+    println!("  client CPU per task (user + system)            {:>7.2} ms", per_task(run.cpu));
+    println!(
+        "  of which the modules' own runs (reported)      {:>7.2} ms",
+        module_ms.unwrap_or(0) as f64 / tasks as f64
+    );
+    println!("  client peak memory                             {:>7} MiB", run.peak_rss_kib / 1024);
+    Ok(())
+}
+
+async fn publish(server: &BenchServer, wasm: &[u8], name: &str, count: usize) -> anyhow::Result<()> {
+    let store = DirectoryStore::open(server.data_dir.join("blobs"))?;
+    let mut transaction = server.pool.begin().await?;
+    let module = store_bytes(&mut transaction, &store, wasm).await.map_err(|error| anyhow::anyhow!("{error}"))?;
+    let app = publishing::create_app(&mut transaction, name).await.map_err(|error| anyhow::anyhow!("{error}"))?;
+    publishing::add_app_version(&mut transaction, app, module).await.map_err(|error| anyhow::anyhow!("{error}"))?;
+    let policy = ReplicationPolicy { min_quorum: 1, target_replicas: 1, ..ReplicationPolicy::default() };
+    let specs: Vec<WorkUnitSpec> =
+        (0..count).map(|i| WorkUnitSpec { policy, ..WorkUnitSpec::new(format!("{name}-{i}")) }).collect();
+    publishing::create_batch(&mut transaction, app, name, &specs).await.map_err(|error| anyhow::anyhow!("{error}"))?;
+    transaction.commit().await?;
+    Ok(())
+}
+
+struct DaemonRun {
+    wall: Duration,
+    cpu: Duration,
+    peak_rss_kib: u64,
+}
+
+/// Runs `wasmgrid run --cores 1 --exit-when-idle` to the end; its wall time, CPU time
+/// (from the kernel's accounting of the finished process) and peak memory.
+async fn run_daemon(wasmgrid: &Path, data_dir: &Path) -> anyhow::Result<DaemonRun> {
+    let (wasmgrid, data_dir): (PathBuf, PathBuf) = (wasmgrid.to_path_buf(), data_dir.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        let child = std::process::Command::new(&wasmgrid)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["run", "--cores", "1", "--exit-when-idle"])
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .context("cannot start the daemon")?;
+        let mut status = 0;
+        // SAFETY: a zeroed rusage is a valid value for wait4 to fill in.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: waiting for our own child, with valid pointers; `child` is not waited on
+        // elsewhere.
+        let waited = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+        let wall = started.elapsed();
+        if waited < 0 {
+            return Err(std::io::Error::last_os_error()).context("waiting for the daemon");
+        }
+        if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+            bail!("the daemon failed (wait status {status})");
+        }
+        let seconds = |time: libc::timeval| Duration::new(time.tv_sec as u64, time.tv_usec as u32 * 1000);
+        Ok(DaemonRun {
+            wall,
+            cpu: seconds(usage.ru_utime) + seconds(usage.ru_stime),
+            peak_rss_kib: usage.ru_maxrss as u64,
+        })
+    })
+    .await?
+}

@@ -25,7 +25,22 @@ impl CompileCache {
         std::fs::create_dir_all(&dir)?;
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
-        Ok(Self { dir, engine_tag: format!("{:016x}", hasher.finish()) })
+        let cache = Self { dir, engine_tag: format!("{:016x}", hasher.finish()) };
+        cache.remove_other_engines_code();
+        Ok(cache)
+    }
+
+    /// Compiled code from an earlier client version or other settings can never be loaded
+    /// again: clear it out rather than let it pile up over the client's upgrades.
+    fn remove_other_engines_code(&self) {
+        let suffix = format!("-{}.cwasm", self.engine_tag);
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".cwasm") && !name.ends_with(&suffix) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     fn path_of(&self, module_hash: &Sha256Hash) -> PathBuf {

@@ -2,7 +2,9 @@
 //! arguments, its standard input, a read-only input directory and a scratch directory,
 //! within hard limits, deterministically.
 //!
-//! - [`engine`]: the deterministic engine and its epoch ticker.
+//! - [`engine`]: the deterministic, fuel-metered engine.
+//! - [`watch`]: the wall-clock limit, stop requests, scratch quota and progress, checked
+//!   whenever the module gets back to the sandbox.
 //! - [`limits`]: memory and table caps, and the names of the limits a run can break.
 //! - [`capture`]: standard output and error, size-limited, in memory.
 //! - [`determinism`]: seeded random numbers and clocks that cannot leak into outputs.
@@ -12,17 +14,18 @@
 //! trap, a non-zero exit, a missing import, an invalid module), or stopped from outside
 //! (shutdown or abort), in which case it is not a result at all and will run again.
 //!
-//! Runs are blocking and CPU-bound: call [`Sandbox::run`] from a thread of its own with
-//! [`engine::RUN_THREAD_STACK`] bytes of stack ([`Sandbox::spawn`] does that).
+//! Runs are blocking and CPU-bound: call [`Sandbox::run`] from a thread of its own, outside
+//! any async runtime ([`Sandbox::spawn`] does that). Inside, a run is asynchronous: the
+//! module runs on a fiber of its own that yields to the sandbox as it burns fuel.
 
 pub mod capture;
 pub mod compile_cache;
 pub mod determinism;
 pub mod engine;
 pub mod limits;
+pub mod watch;
 
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -30,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::{MAX_STDERR_BYTES, RunLimits};
-use wasmtime::{Linker, Module, Store, Trap, UpdateDeadline};
+use wasmtime::{Engine, Linker, Module, Store, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -38,21 +41,16 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use capture::CappedPipe;
 use compile_cache::CompileCache;
 use determinism::{FrozenWallClock, SeededRandom, SteppingClock};
-use engine::{EngineSettings, TickingEngine};
+use engine::{EngineSettings, FUEL_YIELD_INTERVAL};
 pub use limits::Limit;
 use limits::MemoryLimiter;
+pub use watch::PROGRESS_FILE;
+use watch::{Interruption, Watch};
 
 /// Where the input directory appears to the module.
 pub const GUEST_INPUT_DIR: &str = "/input";
 /// Where the scratch directory appears to the module (it is also the working directory).
 pub const GUEST_SCRATCH_DIR: &str = "/scratch";
-/// How often, in epoch ticks, the scratch directory's size is measured.
-const SCRATCH_CHECK_TICKS: u64 = 10;
-/// How often, in epoch ticks, the module's progress file is read.
-const PROGRESS_CHECK_TICKS: u64 = 50;
-/// A module may report how far it has got by writing its fraction done, a decimal number
-/// from 0 to 1 (such as `0.25`), to this file in its scratch directory. It is not output.
-pub const PROGRESS_FILE: &str = "progress";
 
 /// Everything one run needs.
 #[derive(Debug, Clone)]
@@ -92,9 +90,8 @@ pub struct RunControl {
 /// How far a running module has got.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
-    /// Fuel burnt so far, as of the module's latest function call: compiled code keeps the
-    /// fuel counter in a register and writes it back only around calls, so a long loop
-    /// without calls shows the figure from before it until it calls something or ends.
+    /// Fuel burnt so far, as of the module's latest host call or fuel yield (so at most
+    /// [`FUEL_YIELD_INTERVAL`] behind).
     pub fuel_used: u64,
     /// What the module says in its [`PROGRESS_FILE`], if it writes one.
     pub fraction_done: Option<f64>,
@@ -107,6 +104,10 @@ impl RunControl {
             fuel_used: self.fuel_used.load(Ordering::Relaxed),
             fraction_done: fraction.checked_sub(1).map(f64::from_bits),
         }
+    }
+
+    fn record_fuel_used(&self, fuel: u64) {
+        self.fuel_used.fetch_max(fuel, Ordering::Relaxed);
     }
 
     fn record_fraction_done(&self, fraction: f64) {
@@ -176,28 +177,10 @@ struct RunState {
     limiter: MemoryLimiter,
 }
 
-/// Errors raised from the epoch callback, recognised when the run ends.
-#[derive(Debug)]
-enum Interruption {
-    Broke(Limit),
-    Stopped(StopReason),
-}
-
-impl fmt::Display for Interruption {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Broke(limit) => write!(f, "{limit}"),
-            Self::Stopped(reason) => write!(f, "stopped: {reason:?}"),
-        }
-    }
-}
-
-impl std::error::Error for Interruption {}
-
 /// The engine, the WASI imports and the compile cache; shared by every run of the process.
 pub struct Sandbox {
     settings: EngineSettings,
-    engine: TickingEngine,
+    engine: Engine,
     linker: Linker<RunState>,
     cache: CompileCache,
 }
@@ -210,10 +193,10 @@ impl Sandbox {
 
     /// A sandbox with some determinism or metering switched off, for measuring their cost.
     pub fn with_settings(cache_dir: &Path, settings: EngineSettings) -> anyhow::Result<Arc<Self>> {
-        let engine = TickingEngine::new(settings)?;
-        let mut linker = Linker::new(&engine.engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |state: &mut RunState| &mut state.wasi)?;
-        let cache = CompileCache::open(cache_dir, &engine.engine)?;
+        let engine = Engine::new(&engine::config(settings))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut RunState| &mut state.wasi)?;
+        let cache = CompileCache::open(cache_dir, &engine)?;
         Ok(Arc::new(Self { settings, engine, linker, cache }))
     }
 
@@ -225,7 +208,7 @@ impl Sandbox {
     ) -> std::io::Result<tokio::sync::oneshot::Receiver<RunReport>> {
         let (send, receive) = tokio::sync::oneshot::channel();
         let sandbox = self.clone();
-        std::thread::Builder::new().name("wasm-run".into()).stack_size(engine::RUN_THREAD_STACK).spawn(move || {
+        std::thread::Builder::new().name("wasm-run".into()).spawn(move || {
             let _ = send.send(sandbox.run(&spec, &control));
         })?;
         Ok(receive)
@@ -234,7 +217,7 @@ impl Sandbox {
     /// Compiles (or loads from the cache) the module, without running it.
     pub fn prepare(&self, module_hash: &Sha256Hash, module_path: &Path) -> Result<Module, RunError> {
         self.cache
-            .load_or_compile(&self.engine.engine, module_hash, module_path)
+            .load_or_compile(&self.engine, module_hash, module_path)
             .map_err(|error| RunError::InvalidModule(first_line(&format!("{error:#}"))))
     }
 
@@ -261,16 +244,19 @@ impl Sandbox {
             Err(error) => return report(RunOutcome::Failed(RunError::Trap(format!("{error:#}"))), 0, None),
         };
         let mut store =
-            Store::new(&self.engine.engine, RunState { wasi, limiter: MemoryLimiter::new(spec.limits.memory_bytes) });
+            Store::new(&self.engine, RunState { wasi, limiter: MemoryLimiter::new(spec.limits.memory_bytes) });
         store.limiter(|state| &mut state.limiter);
         if self.settings.fuel {
             store.set_fuel(spec.limits.fuel).expect("fuel metering is enabled");
+            store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL)).expect("fuel metering is enabled");
         }
-        if self.settings.epoch_interruption {
-            watch(&mut store, spec, control.clone(), started, self.settings.fuel);
-        }
+        let mut watch = Watch::new(spec, control.clone(), started);
+        store.call_hook(watch.call_hook(self.settings.fuel.then_some(spec.limits.fuel)));
 
-        let result = self.instantiate_and_start(&mut store, &module);
+        let result = match tokio::runtime::Builder::new_current_thread().enable_time().max_blocking_threads(1).build() {
+            Ok(runtime) => runtime.block_on(watch.run(self.instantiate_and_start(&mut store, &module))),
+            Err(error) => Err(wasmtime::Error::msg(format!("cannot start the run's event loop: {error}"))),
+        };
         let fuel_used = if self.settings.fuel { spec.limits.fuel - store.get_fuel().unwrap_or(0) } else { 0 };
         let (outcome, exit_status) = match result {
             Ok(()) => (RunOutcome::Success, Some(0)),
@@ -285,17 +271,18 @@ impl Sandbox {
         report(outcome, fuel_used, exit_status)
     }
 
-    fn instantiate_and_start(&self, store: &mut Store<RunState>, module: &Module) -> wasmtime::Result<()> {
+    async fn instantiate_and_start(&self, store: &mut Store<RunState>, module: &Module) -> wasmtime::Result<()> {
         for import in module.imports() {
             if self.linker.get_by_import(&mut *store, &import).is_none() {
                 let name = format!("{}::{}", import.module(), import.name());
                 return Err(wasmtime::Error::new(MissingImportError(name)));
             }
         }
-        let instance = self.linker.instantiate(&mut *store, module)?;
+        // Instantiation runs the module's start function, if any: it is watched too.
+        let instance = self.linker.instantiate_async(&mut *store, module).await?;
         let start =
             instance.get_typed_func::<(), ()>(&mut *store, "_start").map_err(|_| wasmtime::Error::new(NotACommand))?;
-        start.call(&mut *store, ())
+        start.call_async(&mut *store, ()).await
     }
 }
 
@@ -320,38 +307,6 @@ impl fmt::Display for NotACommand {
 }
 
 impl std::error::Error for NotACommand {}
-
-/// Checks, every epoch tick, the stop flag and the wall-clock limit, records the fuel
-/// used so far, and less often measures the scratch directory and reads the progress file.
-fn watch(store: &mut Store<RunState>, spec: &RunSpec, control: Arc<RunControl>, started: Instant, fuel: bool) {
-    let deadline = started + Duration::from_secs(spec.limits.wall_time_seconds);
-    let scratch_dir = spec.scratch_dir.clone();
-    let scratch_limit = spec.scratch_limit_bytes;
-    let fuel_limit = spec.limits.fuel;
-    let mut ticks = 0u64;
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |context| {
-        ticks += 1;
-        if fuel && let Ok(remaining) = context.get_fuel() {
-            control.fuel_used.store(fuel_limit.saturating_sub(remaining), Ordering::Relaxed);
-        }
-        if ticks.is_multiple_of(PROGRESS_CHECK_TICKS)
-            && let Some(fraction) = read_fraction_done(&scratch_dir.join(PROGRESS_FILE))
-        {
-            control.record_fraction_done(fraction);
-        }
-        if let Some(reason) = control.stop_reason() {
-            return Err(wasmtime::Error::new(Interruption::Stopped(reason)));
-        }
-        if Instant::now() > deadline {
-            return Err(wasmtime::Error::new(Interruption::Broke(Limit::WallTime)));
-        }
-        if ticks.is_multiple_of(SCRATCH_CHECK_TICKS) && scratch_bytes(&scratch_dir) > scratch_limit {
-            return Err(wasmtime::Error::new(Interruption::Broke(Limit::ScratchDisk)));
-        }
-        Ok(UpdateDeadline::Continue(1))
-    });
-}
 
 /// Turns the error a run ended with into an outcome that names its cause.
 fn classify(error: wasmtime::Error, store: &Store<RunState>, stdout: &CappedPipe) -> (RunOutcome, Option<i32>) {
@@ -408,24 +363,13 @@ fn build_wasi(spec: &RunSpec, stdout: &CappedPipe, stderr: &CappedPipe) -> anyho
         .secure_random(SeededRandom::new(spec.seed))
         .insecure_random(SeededRandom::new(spec.seed.rotate_left(32)))
         .insecure_random_seed(u128::from(spec.seed))
-        .allow_blocking_current_thread(true);
+        // File operations then run on the run's blocking pool, and a sleep in `poll_oneoff`
+        // is a timer the sandbox can interrupt rather than a sleep of the run's thread.
+        .allow_blocking_current_thread(false);
     builder.preopened_dir(&spec.input_dir, GUEST_INPUT_DIR, FsPerms::ReadOnly)?;
     builder.preopened_dir(&spec.scratch_dir, GUEST_SCRATCH_DIR, FsPerms::ReadWrite)?;
     builder.preopened_dir(&spec.scratch_dir, ".", FsPerms::ReadWrite)?;
     Ok(builder.build_p1())
-}
-
-/// The fraction done a module wrote, if the file holds a number (clamped to 0..=1).
-fn read_fraction_done(path: &Path) -> Option<f64> {
-    // A module writes a few bytes; anything longer is not a progress report.
-    const MAX_BYTES: u64 = 64;
-    let mut text = String::new();
-    std::io::Read::take(std::fs::File::open(path).ok()?, MAX_BYTES + 1).read_to_string(&mut text).ok()?;
-    if text.len() as u64 > MAX_BYTES {
-        return None;
-    }
-    let fraction: f64 = text.trim().parse().ok()?;
-    fraction.is_finite().then(|| fraction.clamp(0.0, 1.0))
 }
 
 /// Bytes held by the files under `dir` (apparent sizes, so sparse files count in full).

@@ -60,3 +60,16 @@ fn the_second_run_loads_the_compiled_module_from_the_cache() {
     let report = harness.run(harness.spec(&wasm, LIMITS));
     assert_eq!(report.outcome, RunOutcome::Success);
 }
+
+#[test]
+fn code_compiled_for_other_engine_settings_is_cleared_out() {
+    let unoptimized = Harness::with_settings(EngineSettings { optimize: false, ..EngineSettings::FULL });
+    unoptimized.run(unoptimized.spec(&wat("probes/determinism.wat"), LIMITS));
+    let cache = unoptimized.dir.path().join("cache");
+    let compiled = || std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(compiled(), 1);
+
+    // As after an upgrade to a client whose engine differs: the old code is unusable.
+    wasmgrid_client::sandbox::Sandbox::with_settings(&cache, EngineSettings::FULL).unwrap();
+    assert_eq!(compiled(), 0);
+}

@@ -34,6 +34,32 @@ fn an_infinite_loop_with_ample_fuel_hits_the_wall_clock_limit() {
 }
 
 #[test]
+fn an_infinite_loop_in_the_start_function_runs_out_of_fuel() {
+    let harness = Harness::default();
+    let report = harness.run(harness.spec(&wat("hostile/start_loop.wat"), RunLimits { fuel: 10_000_000, ..LIMITS }));
+    assert_eq!(failed(&report.outcome), &RunError::Limit(Limit::Fuel));
+}
+
+#[test]
+fn sleeping_inside_a_host_call_hits_the_wall_clock_limit() {
+    let harness = Harness::default();
+    let limits = RunLimits { wall_time_seconds: 1, ..LIMITS };
+    let report = harness.run(harness.spec(&wat("hostile/sleeper.wat"), limits));
+    assert_eq!(failed(&report.outcome), &RunError::Limit(Limit::WallTime));
+    assert!(report.run_time < Duration::from_secs(10), "stopped soon after its limit: {:?}", report.run_time);
+}
+
+#[test]
+fn slow_host_calls_that_burn_little_fuel_hit_the_wall_clock_limit() {
+    let harness = Harness::default();
+    let limits = RunLimits { fuel: u64::MAX / 2, wall_time_seconds: 1, ..LIMITS };
+    let report = harness.run(harness.spec(&wat("hostile/host_call_spinner.wat"), limits));
+    assert_eq!(failed(&report.outcome), &RunError::Limit(Limit::WallTime));
+    assert!(report.run_time < Duration::from_secs(10), "stopped soon after its limit: {:?}", report.run_time);
+    assert!(report.fuel_used < 10_000_000, "the attack burns little fuel: {}", report.fuel_used);
+}
+
+#[test]
 fn a_memory_bomb_hits_the_memory_limit() {
     let harness = Harness::default();
     let report =

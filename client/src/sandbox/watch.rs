@@ -1,0 +1,193 @@
+//! Watching a run from outside the module: the wall-clock limit, stop requests, the
+//! scratch-disk quota and the module's progress.
+//!
+//! A module gets back to the sandbox in three ways, and each is a checkpoint:
+//! - every [`FUEL_YIELD_INTERVAL`] units of fuel its run yields (compute-bound code);
+//! - every host call returns through the call hook (code that spends its time in WASI
+//!   calls burns little fuel, so fuel yields alone would not bound its wall-clock time, nor
+//!   catch it filling the scratch directory);
+//! - while it waits inside a host call (a sleep in `poll_oneoff`), a timer wakes the run
+//!   every [`HOST_WAIT_CHECK`], so even a module that sleeps for a year is stopped in time.
+
+use std::fmt;
+use std::future::{Future, poll_fn};
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use tokio::time::MissedTickBehavior;
+use wasmtime::{CallHook, StoreContextMut};
+
+use super::engine::FUEL_YIELD_INTERVAL;
+use super::limits::Limit;
+use super::{RunControl, RunSpec, StopReason};
+
+/// How often the scratch directory's size is measured (it walks the directory).
+const SCRATCH_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the module's progress file is read.
+const PROGRESS_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a run waiting inside a host call is woken to check its limits.
+pub const HOST_WAIT_CHECK: Duration = Duration::from_millis(50);
+/// A module may report how far it has got by writing its fraction done, a decimal number
+/// from 0 to 1 (such as `0.25`), to this file in its scratch directory. It is not output.
+pub const PROGRESS_FILE: &str = "progress";
+
+/// Why a run was cut short from outside the module; recognised when the run ends.
+#[derive(Debug)]
+pub enum Interruption {
+    Broke(Limit),
+    Stopped(StopReason),
+}
+
+impl fmt::Display for Interruption {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Broke(limit) => write!(f, "{limit}"),
+            Self::Stopped(reason) => write!(f, "stopped: {reason:?}"),
+        }
+    }
+}
+
+impl std::error::Error for Interruption {}
+
+/// The watch over one run.
+pub struct Watch {
+    control: Arc<RunControl>,
+    checks: Arc<Mutex<Checks>>,
+    /// Set by the call hook while the module is inside a host call: a pause of the run
+    /// then is a wait in that call, not a fuel yield.
+    in_host: Arc<AtomicBool>,
+    fuel_yields: u64,
+}
+
+/// The checks made whenever the module gets back to the sandbox, the costlier ones at most
+/// once per interval.
+struct Checks {
+    control: Arc<RunControl>,
+    deadline: Instant,
+    scratch_dir: PathBuf,
+    scratch_limit: u64,
+    next_scratch_check: Instant,
+    next_progress_check: Instant,
+}
+
+impl Watch {
+    /// The watch over the run of `spec`, which started at `started`.
+    pub fn new(spec: &RunSpec, control: Arc<RunControl>, started: Instant) -> Self {
+        let checks = Checks {
+            control: control.clone(),
+            deadline: started + Duration::from_secs(spec.limits.wall_time_seconds),
+            scratch_dir: spec.scratch_dir.clone(),
+            scratch_limit: spec.scratch_limit_bytes,
+            next_scratch_check: started,
+            next_progress_check: started,
+        };
+        Self { control, checks: Arc::new(Mutex::new(checks)), in_host: Arc::default(), fuel_yields: 0 }
+    }
+
+    /// The store's call hook: on every host call it records the fuel used so far (exact
+    /// there: compiled code writes its fuel counter back before calling out), and on the
+    /// way back into Wasm it makes the checks, since only host calls fill the scratch
+    /// directory and a module busy with them burns little fuel.
+    pub fn call_hook<T>(
+        &self,
+        fuel_limit: Option<u64>,
+    ) -> impl FnMut(StoreContextMut<'_, T>, CallHook) -> wasmtime::Result<()> + Send + Sync + 'static {
+        let (control, checks, in_host) = (self.control.clone(), self.checks.clone(), self.in_host.clone());
+        move |context, hook| {
+            match hook {
+                CallHook::CallingHost => {
+                    in_host.store(true, Ordering::Relaxed);
+                    if let (Some(limit), Ok(remaining)) = (fuel_limit, context.get_fuel()) {
+                        control.record_fuel_used(limit.saturating_sub(remaining));
+                    }
+                }
+                CallHook::ReturningFromHost => {
+                    in_host.store(false, Ordering::Relaxed);
+                    lock(&checks).run().map_err(wasmtime::Error::new)?;
+                }
+                CallHook::CallingWasm | CallHook::ReturningFromWasm => {}
+            }
+            Ok(())
+        }
+    }
+
+    /// Drives `run` (instantiation and `_start`) to its end, checking the limits at every
+    /// pause; a broken limit or a stop request drops the run, which unwinds the module.
+    pub async fn run<F: Future<Output = wasmtime::Result<()>>>(&mut self, run: F) -> wasmtime::Result<()> {
+        let mut run = pin!(run);
+        let mut wake_up = tokio::time::interval(HOST_WAIT_CHECK);
+        wake_up.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        poll_fn(|context| {
+            if let Poll::Ready(result) = run.as_mut().poll(context) {
+                return Poll::Ready(result);
+            }
+            if !self.in_host.load(Ordering::Relaxed) {
+                // Wasm code pauses only to yield, once per interval of fuel burnt.
+                self.fuel_yields += 1;
+                self.control.record_fuel_used(self.fuel_yields * FUEL_YIELD_INTERVAL);
+            }
+            if let Err(interruption) = lock(&self.checks).run() {
+                return Poll::Ready(Err(wasmtime::Error::new(interruption)));
+            }
+            // Registers the next timer wake-up, for a run waiting inside a host call.
+            while wake_up.poll_tick(context).is_ready() {}
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl Checks {
+    fn run(&mut self) -> Result<(), Interruption> {
+        stop_or_deadline(&self.control, self.deadline)?;
+        let now = Instant::now();
+        if now >= self.next_progress_check {
+            self.next_progress_check = now + PROGRESS_CHECK_INTERVAL;
+            if let Some(fraction) = read_fraction_done(&self.scratch_dir.join(PROGRESS_FILE)) {
+                self.control.record_fraction_done(fraction);
+            }
+        }
+        if now >= self.next_scratch_check {
+            self.next_scratch_check = now + SCRATCH_CHECK_INTERVAL;
+            if super::scratch_bytes(&self.scratch_dir) > self.scratch_limit {
+                return Err(Interruption::Broke(Limit::ScratchDisk));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The checks are only ever taken on the run's own thread, one at a time; a panic while
+/// holding them cannot leave them inconsistent.
+fn lock(checks: &Mutex<Checks>) -> std::sync::MutexGuard<'_, Checks> {
+    checks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn stop_or_deadline(control: &RunControl, deadline: Instant) -> Result<(), Interruption> {
+    if let Some(reason) = control.stop_reason() {
+        return Err(Interruption::Stopped(reason));
+    }
+    if Instant::now() > deadline {
+        return Err(Interruption::Broke(Limit::WallTime));
+    }
+    Ok(())
+}
+
+/// The fraction done a module wrote, if the file holds a number (clamped to 0..=1).
+fn read_fraction_done(path: &Path) -> Option<f64> {
+    use std::io::Read;
+    // A module writes a few bytes; anything longer is not a progress report.
+    const MAX_BYTES: u64 = 64;
+    let mut text = String::new();
+    std::fs::File::open(path).ok()?.take(MAX_BYTES + 1).read_to_string(&mut text).ok()?;
+    if text.len() as u64 > MAX_BYTES {
+        return None;
+    }
+    let fraction: f64 = text.trim().parse().ok()?;
+    fraction.is_finite().then(|| fraction.clamp(0.0, 1.0))
+}

@@ -61,6 +61,11 @@ impl DataDir {
         self.root.join("state.json")
     }
 
+    /// Task phase changes since the state file was last written.
+    pub fn state_journal(&self) -> PathBuf {
+        self.root.join("state.journal")
+    }
+
     pub fn lock_file(&self) -> PathBuf {
         self.root.join("daemon.lock")
     }

@@ -20,11 +20,21 @@ pub struct Settings {
     pub backoff_min_seconds: u64,
     /// Longest wait after repeated failures (BOINC: four hours).
     pub backoff_max_seconds: u64,
+    /// Work to keep at hand, in seconds of running on every slot, so that slots do not
+    /// idle between requests and one request serves many tasks.
+    pub work_buffer_seconds: u64,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Self { cores: None, memory: None, disk: 10 << 30, backoff_min_seconds: 60, backoff_max_seconds: 4 * 3600 }
+        Self {
+            cores: None,
+            memory: None,
+            disk: 10 << 30,
+            backoff_min_seconds: 60,
+            backoff_max_seconds: 4 * 3600,
+            work_buffer_seconds: 600,
+        }
     }
 }
 

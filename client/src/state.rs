@@ -1,16 +1,28 @@
 //! The client's tasks, kept on disk so that no finished result is ever lost.
 //!
-//! Every change is written atomically before anything depends on it: a new assignment
-//! before it runs, a finished result before it is uploaded or reported, and a task is
-//! forgotten only after the server acknowledged its report. A running task is stored as
-//! pending: after a crash it simply runs again, from its scratch directory (where a module
-//! may keep checkpoints).
+//! Every change is on disk before anything depends on it: a new assignment before it runs,
+//! a finished result before it is uploaded or reported, and a task is forgotten only after
+//! the server acknowledged its report. A running task is stored as pending: after a crash it
+//! simply runs again, from its scratch directory (where a module may keep checkpoints).
+//!
+//! Two files hold it, so that finishing a task does not rewrite every other one:
+//! - the state file, a snapshot of every task, replaced atomically when tasks arrive or
+//!   leave (once per exchange with a server, however many tasks it carries);
+//! - the journal, one JSON line per task that finished since, appended and synced.
+//!
+//! Loading replays the journal over the snapshot. Saving a snapshot empties the journal
+//! afterwards; a crash in between replays entries the snapshot already holds, which changes
+//! nothing, and a torn last line (a crash mid-append) was never acknowledged and is skipped.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::os::unix::fs::OpenOptionsExt;
 
 use serde::{Deserialize, Serialize};
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::{Assignment, ReplicaReport};
+
+use anyhow::Context;
 
 use crate::data_dir::{DataDir, write_atomically};
 
@@ -37,6 +49,13 @@ pub struct StoredOutput {
     pub bytes: u64,
 }
 
+/// One line of the journal: a task's new phase.
+#[derive(Debug, Serialize, Deserialize)]
+struct JournalEntry {
+    replica_id: i64,
+    phase: Phase,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClientState {
     /// Keyed by replica id.
@@ -45,16 +64,59 @@ pub struct ClientState {
 
 impl ClientState {
     pub fn load(data_dir: &DataDir) -> anyhow::Result<Self> {
-        match std::fs::read(data_dir.state_file()) {
+        let mut state: Self = match std::fs::read(data_dir.state_file()) {
             Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|error| anyhow::anyhow!("{} is damaged: {error}", data_dir.state_file().display())),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(error) => Err(error.into()),
+                .map_err(|error| anyhow::anyhow!("{} is damaged: {error}", data_dir.state_file().display()))?,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Self::default(),
+            Err(error) => return Err(error.into()),
+        };
+        let journal = match std::fs::File::open(data_dir.state_journal()) {
+            Ok(file) => std::io::BufReader::new(file),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(state),
+            Err(error) => return Err(error.into()),
+        };
+        for line in journal.lines() {
+            let Ok(entry) = serde_json::from_str::<JournalEntry>(&line?) else {
+                tracing::warn!("skipping a torn entry at the end of {}", data_dir.state_journal().display());
+                break;
+            };
+            // A task the snapshot no longer has was acknowledged after it finished.
+            if let Some(task) = state.tasks.get_mut(&entry.replica_id) {
+                task.phase = entry.phase;
+            }
+        }
+        Ok(state)
+    }
+
+    /// Writes a snapshot of every task, then empties the journal it includes.
+    pub fn save(&self, data_dir: &DataDir) -> anyhow::Result<()> {
+        write_atomically(&data_dir.state_file(), &serde_json::to_vec(self)?)?;
+        match std::fs::remove_file(data_dir.state_journal()) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
+            _ => Ok(()),
         }
     }
 
-    pub fn save(&self, data_dir: &DataDir) -> anyhow::Result<()> {
-        write_atomically(&data_dir.state_file(), &serde_json::to_vec(self)?)
+    /// Sets a task's phase and appends the change to the journal, synced before returning.
+    pub fn record_phase(&mut self, data_dir: &DataDir, replica_id: i64, phase: Phase) -> anyhow::Result<()> {
+        let Some(task) = self.tasks.get_mut(&replica_id) else { return Ok(()) };
+        let mut line = serde_json::to_vec(&JournalEntry { replica_id, phase: phase.clone() })?;
+        line.push(b'\n');
+        let path = data_dir.state_journal();
+        let mut journal = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        if journal.metadata()?.len() == 0 {
+            // A new journal: its name must survive a crash too.
+            std::fs::File::open(data_dir.root())?.sync_all()?;
+        }
+        journal.write_all(&line)?;
+        journal.sync_data()?;
+        task.phase = phase;
+        Ok(())
     }
 
     pub fn pending(&self) -> impl Iterator<Item = &Task> {
@@ -69,5 +131,89 @@ impl ClientState {
 
     pub fn count_for(&self, project_url: &str) -> usize {
         self.tasks.values().filter(|task| task.project_url == project_url).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use wasmgrid_protocol::api::{BlobRef, ReportedOutcome, RunLimits};
+
+    use super::*;
+
+    fn task(replica_id: i64) -> Task {
+        let blob = BlobRef { sha256: Sha256Hash::of(b"module"), bytes: 6, url: "/blobs/module".into() };
+        Task {
+            project_url: "http://127.0.0.1:1".into(),
+            assignment: Assignment {
+                replica_id,
+                work_unit_id: replica_id,
+                work_unit_name: format!("wu-{replica_id}"),
+                module: blob,
+                args: Vec::new(),
+                stdin: None,
+                inputs: Vec::new(),
+                limits: RunLimits { fuel: 1, memory_bytes: 1, output_bytes: 1, wall_time_seconds: 1 },
+                seed: 1,
+                deadline: Utc::now(),
+            },
+            phase: Phase::Pending,
+        }
+    }
+
+    fn finished(replica_id: i64) -> Phase {
+        let report = ReplicaReport {
+            replica_id,
+            outcome: ReportedOutcome::Error { reason: "trap".into() },
+            fuel_used: 7,
+            run_time_ms: 1,
+            exit_status: None,
+            stderr: String::new(),
+        };
+        Phase::Finished { report, output: None, uploaded: true }
+    }
+
+    fn data_dir() -> (tempfile::TempDir, DataDir) {
+        let root = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open(root.path().to_path_buf()).unwrap();
+        (root, data_dir)
+    }
+
+    #[test]
+    fn finished_phases_survive_through_the_journal_and_a_snapshot_absorbs_them() {
+        let (_root, data_dir) = data_dir();
+        let mut state = ClientState::default();
+        state.tasks.extend([(1, task(1)), (2, task(2))]);
+        state.save(&data_dir).unwrap();
+        state.record_phase(&data_dir, 2, finished(2)).unwrap();
+
+        let loaded = ClientState::load(&data_dir).unwrap();
+        assert_eq!(loaded.tasks[&1].phase, Phase::Pending);
+        assert_eq!(loaded.tasks[&2].phase, finished(2));
+
+        state.save(&data_dir).unwrap();
+        assert!(!data_dir.state_journal().exists(), "the snapshot holds the journal's entries");
+        assert_eq!(ClientState::load(&data_dir).unwrap().tasks[&2].phase, finished(2));
+    }
+
+    #[test]
+    fn a_torn_last_entry_and_entries_for_forgotten_tasks_are_skipped() {
+        let (_root, data_dir) = data_dir();
+        let mut state = ClientState::default();
+        state.tasks.extend([(1, task(1)), (2, task(2))]);
+        state.save(&data_dir).unwrap();
+        state.record_phase(&data_dir, 1, finished(1)).unwrap();
+        // Task 2 finished, then its acknowledgement was saved with the journal still there
+        // (a crash between the snapshot and emptying the journal).
+        state.record_phase(&data_dir, 2, finished(2)).unwrap();
+        let journal = std::fs::read(data_dir.state_journal()).unwrap();
+        state.tasks.remove(&2);
+        write_atomically(&data_dir.state_file(), &serde_json::to_vec(&state).unwrap()).unwrap();
+        let torn = [&journal[..], &br#"{"replica_id":1,"phase":{"pha"#[..]].concat();
+        std::fs::write(data_dir.state_journal(), torn).unwrap();
+
+        let loaded = ClientState::load(&data_dir).unwrap();
+        assert_eq!(loaded.tasks.keys().copied().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(loaded.tasks[&1].phase, finished(1));
     }
 }

@@ -37,6 +37,14 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_REPORTS: usize = 1000;
 /// The loop wakes at least this often (deadlines, retries of failed staging).
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// Most tasks kept waiting here per project, whatever the work buffer asks for: tasks held
+/// here are tasks other volunteers cannot run.
+const MAX_BUFFERED_TASKS: usize = 500;
+/// Finished results wait at most this long for an exchange with their server that happens
+/// anyway (a request for work), so that one exchange carries many reports.
+const REPORT_DELAY: Duration = Duration::from_secs(60);
+/// Weight of the newest run in a project's average run time.
+const RUN_TIME_SMOOTHING: f64 = 0.2;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunOptions {
@@ -54,6 +62,19 @@ struct Contact {
     backoff: Backoff,
     /// The last request asked for work and got none.
     out_of_work: bool,
+    /// How long this project's tasks run, on average (smoothed): sizes the work buffer.
+    average_run_time: Option<Duration>,
+    /// When the oldest result not yet reported finished, if it finished in this run.
+    reports_waiting_since: Option<Instant>,
+}
+
+impl Contact {
+    fn record_run_time(&mut self, run_time: Duration) {
+        self.average_run_time = Some(match self.average_run_time {
+            Some(average) => average.mul_f64(1.0 - RUN_TIME_SMOOTHING) + run_time.mul_f64(RUN_TIME_SMOOTHING),
+            None => run_time,
+        });
+    }
 }
 
 struct Running {
@@ -92,6 +113,8 @@ impl Daemon {
                 next_contact: Instant::now(),
                 backoff: Backoff::new(min, max),
                 out_of_work: false,
+                average_run_time: None,
+                reports_waiting_since: None,
             });
         }
         let mut state = ClientState::load(&data_dir)?;
@@ -118,7 +141,7 @@ impl Daemon {
         let status_socket = status::bind(&self.data_dir)?;
         tokio::pin!(shutdown);
         loop {
-            self.start_tasks();
+            self.start_tasks()?;
             self.contact_due_projects().await?;
             if self.options.exit_when_idle && self.is_idle() {
                 tracing::info!("no work left and every result reported; exiting");
@@ -154,18 +177,28 @@ impl Daemon {
         self.running.is_empty() && self.state.tasks.is_empty() && self.contacts.iter().all(|c| c.out_of_work)
     }
 
-    /// Starts pending tasks while slots and memory allow.
-    fn start_tasks(&mut self) {
+    /// Starts pending tasks while slots and memory allow, earliest deadline first.
+    fn start_tasks(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
         let memory_budget = self.settings.memory();
-        let candidates: Vec<Task> = self
+        let mut candidates: Vec<Task> = self
             .state
             .pending()
             .filter(|task| !self.running.contains_key(&task.assignment.replica_id))
             .filter(|task| self.retry_at.get(&task.assignment.replica_id).is_none_or(|at| *at <= now))
             .cloned()
             .collect();
-        for task in candidates {
+        candidates.sort_by_key(|task| task.assignment.deadline);
+        let expired: Vec<i64> = candidates
+            .iter()
+            .filter(|task| task.assignment.deadline < chrono::Utc::now())
+            .map(|task| task.assignment.replica_id)
+            .collect();
+        if !expired.is_empty() {
+            tracing::info!(tasks = expired.len(), "dropping tasks that waited past their deadline");
+            self.forget(&expired)?;
+        }
+        for task in candidates.into_iter().filter(|task| !expired.contains(&task.assignment.replica_id)) {
             if self.running.len() >= self.settings.cores() {
                 break;
             }
@@ -188,6 +221,7 @@ impl Daemon {
             ));
             self.running.insert(replica_id, Running { control, started: Instant::now(), memory_bytes });
         }
+        Ok(())
     }
 
     /// Applies the end of a task's run.
@@ -196,10 +230,14 @@ impl Daemon {
         self.running.remove(&replica_id);
         match completion {
             Completion::Finished { phase, .. } => {
-                if let Some(task) = self.state.tasks.get_mut(&replica_id) {
-                    task.phase = phase;
-                    self.state.save(&self.data_dir)?;
+                let Some(task) = self.state.tasks.get(&replica_id) else { return Ok(()) };
+                if let Some(contact) = self.contacts.iter_mut().find(|c| c.project.url == task.project_url) {
+                    if let Phase::Finished { report, .. } = &phase {
+                        contact.record_run_time(Duration::from_millis(report.run_time_ms));
+                    }
+                    contact.reports_waiting_since.get_or_insert_with(Instant::now);
                 }
+                self.state.record_phase(&self.data_dir, replica_id, phase)?;
             }
             Completion::Stopped { reason: StopReason::Aborted, .. } => self.forget(&[replica_id])?,
             Completion::Stopped { reason: StopReason::Shutdown, .. } => {}
@@ -217,29 +255,49 @@ impl Daemon {
             if self.contacts[index].next_contact > Instant::now() {
                 continue;
             }
-            let url = self.contacts[index].project.url.clone();
-            let has_reports = self.state.finished_for(&url).next().is_some();
             let want = self.wanted_from(index);
-            if has_reports || want > 0 {
+            if want > 0 || self.reports_due(index) {
                 self.contact(index, want).await?;
             }
         }
         Ok(())
     }
 
-    /// How many new tasks to ask project `index` for: its share of the slots, less what it
-    /// already has here.
+    /// How many new tasks to ask project `index` for. Each project gets its resource share
+    /// of the slots, and keeps enough tasks waiting to fill its slots for the work buffer's
+    /// length, going by how long its tasks have been running; at least one per slot, so none
+    /// idles while the next request is under way. It asks when the buffer is half empty, for
+    /// enough to fill it, so that one exchange serves many tasks.
     fn wanted_from(&self, index: usize) -> u32 {
         let total_share: f64 = self.contacts.iter().map(|c| c.project.resource_share.max(0.0)).sum();
-        let project = &self.contacts[index].project;
-        if total_share <= 0.0 || project.resource_share <= 0.0 {
+        let contact = &self.contacts[index];
+        if total_share <= 0.0 || contact.project.resource_share <= 0.0 {
             return 0;
         }
-        let slots = self.settings.cores() as f64;
-        let target = (slots * project.resource_share / total_share).ceil() as usize;
-        let unfinished =
-            self.state.tasks.values().filter(|t| t.project_url == project.url && t.phase == Phase::Pending).count();
-        target.saturating_sub(unfinished) as u32
+        let slots = self.settings.cores() as f64 * contact.project.resource_share / total_share;
+        let one_per_slot = slots.ceil() as usize;
+        let target = match contact.average_run_time {
+            Some(run_time) => {
+                let buffered = slots * self.settings.work_buffer_seconds as f64 / run_time.as_secs_f64().max(1e-3);
+                (buffered.ceil() as usize).clamp(one_per_slot, MAX_BUFFERED_TASKS.max(one_per_slot))
+            }
+            None => one_per_slot,
+        };
+        let waiting = self.state.pending().filter(|task| task.project_url == contact.project.url).count();
+        if waiting >= (target / 2).max(one_per_slot) { 0 } else { (target - waiting) as u32 }
+    }
+
+    /// Whether project `index` should hear about its finished results now rather than with
+    /// the next request for work: when the oldest has waited long enough, or when nothing
+    /// else of the project's is left to run here.
+    fn reports_due(&self, index: usize) -> bool {
+        let contact = &self.contacts[index];
+        let url = &contact.project.url;
+        if self.state.finished_for(url).next().is_none() {
+            return false;
+        }
+        let nothing_else = self.state.pending().all(|task| task.project_url != *url);
+        nothing_else || contact.reports_waiting_since.is_none_or(|since| since.elapsed() >= REPORT_DELAY)
     }
 
     /// One exchange with a project: upload finished outputs, then report and ask for work.
@@ -300,12 +358,13 @@ impl Daemon {
                 .await
             {
                 Ok(_) => {
+                    // Not saved on its own: the next snapshot carries it, and should the client
+                    // die first, uploading the same output again is harmless.
                     if let Some(Task { phase: Phase::Finished { uploaded, .. }, .. }) =
                         self.state.tasks.get_mut(&replica_id)
                     {
                         *uploaded = true;
                     }
-                    self.state.save(&self.data_dir)?;
                 }
                 Err(error) if error.is_transient() => {
                     self.back_off(index, &error);
@@ -351,7 +410,11 @@ impl Daemon {
                 "scheduler request done"
             );
         }
+        let any_left = self.state.finished_for(&url).next().is_some();
         let contact = &mut self.contacts[index];
+        if !any_left {
+            contact.reports_waiting_since = None;
+        }
         contact.backoff.succeeded();
         contact.out_of_work = want > 0 && reply.assignments.is_empty();
         contact.next_contact = Instant::now() + Duration::from_secs(reply.retry_after_seconds);

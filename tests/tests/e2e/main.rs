@@ -1,5 +1,6 @@
 //! End to end: the real `wasmgrid-server` binary on a real PostgreSQL, real `wasmgrid`
 //! volunteer daemons, real Wasm modules.
 
+mod cache;
 mod daemon;
 mod harness;

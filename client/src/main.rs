@@ -9,7 +9,7 @@ use wasmgrid_client::api::ServerClient;
 use wasmgrid_client::daemon::{self, Daemon, RunOptions};
 use wasmgrid_client::data_dir::DataDir;
 use wasmgrid_client::projects::{Project, Projects, check_transport, normalize_url};
-use wasmgrid_client::settings::Settings;
+use wasmgrid_client::settings::{Overrides, Settings};
 use wasmgrid_client::{host_info, status};
 
 #[derive(Parser)]
@@ -36,9 +36,9 @@ enum Command {
         /// This project's share of the machine, relative to other attached projects.
         #[arg(long, default_value_t = 100.0)]
         resource_share: f64,
-        /// Allow plain http to a server that is not on this machine.
-        #[arg(long)]
-        allow_insecure: bool,
+        /// Allow plain http to a server that is not on this machine [default: from client.toml].
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        allow_insecure: Option<bool>,
     },
     /// Detach from a project.
     Detach { server_url: String },
@@ -54,11 +54,11 @@ enum Command {
         #[arg(long)]
         disk: Option<u64>,
         /// Exit once no project has work and every result is reported.
-        #[arg(long)]
-        exit_when_idle: bool,
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        exit_when_idle: Option<bool>,
         /// Allow plain http to servers that are not on this machine.
-        #[arg(long)]
-        allow_insecure: bool,
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        allow_insecure: Option<bool>,
     },
     /// Show the attached projects and the tasks.
     Status {
@@ -102,12 +102,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { cores, memory, disk, exit_when_idle, allow_insecure } => {
-            let mut settings = Settings::load(&data_dir)?;
-            settings.cores = cores.or(settings.cores);
-            settings.memory = memory.or(settings.memory);
-            settings.disk = disk.unwrap_or(settings.disk);
+            let flags = Overrides { cores, memory, disk, exit_when_idle, allow_insecure };
+            let settings = Settings::load(&data_dir)?.overridden_by(&flags);
+            let options =
+                RunOptions { exit_when_idle: settings.exit_when_idle, allow_insecure: settings.allow_insecure };
             let _lock = daemon::lock(&data_dir)?;
-            let daemon = Daemon::new(data_dir, settings, RunOptions { exit_when_idle, allow_insecure })?;
+            let daemon = Daemon::new(data_dir, settings, options)?;
             daemon.run(shutdown_signal()).await
         }
         Command::Status { json } => {
@@ -128,10 +128,12 @@ async fn attach(
     account_key: Option<String>,
     name: Option<String>,
     resource_share: f64,
-    allow_insecure: bool,
+    allow_insecure: Option<bool>,
 ) -> anyhow::Result<()> {
     let url = normalize_url(server_url);
-    check_transport(&url, allow_insecure)?;
+    let settings = Settings::load(data_dir)?;
+    // Before any connection: the account key would travel in the clear.
+    check_transport(&url, allow_insecure.unwrap_or(settings.allow_insecure))?;
     if resource_share.is_nan() || resource_share <= 0.0 {
         anyhow::bail!("--resource-share must be positive");
     }

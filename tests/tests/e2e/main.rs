@@ -4,3 +4,4 @@
 mod cache;
 mod daemon;
 mod harness;
+mod settings;

@@ -5,3 +5,4 @@ mod cache;
 mod daemon;
 mod harness;
 mod settings;
+mod transport;

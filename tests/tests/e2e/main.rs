@@ -4,5 +4,6 @@
 mod cache;
 mod daemon;
 mod harness;
+mod projects;
 mod settings;
 mod transport;

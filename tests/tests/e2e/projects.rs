@@ -1,0 +1,98 @@
+//! Several projects on one volunteer, and detaching one.
+
+use std::time::{Duration, Instant};
+
+use wasmgrid_server::publishing::ReplicationPolicy;
+
+use crate::harness::{Server, Volunteer, signal, workunit};
+
+const VALIDATED: &str = "select count(*) from work_unit where state = 'validated'";
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn single() -> ReplicationPolicy {
+    ReplicationPolicy { min_quorum: 1, target_replicas: 1, ..ReplicationPolicy::default() }
+}
+
+fn attached_urls(volunteer: &Volunteer) -> Vec<String> {
+    let projects: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(volunteer.data_dir.path().join("projects.json")).unwrap()).unwrap();
+    projects["projects"].as_array().unwrap().iter().map(|p| p["url"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn a_detached_project_is_forgotten_and_never_asked_for_work_again() {
+    let (left, kept) = tokio::join!(Server::start(), Server::start());
+    left.publish(&workunit("probes/determinism.wat"), 3, single()).await;
+    kept.publish(&workunit("probes/determinism.wat"), 3, single()).await;
+    let volunteer = Volunteer::unattached();
+    volunteer.attach_to(&left, "fickle", &[]).await;
+    volunteer.attach_to(&kept, "fickle", &[]).await;
+
+    let output = volunteer.command(&["detach", &format!("{}/", left.url)]).output().await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(attached_urls(&volunteer), [kept.url.as_str()]);
+    volunteer.run_until_idle(TIMEOUT).await;
+
+    assert_eq!(kept.count(VALIDATED).await, 3);
+    assert_eq!(left.count("select count(*) from replica where state <> 'unsent'").await, 0);
+    assert_eq!(left.count("select count(*) from host where last_contact_at is not null").await, 0, "never asked");
+}
+
+#[tokio::test]
+async fn detaching_abandons_the_projects_tasks_so_that_the_daemon_still_goes_idle() {
+    let (left, kept) = tokio::join!(Server::start(), Server::start());
+    left.publish(&workunit("probes/spin.wat"), 1, single()).await;
+    kept.publish(&workunit("probes/determinism.wat"), 2, single()).await;
+    let volunteer = Volunteer::unattached();
+    volunteer.attach_to(&left, "fickle", &[]).await;
+    let daemon = volunteer.start();
+    volunteer.wait_for_task_state("running", TIMEOUT).await;
+    signal(&daemon, libc::SIGTERM);
+    daemon.wait_with_output().await.unwrap();
+    let task_dirs = volunteer.data_dir.path().join("tasks");
+    assert_eq!(std::fs::read_dir(&task_dirs).unwrap().count(), 1, "the interrupted task is kept");
+    volunteer.attach_to(&kept, "fickle", &[]).await;
+
+    let output = volunteer.command(&["detach", &left.url]).output().await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.contains("abandoning 1 tasks (0 finished but not reported)"), "{said}");
+    assert_eq!(volunteer.status().await["tasks"].as_array().unwrap().len(), 0);
+    assert_eq!(std::fs::read_dir(&task_dirs).unwrap().count(), 0, "its directory is gone too");
+    volunteer.run_until_idle(TIMEOUT).await;
+
+    assert_eq!(kept.count(VALIDATED).await, 2);
+}
+
+#[tokio::test]
+async fn detach_refuses_while_the_daemon_runs_since_the_daemon_would_keep_the_project() {
+    let server = Server::start().await;
+    let volunteer = Volunteer::attach(&server, "busy").await;
+    let daemon = volunteer.start();
+    let give_up = Instant::now() + TIMEOUT;
+    while volunteer.status().await["daemon_running"] != true {
+        assert!(Instant::now() < give_up, "the daemon did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let output = volunteer.command(&["detach", &server.url]).output().await.unwrap();
+
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("stop the daemon before detaching"), "{error}");
+    assert_eq!(attached_urls(&volunteer), [server.url.as_str()]);
+    signal(&daemon, libc::SIGTERM);
+    daemon.wait_with_output().await.unwrap();
+}
+
+#[tokio::test]
+async fn detaching_a_project_that_is_not_attached_is_an_error() {
+    let server = Server::start().await;
+    let volunteer = Volunteer::attach(&server, "confused").await;
+
+    let output = volunteer.command(&["detach", "http://127.0.0.1:1"]).output().await.unwrap();
+
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not attached to http://127.0.0.1:1"));
+    assert_eq!(attached_urls(&volunteer), [server.url.as_str()]);
+}

@@ -55,4 +55,13 @@ mod tests {
         backoff.succeeded();
         assert!(backoff.failed() <= Duration::from_secs(60));
     }
+
+    #[test]
+    fn volunteers_failing_together_come_back_at_different_times() {
+        let waits: std::collections::BTreeSet<Duration> =
+            (0..50).map(|_| Backoff::new(Duration::from_secs(60), Duration::from_secs(4 * 3600)).failed()).collect();
+        // Fifty equal draws from [30 s, 60 s) would mean the jitter is gone.
+        assert!(waits.len() > 1, "{waits:?}");
+        assert!(waits.iter().all(|wait| (Duration::from_secs(30)..Duration::from_secs(60)).contains(wait)));
+    }
 }

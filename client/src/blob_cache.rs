@@ -1,5 +1,6 @@
-//! Downloaded modules and inputs, by SHA-256: verified on arrival, stored under their hash,
-//! and evicted least-recently-used when the cache outgrows its share of the disk limit.
+//! Downloaded modules and inputs, by SHA-256: verified on arrival and again before each
+//! use, stored under their hash, and evicted least-recently-used when the cache outgrows
+//! its share of the disk limit.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -29,12 +30,22 @@ impl BlobCache {
         self.dir.join(hash.to_hex())
     }
 
-    /// The local path of `blob`, downloading and verifying it first if needed.
+    /// The local path of `blob`, verified, downloading it first if it is missing or damaged.
     pub async fn fetch(&self, server: &ServerClient, blob: &BlobRef) -> anyhow::Result<PathBuf> {
         let path = self.path_of(&blob.sha256);
-        if path.exists() {
-            touch(&path);
-            return Ok(path);
+        // A cached file can rot on disk or be changed by another program; a wrong byte would
+        // give a wrong result, or run a module other than the one assigned.
+        match hash_file(path.clone()).await {
+            Ok(actual) if actual == blob.sha256 => {
+                touch(&path);
+                return Ok(path);
+            }
+            Ok(actual) => {
+                tracing::warn!(blob = %blob.sha256, actual = %actual, "a cached file is damaged; downloading it again");
+                std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
         }
         let response = server
             .request(reqwest::Method::GET, &blob.url)
@@ -90,6 +101,25 @@ impl BlobCache {
     }
 }
 
+/// Hashes a file off the async runtime: inputs can be large.
+async fn hash_file(path: PathBuf) -> std::io::Result<Sha256Hash> {
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = Sha256Hasher::new();
+        let mut buffer = vec![0; 1 << 16];
+        loop {
+            let read = file.read(&mut buffer)?;
+            if read == 0 {
+                return Ok(hasher.finish());
+            }
+            hasher.update(&buffer[..read]);
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 fn total_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
@@ -100,5 +130,71 @@ fn total_bytes(dir: &Path) -> u64 {
 fn touch(path: &Path) {
     if let Ok(file) = std::fs::File::options().append(true).open(path) {
         let _ = file.set_modified(SystemTime::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Caches `bytes` as if last used `age` ago.
+    fn cached(cache: &BlobCache, bytes: &[u8], age: Duration) -> Sha256Hash {
+        let hash = Sha256Hash::of(bytes);
+        let path = cache.path_of(&hash);
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::File::options().append(true).open(&path).unwrap().set_modified(SystemTime::now() - age).unwrap();
+        hash
+    }
+
+    fn minutes(minutes: u64) -> Duration {
+        Duration::from_secs(60 * minutes)
+    }
+
+    #[test]
+    fn eviction_removes_the_least_recently_used_until_the_cache_fits() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::open(dir.path().join("blobs"), 250).unwrap();
+        let oldest = cached(&cache, &[1; 100], minutes(3));
+        let middle = cached(&cache, &[2; 100], minutes(2));
+        let newest = cached(&cache, &[3; 100], minutes(1));
+
+        cache.evict(&HashSet::new()).unwrap();
+
+        assert!(!cache.path_of(&oldest).exists());
+        assert!(cache.path_of(&middle).exists());
+        assert!(cache.path_of(&newest).exists());
+    }
+
+    #[test]
+    fn using_a_blob_makes_it_the_most_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::open(dir.path().join("blobs"), 250).unwrap();
+        let used_again = cached(&cache, &[1; 100], minutes(3));
+        let middle = cached(&cache, &[2; 100], minutes(2));
+        let newest = cached(&cache, &[3; 100], minutes(1));
+
+        touch(&cache.path_of(&used_again));
+        cache.evict(&HashSet::new()).unwrap();
+
+        assert!(cache.path_of(&used_again).exists());
+        assert!(!cache.path_of(&middle).exists());
+        assert!(cache.path_of(&newest).exists());
+    }
+
+    #[test]
+    fn a_blob_in_use_is_kept_even_when_it_is_the_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::open(dir.path().join("blobs"), 150).unwrap();
+        let in_use = cached(&cache, &[1; 100], minutes(3));
+        let middle = cached(&cache, &[2; 100], minutes(2));
+        let newest = cached(&cache, &[3; 100], minutes(1));
+
+        cache.evict(&HashSet::from([in_use])).unwrap();
+
+        assert!(cache.path_of(&in_use).exists());
+        assert!(!cache.path_of(&middle).exists());
+        assert!(!cache.path_of(&newest).exists(), "the blob in use still counts against the limit");
     }
 }

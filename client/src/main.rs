@@ -9,7 +9,8 @@ use wasmgrid_client::api::ServerClient;
 use wasmgrid_client::daemon::{self, Daemon, RunOptions};
 use wasmgrid_client::data_dir::DataDir;
 use wasmgrid_client::projects::{Project, Projects, check_transport, normalize_url};
-use wasmgrid_client::settings::Settings;
+use wasmgrid_client::settings::{Overrides, Settings};
+use wasmgrid_client::state::{ClientState, Phase, Task};
 use wasmgrid_client::{host_info, status};
 
 #[derive(Parser)]
@@ -36,11 +37,11 @@ enum Command {
         /// This project's share of the machine, relative to other attached projects.
         #[arg(long, default_value_t = 100.0)]
         resource_share: f64,
-        /// Allow plain http to a server that is not on this machine.
-        #[arg(long)]
-        allow_insecure: bool,
+        /// Allow plain http to a server that is not on this machine [default: from client.toml].
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        allow_insecure: Option<bool>,
     },
-    /// Detach from a project.
+    /// Detach from a project, abandoning its tasks (the daemon must be stopped).
     Detach { server_url: String },
     /// Run the volunteer daemon.
     Run {
@@ -54,11 +55,11 @@ enum Command {
         #[arg(long)]
         disk: Option<u64>,
         /// Exit once no project has work and every result is reported.
-        #[arg(long)]
-        exit_when_idle: bool,
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        exit_when_idle: Option<bool>,
         /// Allow plain http to servers that are not on this machine.
-        #[arg(long)]
-        allow_insecure: bool,
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+        allow_insecure: Option<bool>,
     },
     /// Show the attached projects and the tasks.
     Status {
@@ -92,22 +93,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Attach { server_url, account_key, name, resource_share, allow_insecure } => {
             attach(&data_dir, &server_url, account_key, name, resource_share, allow_insecure).await
         }
-        Command::Detach { server_url } => {
-            let mut projects = Projects::load(&data_dir)?;
-            if !projects.remove(&server_url) {
-                anyhow::bail!("not attached to {server_url}");
-            }
-            projects.save(&data_dir)?;
-            println!("detached from {}", normalize_url(&server_url));
-            Ok(())
-        }
+        Command::Detach { server_url } => detach(&data_dir, &server_url),
         Command::Run { cores, memory, disk, exit_when_idle, allow_insecure } => {
-            let mut settings = Settings::load(&data_dir)?;
-            settings.cores = cores.or(settings.cores);
-            settings.memory = memory.or(settings.memory);
-            settings.disk = disk.unwrap_or(settings.disk);
+            let flags = Overrides { cores, memory, disk, exit_when_idle, allow_insecure };
+            let settings = Settings::load(&data_dir)?.overridden_by(&flags);
+            let options =
+                RunOptions { exit_when_idle: settings.exit_when_idle, allow_insecure: settings.allow_insecure };
             let _lock = daemon::lock(&data_dir)?;
-            let daemon = Daemon::new(data_dir, settings, RunOptions { exit_when_idle, allow_insecure })?;
+            let daemon = Daemon::new(data_dir, settings, options)?;
             daemon.run(shutdown_signal()).await
         }
         Command::Status { json } => {
@@ -128,10 +121,12 @@ async fn attach(
     account_key: Option<String>,
     name: Option<String>,
     resource_share: f64,
-    allow_insecure: bool,
+    allow_insecure: Option<bool>,
 ) -> anyhow::Result<()> {
     let url = normalize_url(server_url);
-    check_transport(&url, allow_insecure)?;
+    let settings = Settings::load(data_dir)?;
+    // Before any connection: the account key would travel in the clear.
+    check_transport(&url, allow_insecure.unwrap_or(settings.allow_insecure))?;
     if resource_share.is_nan() || resource_share <= 0.0 {
         anyhow::bail!("--resource-share must be positive");
     }
@@ -161,6 +156,37 @@ async fn attach(
     });
     projects.save(data_dir)?;
     println!("attached to {url} as host {}", host.host_id);
+    Ok(())
+}
+
+/// Forgets a project and abandons its tasks: nobody would run or report them any more, and
+/// a task left pending would keep `run --exit-when-idle` from ever being idle. The server
+/// hands abandoned replicas to someone else once their deadline passes.
+fn detach(data_dir: &DataDir, server_url: &str) -> anyhow::Result<()> {
+    // A running daemon holds its own copy of the projects and the tasks: it would go on
+    // asking this project for work and write the tasks back.
+    let _lock = daemon::lock(data_dir).context("stop the daemon before detaching")?;
+    let url = normalize_url(server_url);
+    let mut projects = Projects::load(data_dir)?;
+    if !projects.remove(&url) {
+        anyhow::bail!("not attached to {url}");
+    }
+    let mut state = ClientState::load(data_dir)?;
+    let abandoned: Vec<Task> = state.tasks.values().filter(|task| task.project_url == url).cloned().collect();
+    state.tasks.retain(|_, task| task.project_url != url);
+    // The tasks go first: a crash in between leaves an attached project with no tasks
+    // rather than tasks of a project that is gone.
+    state.save(data_dir)?;
+    projects.save(data_dir)?;
+    for task in &abandoned {
+        let _ = std::fs::remove_dir_all(data_dir.task(task.assignment.replica_id));
+    }
+    let unreported = abandoned.iter().filter(|task| matches!(task.phase, Phase::Finished { .. })).count();
+    if abandoned.is_empty() {
+        println!("detached from {url}");
+    } else {
+        println!("detached from {url}, abandoning {} tasks ({unreported} finished but not reported)", abandoned.len());
+    }
     Ok(())
 }
 

@@ -24,8 +24,10 @@ pub struct Projects {
 
 impl Projects {
     pub fn load(data_dir: &DataDir) -> anyhow::Result<Self> {
-        match std::fs::read(data_dir.projects_file()) {
-            Ok(bytes) => Ok(serde_json::from_slice(&bytes)?),
+        let path = data_dir.projects_file();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|error| anyhow::anyhow!("{} is damaged: {error}", path.display())),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(error) => Err(error.into()),
         }
@@ -78,7 +80,10 @@ fn is_loopback(url: &reqwest::Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(domain)) => domain == "localhost",
         Some(url::Host::Ipv4(address)) => address.is_loopback(),
-        Some(url::Host::Ipv6(address)) => address.is_loopback(),
+        // ::ffff:127.0.0.1 is the IPv4 loopback written as IPv6.
+        Some(url::Host::Ipv6(address)) => {
+            address.is_loopback() || address.to_ipv4_mapped().is_some_and(|ipv4| ipv4.is_loopback())
+        }
         None => false,
     }
 }
@@ -94,6 +99,9 @@ mod tests {
         assert!(check_transport("http://127.0.0.5:8080", false).is_ok());
         assert!(check_transport("http://localhost:8080", false).is_ok());
         assert!(check_transport("http://[::1]:8080", false).is_ok());
+        assert!(check_transport("http://[::ffff:127.0.0.1]:8080", false).is_ok());
+        assert!(check_transport("http://[::ffff:192.0.2.1]:8080", false).is_err());
+        assert!(check_transport("http://localhost.example.org", false).is_err());
         assert!(check_transport("http://grid.example.org", false).is_err());
         assert!(check_transport("http://192.168.1.10", false).is_err());
         assert!(check_transport("http://grid.example.org", true).is_ok());

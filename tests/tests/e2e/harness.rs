@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_server::database::test_cluster;
 use wasmgrid_server::publishing::{self, ReplicationPolicy, WorkUnitSpec};
 
@@ -35,15 +36,30 @@ pub struct Server {
     pub data_dir: tempfile::TempDir,
     pub database_url: String,
     pub pool: sqlx::PgPool,
+    extra_args: Vec<String>,
 }
 
 impl Server {
     pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// A server with `serve` flags of its own (replacing the harness's defaults).
+    pub async fn start_with(extra_args: &[&str]) -> Self {
         let database_url = test_cluster::fresh_database_url().await;
         let data_dir = tempfile::tempdir().unwrap();
-        let (child, port) = spawn_server(&database_url, data_dir.path(), 0).await;
+        let extra_args: Vec<String> = extra_args.iter().map(|arg| arg.to_string()).collect();
+        let (child, port) = spawn_server(&database_url, data_dir.path(), 0, &extra_args).await;
         let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
-        Self { child: Some(child), url: format!("http://127.0.0.1:{port}"), port, data_dir, database_url, pool }
+        Self {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            data_dir,
+            database_url,
+            pool,
+            extra_args,
+        }
     }
 
     /// Stops the server (SIGTERM) and waits for it.
@@ -57,26 +73,64 @@ impl Server {
     /// Starts it again on the same port, database and data directory.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let (child, _) = spawn_server(&self.database_url, self.data_dir.path(), self.port).await;
+        let (child, _) = spawn_server(&self.database_url, self.data_dir.path(), self.port, &self.extra_args).await;
         self.child = Some(child);
     }
 
     /// Publishes `count` work units running `wasm`, with `policy`; returns their ids.
     pub async fn publish(&self, wasm: &[u8], count: usize, policy: ReplicationPolicy) -> Vec<i64> {
-        let store = wasmgrid_server::blobs::DirectoryStore::open(self.data_dir.path().join("blobs")).unwrap();
-        let mut transaction = self.pool.begin().await.unwrap();
-        let module = wasmgrid_server::blobs::store_bytes(&mut transaction, &store, wasm).await.unwrap();
-        let app = publishing::create_app(&mut transaction, "e2e").await.unwrap();
-        publishing::add_app_version(&mut transaction, app, module).await.unwrap();
         let specs: Vec<_> =
             (0..count).map(|i| WorkUnitSpec { policy, ..WorkUnitSpec::new(format!("wu-{i}")) }).collect();
-        let batch = publishing::create_batch(&mut transaction, app, "e2e", &specs).await.unwrap();
+        self.publish_app("e2e", wasm, &specs).await
+    }
+
+    /// Publishes a new app named `app` running `wasm`, with one batch of `specs`; returns
+    /// the work units' ids.
+    pub async fn publish_app(&self, app: &str, wasm: &[u8], specs: &[WorkUnitSpec]) -> Vec<i64> {
+        let mut transaction = self.pool.begin().await.unwrap();
+        let module = wasmgrid_server::blobs::store_bytes(&mut transaction, &self.blob_store(), wasm).await.unwrap();
+        let app = publishing::create_app(&mut transaction, app).await.unwrap();
+        publishing::add_app_version(&mut transaction, app, module).await.unwrap();
+        let batch = publishing::create_batch(&mut transaction, app, "e2e", specs).await.unwrap();
         transaction.commit().await.unwrap();
         sqlx::query_scalar("select id from work_unit where batch_id = $1 order by id")
             .bind(batch)
             .fetch_all(&self.pool)
             .await
             .unwrap()
+    }
+
+    /// Stores an input blob for work units to name.
+    pub async fn store_blob(&self, bytes: &[u8]) -> Sha256Hash {
+        let mut connection = self.pool.acquire().await.unwrap();
+        wasmgrid_server::blobs::store_bytes(&mut connection, &self.blob_store(), bytes).await.unwrap()
+    }
+
+    fn blob_store(&self) -> wasmgrid_server::blobs::DirectoryStore {
+        wasmgrid_server::blobs::DirectoryStore::open(self.data_dir.path().join("blobs")).unwrap()
+    }
+
+    /// From now on, records the time of every scheduler request in `host_contact` (the
+    /// server sets `host.last_contact_at` to its transaction's start on each one).
+    pub async fn record_contacts(&self) {
+        for statement in [
+            "create table host_contact (host_id bigint not null, at timestamptz not null)",
+            "create function record_host_contact() returns trigger language plpgsql as $$
+             begin
+                 insert into host_contact values (new.id, new.last_contact_at);
+                 return new;
+             end $$",
+            "create trigger record_host_contact after update of last_contact_at on host for each row
+             when (new.last_contact_at is distinct from old.last_contact_at)
+             execute function record_host_contact()",
+        ] {
+            sqlx::query(statement).execute(&self.pool).await.unwrap();
+        }
+    }
+
+    /// The recorded scheduler requests (see [`Self::record_contacts`]), oldest first.
+    pub async fn contacts(&self) -> Vec<chrono::DateTime<chrono::Utc>> {
+        sqlx::query_scalar("select at from host_contact order by at").fetch_all(&self.pool).await.unwrap()
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
@@ -97,9 +151,18 @@ impl Server {
     }
 }
 
-async fn spawn_server(database_url: &str, data_dir: &Path, port: u16) -> (Child, u16) {
+/// `serve` flags for fast tests, unless the test gives its own.
+const DEFAULT_SERVER_ARGS: [(&str, &str); 2] = [("--idle-retry-after", "1"), ("--sweep-interval", "1")];
+
+async fn spawn_server(database_url: &str, data_dir: &Path, port: u16, extra_args: &[String]) -> (Child, u16) {
+    let defaults = DEFAULT_SERVER_ARGS
+        .into_iter()
+        .filter(|(flag, _)| !extra_args.iter().any(|arg| arg == flag))
+        .flat_map(|(flag, value)| [flag, value]);
     let mut child = Command::new(binary("wasmgrid-server"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--idle-retry-after", "1", "--sweep-interval", "1"])
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(defaults)
+        .args(extra_args)
         .arg("--data-dir")
         .arg(data_dir)
         .env("DATABASE_URL", database_url)
@@ -134,13 +197,34 @@ impl Volunteer {
     /// A new volunteer attached to `server` with a new account, retrying failed contacts
     /// after a second rather than BOINC's minute.
     pub async fn attach(server: &Server, name: &str) -> Self {
+        let volunteer = Self::unattached();
+        volunteer.attach_to(server, name, &[]).await;
+        volunteer
+    }
+
+    /// A volunteer attached to nothing yet, retrying failed contacts after a second.
+    pub fn unattached() -> Self {
         let data_dir = tempfile::tempdir().unwrap();
         std::fs::write(data_dir.path().join("client.toml"), "backoff_min_seconds = 1\nbackoff_max_seconds = 2\n")
             .unwrap();
-        let volunteer = Self { data_dir };
-        let output = volunteer.command(&["attach", &server.url, "--name", name]).output().await.unwrap();
+        Self { data_dir }
+    }
+
+    /// Attaches to one more project, with a new account and `attach` flags of its own.
+    pub async fn attach_to(&self, server: &Server, name: &str, extra_args: &[&str]) {
+        let mut args = vec!["attach", &server.url, "--name", name];
+        args.extend(extra_args);
+        let output = self.command(&args).output().await.unwrap();
         assert!(output.status.success(), "attach failed: {}", String::from_utf8_lossy(&output.stderr));
-        volunteer
+    }
+
+    /// The cached blobs, by file name (their SHA-256 in hex).
+    pub fn cached_blobs(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.data_dir.path().join("blobs"))
+            .map(|entries| entries.flatten().filter_map(|entry| entry.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
@@ -159,7 +243,14 @@ impl Volunteer {
     /// Runs the daemon until it has nothing left to do; panics if it fails or takes longer
     /// than `timeout`.
     pub async fn run_until_idle(&self, timeout: Duration) {
-        let child = self.command(&["run", "--exit-when-idle", "--cores", "2"]).spawn().unwrap();
+        self.run_until_idle_with(&["--cores", "2"], timeout).await;
+    }
+
+    /// [`Self::run_until_idle`] with `run` flags of the test's choosing.
+    pub async fn run_until_idle_with(&self, args: &[&str], timeout: Duration) {
+        let mut all_args = vec!["run", "--exit-when-idle"];
+        all_args.extend(args);
+        let child = self.command(&all_args).spawn().unwrap();
         let output = tokio::time::timeout(timeout, child.wait_with_output())
             .await
             .expect("the daemon finished in time")

@@ -1,5 +1,10 @@
 //! End to end: the real `wasmgrid-server` binary on a real PostgreSQL, real `wasmgrid`
 //! volunteer daemons, real Wasm modules.
 
+mod cache;
+mod contact;
 mod daemon;
 mod harness;
+mod projects;
+mod settings;
+mod transport;

@@ -1,0 +1,43 @@
+//! When the daemon talks to a server: never sooner than the server's `retry_after`.
+
+use std::time::{Duration, Instant};
+
+use wasmgrid_server::publishing::ReplicationPolicy;
+
+use crate::harness::{Server, Volunteer, signal, workunit};
+
+#[tokio::test]
+async fn the_daemon_never_asks_again_before_the_servers_retry_after() {
+    let retry_after = 2;
+    let server = Server::start_with(&[
+        "--busy-retry-after",
+        &retry_after.to_string(),
+        "--idle-retry-after",
+        &retry_after.to_string(),
+    ])
+    .await;
+    server.record_contacts().await;
+    let policy = ReplicationPolicy { min_quorum: 1, target_replicas: 1, ..ReplicationPolicy::default() };
+    server.publish(&workunit("probes/determinism.wat"), 3, policy).await;
+    let volunteer = Volunteer::attach(&server, "patient").await;
+
+    // Requests that get work (busy), then ones that find none (idle).
+    let daemon = volunteer.start();
+    let give_up = Instant::now() + Duration::from_secs(120);
+    loop {
+        let validated = server.count("select count(*) from work_unit where state = 'validated'").await;
+        if validated == 3 && server.contacts().await.len() >= 6 {
+            break;
+        }
+        assert!(Instant::now() < give_up, "{validated} validated, {:?}", server.contacts().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    signal(&daemon, libc::SIGTERM);
+    daemon.wait_with_output().await.unwrap();
+
+    let contacts = server.contacts().await;
+    for pair in contacts.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= chrono::Duration::seconds(retry_after), "asked again after {gap}: {contacts:?}");
+    }
+}

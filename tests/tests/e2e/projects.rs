@@ -1,0 +1,154 @@
+//! Several projects on one volunteer: detaching one, sharing the machine between them.
+
+use std::time::{Duration, Instant};
+
+use wasmgrid_server::publishing::ReplicationPolicy;
+
+use crate::harness::{Server, Volunteer, signal, workunit};
+
+const VALIDATED: &str = "select count(*) from work_unit where state = 'validated'";
+const SUCCEEDED: &str = "select count(*) from replica where outcome = 'success'";
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn single() -> ReplicationPolicy {
+    ReplicationPolicy { min_quorum: 1, target_replicas: 1, ..ReplicationPolicy::default() }
+}
+
+fn attached_urls(volunteer: &Volunteer) -> Vec<String> {
+    let projects: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(volunteer.data_dir.path().join("projects.json")).unwrap()).unwrap();
+    projects["projects"].as_array().unwrap().iter().map(|p| p["url"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn a_detached_project_is_forgotten_and_never_asked_for_work_again() {
+    let (left, kept) = tokio::join!(Server::start(), Server::start());
+    left.publish(&workunit("probes/determinism.wat"), 3, single()).await;
+    kept.publish(&workunit("probes/determinism.wat"), 3, single()).await;
+    let volunteer = Volunteer::unattached();
+    volunteer.attach_to(&left, "fickle", &[]).await;
+    volunteer.attach_to(&kept, "fickle", &[]).await;
+
+    let output = volunteer.command(&["detach", &format!("{}/", left.url)]).output().await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(attached_urls(&volunteer), [kept.url.as_str()]);
+    volunteer.run_until_idle(TIMEOUT).await;
+
+    assert_eq!(kept.count(VALIDATED).await, 3);
+    assert_eq!(left.count("select count(*) from replica where state <> 'unsent'").await, 0);
+    assert_eq!(left.count("select count(*) from host where last_contact_at is not null").await, 0, "never asked");
+}
+
+#[tokio::test]
+async fn detaching_abandons_the_projects_tasks_so_that_the_daemon_still_goes_idle() {
+    let (left, kept) = tokio::join!(Server::start(), Server::start());
+    left.publish(&workunit("probes/spin.wat"), 1, single()).await;
+    kept.publish(&workunit("probes/determinism.wat"), 2, single()).await;
+    let volunteer = Volunteer::unattached();
+    volunteer.attach_to(&left, "fickle", &[]).await;
+    let daemon = volunteer.start();
+    volunteer.wait_for_task_state("running", TIMEOUT).await;
+    signal(&daemon, libc::SIGTERM);
+    daemon.wait_with_output().await.unwrap();
+    let task_dirs = volunteer.data_dir.path().join("tasks");
+    assert_eq!(std::fs::read_dir(&task_dirs).unwrap().count(), 1, "the interrupted task is kept");
+    volunteer.attach_to(&kept, "fickle", &[]).await;
+
+    let output = volunteer.command(&["detach", &left.url]).output().await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.contains("abandoning 1 tasks (0 finished but not reported)"), "{said}");
+    assert_eq!(volunteer.status().await["tasks"].as_array().unwrap().len(), 0);
+    assert_eq!(std::fs::read_dir(&task_dirs).unwrap().count(), 0, "its directory is gone too");
+    volunteer.run_until_idle(TIMEOUT).await;
+
+    assert_eq!(kept.count(VALIDATED).await, 2);
+}
+
+#[tokio::test]
+async fn detach_refuses_while_the_daemon_runs_since_the_daemon_would_keep_the_project() {
+    let server = Server::start().await;
+    let volunteer = Volunteer::attach(&server, "busy").await;
+    let daemon = volunteer.start();
+    let give_up = Instant::now() + TIMEOUT;
+    while volunteer.status().await["daemon_running"] != true {
+        assert!(Instant::now() < give_up, "the daemon did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let output = volunteer.command(&["detach", &server.url]).output().await.unwrap();
+
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("stop the daemon before detaching"), "{error}");
+    assert_eq!(attached_urls(&volunteer), [server.url.as_str()]);
+    signal(&daemon, libc::SIGTERM);
+    daemon.wait_with_output().await.unwrap();
+}
+
+#[tokio::test]
+async fn detaching_a_project_that_is_not_attached_is_an_error() {
+    let server = Server::start().await;
+    let volunteer = Volunteer::attach(&server, "confused").await;
+
+    let output = volunteer.command(&["detach", "http://127.0.0.1:1"]).output().await.unwrap();
+
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not attached to http://127.0.0.1:1"));
+    assert_eq!(attached_urls(&volunteer), [server.url.as_str()]);
+}
+
+/// Two servers on databases of their own number their replicas independently, so the same
+/// replica id comes from both.
+#[tokio::test]
+#[ignore = "the daemon keys tasks and task directories by replica id alone (see the audit report)"]
+async fn two_projects_that_hand_out_the_same_replica_ids_both_get_their_work_done() {
+    let (first, second) = tokio::join!(Server::start(), Server::start());
+    first.publish(&workunit("probes/determinism.wat"), 3, single()).await;
+    second.publish(&workunit("probes/determinism.wat"), 3, single()).await;
+    let volunteer = Volunteer::unattached();
+    volunteer.attach_to(&first, "both", &[]).await;
+    volunteer.attach_to(&second, "both", &[]).await;
+
+    volunteer.run_until_idle(TIMEOUT).await;
+
+    assert_eq!(first.count(VALIDATED).await, 3);
+    assert_eq!(second.count(VALIDATED).await, 3);
+}
+
+/// Shares 300 and 100 on one core: three quarters of the work goes to the first project.
+#[tokio::test]
+#[ignore = "the daemon asks each project for ceil(its share of the slots) and runs tasks in replica-id order, \
+            which splits one core evenly (see the audit report)"]
+async fn work_is_done_for_each_project_in_proportion_to_its_resource_share() {
+    let (large, small) = tokio::join!(Server::start(), Server::start());
+    // Kept apart so that this test measures the shares alone, not the replica id clash
+    // of `two_projects_that_hand_out_the_same_replica_ids_both_get_their_work_done`.
+    sqlx::query("alter table replica alter column id restart with 1000000").execute(&small.pool).await.unwrap();
+    // Tasks of a second or more, longer than the server's `retry_after`, so that how the
+    // daemon shares the core decides the split, not how often it may ask for work.
+    large.publish(&workunit("probes/spin.wat"), 40, single()).await;
+    small.publish(&workunit("probes/spin.wat"), 40, single()).await;
+    let volunteer = Volunteer::unattached();
+    volunteer.attach_to(&large, "sharing", &["--resource-share", "300"]).await;
+    volunteer.attach_to(&small, "sharing", &["--resource-share", "100"]).await;
+
+    let daemon = volunteer.start();
+    let give_up = Instant::now() + Duration::from_secs(300);
+    let (done_large, done_small) = loop {
+        let done = (large.count(SUCCEEDED).await, small.count(SUCCEEDED).await);
+        if done.0 + done.1 >= 16 {
+            break done;
+        }
+        assert!(Instant::now() < give_up, "only {done:?} done");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    signal(&daemon, libc::SIGTERM);
+    daemon.wait_with_output().await.unwrap();
+
+    let large_fraction = done_large as f64 / (done_large + done_small) as f64;
+    assert!(
+        (0.6..=0.9).contains(&large_fraction),
+        "{done_large} tasks for the share of 300, {done_small} for the share of 100"
+    );
+}

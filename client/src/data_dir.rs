@@ -3,12 +3,14 @@
 //! ```text
 //! client.toml      settings (the same as the `run` flags)
 //! projects.json    attached projects with their secrets (mode 0600)
-//! state.json       tasks and unreported results, rewritten atomically on every change
+//! state.json       tasks and unreported results, replaced atomically at each exchange
+//! state.journal    tasks finished since state.json was written
 //! daemon.lock      held by the running daemon
 //! daemon.sock      the running daemon's status socket
 //! blobs/           downloaded modules and inputs, by SHA-256
 //! compiled/        compiled modules, by module hash and engine
-//! tasks/<id>/      one directory per task: input/, scratch/, output.tar
+//! tasks/<project>/<replica id>/
+//!                  one directory per task: input/, scratch/, output.tar
 //! ```
 
 use std::fs;
@@ -17,6 +19,9 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use wasmgrid_protocol::Sha256Hash;
+
+use crate::state::TaskId;
 
 /// Overrides the data directory, like `--data-dir`.
 pub const DATA_DIR_VARIABLE: &str = "WASMGRID_DATA_DIR";
@@ -82,8 +87,11 @@ impl DataDir {
         self.root.join("compiled")
     }
 
-    pub fn task(&self, replica_id: i64) -> PathBuf {
-        self.root.join("tasks").join(replica_id.to_string())
+    /// A task's directory: `tasks/<project>/<replica id>`, the project named by a hash of
+    /// its URL, since replica ids are only unique within one project.
+    pub fn task(&self, id: &TaskId) -> PathBuf {
+        let project = Sha256Hash::of(id.project_url.as_bytes()).to_hex();
+        self.tasks().join(&project[..16]).join(id.replica_id.to_string())
     }
 
     pub fn tasks(&self) -> PathBuf {

@@ -179,7 +179,10 @@ fn detach(data_dir: &DataDir, server_url: &str) -> anyhow::Result<()> {
     state.save(data_dir)?;
     projects.save(data_dir)?;
     for task in &abandoned {
-        let _ = std::fs::remove_dir_all(data_dir.task(task.assignment.replica_id));
+        let task_dir = data_dir.task(&task.id());
+        let _ = std::fs::remove_dir_all(&task_dir);
+        // The project's directory, once empty.
+        let _ = task_dir.parent().map(std::fs::remove_dir);
     }
     let unreported = abandoned.iter().filter(|task| matches!(task.phase, Phase::Finished { .. })).count();
     if abandoned.is_empty() {

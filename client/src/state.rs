@@ -33,6 +33,32 @@ pub struct Task {
     pub phase: Phase,
 }
 
+impl Task {
+    pub fn id(&self) -> TaskId {
+        TaskId { project_url: self.project_url.clone(), replica_id: self.assignment.replica_id }
+    }
+}
+
+/// A task on this client: its project and the replica id its server gave it. Replica ids
+/// are only unique within one server; two projects hand out the same ones.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskId {
+    pub project_url: String,
+    pub replica_id: i64,
+}
+
+impl TaskId {
+    pub fn new(project_url: &str, replica_id: i64) -> Self {
+        Self { project_url: project_url.to_owned(), replica_id }
+    }
+}
+
+impl std::fmt::Display for TaskId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "replica {} of {}", self.replica_id, self.project_url)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
 pub enum Phase {
@@ -52,14 +78,32 @@ pub struct StoredOutput {
 /// One line of the journal: a task's new phase.
 #[derive(Debug, Serialize, Deserialize)]
 struct JournalEntry {
-    replica_id: i64,
+    task: TaskId,
     phase: Phase,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClientState {
-    /// Keyed by replica id.
-    pub tasks: BTreeMap<i64, Task>,
+    /// Stored as a list: JSON maps take only string keys.
+    #[serde(with = "tasks_as_list")]
+    pub tasks: BTreeMap<TaskId, Task>,
+}
+
+mod tasks_as_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::{Task, TaskId};
+
+    pub fn serialize<S: Serializer>(tasks: &BTreeMap<TaskId, Task>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(tasks.values())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BTreeMap<TaskId, Task>, D::Error> {
+        let tasks = Vec::<Task>::deserialize(deserializer)?;
+        Ok(tasks.into_iter().map(|task| (task.id(), task)).collect())
+    }
 }
 
 impl ClientState {
@@ -81,7 +125,7 @@ impl ClientState {
                 break;
             };
             // A task the snapshot no longer has was acknowledged after it finished.
-            if let Some(task) = state.tasks.get_mut(&entry.replica_id) {
+            if let Some(task) = state.tasks.get_mut(&entry.task) {
                 task.phase = entry.phase;
             }
         }
@@ -98,9 +142,9 @@ impl ClientState {
     }
 
     /// Sets a task's phase and appends the change to the journal, synced before returning.
-    pub fn record_phase(&mut self, data_dir: &DataDir, replica_id: i64, phase: Phase) -> anyhow::Result<()> {
-        let Some(task) = self.tasks.get_mut(&replica_id) else { return Ok(()) };
-        let mut line = serde_json::to_vec(&JournalEntry { replica_id, phase: phase.clone() })?;
+    pub fn record_phase(&mut self, data_dir: &DataDir, id: &TaskId, phase: Phase) -> anyhow::Result<()> {
+        let Some(task) = self.tasks.get_mut(id) else { return Ok(()) };
+        let mut line = serde_json::to_vec(&JournalEntry { task: id.clone(), phase: phase.clone() })?;
         line.push(b'\n');
         let path = data_dir.state_journal();
         let mut journal = std::fs::File::options()
@@ -161,6 +205,10 @@ mod tests {
         }
     }
 
+    fn id(replica_id: i64) -> TaskId {
+        TaskId::new("http://127.0.0.1:1", replica_id)
+    }
+
     fn finished(replica_id: i64) -> Phase {
         let report = ReplicaReport {
             replica_id,
@@ -183,37 +231,37 @@ mod tests {
     fn finished_phases_survive_through_the_journal_and_a_snapshot_absorbs_them() {
         let (_root, data_dir) = data_dir();
         let mut state = ClientState::default();
-        state.tasks.extend([(1, task(1)), (2, task(2))]);
+        state.tasks.extend([task(1), task(2)].map(|task| (task.id(), task)));
         state.save(&data_dir).unwrap();
-        state.record_phase(&data_dir, 2, finished(2)).unwrap();
+        state.record_phase(&data_dir, &id(2), finished(2)).unwrap();
 
         let loaded = ClientState::load(&data_dir).unwrap();
-        assert_eq!(loaded.tasks[&1].phase, Phase::Pending);
-        assert_eq!(loaded.tasks[&2].phase, finished(2));
+        assert_eq!(loaded.tasks[&id(1)].phase, Phase::Pending);
+        assert_eq!(loaded.tasks[&id(2)].phase, finished(2));
 
         state.save(&data_dir).unwrap();
         assert!(!data_dir.state_journal().exists(), "the snapshot holds the journal's entries");
-        assert_eq!(ClientState::load(&data_dir).unwrap().tasks[&2].phase, finished(2));
+        assert_eq!(ClientState::load(&data_dir).unwrap().tasks[&id(2)].phase, finished(2));
     }
 
     #[test]
     fn a_torn_last_entry_and_entries_for_forgotten_tasks_are_skipped() {
         let (_root, data_dir) = data_dir();
         let mut state = ClientState::default();
-        state.tasks.extend([(1, task(1)), (2, task(2))]);
+        state.tasks.extend([task(1), task(2)].map(|task| (task.id(), task)));
         state.save(&data_dir).unwrap();
-        state.record_phase(&data_dir, 1, finished(1)).unwrap();
+        state.record_phase(&data_dir, &id(1), finished(1)).unwrap();
         // Task 2 finished, then its acknowledgement was saved with the journal still there
         // (a crash between the snapshot and emptying the journal).
-        state.record_phase(&data_dir, 2, finished(2)).unwrap();
+        state.record_phase(&data_dir, &id(2), finished(2)).unwrap();
         let journal = std::fs::read(data_dir.state_journal()).unwrap();
-        state.tasks.remove(&2);
+        state.tasks.remove(&id(2));
         write_atomically(&data_dir.state_file(), &serde_json::to_vec(&state).unwrap()).unwrap();
-        let torn = [&journal[..], &br#"{"replica_id":1,"phase":{"pha"#[..]].concat();
+        let torn = [&journal[..], &br#"{"task":{"project_url":"http://127.0.0.1:1","replica_id":1},"ph"#[..]].concat();
         std::fs::write(data_dir.state_journal(), torn).unwrap();
 
         let loaded = ClientState::load(&data_dir).unwrap();
-        assert_eq!(loaded.tasks.keys().copied().collect::<Vec<_>>(), vec![1]);
-        assert_eq!(loaded.tasks[&1].phase, finished(1));
+        assert_eq!(loaded.tasks.keys().cloned().collect::<Vec<_>>(), vec![id(1)]);
+        assert_eq!(loaded.tasks[&id(1)].phase, finished(1));
     }
 }

@@ -12,7 +12,7 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::data_dir::DataDir;
 use crate::projects::Projects;
 use crate::sandbox::Progress;
-use crate::state::{ClientState, Phase};
+use crate::state::{ClientState, Phase, TaskId};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
@@ -57,19 +57,18 @@ pub struct RunningTask {
 }
 
 impl StatusReport {
-    /// `running` maps the replica ids of running tasks to how far they have got.
+    /// `running` maps the running tasks to how far they have got.
     pub fn new(
         daemon_running: bool,
         projects: Vec<ProjectStatus>,
         state: &ClientState,
-        running: &HashMap<i64, RunningTask>,
+        running: &HashMap<TaskId, RunningTask>,
     ) -> Self {
         let tasks = state
             .tasks
             .values()
             .map(|task| {
-                let id = task.assignment.replica_id;
-                let (state, fuel_used, fraction_done, elapsed, outcome) = match (&task.phase, running.get(&id)) {
+                let (state, fuel_used, fraction_done, elapsed, outcome) = match (&task.phase, running.get(&task.id())) {
                     (Phase::Pending, Some(run)) => (
                         "running",
                         Some(run.progress.fuel_used),
@@ -88,7 +87,7 @@ impl StatusReport {
                     }
                 };
                 TaskStatus {
-                    replica_id: id,
+                    replica_id: task.assignment.replica_id,
                     work_unit: task.assignment.work_unit_name.clone(),
                     project: task.project_url.clone(),
                     state: state.to_owned(),

@@ -1,9 +1,11 @@
 //! One task, from its inputs to its packed output. Staging is async (downloads); the run
 //! is on a sandbox thread; packing the output is blocking file work.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::{ReplicaReport, ReportedOutcome};
 
 use super::staging::{StagingError, stage};
@@ -12,7 +14,7 @@ use crate::blob_cache::BlobCache;
 use crate::data_dir::DataDir;
 use crate::output::{self, PackError};
 use crate::sandbox::{RunControl, RunOutcome, RunReport, RunSpec, Sandbox, StopReason};
-use crate::state::{Phase, StoredOutput, Task};
+use crate::state::{Phase, StoredOutput, Task, TaskId};
 
 /// The packed output's name in the task directory.
 pub const OUTPUT_FILE: &str = "output.tar";
@@ -27,55 +29,53 @@ pub struct ExecContext {
 
 /// How a task's run ended, sent back to the daemon's loop.
 #[derive(Debug)]
-pub enum Completion {
-    /// A result to keep and report.
-    Finished { replica_id: i64, phase: Phase },
-    /// Interrupted from outside; not a result.
-    Stopped { replica_id: i64, reason: StopReason },
-    /// Could not be prepared for a passing reason; stays pending.
-    Retry { replica_id: i64, error: String },
+pub struct Completion {
+    pub task: TaskId,
+    pub end: End,
 }
 
-impl Completion {
-    pub fn replica_id(&self) -> i64 {
-        match self {
-            Self::Finished { replica_id, .. } | Self::Stopped { replica_id, .. } | Self::Retry { replica_id, .. } => {
-                *replica_id
-            }
-        }
-    }
+#[derive(Debug)]
+pub enum End {
+    /// A result to keep and report.
+    Finished(Phase),
+    /// Interrupted from outside; not a result.
+    Stopped(StopReason),
+    /// Could not be prepared for a passing reason; stays pending.
+    Retry(String),
+}
+
+/// Where a task's output goes: its project's server, as this host.
+#[derive(Clone)]
+pub struct Destination {
+    pub server: ServerClient,
+    pub host_token: String,
 }
 
 pub async fn execute(
     task: Task,
-    server: ServerClient,
+    destination: Destination,
     context: Arc<ExecContext>,
     control: Arc<RunControl>,
     done: mpsc::UnboundedSender<Completion>,
 ) {
-    let replica_id = task.assignment.replica_id;
-    let completion = run_task(&task, &server, &context, control).await;
-    let completion = completion.unwrap_or_else(|error| Completion::Retry { replica_id, error: format!("{error:#}") });
-    let _ = done.send(completion);
+    let end = run_task(&task, &destination, &context, control).await;
+    let end = end.unwrap_or_else(|error| End::Retry(format!("{error:#}")));
+    let _ = done.send(Completion { task: task.id(), end });
 }
 
 async fn run_task(
     task: &Task,
-    server: &ServerClient,
+    destination: &Destination,
     context: &Arc<ExecContext>,
     control: Arc<RunControl>,
-) -> anyhow::Result<Completion> {
+) -> anyhow::Result<End> {
     let assignment = &task.assignment;
     let replica_id = assignment.replica_id;
-    let task_dir = context.data_dir.task(replica_id);
-    let staged = match stage(server, &context.cache, assignment, &task_dir).await {
+    let task_dir = context.data_dir.task(&task.id());
+    let staged = match stage(&destination.server, &context.cache, assignment, &task_dir).await {
         Ok(staged) => staged,
-        Err(StagingError::Transient(error)) => {
-            return Ok(Completion::Retry { replica_id, error: format!("{error:#}") });
-        }
-        Err(StagingError::Invalid(reason)) => {
-            return Ok(Completion::Finished { replica_id, phase: failed(replica_id, reason, None) });
-        }
+        Err(StagingError::Transient(error)) => return Ok(End::Retry(format!("{error:#}"))),
+        Err(StagingError::Invalid(reason)) => return Ok(End::Finished(failed(replica_id, reason, None))),
     };
     let spec = RunSpec {
         module_hash: assignment.module.sha256,
@@ -90,15 +90,14 @@ async fn run_task(
     };
     let report = context.sandbox.spawn(spec, control)?.await?;
     let phase = match &report.outcome {
-        RunOutcome::Stopped(reason) => return Ok(Completion::Stopped { replica_id, reason: *reason }),
+        RunOutcome::Stopped(reason) => return Ok(End::Stopped(*reason)),
         RunOutcome::Failed(error) => failed(replica_id, error.to_string(), Some(&report)),
         RunOutcome::Success => {
             let stdout = report.stdout.clone();
-            let destination = task_dir.join(OUTPUT_FILE);
+            let archive = task_dir.join(OUTPUT_FILE);
             let limit = assignment.limits.output_bytes;
             let scratch = staged.scratch_dir;
-            let packed =
-                tokio::task::spawn_blocking(move || output::pack(&stdout, &scratch, &destination, limit)).await?;
+            let packed = tokio::task::spawn_blocking(move || output::pack(&stdout, &scratch, &archive, limit)).await?;
             match packed {
                 Ok((sha256, bytes)) => Phase::Finished {
                     report: replica_report(
@@ -107,7 +106,7 @@ async fn run_task(
                         &report,
                     ),
                     output: Some(StoredOutput { sha256, bytes }),
-                    uploaded: false,
+                    uploaded: upload(destination, replica_id, sha256, &task_dir.join(OUTPUT_FILE)).await,
                 },
                 Err(PackError::TooLarge) => failed(replica_id, PackError::TooLarge.to_string(), Some(&report)),
                 Err(PackError::Io(error)) => return Err(error.into()),
@@ -115,7 +114,19 @@ async fn run_task(
         }
     };
     tracing::info!(replica.id = replica_id, outcome = ?report.outcome, fuel = report.fuel_used, "task finished");
-    Ok(Completion::Finished { replica_id, phase })
+    Ok(End::Finished(phase))
+}
+
+/// Uploads the output at once, while the slot runs the next task; whether it arrived. One
+/// that did not (a server away, or refusing it) is left to the daemon's loop, which backs
+/// off or gives up as the error says.
+async fn upload(destination: &Destination, replica_id: i64, sha256: Sha256Hash, path: &Path) -> bool {
+    let Ok(bytes) = tokio::fs::read(path).await else { return false };
+    let uploaded = destination.server.upload_output_as(&destination.host_token, replica_id, sha256, bytes.into()).await;
+    if let Err(error) = &uploaded {
+        tracing::debug!(replica.id = replica_id, error = %error, "output not uploaded yet");
+    }
+    uploaded.is_ok()
 }
 
 fn failed(replica_id: i64, reason: String, run: Option<&RunReport>) -> Phase {

@@ -2,7 +2,8 @@
 //! runs it in the sandbox, uploads the outputs and reports the results.
 //!
 //! - [`staging`]: downloading and laying out a task's inputs.
-//! - [`execute`]: one task from staging to packed output, off the async runtime.
+//! - [`execute`]: one task from staging to uploaded output, off the async runtime.
+//! - [`shares`]: which project's task gets the next free slot.
 //!
 //! One loop owns the state. It starts tasks in free slots, contacts each project when the
 //! server's `retry_after` (or the backoff after a failure) allows, applies finished runs,
@@ -10,6 +11,7 @@
 //! they run again next time. Every change to the state is on disk before it is acted on.
 
 mod execute;
+mod shares;
 pub mod staging;
 
 use std::collections::{HashMap, HashSet};
@@ -27,9 +29,10 @@ use crate::data_dir::DataDir;
 use crate::projects::{Project, Projects, check_transport};
 use crate::sandbox::{RunControl, Sandbox, StopReason};
 use crate::settings::Settings;
-use crate::state::{ClientState, Phase, Task};
+use crate::state::{ClientState, Phase, Task, TaskId};
 use crate::status::{self, StatusReport};
-use execute::{Completion, ExecContext};
+use execute::{Completion, Destination, End, ExecContext};
+use shares::RecentUse;
 
 /// Longest wait for running tasks to stop at shutdown.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,6 +69,8 @@ struct Contact {
     average_run_time: Option<Duration>,
     /// When the oldest result not yet reported finished, if it finished in this run.
     reports_waiting_since: Option<Instant>,
+    /// This project's recent use of the slots, against its resource share.
+    recent_use: RecentUse,
 }
 
 impl Contact {
@@ -83,15 +88,21 @@ struct Running {
     memory_bytes: u64,
 }
 
+/// A task whose inputs could not be fetched: when to try again, backing off.
+struct Retry {
+    at: Instant,
+    backoff: Backoff,
+}
+
 pub struct Daemon {
     data_dir: DataDir,
     settings: Settings,
     options: RunOptions,
     state: ClientState,
     contacts: Vec<Contact>,
-    running: HashMap<i64, Running>,
+    running: HashMap<TaskId, Running>,
     /// Tasks whose staging failed for a passing reason, and when to try again.
-    retry_at: HashMap<i64, Instant>,
+    retries: HashMap<TaskId, Retry>,
     exec: Arc<ExecContext>,
     completions: (mpsc::UnboundedSender<Completion>, mpsc::UnboundedReceiver<Completion>),
 }
@@ -115,10 +126,11 @@ impl Daemon {
                 out_of_work: false,
                 average_run_time: None,
                 reports_waiting_since: None,
+                recent_use: RecentUse::default(),
             });
         }
         let mut state = ClientState::load(&data_dir)?;
-        drop_expired_tasks(&mut state, &data_dir)?;
+        drop_unrunnable_tasks(&mut state, &data_dir, &contacts)?;
         let sandbox = Sandbox::new(&data_dir.compiled())?;
         let cache = BlobCache::open(data_dir.blobs(), settings.disk / 2)?;
         let scratch_limit_bytes = settings.disk / (2 * settings.cores() as u64);
@@ -130,7 +142,7 @@ impl Daemon {
             state,
             contacts,
             running: HashMap::new(),
-            retry_at: HashMap::new(),
+            retries: HashMap::new(),
             exec,
             completions: mpsc::unbounded_channel(),
         })
@@ -177,74 +189,106 @@ impl Daemon {
         self.running.is_empty() && self.state.tasks.is_empty() && self.contacts.iter().all(|c| c.out_of_work)
     }
 
-    /// Starts pending tasks while slots and memory allow, earliest deadline first.
+    /// Starts pending tasks while slots and memory allow: each free slot goes to the project
+    /// furthest below its resource share, and within a project to the earliest deadline.
     fn start_tasks(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
-        let memory_budget = self.settings.memory();
-        let mut candidates: Vec<Task> = self
+        let expired: Vec<TaskId> = self
             .state
             .pending()
-            .filter(|task| !self.running.contains_key(&task.assignment.replica_id))
-            .filter(|task| self.retry_at.get(&task.assignment.replica_id).is_none_or(|at| *at <= now))
-            .cloned()
-            .collect();
-        candidates.sort_by_key(|task| task.assignment.deadline);
-        let expired: Vec<i64> = candidates
-            .iter()
-            .filter(|task| task.assignment.deadline < chrono::Utc::now())
-            .map(|task| task.assignment.replica_id)
+            .filter(|task| !self.running.contains_key(&task.id()) && task.assignment.deadline < chrono::Utc::now())
+            .map(Task::id)
             .collect();
         if !expired.is_empty() {
             tracing::info!(tasks = expired.len(), "dropping tasks that waited past their deadline");
             self.forget(&expired)?;
         }
-        for task in candidates.into_iter().filter(|task| !expired.contains(&task.assignment.replica_id)) {
-            if self.running.len() >= self.settings.cores() {
-                break;
-            }
+        let mut candidates: Vec<Task> = self
+            .state
+            .pending()
+            .filter(|task| !self.running.contains_key(&task.id()))
+            .filter(|task| self.retries.get(&task.id()).is_none_or(|retry| retry.at <= now))
+            .cloned()
+            .collect();
+        candidates.sort_by_key(|task| task.assignment.deadline);
+        let memory_budget = self.settings.memory();
+        while self.running.len() < self.settings.cores() {
+            let use_and_share: Vec<(f64, f64)> = self
+                .contacts
+                .iter()
+                .map(|contact| {
+                    let running: f64 = self
+                        .running
+                        .iter()
+                        .filter(|(id, _)| id.project_url == contact.project.url)
+                        .map(|(_, running)| running.started.elapsed().as_secs_f64())
+                        .sum();
+                    (contact.recent_use.at(now) + running, contact.project.resource_share)
+                })
+                .collect();
+            let ready =
+                |index: usize| candidates.iter().any(|task| task.project_url == self.contacts[index].project.url);
+            let Some(index) = shares::next_project(&use_and_share, ready) else { break };
+            let position = candidates
+                .iter()
+                .position(|task| task.project_url == self.contacts[index].project.url)
+                .expect("the project has a task ready");
+            let task = candidates.remove(position);
             let memory_bytes = task.assignment.limits.memory_bytes;
             let memory_in_use: u64 = self.running.values().map(|r| r.memory_bytes).sum();
             // A task larger than the whole budget still runs, alone, rather than never.
             if !self.running.is_empty() && memory_in_use + memory_bytes > memory_budget {
                 continue;
             }
-            let Some(contact) = self.contacts.iter().find(|c| c.project.url == task.project_url) else { continue };
+            let contact = &self.contacts[index];
+            let destination =
+                Destination { server: contact.server.clone(), host_token: contact.project.host_token.clone() };
             let control = Arc::new(RunControl::default());
-            let replica_id = task.assignment.replica_id;
-            tracing::info!(replica.id = replica_id, workunit = %task.assignment.work_unit_name, "starting task");
+            let id = task.id();
+            tracing::info!(replica.id = id.replica_id, project = %id.project_url, workunit = %task.assignment.work_unit_name, "starting task");
             tokio::spawn(execute::execute(
                 task,
-                contact.server.clone(),
+                destination,
                 self.exec.clone(),
                 control.clone(),
                 self.completions.0.clone(),
             ));
-            self.running.insert(replica_id, Running { control, started: Instant::now(), memory_bytes });
+            self.running.insert(id, Running { control, started: Instant::now(), memory_bytes });
         }
         Ok(())
     }
 
     /// Applies the end of a task's run.
     fn apply(&mut self, completion: Completion) -> anyhow::Result<()> {
-        let replica_id = completion.replica_id();
-        self.running.remove(&replica_id);
-        match completion {
-            Completion::Finished { phase, .. } => {
-                let Some(task) = self.state.tasks.get(&replica_id) else { return Ok(()) };
-                if let Some(contact) = self.contacts.iter_mut().find(|c| c.project.url == task.project_url) {
+        let Completion { task: id, end } = completion;
+        let started = self.running.remove(&id).map(|running| running.started);
+        let contact = self.contacts.iter_mut().find(|contact| contact.project.url == id.project_url);
+        match end {
+            End::Finished(phase) => {
+                self.retries.remove(&id);
+                if !self.state.tasks.contains_key(&id) {
+                    return Ok(());
+                }
+                if let Some(contact) = contact {
                     if let Phase::Finished { report, .. } = &phase {
                         contact.record_run_time(Duration::from_millis(report.run_time_ms));
                     }
+                    contact.recent_use.add(started.map(|at| at.elapsed()).unwrap_or_default());
                     contact.reports_waiting_since.get_or_insert_with(Instant::now);
                 }
-                self.state.record_phase(&self.data_dir, replica_id, phase)?;
+                self.state.record_phase(&self.data_dir, &id, phase)?;
             }
-            Completion::Stopped { reason: StopReason::Aborted, .. } => self.forget(&[replica_id])?,
-            Completion::Stopped { reason: StopReason::Shutdown, .. } => {}
-            Completion::Retry { error, .. } => {
-                let (min, _) = self.settings.backoff();
-                tracing::warn!(replica.id = replica_id, error = %error, "cannot prepare task; retrying later");
-                self.retry_at.insert(replica_id, Instant::now() + min);
+            End::Stopped(StopReason::Aborted) => self.forget(&[id])?,
+            End::Stopped(StopReason::Shutdown) => {}
+            End::Retry(error) => {
+                let (min, max) = self.settings.backoff();
+                let retry = self
+                    .retries
+                    .entry(id.clone())
+                    .or_insert_with(|| Retry { at: Instant::now(), backoff: Backoff::new(min, max) });
+                let wait = retry.backoff.failed();
+                retry.at = Instant::now() + wait;
+                tracing::warn!(replica.id = id.replica_id, project = %id.project_url, error = %error, wait_seconds = wait.as_secs(), "cannot prepare task; retrying later");
             }
         }
         Ok(())
@@ -338,18 +382,17 @@ impl Daemon {
     /// Uploads outputs not yet uploaded; `false` if the server is unreachable (back off).
     async fn upload_outputs(&mut self, index: usize) -> anyhow::Result<bool> {
         let url = self.contacts[index].project.url.clone();
-        let waiting: Vec<(i64, crate::state::StoredOutput)> = self
+        let waiting: Vec<(TaskId, crate::state::StoredOutput)> = self
             .state
             .finished_for(&url)
             .filter_map(|task| match &task.phase {
-                Phase::Finished { output: Some(output), uploaded: false, .. } => {
-                    Some((task.assignment.replica_id, output.clone()))
-                }
+                Phase::Finished { output: Some(output), uploaded: false, .. } => Some((task.id(), output.clone())),
                 _ => None,
             })
             .collect();
-        for (replica_id, output) in waiting {
-            let path = self.data_dir.task(replica_id).join(execute::OUTPUT_FILE);
+        for (id, output) in waiting {
+            let replica_id = id.replica_id;
+            let path = self.data_dir.task(&id).join(execute::OUTPUT_FILE);
             let bytes = tokio::fs::read(&path).await.with_context(|| format!("cannot read {}", path.display()))?;
             let contact = &self.contacts[index];
             match contact
@@ -360,9 +403,7 @@ impl Daemon {
                 Ok(_) => {
                     // Not saved on its own: the next snapshot carries it, and should the client
                     // die first, uploading the same output again is harmless.
-                    if let Some(Task { phase: Phase::Finished { uploaded, .. }, .. }) =
-                        self.state.tasks.get_mut(&replica_id)
-                    {
+                    if let Some(Task { phase: Phase::Finished { uploaded, .. }, .. }) = self.state.tasks.get_mut(&id) {
                         *uploaded = true;
                     }
                 }
@@ -372,7 +413,7 @@ impl Daemon {
                 }
                 Err(error) => {
                     tracing::error!(replica.id = replica_id, error = %error, "the server refused the output; dropping the task");
-                    self.forget(&[replica_id])?;
+                    self.forget(&[id])?;
                 }
             }
         }
@@ -383,24 +424,23 @@ impl Daemon {
         let url = self.contacts[index].project.url.clone();
         // New work is on disk before anything else happens to it.
         for assignment in reply.assignments.iter().cloned() {
-            self.state.tasks.entry(assignment.replica_id).or_insert(Task {
-                project_url: url.clone(),
-                assignment,
-                phase: Phase::Pending,
-            });
+            let task = Task { project_url: url.clone(), assignment, phase: Phase::Pending };
+            self.state.tasks.entry(task.id()).or_insert(task);
         }
-        for replica_id in &reply.abort {
-            if let Some(running) = self.running.get(replica_id) {
-                running.control.stop(StopReason::Aborted);
+        let mut gone: Vec<TaskId> =
+            reply.acknowledged.iter().map(|replica_id| TaskId::new(&url, *replica_id)).collect();
+        for id in reply.abort.iter().map(|replica_id| TaskId::new(&url, *replica_id)) {
+            match self.running.get(&id) {
+                Some(running) => running.control.stop(StopReason::Aborted),
+                None => gone.push(id),
             }
         }
-        let aborted_idle: Vec<i64> = reply.abort.iter().copied().filter(|id| !self.running.contains_key(id)).collect();
-        for replica_id in reply.acknowledged.iter().chain(&aborted_idle) {
-            self.state.tasks.remove(replica_id);
+        for id in &gone {
+            self.state.tasks.remove(id);
         }
         self.state.save(&self.data_dir)?;
-        for replica_id in reply.acknowledged.iter().chain(&aborted_idle) {
-            let _ = std::fs::remove_dir_all(self.data_dir.task(*replica_id));
+        for id in &gone {
+            let _ = std::fs::remove_dir_all(self.data_dir.task(id));
         }
         if !reply.assignments.is_empty() || !reply.acknowledged.is_empty() {
             tracing::info!(
@@ -418,7 +458,19 @@ impl Daemon {
         contact.backoff.succeeded();
         contact.out_of_work = want > 0 && reply.assignments.is_empty();
         contact.next_contact = Instant::now() + Duration::from_secs(reply.retry_after_seconds);
-        let keep: HashSet<_> = self.state.tasks.values().map(|task| task.assignment.module.sha256).collect();
+        let keep: HashSet<_> = self
+            .state
+            .tasks
+            .values()
+            .flat_map(|task| {
+                let assignment = &task.assignment;
+                let inputs = assignment.inputs.iter().map(|input| input.blob.sha256);
+                [assignment.module.sha256]
+                    .into_iter()
+                    .chain(assignment.stdin.as_ref().map(|blob| blob.sha256))
+                    .chain(inputs)
+            })
+            .collect();
         let _ = self.exec.cache.evict(&keep);
         Ok(())
     }
@@ -426,19 +478,27 @@ impl Daemon {
     /// Finds which reports the server refuses, so that one bad result cannot block the
     /// others forever: the refused ones are dropped, with an error in the log.
     async fn report_one_by_one(&mut self, index: usize, reports: Vec<ReplicaReport>) -> anyhow::Result<()> {
+        let url = self.contacts[index].project.url.clone();
         for report in reports {
             let replica_id = report.replica_id;
             let request = SchedulerRequest { reports: vec![report], want_replicas: 0 };
             let contact = &self.contacts[index];
             match contact.server.scheduler(&contact.project.host_token, &request).await {
-                Ok(reply) => self.apply_reply(index, 0, reply)?,
+                Ok(reply) => {
+                    let retry_after = reply.retry_after_seconds;
+                    self.apply_reply(index, 0, reply)?;
+                    if retry_after > 0 {
+                        // The rest wait for the server's retry_after, like any request.
+                        return Ok(());
+                    }
+                }
                 Err(error) if error.is_transient() => {
                     self.back_off(index, &error);
                     return Ok(());
                 }
                 Err(error) => {
                     tracing::error!(replica.id = replica_id, error = %error, "the server refused this report; dropping it");
-                    self.forget(&[replica_id])?;
+                    self.forget(&[TaskId::new(&url, replica_id)])?;
                 }
             }
         }
@@ -455,13 +515,14 @@ impl Daemon {
         contact.next_contact = Instant::now() + wait;
     }
 
-    fn forget(&mut self, replica_ids: &[i64]) -> anyhow::Result<()> {
-        for replica_id in replica_ids {
-            self.state.tasks.remove(replica_id);
+    fn forget(&mut self, ids: &[TaskId]) -> anyhow::Result<()> {
+        for id in ids {
+            self.state.tasks.remove(id);
+            self.retries.remove(id);
         }
         self.state.save(&self.data_dir)?;
-        for replica_id in replica_ids {
-            let _ = std::fs::remove_dir_all(self.data_dir.task(*replica_id));
+        for id in ids {
+            let _ = std::fs::remove_dir_all(self.data_dir.task(id));
         }
         Ok(())
     }
@@ -488,7 +549,7 @@ impl Daemon {
             .map(|(id, running)| {
                 let task =
                     status::RunningTask { elapsed: running.started.elapsed(), progress: running.control.progress() };
-                (*id, task)
+                (id.clone(), task)
             })
             .collect();
         let projects = self
@@ -506,26 +567,29 @@ impl Daemon {
     }
 }
 
-/// Tasks not started before their deadline are given to someone else by now: drop them.
-/// Finished ones are kept, since a late result is still checked and may earn credit.
-fn drop_expired_tasks(state: &mut ClientState, data_dir: &DataDir) -> anyhow::Result<()> {
+/// Drops, at start, tasks that can no longer count: those of projects no longer attached,
+/// and those not started before their deadline, which are someone else's by now. Finished
+/// ones of attached projects are kept, since a late result is still checked and may earn
+/// credit.
+fn drop_unrunnable_tasks(state: &mut ClientState, data_dir: &DataDir, contacts: &[Contact]) -> anyhow::Result<()> {
     let now = chrono::Utc::now();
-    let expired: Vec<i64> = state
+    let attached = |task: &Task| contacts.iter().any(|contact| contact.project.url == task.project_url);
+    let dropped: Vec<TaskId> = state
         .tasks
         .values()
-        .filter(|task| task.phase == Phase::Pending && task.assignment.deadline < now)
-        .map(|task| task.assignment.replica_id)
+        .filter(|task| !attached(task) || (task.phase == Phase::Pending && task.assignment.deadline < now))
+        .map(Task::id)
         .collect();
-    if expired.is_empty() {
+    if dropped.is_empty() {
         return Ok(());
     }
-    for replica_id in &expired {
-        tracing::info!(replica.id = replica_id, "dropping a task past its deadline");
-        state.tasks.remove(replica_id);
+    for id in &dropped {
+        tracing::info!(replica.id = id.replica_id, project = %id.project_url, "dropping a task past its deadline or of a detached project");
+        state.tasks.remove(id);
     }
     state.save(data_dir)?;
-    for replica_id in expired {
-        let _ = std::fs::remove_dir_all(data_dir.task(replica_id));
+    for id in dropped {
+        let _ = std::fs::remove_dir_all(data_dir.task(&id));
     }
     Ok(())
 }

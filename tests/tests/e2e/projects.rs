@@ -101,7 +101,6 @@ async fn detaching_a_project_that_is_not_attached_is_an_error() {
 /// Two servers on databases of their own number their replicas independently, so the same
 /// replica id comes from both.
 #[tokio::test]
-#[ignore = "the daemon keys tasks and task directories by replica id alone (see the audit report)"]
 async fn two_projects_that_hand_out_the_same_replica_ids_both_get_their_work_done() {
     let (first, second) = tokio::join!(Server::start(), Server::start());
     first.publish(&workunit("probes/determinism.wat"), 3, single()).await;
@@ -118,13 +117,8 @@ async fn two_projects_that_hand_out_the_same_replica_ids_both_get_their_work_don
 
 /// Shares 300 and 100 on one core: three quarters of the work goes to the first project.
 #[tokio::test]
-#[ignore = "the daemon asks each project for ceil(its share of the slots) and runs tasks in replica-id order, \
-            which splits one core evenly (see the audit report)"]
 async fn work_is_done_for_each_project_in_proportion_to_its_resource_share() {
     let (large, small) = tokio::join!(Server::start(), Server::start());
-    // Kept apart so that this test measures the shares alone, not the replica id clash
-    // of `two_projects_that_hand_out_the_same_replica_ids_both_get_their_work_done`.
-    sqlx::query("alter table replica alter column id restart with 1000000").execute(&small.pool).await.unwrap();
     // Tasks of a second or more, longer than the server's `retry_after`, so that how the
     // daemon shares the core decides the split, not how often it may ask for work.
     large.publish(&workunit("probes/spin.wat"), 40, single()).await;

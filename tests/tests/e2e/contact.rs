@@ -41,3 +41,21 @@ async fn the_daemon_never_asks_again_before_the_servers_retry_after() {
         assert!(gap >= chrono::Duration::seconds(retry_after), "asked again after {gap}: {contacts:?}");
     }
 }
+
+/// Once the daemon knows how long a project's tasks take, it keeps a buffer of them: one
+/// request fetches many and reports many, rather than one exchange per task.
+#[tokio::test]
+async fn one_request_serves_many_short_tasks() {
+    let server = Server::start().await;
+    server.record_contacts().await;
+    let policy = ReplicationPolicy { min_quorum: 1, target_replicas: 1, ..ReplicationPolicy::default() };
+    let tasks = 100;
+    server.publish(&workunit("probes/determinism.wat"), tasks, policy).await;
+    let volunteer = Volunteer::attach(&server, "buffered").await;
+
+    volunteer.run_until_idle_with(&["--cores", "1"], Duration::from_secs(120)).await;
+
+    assert_eq!(server.count("select count(*) from work_unit where state = 'validated'").await, tasks as i64);
+    let requests = server.contacts().await.len();
+    assert!(requests <= 10, "{requests} scheduler requests for {tasks} tasks");
+}

@@ -263,7 +263,7 @@ impl Sandbox {
             Err(error) => classify(error, &store, &stdout),
         };
         let outcome = match outcome {
-            RunOutcome::Success if scratch_bytes(&spec.scratch_dir) > spec.scratch_limit_bytes => {
+            RunOutcome::Success if scratch_over(&spec.scratch_dir, spec.scratch_limit_bytes) => {
                 RunOutcome::Failed(RunError::Limit(Limit::ScratchDisk))
             }
             other => other,
@@ -372,15 +372,43 @@ fn build_wasi(spec: &RunSpec, stdout: &CappedPipe, stderr: &CappedPipe) -> anyho
     Ok(builder.build_p1())
 }
 
-/// Bytes held by the files under `dir` (apparent sizes, so sparse files count in full).
-pub fn scratch_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|entry| match entry.file_type() {
-            Ok(kind) if kind.is_dir() => scratch_bytes(&entry.path()),
-            Ok(kind) if kind.is_file() => entry.metadata().map(|meta| meta.len()).unwrap_or(0),
-            _ => 0,
-        })
-        .sum()
+/// Deepest directory nesting a scratch directory may have.
+const MAX_SCRATCH_DEPTH: usize = 64;
+/// Most files and directories a scratch directory may hold.
+const MAX_SCRATCH_ENTRIES: usize = 100_000;
+
+/// Bytes held by the files under `dir` (apparent sizes, so sparse files count in full), or
+/// `None` when they cannot all be counted, which counts as over quota: a tree deeper than
+/// [`MAX_SCRATCH_DEPTH`] or with more than [`MAX_SCRATCH_ENTRIES`] entries, or one the host
+/// cannot walk (a module working from directory handles can nest directories past the
+/// host's path length limit, where a walk by path cannot follow).
+pub fn scratch_bytes(dir: &Path) -> Option<u64> {
+    let mut entries_left = MAX_SCRATCH_ENTRIES;
+    tree_bytes(dir, 0, &mut entries_left)
+}
+
+fn tree_bytes(dir: &Path, depth: usize, entries_left: &mut usize) -> Option<u64> {
+    if depth > MAX_SCRATCH_DEPTH {
+        return None;
+    }
+    let mut total = 0u64;
+    for entry in std::fs::read_dir(dir).ok()? {
+        let entry = entry.ok()?;
+        *entries_left = entries_left.checked_sub(1)?;
+        let kind = entry.file_type().ok()?;
+        let bytes = if kind.is_dir() {
+            tree_bytes(&entry.path(), depth + 1, entries_left)?
+        } else if kind.is_file() {
+            entry.metadata().ok()?.len()
+        } else {
+            0
+        };
+        total = total.checked_add(bytes)?;
+    }
+    Some(total)
+}
+
+/// Whether the scratch directory holds more than `limit` bytes, or cannot be measured.
+fn scratch_over(dir: &Path, limit: u64) -> bool {
+    scratch_bytes(dir).is_none_or(|bytes| bytes > limit)
 }

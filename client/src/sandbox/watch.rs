@@ -15,14 +15,12 @@ use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio::time::MissedTickBehavior;
 use wasmtime::{CallHook, StoreContextMut};
 
-use super::engine::FUEL_YIELD_INTERVAL;
 use super::limits::Limit;
 use super::{RunControl, RunSpec, StopReason};
 
@@ -35,6 +33,9 @@ pub const HOST_WAIT_CHECK: Duration = Duration::from_millis(50);
 /// A module may report how far it has got by writing its fraction done, a decimal number
 /// from 0 to 1 (such as `0.25`), to this file in its scratch directory. It is not output.
 pub const PROGRESS_FILE: &str = "progress";
+
+/// Stands for "never": about thirty years on.
+const FAR_FUTURE_SECONDS: u64 = 1 << 30;
 
 /// Why a run was cut short from outside the module; recognised when the run ends.
 #[derive(Debug)]
@@ -58,10 +59,6 @@ impl std::error::Error for Interruption {}
 pub struct Watch {
     control: Arc<RunControl>,
     checks: Arc<Mutex<Checks>>,
-    /// Set by the call hook while the module is inside a host call: a pause of the run
-    /// then is a wait in that call, not a fuel yield.
-    in_host: Arc<AtomicBool>,
-    fuel_yields: u64,
 }
 
 /// The checks made whenever the module gets back to the sandbox, the costlier ones at most
@@ -80,36 +77,37 @@ impl Watch {
     pub fn new(spec: &RunSpec, control: Arc<RunControl>, started: Instant) -> Self {
         let checks = Checks {
             control: control.clone(),
-            deadline: started + Duration::from_secs(spec.limits.wall_time_seconds),
+            // A limit too large to add is no limit.
+            deadline: started
+                .checked_add(Duration::from_secs(spec.limits.wall_time_seconds))
+                .unwrap_or_else(|| started + Duration::from_secs(FAR_FUTURE_SECONDS)),
             scratch_dir: spec.scratch_dir.clone(),
             scratch_limit: spec.scratch_limit_bytes,
             next_scratch_check: started,
             next_progress_check: started,
         };
-        Self { control, checks: Arc::new(Mutex::new(checks)), in_host: Arc::default(), fuel_yields: 0 }
+        Self { control, checks: Arc::new(Mutex::new(checks)) }
     }
 
     /// The store's call hook: on every host call it records the fuel used so far (exact
     /// there: compiled code writes its fuel counter back before calling out), and on the
     /// way back into Wasm it makes the checks, since only host calls fill the scratch
-    /// directory and a module busy with them burns little fuel.
+    /// directory and a module busy with them burns little fuel. A fuel yield is a host call
+    /// too (to wasmtime's out-of-gas routine), so the fuel figure is never more than one
+    /// yield interval behind.
     pub fn call_hook<T>(
         &self,
         fuel_limit: Option<u64>,
     ) -> impl FnMut(StoreContextMut<'_, T>, CallHook) -> wasmtime::Result<()> + Send + Sync + 'static {
-        let (control, checks, in_host) = (self.control.clone(), self.checks.clone(), self.in_host.clone());
+        let (control, checks) = (self.control.clone(), self.checks.clone());
         move |context, hook| {
             match hook {
                 CallHook::CallingHost => {
-                    in_host.store(true, Ordering::Relaxed);
                     if let (Some(limit), Ok(remaining)) = (fuel_limit, context.get_fuel()) {
                         control.record_fuel_used(limit.saturating_sub(remaining));
                     }
                 }
-                CallHook::ReturningFromHost => {
-                    in_host.store(false, Ordering::Relaxed);
-                    lock(&checks).run().map_err(wasmtime::Error::new)?;
-                }
+                CallHook::ReturningFromHost => lock(&checks).run().map_err(wasmtime::Error::new)?,
                 CallHook::CallingWasm | CallHook::ReturningFromWasm => {}
             }
             Ok(())
@@ -125,11 +123,6 @@ impl Watch {
         poll_fn(|context| {
             if let Poll::Ready(result) = run.as_mut().poll(context) {
                 return Poll::Ready(result);
-            }
-            if !self.in_host.load(Ordering::Relaxed) {
-                // Wasm code pauses only to yield, once per interval of fuel burnt.
-                self.fuel_yields += 1;
-                self.control.record_fuel_used(self.fuel_yields * FUEL_YIELD_INTERVAL);
             }
             if let Err(interruption) = lock(&self.checks).run() {
                 return Poll::Ready(Err(wasmtime::Error::new(interruption)));
@@ -154,7 +147,7 @@ impl Checks {
         }
         if now >= self.next_scratch_check {
             self.next_scratch_check = now + SCRATCH_CHECK_INTERVAL;
-            if super::scratch_bytes(&self.scratch_dir) > self.scratch_limit {
+            if super::scratch_over(&self.scratch_dir, self.scratch_limit) {
                 return Err(Interruption::Broke(Limit::ScratchDisk));
             }
         }
@@ -181,13 +174,44 @@ fn stop_or_deadline(control: &RunControl, deadline: Instant) -> Result<(), Inter
 /// The fraction done a module wrote, if the file holds a number (clamped to 0..=1).
 fn read_fraction_done(path: &Path) -> Option<f64> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     // A module writes a few bytes; anything longer is not a progress report.
     const MAX_BYTES: u64 = 64;
+    // The module chooses what the name is: a symbolic link to a terminal or a FIFO must not
+    // block the sandbox, so links are refused, opening never waits, and only a regular
+    // file is read.
+    let file = std::fs::File::options().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
     let mut text = String::new();
-    std::fs::File::open(path).ok()?.take(MAX_BYTES + 1).read_to_string(&mut text).ok()?;
+    file.take(MAX_BYTES + 1).read_to_string(&mut text).ok()?;
     if text.len() as u64 > MAX_BYTES {
         return None;
     }
     let fraction: f64 = text.trim().parse().ok()?;
     fraction.is_finite().then(|| fraction.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::ffi::OsStrExt;
+
+    use super::*;
+
+    #[test]
+    fn a_progress_file_that_is_a_fifo_or_a_link_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let fifo_name = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo_name.as_ptr(), 0o600) }, 0);
+        // Would block for ever, waiting for a writer, if opened the ordinary way.
+        assert_eq!(read_fraction_done(&fifo), None);
+
+        std::fs::write(dir.path().join("real"), "0.5").unwrap();
+        std::os::unix::fs::symlink("real", dir.path().join("link")).unwrap();
+        assert_eq!(read_fraction_done(&dir.path().join("link")), None);
+        assert_eq!(read_fraction_done(&dir.path().join("real")), Some(0.5));
+    }
 }

@@ -98,8 +98,18 @@ fn filling_the_scratch_directory_hits_the_scratch_limit() {
     let scratch = spec.scratch_dir.clone();
     let report = harness.run(spec);
     assert_eq!(failed(&report.outcome), &RunError::Limit(Limit::ScratchDisk));
-    let written = wasmgrid_client::sandbox::scratch_bytes(&scratch);
+    let written = wasmgrid_client::sandbox::scratch_bytes(&scratch).expect("a flat directory can be measured");
     assert!(written < 4 << 30, "stopped long before filling the disk: {written} bytes");
+}
+
+#[test]
+fn nesting_directories_beyond_the_hosts_path_limit_breaks_the_scratch_limit() {
+    let harness = Harness::default();
+    let spec = harness.spec(&wat("hostile/deep_scratch.wat"), LIMITS);
+    let scratch = spec.scratch_dir.clone();
+    let report = harness.run(spec);
+    assert_eq!(failed(&report.outcome), &RunError::Limit(Limit::ScratchDisk), "{}", report.stderr);
+    assert_eq!(wasmgrid_client::sandbox::scratch_bytes(&scratch), None, "the host cannot see the bottom");
 }
 
 #[test]

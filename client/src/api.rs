@@ -40,6 +40,21 @@ impl ApiError {
         }
     }
 
+    /// The server read the request and refused what it says (malformed, conflicting or too
+    /// large), as opposed to refusing the client (a bad key) or failing: sending the same
+    /// thing again cannot help, but sending less of it may.
+    pub fn refuses_the_content(&self) -> bool {
+        matches!(
+            self.status(),
+            Some(
+                StatusCode::BAD_REQUEST
+                    | StatusCode::CONFLICT
+                    | StatusCode::PAYLOAD_TOO_LARGE
+                    | StatusCode::UNPROCESSABLE_ENTITY
+            )
+        )
+    }
+
     /// Worth retrying later, unchanged: the server is unreachable, overloaded or failing.
     pub fn is_transient(&self) -> bool {
         match self {

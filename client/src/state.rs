@@ -13,9 +13,10 @@
 //! Loading replays the journal over the snapshot. Saving a snapshot empties the journal
 //! afterwards; a crash in between replays entries the snapshot already holds, which changes
 //! nothing, and a torn last line (a crash mid-append) was never acknowledged and is skipped.
+//! The daemon saves a snapshot as it starts, so nothing is ever appended after a torn line.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 
 use serde::{Deserialize, Serialize};
@@ -114,13 +115,14 @@ impl ClientState {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Self::default(),
             Err(error) => return Err(error.into()),
         };
-        let journal = match std::fs::File::open(data_dir.state_journal()) {
-            Ok(file) => std::io::BufReader::new(file),
+        let journal = match std::fs::read(data_dir.state_journal()) {
+            Ok(bytes) => bytes,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(state),
             Err(error) => return Err(error.into()),
         };
-        for line in journal.lines() {
-            let Ok(entry) = serde_json::from_str::<JournalEntry>(&line?) else {
+        // Bytes, not text: a torn line may end inside a character.
+        for line in journal.split(|byte| *byte == b'\n').filter(|line| !line.is_empty()) {
+            let Ok(entry) = serde_json::from_slice::<JournalEntry>(line) else {
                 tracing::warn!("skipping a torn entry at the end of {}", data_dir.state_journal().display());
                 break;
             };
@@ -257,7 +259,9 @@ mod tests {
         let journal = std::fs::read(data_dir.state_journal()).unwrap();
         state.tasks.remove(&id(2));
         write_atomically(&data_dir.state_file(), &serde_json::to_vec(&state).unwrap()).unwrap();
-        let torn = [&journal[..], &br#"{"task":{"project_url":"http://127.0.0.1:1","replica_id":1},"ph"#[..]].concat();
+        // Torn inside a two-byte character of a module's standard error.
+        let fragment = br#"{"task":{"project_url":"http://127.0.0.1:1","replica_id":1},"stderr":""#;
+        let torn = [&journal[..], &fragment[..], &[0xC3][..]].concat();
         std::fs::write(data_dir.state_journal(), torn).unwrap();
 
         let loaded = ClientState::load(&data_dir).unwrap();

@@ -1,11 +1,9 @@
 //! One task, from its inputs to its packed output. Staging is async (downloads); the run
 //! is on a sandbox thread; packing the output is blocking file work.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::{ReplicaReport, ReportedOutcome};
 
 use super::staging::{StagingError, stage};
@@ -44,35 +42,28 @@ pub enum End {
     Retry(String),
 }
 
-/// Where a task's output goes: its project's server, as this host.
-#[derive(Clone)]
-pub struct Destination {
-    pub server: ServerClient,
-    pub host_token: String,
-}
-
 pub async fn execute(
     task: Task,
-    destination: Destination,
+    server: ServerClient,
     context: Arc<ExecContext>,
     control: Arc<RunControl>,
     done: mpsc::UnboundedSender<Completion>,
 ) {
-    let end = run_task(&task, &destination, &context, control).await;
+    let end = run_task(&task, &server, &context, control).await;
     let end = end.unwrap_or_else(|error| End::Retry(format!("{error:#}")));
     let _ = done.send(Completion { task: task.id(), end });
 }
 
 async fn run_task(
     task: &Task,
-    destination: &Destination,
+    server: &ServerClient,
     context: &Arc<ExecContext>,
     control: Arc<RunControl>,
 ) -> anyhow::Result<End> {
     let assignment = &task.assignment;
     let replica_id = assignment.replica_id;
     let task_dir = context.data_dir.task(&task.id());
-    let staged = match stage(&destination.server, &context.cache, assignment, &task_dir).await {
+    let staged = match stage(server, &context.cache, assignment, &task_dir).await {
         Ok(staged) => staged,
         Err(StagingError::Transient(error)) => return Ok(End::Retry(format!("{error:#}"))),
         Err(StagingError::Invalid(reason)) => return Ok(End::Finished(failed(replica_id, reason, None))),
@@ -106,7 +97,7 @@ async fn run_task(
                         &report,
                     ),
                     output: Some(StoredOutput { sha256, bytes }),
-                    uploaded: upload(destination, replica_id, sha256, &task_dir.join(OUTPUT_FILE)).await,
+                    uploaded: false,
                 },
                 Err(PackError::TooLarge) => failed(replica_id, PackError::TooLarge.to_string(), Some(&report)),
                 Err(PackError::Io(error)) => return Err(error.into()),
@@ -115,18 +106,6 @@ async fn run_task(
     };
     tracing::info!(replica.id = replica_id, outcome = ?report.outcome, fuel = report.fuel_used, "task finished");
     Ok(End::Finished(phase))
-}
-
-/// Uploads the output at once, while the slot runs the next task; whether it arrived. One
-/// that did not (a server away, or refusing it) is left to the daemon's loop, which backs
-/// off or gives up as the error says.
-async fn upload(destination: &Destination, replica_id: i64, sha256: Sha256Hash, path: &Path) -> bool {
-    let Ok(bytes) = tokio::fs::read(path).await else { return false };
-    let uploaded = destination.server.upload_output_as(&destination.host_token, replica_id, sha256, bytes.into()).await;
-    if let Err(error) = &uploaded {
-        tracing::debug!(replica.id = replica_id, error = %error, "output not uploaded yet");
-    }
-    uploaded.is_ok()
 }
 
 fn failed(replica_id: i64, reason: String, run: Option<&RunReport>) -> Phase {

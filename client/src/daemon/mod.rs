@@ -31,13 +31,16 @@ use crate::sandbox::{RunControl, Sandbox, StopReason};
 use crate::settings::Settings;
 use crate::state::{ClientState, Phase, Task, TaskId};
 use crate::status::{self, StatusReport};
-use execute::{Completion, Destination, End, ExecContext};
+use execute::{Completion, End, ExecContext};
 use shares::RecentUse;
 
 /// Longest wait for running tasks to stop at shutdown.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reports per scheduler request, as the server allows.
 const MAX_REPORTS: usize = 1000;
+/// Most bytes of reports per scheduler request, well within the server's 1 MiB limit on a
+/// request body (each report may carry 4 KiB of standard error).
+const MAX_REPORT_BYTES: usize = 512 << 10;
 /// The loop wakes at least this often (deadlines, retries of failed staging).
 const IDLE_TICK: Duration = Duration::from_secs(1);
 /// Most tasks kept waiting here per project, whatever the work buffer asks for: tasks held
@@ -71,6 +74,10 @@ struct Contact {
     reports_waiting_since: Option<Instant>,
     /// This project's recent use of the slots, against its resource share.
     recent_use: RecentUse,
+    /// Downloading a task's inputs failed: none of the project's tasks start before then,
+    /// so that a failing server is not asked for every buffered task's files in turn.
+    staging_held_until: Option<Instant>,
+    staging_backoff: Backoff,
 }
 
 impl Contact {
@@ -82,16 +89,13 @@ impl Contact {
     }
 }
 
+/// An upload started right after a run: the task, and whether its output arrived.
+type UploadDone = (TaskId, bool);
+
 struct Running {
     control: Arc<RunControl>,
     started: Instant,
     memory_bytes: u64,
-}
-
-/// A task whose inputs could not be fetched: when to try again, backing off.
-struct Retry {
-    at: Instant,
-    backoff: Backoff,
 }
 
 pub struct Daemon {
@@ -101,8 +105,9 @@ pub struct Daemon {
     state: ClientState,
     contacts: Vec<Contact>,
     running: HashMap<TaskId, Running>,
-    /// Tasks whose staging failed for a passing reason, and when to try again.
-    retries: HashMap<TaskId, Retry>,
+    /// Outputs being uploaded right after their run, off the loop.
+    uploading: HashSet<TaskId>,
+    uploads: (mpsc::UnboundedSender<UploadDone>, mpsc::UnboundedReceiver<UploadDone>),
     exec: Arc<ExecContext>,
     completions: (mpsc::UnboundedSender<Completion>, mpsc::UnboundedReceiver<Completion>),
 }
@@ -127,10 +132,14 @@ impl Daemon {
                 average_run_time: None,
                 reports_waiting_since: None,
                 recent_use: RecentUse::default(),
+                staging_held_until: None,
+                staging_backoff: Backoff::new(min, max),
             });
         }
         let mut state = ClientState::load(&data_dir)?;
         drop_unrunnable_tasks(&mut state, &data_dir, &contacts)?;
+        // A fresh snapshot: the journal starts empty, never after a torn line.
+        state.save(&data_dir)?;
         let sandbox = Sandbox::new(&data_dir.compiled())?;
         let cache = BlobCache::open(data_dir.blobs(), settings.disk / 2)?;
         let scratch_limit_bytes = settings.disk / (2 * settings.cores() as u64);
@@ -142,7 +151,8 @@ impl Daemon {
             state,
             contacts,
             running: HashMap::new(),
-            retries: HashMap::new(),
+            uploading: HashSet::new(),
+            uploads: mpsc::unbounded_channel(),
             exec,
             completions: mpsc::unbounded_channel(),
         })
@@ -169,6 +179,7 @@ impl Daemon {
                 .min(Instant::now() + IDLE_TICK);
             tokio::select! {
                 Some(completion) = self.completions.1.recv() => self.apply(completion)?,
+                Some((id, uploaded)) = self.uploads.1.recv() => self.uploaded(id, uploaded),
                 _ = tokio::time::sleep_until(wake.into()) => {}
                 accepted = status_socket.accept() => {
                     if let Ok((stream, _)) = accepted {
@@ -207,7 +218,10 @@ impl Daemon {
             .state
             .pending()
             .filter(|task| !self.running.contains_key(&task.id()))
-            .filter(|task| self.retries.get(&task.id()).is_none_or(|retry| retry.at <= now))
+            .filter(|task| {
+                let contact = self.contacts.iter().find(|contact| contact.project.url == task.project_url);
+                contact.is_some_and(|contact| contact.staging_held_until.is_none_or(|until| until <= now))
+            })
             .cloned()
             .collect();
         candidates.sort_by_key(|task| task.assignment.deadline);
@@ -240,15 +254,13 @@ impl Daemon {
             if !self.running.is_empty() && memory_in_use + memory_bytes > memory_budget {
                 continue;
             }
-            let contact = &self.contacts[index];
-            let destination =
-                Destination { server: contact.server.clone(), host_token: contact.project.host_token.clone() };
+            let server = self.contacts[index].server.clone();
             let control = Arc::new(RunControl::default());
             let id = task.id();
             tracing::info!(replica.id = id.replica_id, project = %id.project_url, workunit = %task.assignment.work_unit_name, "starting task");
             tokio::spawn(execute::execute(
                 task,
-                destination,
+                server,
                 self.exec.clone(),
                 control.clone(),
                 self.completions.0.clone(),
@@ -265,33 +277,56 @@ impl Daemon {
         let contact = self.contacts.iter_mut().find(|contact| contact.project.url == id.project_url);
         match end {
             End::Finished(phase) => {
-                self.retries.remove(&id);
                 if !self.state.tasks.contains_key(&id) {
                     return Ok(());
                 }
-                if let Some(contact) = contact {
-                    if let Phase::Finished { report, .. } = &phase {
-                        contact.record_run_time(Duration::from_millis(report.run_time_ms));
-                    }
-                    contact.recent_use.add(started.map(|at| at.elapsed()).unwrap_or_default());
-                    contact.reports_waiting_since.get_or_insert_with(Instant::now);
+                let Some(contact) = contact else { return Ok(()) };
+                if let Phase::Finished { report, .. } = &phase {
+                    contact.record_run_time(Duration::from_millis(report.run_time_ms));
                 }
+                contact.recent_use.add(started.map(|at| at.elapsed()).unwrap_or_default());
+                contact.reports_waiting_since.get_or_insert_with(Instant::now);
+                contact.staging_backoff.succeeded();
+                // Upload at once unless the server is failing (then the next exchange does,
+                // after the backoff): on disk first, then off the loop, so the slot is free.
+                let upload_now = contact.backoff.failures() == 0;
+                let destination = (contact.server.clone(), contact.project.host_token.clone());
+                let output = match &phase {
+                    Phase::Finished { output: Some(output), uploaded: false, .. } => Some(output.sha256),
+                    _ => None,
+                };
                 self.state.record_phase(&self.data_dir, &id, phase)?;
+                if let (true, Some(sha256)) = (upload_now, output) {
+                    self.uploading.insert(id.clone());
+                    let path = self.data_dir.task(&id).join(execute::OUTPUT_FILE);
+                    let done = self.uploads.0.clone();
+                    tokio::spawn(async move {
+                        let uploaded =
+                            upload_output(&destination.0, &destination.1, id.replica_id, sha256, &path).await;
+                        let _ = done.send((id, uploaded.is_ok()));
+                    });
+                }
             }
             End::Stopped(StopReason::Aborted) => self.forget(&[id])?,
             End::Stopped(StopReason::Shutdown) => {}
             End::Retry(error) => {
-                let (min, max) = self.settings.backoff();
-                let retry = self
-                    .retries
-                    .entry(id.clone())
-                    .or_insert_with(|| Retry { at: Instant::now(), backoff: Backoff::new(min, max) });
-                let wait = retry.backoff.failed();
-                retry.at = Instant::now() + wait;
+                let Some(contact) = contact else { return Ok(()) };
+                let wait = contact.staging_backoff.failed();
+                contact.staging_held_until = Some(Instant::now() + wait);
                 tracing::warn!(replica.id = id.replica_id, project = %id.project_url, error = %error, wait_seconds = wait.as_secs(), "cannot prepare task; retrying later");
             }
         }
         Ok(())
+    }
+
+    /// An upload started right after a run ended: if it arrived, the next report may say so.
+    fn uploaded(&mut self, id: TaskId, uploaded: bool) {
+        self.uploading.remove(&id);
+        if uploaded && let Some(Task { phase: Phase::Finished { uploaded, .. }, .. }) = self.state.tasks.get_mut(&id) {
+            // Not saved on its own: the next snapshot carries it, and should the client die
+            // first, uploading the same output again is harmless.
+            *uploaded = true;
+        }
     }
 
     async fn contact_due_projects(&mut self) -> anyhow::Result<()> {
@@ -313,7 +348,14 @@ impl Daemon {
     /// idles while the next request is under way. It asks when the buffer is half empty, for
     /// enough to fill it, so that one exchange serves many tasks.
     fn wanted_from(&self, index: usize) -> u32 {
-        let total_share: f64 = self.contacts.iter().map(|c| c.project.resource_share.max(0.0)).sum();
+        // Projects without work leave their share to the others.
+        let total_share: f64 = self
+            .contacts
+            .iter()
+            .enumerate()
+            .filter(|(other, contact)| *other == index || !contact.out_of_work)
+            .map(|(_, contact)| contact.project.resource_share.max(0.0))
+            .sum();
         let contact = &self.contacts[index];
         if total_share <= 0.0 || contact.project.resource_share <= 0.0 {
             return 0;
@@ -327,7 +369,11 @@ impl Daemon {
             }
             None => one_per_slot,
         };
-        let waiting = self.state.pending().filter(|task| task.project_url == contact.project.url).count();
+        let waiting = self
+            .state
+            .pending()
+            .filter(|task| task.project_url == contact.project.url && !self.running.contains_key(&task.id()))
+            .count();
         if waiting >= (target / 2).max(one_per_slot) { 0 } else { (target - waiting) as u32 }
     }
 
@@ -350,16 +396,12 @@ impl Daemon {
             return Ok(());
         }
         let url = self.contacts[index].project.url.clone();
-        let reports: Vec<ReplicaReport> = self
-            .state
-            .finished_for(&url)
-            .filter_map(|task| match &task.phase {
-                Phase::Finished { report, uploaded: true, .. } => Some(report.clone()),
-                Phase::Finished { report, output: None, .. } => Some(report.clone()),
-                _ => None,
-            })
-            .take(MAX_REPORTS)
-            .collect();
+        let ready = self.state.finished_for(&url).filter_map(|task| match &task.phase {
+            Phase::Finished { report, uploaded: true, .. } => Some(report.clone()),
+            Phase::Finished { report, output: None, .. } => Some(report.clone()),
+            _ => None,
+        });
+        let reports = report_batch(ready, MAX_REPORTS, MAX_REPORT_BYTES);
         let request = SchedulerRequest { reports: reports.clone(), want_replicas: want };
         let contact = &self.contacts[index];
         match contact.server.scheduler(&contact.project.host_token, &request).await {
@@ -368,7 +410,7 @@ impl Daemon {
                 self.back_off(index, &error);
                 Ok(())
             }
-            Err(error) if !reports.is_empty() => {
+            Err(error) if !reports.is_empty() && error.refuses_the_content() => {
                 tracing::warn!(project = %url, error = %error, "the server refused a batch of reports; sending them one by one");
                 self.report_one_by_one(index, reports).await
             }
@@ -385,6 +427,7 @@ impl Daemon {
         let waiting: Vec<(TaskId, crate::state::StoredOutput)> = self
             .state
             .finished_for(&url)
+            .filter(|task| !self.uploading.contains(&task.id()))
             .filter_map(|task| match &task.phase {
                 Phase::Finished { output: Some(output), uploaded: false, .. } => Some((task.id(), output.clone())),
                 _ => None,
@@ -492,7 +535,7 @@ impl Daemon {
                         return Ok(());
                     }
                 }
-                Err(error) if error.is_transient() => {
+                Err(error) if !error.refuses_the_content() => {
                     self.back_off(index, &error);
                     return Ok(());
                 }
@@ -518,7 +561,6 @@ impl Daemon {
     fn forget(&mut self, ids: &[TaskId]) -> anyhow::Result<()> {
         for id in ids {
             self.state.tasks.remove(id);
-            self.retries.remove(id);
         }
         self.state.save(&self.data_dir)?;
         for id in ids {
@@ -567,6 +609,38 @@ impl Daemon {
     }
 }
 
+/// The reports to send in one request: the first ones, up to `max_count` and `max_bytes`
+/// of JSON, but always at least one.
+fn report_batch(
+    reports: impl Iterator<Item = ReplicaReport>,
+    max_count: usize,
+    max_bytes: usize,
+) -> Vec<ReplicaReport> {
+    let mut bytes = 0;
+    let mut batch = Vec::new();
+    for report in reports.take(max_count) {
+        bytes += serde_json::to_vec(&report).map_or(0, |json| json.len());
+        if !batch.is_empty() && bytes > max_bytes {
+            break;
+        }
+        batch.push(report);
+    }
+    batch
+}
+
+/// Uploads a finished task's output archive.
+async fn upload_output(
+    server: &ServerClient,
+    host_token: &str,
+    replica_id: i64,
+    sha256: wasmgrid_protocol::Sha256Hash,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let bytes = tokio::fs::read(path).await.with_context(|| format!("cannot read {}", path.display()))?;
+    server.upload_output_as(host_token, replica_id, sha256, bytes.into()).await?;
+    Ok(())
+}
+
 /// Drops, at start, tasks that can no longer count: those of projects no longer attached,
 /// and those not started before their deadline, which are someone else's by now. Finished
 /// ones of attached projects are kept, since a late result is still checked and may earn
@@ -605,4 +679,31 @@ pub fn lock(data_dir: &DataDir) -> anyhow::Result<std::fs::File> {
     file.try_lock()
         .map_err(|_| anyhow::anyhow!("another wasmgrid daemon is running on {}", data_dir.root().display()))?;
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use wasmgrid_protocol::api::ReportedOutcome;
+
+    use super::*;
+
+    fn report(replica_id: i64, stderr_bytes: usize) -> ReplicaReport {
+        ReplicaReport {
+            replica_id,
+            outcome: ReportedOutcome::Error { reason: "trap".into() },
+            fuel_used: 1,
+            run_time_ms: 1,
+            exit_status: None,
+            stderr: "e".repeat(stderr_bytes),
+        }
+    }
+
+    #[test]
+    fn a_report_batch_stays_within_its_bytes_and_count_but_holds_at_least_one() {
+        let reports = || (0..100).map(|id| report(id, 4096));
+        let by_bytes = report_batch(reports(), 1000, 64 << 10);
+        assert!((14..=15).contains(&by_bytes.len()), "{} reports of 4 KiB in 64 KiB", by_bytes.len());
+        assert_eq!(report_batch(reports(), 10, usize::MAX).len(), 10);
+        assert_eq!(report_batch(reports(), 1000, 1).len(), 1, "one report larger than the limit still goes");
+    }
 }

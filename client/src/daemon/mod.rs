@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::mpsc;
-use wasmgrid_protocol::api::{ReplicaReport, SchedulerReply, SchedulerRequest};
+use wasmgrid_protocol::api::{OutputUploaded, ReplicaReport, SchedulerReply, SchedulerRequest};
 
-use crate::api::{ApiError, ServerClient};
+use crate::api::{ApiError, ApiResult, ServerClient};
 use crate::backoff::Backoff;
 use crate::blob_cache::BlobCache;
 use crate::data_dir::DataDir;
@@ -137,7 +137,7 @@ impl Daemon {
             });
         }
         let mut state = ClientState::load(&data_dir)?;
-        drop_unrunnable_tasks(&mut state, &data_dir, &contacts)?;
+        drop_detached_tasks(&mut state, &data_dir, &contacts)?;
         // A fresh snapshot: the journal starts empty, never after a torn line.
         state.save(&data_dir)?;
         let sandbox = Sandbox::new(&data_dir.compiled())?;
@@ -202,6 +202,8 @@ impl Daemon {
 
     /// Starts pending tasks while slots and memory allow: each free slot goes to the project
     /// furthest below its resource share, and within a project to the earliest deadline.
+    /// Tasks that waited past their deadline are someone else's by now and are dropped;
+    /// finished ones are kept, since a late result is still checked and may earn credit.
     fn start_tasks(&mut self) -> anyhow::Result<()> {
         let now = Instant::now();
         let expired: Vec<TaskId> = self
@@ -303,7 +305,7 @@ impl Daemon {
                     tokio::spawn(async move {
                         let uploaded =
                             upload_output(&destination.0, &destination.1, id.replica_id, sha256, &path).await;
-                        let _ = done.send((id, uploaded.is_ok()));
+                        let _ = done.send((id, matches!(uploaded, Ok(Ok(_)))));
                     });
                 }
             }
@@ -322,7 +324,13 @@ impl Daemon {
     /// An upload started right after a run ended: if it arrived, the next report may say so.
     fn uploaded(&mut self, id: TaskId, uploaded: bool) {
         self.uploading.remove(&id);
-        if uploaded && let Some(Task { phase: Phase::Finished { uploaded, .. }, .. }) = self.state.tasks.get_mut(&id) {
+        if uploaded {
+            self.mark_uploaded(&id);
+        }
+    }
+
+    fn mark_uploaded(&mut self, id: &TaskId) {
+        if let Some(Task { phase: Phase::Finished { uploaded, .. }, .. }) = self.state.tasks.get_mut(id) {
             // Not saved on its own: the next snapshot carries it, and should the client die
             // first, uploading the same output again is harmless.
             *uploaded = true;
@@ -436,20 +444,9 @@ impl Daemon {
         for (id, output) in waiting {
             let replica_id = id.replica_id;
             let path = self.data_dir.task(&id).join(execute::OUTPUT_FILE);
-            let bytes = tokio::fs::read(&path).await.with_context(|| format!("cannot read {}", path.display()))?;
             let contact = &self.contacts[index];
-            match contact
-                .server
-                .upload_output_as(&contact.project.host_token, replica_id, output.sha256, bytes.into())
-                .await
-            {
-                Ok(_) => {
-                    // Not saved on its own: the next snapshot carries it, and should the client
-                    // die first, uploading the same output again is harmless.
-                    if let Some(Task { phase: Phase::Finished { uploaded, .. }, .. }) = self.state.tasks.get_mut(&id) {
-                        *uploaded = true;
-                    }
-                }
+            match upload_output(&contact.server, &contact.project.host_token, replica_id, output.sha256, &path).await? {
+                Ok(_) => self.mark_uploaded(&id),
                 Err(error) if error.is_transient() => {
                     self.back_off(index, &error);
                     return Ok(false);
@@ -628,37 +625,29 @@ fn report_batch(
     batch
 }
 
-/// Uploads a finished task's output archive.
+/// Uploads a finished task's output archive: the outer error is this machine failing to
+/// read it, the inner one the server's answer.
 async fn upload_output(
     server: &ServerClient,
     host_token: &str,
     replica_id: i64,
     sha256: wasmgrid_protocol::Sha256Hash,
     path: &std::path::Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<ApiResult<OutputUploaded>> {
     let bytes = tokio::fs::read(path).await.with_context(|| format!("cannot read {}", path.display()))?;
-    server.upload_output_as(host_token, replica_id, sha256, bytes.into()).await?;
-    Ok(())
+    Ok(server.upload_output_as(host_token, replica_id, sha256, bytes.into()).await)
 }
 
-/// Drops, at start, tasks that can no longer count: those of projects no longer attached,
-/// and those not started before their deadline, which are someone else's by now. Finished
-/// ones of attached projects are kept, since a late result is still checked and may earn
-/// credit.
-fn drop_unrunnable_tasks(state: &mut ClientState, data_dir: &DataDir, contacts: &[Contact]) -> anyhow::Result<()> {
-    let now = chrono::Utc::now();
+/// Drops, at start, the tasks of projects no longer attached: nobody would run or report
+/// them. (Tasks past their deadline are dropped by [`Daemon::start_tasks`], at start too.)
+fn drop_detached_tasks(state: &mut ClientState, data_dir: &DataDir, contacts: &[Contact]) -> anyhow::Result<()> {
     let attached = |task: &Task| contacts.iter().any(|contact| contact.project.url == task.project_url);
-    let dropped: Vec<TaskId> = state
-        .tasks
-        .values()
-        .filter(|task| !attached(task) || (task.phase == Phase::Pending && task.assignment.deadline < now))
-        .map(Task::id)
-        .collect();
+    let dropped: Vec<TaskId> = state.tasks.values().filter(|task| !attached(task)).map(Task::id).collect();
     if dropped.is_empty() {
         return Ok(());
     }
     for id in &dropped {
-        tracing::info!(replica.id = id.replica_id, project = %id.project_url, "dropping a task past its deadline or of a detached project");
+        tracing::info!(replica.id = id.replica_id, project = %id.project_url, "dropping a task of a detached project");
         state.tasks.remove(id);
     }
     state.save(data_dir)?;

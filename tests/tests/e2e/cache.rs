@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use wasmgrid_protocol::Sha256Hash;
-use wasmgrid_server::publishing::{ReplicationPolicy, WorkUnitSpec};
+use wasmgrid_server::publishing::WorkUnitSpec;
 
-use crate::harness::{Server, Volunteer, signal, workunit};
+use crate::harness::{Server, Volunteer, signal, single, workunit};
 
 const VALIDATED: &str = "select count(*) from work_unit where state = 'validated'";
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -30,10 +30,6 @@ const ECHO: &str = r#"
       (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 20)))
       (br $copy))))
 "#;
-
-fn single() -> ReplicationPolicy {
-    ReplicationPolicy { min_quorum: 1, target_replicas: 1, ..ReplicationPolicy::default() }
-}
 
 /// `wasm` made `bytes` larger by a custom section, which does not change what it does.
 fn padded(mut wasm: Vec<u8>, bytes: usize) -> Vec<u8> {

@@ -2,9 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use wasmgrid_server::publishing::ReplicationPolicy;
-
-use crate::harness::{Server, Volunteer, signal, workunit};
+use crate::harness::{Server, Volunteer, signal, single, workunit};
 
 #[tokio::test]
 async fn the_daemon_never_asks_again_before_the_servers_retry_after() {
@@ -17,7 +15,7 @@ async fn the_daemon_never_asks_again_before_the_servers_retry_after() {
     ])
     .await;
     server.record_contacts().await;
-    let policy = ReplicationPolicy { min_quorum: 1, target_replicas: 1, ..ReplicationPolicy::default() };
+    let policy = single();
     server.publish(&workunit("probes/determinism.wat"), 3, policy).await;
     let volunteer = Volunteer::attach(&server, "patient").await;
 
@@ -48,7 +46,7 @@ async fn the_daemon_never_asks_again_before_the_servers_retry_after() {
 async fn one_request_serves_many_short_tasks() {
     let server = Server::start().await;
     server.record_contacts().await;
-    let policy = ReplicationPolicy { min_quorum: 1, target_replicas: 1, ..ReplicationPolicy::default() };
+    let policy = single();
     let tasks = 100;
     server.publish(&workunit("probes/determinism.wat"), tasks, policy).await;
     let volunteer = Volunteer::attach(&server, "buffered").await;

@@ -24,6 +24,11 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// One replica per work unit, accepted on its own: the policy of tests about one volunteer.
+pub fn single() -> ReplicationPolicy {
+    ReplicationPolicy { min_quorum: 1, target_replicas: 1, ..ReplicationPolicy::default() }
+}
+
 pub fn workunit(relative: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workunits").join(relative);
     wat::parse_file(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))

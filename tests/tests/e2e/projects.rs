@@ -2,17 +2,11 @@
 
 use std::time::{Duration, Instant};
 
-use wasmgrid_server::publishing::ReplicationPolicy;
-
-use crate::harness::{Server, Volunteer, signal, workunit};
+use crate::harness::{Server, Volunteer, signal, single, workunit};
 
 const VALIDATED: &str = "select count(*) from work_unit where state = 'validated'";
 const SUCCEEDED: &str = "select count(*) from replica where outcome = 'success'";
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn single() -> ReplicationPolicy {
-    ReplicationPolicy { min_quorum: 1, target_replicas: 1, ..ReplicationPolicy::default() }
-}
 
 fn attached_urls(volunteer: &Volunteer) -> Vec<String> {
     let projects: serde_json::Value =

@@ -2,9 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use wasmgrid_server::publishing::ReplicationPolicy;
-
-use crate::harness::{Server, Volunteer, signal, workunit};
+use crate::harness::{Server, Volunteer, signal, single, workunit};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -35,7 +33,7 @@ async fn a_malformed_settings_file_stops_the_client_with_an_error_naming_the_fil
 async fn a_flag_overrides_the_settings_file() {
     let server = Server::start().await;
     // Runs until stopped, so that both tasks are seen running at once.
-    let policy = ReplicationPolicy { min_quorum: 1, target_replicas: 1, ..ReplicationPolicy::default() };
+    let policy = single();
     server.publish(&workunit("hostile/infinite_loop.wat"), 2, policy).await;
     let volunteer = Volunteer::attach(&server, "overridden").await;
     write_settings(&volunteer, "cores = 1\nbackoff_min_seconds = 1\nbackoff_max_seconds = 2\n");

@@ -9,9 +9,8 @@
 use std::time::Duration;
 
 use tokio::process::Command;
-use wasmgrid_server::publishing::ReplicationPolicy;
 
-use crate::harness::{Server, Volunteer, workunit};
+use crate::harness::{Server, Volunteer, single, workunit};
 
 /// Not loopback; never contacted, since the proxy takes every request.
 const REMOTE_ADDRESS: &str = "http://192.0.2.1:1";
@@ -55,13 +54,7 @@ async fn attaching_over_plain_http_to_another_machine_is_refused_before_any_requ
 #[tokio::test]
 async fn plain_http_to_another_machine_works_with_allow_insecure_and_only_with_it() {
     let server = Server::start().await;
-    server
-        .publish(
-            &workunit("probes/determinism.wat"),
-            2,
-            ReplicationPolicy { min_quorum: 1, target_replicas: 1, ..Default::default() },
-        )
-        .await;
+    server.publish(&workunit("probes/determinism.wat"), 2, single()).await;
     let volunteer = Volunteer::unattached();
 
     let attach = volunteer.command(&["attach", REMOTE_NAME, "--name", "daring", "--allow-insecure"]);
@@ -86,13 +79,7 @@ async fn plain_http_to_another_machine_works_with_allow_insecure_and_only_with_i
 #[tokio::test]
 async fn allow_insecure_in_the_settings_file_counts_and_a_flag_overrides_it() {
     let server = Server::start().await;
-    server
-        .publish(
-            &workunit("probes/determinism.wat"),
-            1,
-            ReplicationPolicy { min_quorum: 1, target_replicas: 1, ..Default::default() },
-        )
-        .await;
+    server.publish(&workunit("probes/determinism.wat"), 1, single()).await;
     let volunteer = Volunteer::unattached();
     let settings = volunteer.data_dir.path().join("client.toml");
     let mut text = std::fs::read_to_string(&settings).unwrap();

@@ -1,8 +1,8 @@
 //! The wasmgrid volunteer client and publishing commands.
 //!
 //! - [`api`]: the typed HTTP client for the server's API.
-//! - [`sandbox`]: runs a work unit's Wasm module deterministically, within hard limits.
-//! - [`daemon`]: keeps the slots busy: fetch, stage, run, upload, report.
+//! - [`daemon`]: keeps the slots busy: fetch, stage, run (in `wasmgrid_sandbox`), upload,
+//!   report.
 //! - [`state`]: the tasks and unreported results, kept on disk across crashes.
 //! - [`output`]: a finished run's output, packed deterministically.
 //! - [`blob_cache`]: modules and inputs downloaded by hash, verified, evicted LRU.
@@ -20,7 +20,6 @@ pub mod data_dir;
 pub mod host_info;
 pub mod output;
 pub mod projects;
-pub mod sandbox;
 pub mod settings;
 pub mod state;
 pub mod status;

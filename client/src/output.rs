@@ -17,7 +17,7 @@ use wasmgrid_protocol::hash::Sha256Hasher;
 /// The scratch entry that holds checkpoints and is left out of the output.
 pub const CHECKPOINT_NAME: &str = "checkpoint";
 /// Scratch entries that are not output.
-const NOT_OUTPUT: [&str; 2] = [CHECKPOINT_NAME, crate::sandbox::PROGRESS_FILE];
+const NOT_OUTPUT: [&str; 2] = [CHECKPOINT_NAME, wasmgrid_sandbox::PROGRESS_FILE];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {

@@ -11,8 +11,8 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::data_dir::DataDir;
 use crate::projects::Projects;
-use crate::sandbox::Progress;
 use crate::state::{ClientState, Phase, TaskId};
+use wasmgrid_sandbox::Progress;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {

@@ -11,8 +11,8 @@ use crate::api::ServerClient;
 use crate::blob_cache::BlobCache;
 use crate::data_dir::DataDir;
 use crate::output::{self, PackError};
-use crate::sandbox::{RunControl, RunOutcome, RunReport, RunSpec, Sandbox, StopReason};
 use crate::state::{Phase, StoredOutput, Task, TaskId};
+use wasmgrid_sandbox::{RunControl, RunOutcome, RunReport, RunSpec, Sandbox, StopReason};
 
 /// The packed output's name in the task directory.
 pub const OUTPUT_FILE: &str = "output.tar";

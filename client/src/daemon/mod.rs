@@ -27,12 +27,12 @@ use crate::backoff::Backoff;
 use crate::blob_cache::BlobCache;
 use crate::data_dir::DataDir;
 use crate::projects::{Project, Projects, check_transport};
-use crate::sandbox::{RunControl, Sandbox, StopReason};
 use crate::settings::Settings;
 use crate::state::{ClientState, Phase, Task, TaskId};
 use crate::status::{self, StatusReport};
 use execute::{Completion, End, ExecContext};
 use shares::RecentUse;
+use wasmgrid_sandbox::{RunControl, Sandbox, StopReason};
 
 /// Longest wait for running tasks to stop at shutdown.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);

@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use wasmgrid_client::sandbox::engine::EngineSettings;
-use wasmgrid_client::sandbox::{RunControl, RunOutcome, RunSpec, Sandbox};
 use wasmgrid_e2e::bench::{BenchServer, build_workunits, sibling_binary};
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::RunLimits;
+use wasmgrid_sandbox::engine::EngineSettings;
+use wasmgrid_sandbox::{RunControl, RunOutcome, RunSpec, Sandbox};
 use wasmgrid_server::blobs::{DirectoryStore, store_bytes};
 use wasmgrid_server::publishing::{self, ReplicationPolicy, WorkUnitSpec};
 use wasmtime::{Config, Engine, Linker, Module, OperatorCost, Store};

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmgrid_client::sandbox::{RunControl, RunOutcome, StopReason};
 use wasmgrid_protocol::api::RunLimits;
+use wasmgrid_sandbox::{RunControl, RunOutcome, StopReason};
 
 use crate::{Harness, wat};
 

@@ -1,8 +1,8 @@
 //! The same module and inputs give the same bytes and the same fuel: twice, and with
 //! another engine configuration.
 
-use wasmgrid_client::sandbox::RunOutcome;
-use wasmgrid_client::sandbox::engine::EngineSettings;
+use wasmgrid_sandbox::RunOutcome;
+use wasmgrid_sandbox::engine::EngineSettings;
 
 use crate::{Harness, LIMITS, wat};
 
@@ -70,6 +70,6 @@ fn code_compiled_for_other_engine_settings_is_cleared_out() {
     assert_eq!(compiled(), 1);
 
     // As after an upgrade to a client whose engine differs: the old code is unusable.
-    wasmgrid_client::sandbox::Sandbox::with_settings(&cache, EngineSettings::FULL).unwrap();
+    wasmgrid_sandbox::Sandbox::with_settings(&cache, EngineSettings::FULL).unwrap();
     assert_eq!(compiled(), 0);
 }

@@ -8,10 +8,10 @@ mod progress;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use wasmgrid_client::sandbox::engine::EngineSettings;
-use wasmgrid_client::sandbox::{RunControl, RunReport, RunSpec, Sandbox};
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::RunLimits;
+use wasmgrid_sandbox::engine::EngineSettings;
+use wasmgrid_sandbox::{RunControl, RunReport, RunSpec, Sandbox};
 
 pub const LIMITS: RunLimits =
     RunLimits { fuel: 1_000_000_000, memory_bytes: 64 << 20, output_bytes: 1 << 20, wall_time_seconds: 30 };

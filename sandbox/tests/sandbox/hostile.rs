@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use wasmgrid_client::sandbox::{Limit, RunError, RunOutcome};
 use wasmgrid_protocol::api::RunLimits;
+use wasmgrid_sandbox::{Limit, RunError, RunOutcome};
 
 use crate::{Harness, LIMITS, wat};
 
@@ -98,7 +98,7 @@ fn filling_the_scratch_directory_hits_the_scratch_limit() {
     let scratch = spec.scratch_dir.clone();
     let report = harness.run(spec);
     assert_eq!(failed(&report.outcome), &RunError::Limit(Limit::ScratchDisk));
-    let written = wasmgrid_client::sandbox::scratch_bytes(&scratch).expect("a flat directory can be measured");
+    let written = wasmgrid_sandbox::scratch_bytes(&scratch).expect("a flat directory can be measured");
     assert!(written < 4 << 30, "stopped long before filling the disk: {written} bytes");
 }
 
@@ -109,7 +109,7 @@ fn nesting_directories_beyond_the_hosts_path_limit_breaks_the_scratch_limit() {
     let scratch = spec.scratch_dir.clone();
     let report = harness.run(spec);
     assert_eq!(failed(&report.outcome), &RunError::Limit(Limit::ScratchDisk), "{}", report.stderr);
-    assert_eq!(wasmgrid_client::sandbox::scratch_bytes(&scratch), None, "the host cannot see the bottom");
+    assert_eq!(wasmgrid_sandbox::scratch_bytes(&scratch), None, "the host cannot see the bottom");
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! - [`capture`]: standard output and error, size-limited, in memory.
 //! - [`determinism`]: seeded random numbers and clocks that cannot leak into outputs.
 //! - [`compile_cache`]: compiled modules on disk, per module hash and engine.
+//! - [`module_check`]: refusing, before any run, a module that cannot be a work unit.
 //!
 //! A run ends with an outcome: success, an error that names its cause (a broken limit, a
 //! trap, a non-zero exit, a missing import, an invalid module), or stopped from outside
@@ -23,6 +24,7 @@ pub mod compile_cache;
 pub mod determinism;
 pub mod engine;
 pub mod limits;
+pub mod module_check;
 pub mod watch;
 
 use std::fmt;
@@ -44,6 +46,7 @@ use determinism::{FrozenWallClock, SeededRandom, SteppingClock};
 use engine::{EngineSettings, FUEL_YIELD_INTERVAL};
 pub use limits::Limit;
 use limits::MemoryLimiter;
+pub use module_check::ModuleRejection;
 pub use watch::PROGRESS_FILE;
 use watch::{Interruption, Watch};
 

@@ -3,6 +3,7 @@
 
 mod determinism;
 mod hostile;
+mod module_check;
 mod progress;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,110 @@
+//! Checking a module before anyone runs it. The server refuses, when it is published, a
+//! module that every volunteer would fail on, and says why, instead of letting thousands of
+//! replicas fail one by one.
+
+use std::fmt;
+
+use wasmtime::{ExternType, Module, Store};
+use wasmtime_wasi::WasiCtxBuilder;
+
+use super::limits::MemoryLimiter;
+use super::{RunState, Sandbox};
+
+/// Why a module cannot be a work unit (or a validator).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleRejection {
+    NotWasm,
+    Component,
+    Invalid(String),
+    Reactor,
+    NoStart,
+    StartSignature,
+    NoMemory,
+    /// Imports that the sandbox does not provide, as `module::name`.
+    ForbiddenImports(Vec<String>),
+    ImportMismatch(String),
+}
+
+impl fmt::Display for ModuleRejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotWasm => f.write_str("not a WebAssembly module: it does not start with the Wasm magic bytes"),
+            Self::Component => f.write_str(
+                "a WebAssembly component, not a core module: build for wasm32-wasip1 (WASI preview 1)",
+            ),
+            Self::Invalid(reason) => write!(f, "not valid WebAssembly: {reason}"),
+            Self::Reactor => f.write_str(
+                "a WASI reactor (a library exporting `_initialize`), not a command: build a program with a main function",
+            ),
+            Self::NoStart => f.write_str("not a WASI command module: it exports no `_start` function"),
+            Self::StartSignature => f.write_str("not a WASI command module: `_start` must take and return nothing"),
+            Self::NoMemory => {
+                f.write_str("not a WASI command module: it imports WASI functions but exports no memory named `memory`")
+            }
+            Self::ForbiddenImports(imports) => write!(
+                f,
+                "imports what the sandbox does not provide (only WASI preview 1 is available): {}",
+                imports.join(", ")
+            ),
+            Self::ImportMismatch(reason) => write!(f, "an import does not match the sandbox's: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ModuleRejection {}
+
+/// Most forbidden imports named in one rejection.
+const LISTED_IMPORTS: usize = 10;
+
+impl Sandbox {
+    /// Checks that `wasm` is a WASI preview 1 command module that this sandbox can run:
+    /// valid, a core module, exporting `_start` (and `memory` for WASI), importing only what the
+    /// sandbox provides, with matching types. Compiles the module, so it is CPU-bound.
+    pub fn check_command_module(&self, wasm: &[u8]) -> Result<(), ModuleRejection> {
+        if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
+            return Err(ModuleRejection::NotWasm);
+        }
+        // A core module is version 1; components use the layer field after the version.
+        if wasm[4..8] != [1, 0, 0, 0] {
+            return Err(ModuleRejection::Component);
+        }
+        let module = Module::new(&self.engine, wasm)
+            .map_err(|error| ModuleRejection::Invalid(super::first_line(&format!("{error:#}"))))?;
+
+        match module.get_export("_start") {
+            Some(ExternType::Func(start)) => {
+                if start.params().len() != 0 || start.results().len() != 0 {
+                    return Err(ModuleRejection::StartSignature);
+                }
+            }
+            _ if module.get_export("_initialize").is_some() => return Err(ModuleRejection::Reactor),
+            _ => return Err(ModuleRejection::NoStart),
+        }
+        // The linker answers "is this import defined?" only with a store at hand; an empty
+        // WASI context is enough.
+        let state = RunState { wasi: WasiCtxBuilder::new().build_p1(), limiter: MemoryLimiter::new(0) };
+        let mut store = Store::new(&self.engine, state);
+        let forbidden: Vec<String> = module
+            .imports()
+            .filter(|import| self.linker.get_by_import(&mut store, import).is_none())
+            .map(|import| format!("{}::{}", import.module(), import.name()))
+            .collect();
+        if !forbidden.is_empty() {
+            let mut listed: Vec<String> = forbidden.iter().take(LISTED_IMPORTS).cloned().collect();
+            if forbidden.len() > LISTED_IMPORTS {
+                listed.push(format!("and {} more", forbidden.len() - LISTED_IMPORTS));
+            }
+            return Err(ModuleRejection::ForbiddenImports(listed));
+        }
+        // WASI functions read and write the module's exported memory; a module that imports
+        // none needs no memory.
+        let imports_any = module.imports().len() > 0;
+        if imports_any && !matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
+            return Err(ModuleRejection::NoMemory);
+        }
+        self.linker
+            .instantiate_pre(&module)
+            .map_err(|error| ModuleRejection::ImportMismatch(super::first_line(&format!("{error:#}"))))?;
+        Ok(())
+    }
+}

@@ -155,12 +155,12 @@ impl ServerClient {
     }
 }
 
-async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> ApiResult<T> {
+pub(crate) async fn decode<T: DeserializeOwned>(response: reqwest::Response) -> ApiResult<T> {
     Ok(check(response).await?.json().await?)
 }
 
 /// Turns an error status into [`ApiError::Server`], keeping the JSON body and Retry-After.
-async fn check(response: reqwest::Response) -> ApiResult<reqwest::Response> {
+pub(crate) async fn check(response: reqwest::Response) -> ApiResult<reqwest::Response> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);

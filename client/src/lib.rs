@@ -4,9 +4,9 @@
 //! - [`daemon`]: keeps the slots busy: fetch, stage, run (in `wasmgrid_sandbox`), upload,
 //!   report.
 //! - [`state`]: the tasks and unreported results, kept on disk across crashes.
-//! - [`output`]: a finished run's output, packed deterministically.
 //! - [`blob_cache`]: modules and inputs downloaded by hash, verified, evicted LRU.
 //! - [`projects`]: attached projects and their secrets.
+//! - [`publish`]: the scientist's side: apps, batches and their results.
 //! - [`settings`]: `client.toml` and the resource limits it sets.
 //! - [`status`]: what the daemon is doing, over a local socket.
 //! - [`data_dir`]: where everything lives, and atomic file replacement.
@@ -18,8 +18,8 @@ pub mod blob_cache;
 pub mod daemon;
 pub mod data_dir;
 pub mod host_info;
-pub mod output;
 pub mod projects;
+pub mod publish;
 pub mod settings;
 pub mod state;
 pub mod status;

@@ -1,4 +1,4 @@
-//! `wasmgrid`: the volunteer client.
+//! `wasmgrid`: the volunteer client, and the publishing commands for scientists.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +9,7 @@ use wasmgrid_client::api::ServerClient;
 use wasmgrid_client::daemon::{self, Daemon, RunOptions};
 use wasmgrid_client::data_dir::DataDir;
 use wasmgrid_client::projects::{Project, Projects, check_transport, normalize_url};
+use wasmgrid_client::publish::commands::{self, AppCommand, BatchCommand, Connection};
 use wasmgrid_client::settings::{Overrides, Settings};
 use wasmgrid_client::state::{ClientState, Phase, Task};
 use wasmgrid_client::{host_info, status};
@@ -67,6 +68,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// For scientists: create apps and publish their modules.
+    App {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+    /// For scientists: submit batches of work units, follow them, collect their results.
+    Batch {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: BatchCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -88,13 +103,17 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let data_dir = DataDir::locate(cli.data_dir)?;
+    // Publishing needs no data directory; the volunteer's commands do.
+    let data_dir = || DataDir::locate(cli.data_dir.clone());
     match cli.command {
+        Command::App { connection, command } => commands::app(&connection, command).await,
+        Command::Batch { connection, command } => commands::batch(&connection, command).await,
         Command::Attach { server_url, account_key, name, resource_share, allow_insecure } => {
-            attach(&data_dir, &server_url, account_key, name, resource_share, allow_insecure).await
+            attach(&data_dir()?, &server_url, account_key, name, resource_share, allow_insecure).await
         }
-        Command::Detach { server_url } => detach(&data_dir, &server_url),
+        Command::Detach { server_url } => detach(&data_dir()?, &server_url),
         Command::Run { cores, memory, disk, exit_when_idle, allow_insecure } => {
+            let data_dir = data_dir()?;
             let flags = Overrides { cores, memory, disk, exit_when_idle, allow_insecure };
             let settings = Settings::load(&data_dir)?.overridden_by(&flags);
             let options =
@@ -104,7 +123,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             daemon.run(shutdown_signal()).await
         }
         Command::Status { json } => {
-            let report = status::query(&data_dir).await?;
+            let report = status::query(&data_dir()?).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -3,11 +3,13 @@
 //! Everything that crosses the network is defined here, once, so the two ends cannot drift:
 //! - [`hash`]: content addresses (SHA-256 in lowercase hex) and the hashing helpers.
 //! - [`api`]: request and response bodies of the JSON API under [`API_PREFIX`].
+//! - [`publish`]: the publishing API that scientists use.
 //!
 //! Times are RFC 3339 in UTC; ids are 64-bit integers assigned by the server.
 
 pub mod api;
 pub mod hash;
+pub mod publish;
 
 pub use hash::Sha256Hash;
 

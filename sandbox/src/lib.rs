@@ -10,6 +10,7 @@
 //! - [`determinism`]: seeded random numbers and clocks that cannot leak into outputs.
 //! - [`compile_cache`]: compiled modules on disk, per module hash and engine.
 //! - [`module_check`]: refusing, before any run, a module that cannot be a work unit.
+//! - [`output`]: a run's output as one deterministic archive, packed and unpacked.
 //!
 //! A run ends with an outcome: success, an error that names its cause (a broken limit, a
 //! trap, a non-zero exit, a missing import, an invalid module), or stopped from outside
@@ -25,6 +26,7 @@ pub mod determinism;
 pub mod engine;
 pub mod limits;
 pub mod module_check;
+pub mod output;
 pub mod watch;
 
 use std::fmt;

@@ -1,15 +1,11 @@
 //! Volunteer accounts and their hosts: creation, registration and authentication.
 //!
-//! Account keys and host tokens are 256-bit random secrets, shown once and stored only as
-//! SHA-256 hashes. Being random and long, they need no slow password hash: a hash lookup
-//! is enough and keeps every authenticated request cheap.
+//! Account keys and host tokens are [`secrets`](crate::secrets): shown once, stored hashed.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use rand::RngCore;
-use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 use wasmgrid_protocol::API_PREFIX;
 use wasmgrid_protocol::api::{CreateAccountRequest, CreateAccountResponse, RegisterHostRequest, RegisterHostResponse};
@@ -17,6 +13,7 @@ use wasmgrid_protocol::api::{CreateAccountRequest, CreateAccountResponse, Regist
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, VolunteerAccount};
+use crate::secrets::{new_secret, secret_hash};
 
 /// Longest name accepted for an account or a host.
 const MAX_NAME_CHARS: usize = 100;
@@ -119,20 +116,9 @@ pub async fn host_by_token(connection: &mut PgConnection, token: &str) -> sqlx::
         .await
 }
 
-/// A fresh secret: a short prefix saying what it is, then 256 random bits in hex.
-fn new_secret(prefix: &str) -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("{prefix}_{}", hex::encode(bytes))
-}
-
-fn secret_hash(secret: &str) -> Vec<u8> {
-    Sha256::digest(secret.as_bytes()).to_vec()
-}
-
 /// Trims a user-supplied label and checks it is non-empty, short and free of control
 /// characters (it will be shown on web pages and in terminals).
-fn clean_label(field: &str, value: &str, max_chars: usize) -> ApiResult<String> {
+pub(crate) fn clean_label(field: &str, value: &str, max_chars: usize) -> ApiResult<String> {
     let value = value.trim();
     if value.is_empty() {
         return Err(ApiError::bad_request(format!("{field} must not be empty")));

@@ -9,6 +9,8 @@
 //! - [`database`]: the pool, migrations, the embedded PostgreSQL and test databases.
 //! - [`http`]: shared state, the router, the error type and the extractors.
 //! - [`accounts`]: volunteer accounts and hosts, their secrets and authentication.
+//! - [`publishers`]: the scientists who own apps and batches, and their tokens.
+//! - [`secrets`]: the bearer secrets of the API, stored hashed.
 //! - [`work_fetch`]: the scheduler request: reports in, replicas claimed and sent out.
 //! - [`reports`]: recording finished replicas, idempotently.
 //! - [`state_machine`]: what each event does to a work unit.
@@ -16,7 +18,7 @@
 //! - [`credit`]: what a valid result earns, and the running totals.
 //! - [`trust`]: per-host quotas that shrink on errors and grow on valid results.
 //! - [`blobs`]: content-addressed modules, inputs and outputs.
-//! - [`publishing`]: apps, versions, batches and work units.
+//! - [`publishing`]: apps, versions, batches and work units, and the publishing API.
 //! - [`sweeps`]: background work: missed deadlines, credit folding.
 
 pub mod accounts;
@@ -25,8 +27,10 @@ pub mod config;
 pub mod credit;
 pub mod database;
 pub mod http;
+pub mod publishers;
 pub mod publishing;
 pub mod reports;
+pub mod secrets;
 pub mod startup;
 pub mod state_machine;
 pub mod sweeps;

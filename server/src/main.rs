@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use wasmgrid_server::ServerConfig;
-use wasmgrid_server::database::DatabaseLocation;
+use wasmgrid_server::database::{Database, DatabaseLocation};
+use wasmgrid_server::publishers;
 
 #[derive(Parser)]
 #[command(name = "wasmgrid-server", version, about = "The wasmgrid project server")]
@@ -46,6 +47,42 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         daily_quota_per_core: u32,
     },
+    /// Manage API tokens. Works on the data directory (or DATABASE_URL) of a running server
+    /// without stopping it.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (only a hash is kept). `--scope publish` lets its holder
+    /// publish apps and submit batches.
+    Create {
+        /// What the token may do.
+        #[arg(long, value_enum)]
+        scope: TokenScope,
+        /// The publisher the token belongs to: created if new, given another token if not.
+        /// A new publisher with a generated name by default.
+        #[arg(long)]
+        name: Option<String>,
+        /// The server's data directory (for its embedded database).
+        #[arg(long, default_value = "./wasmgrid-data")]
+        data_dir: PathBuf,
+        /// Use this PostgreSQL database instead of the embedded one.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// Print the token and its publisher as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TokenScope {
+    /// Publish apps, submit batches and collect their results.
+    Publish,
 }
 
 fn main() -> ExitCode {
@@ -93,6 +130,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // Scripts and tests read this line to learn the port (useful with port 0).
             println!("wasmgrid-server listening on http://{}", app.local_addr());
             app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Token {
+            command: TokenCommand::Create { scope: TokenScope::Publish, name, data_dir, database_url, json },
+        } => {
+            let location = match database_url {
+                Some(url) => DatabaseLocation::Url(url),
+                None => DatabaseLocation::Embedded,
+            };
+            let database = Database::open_for_admin(&location, &data_dir).await?;
+            let created = async {
+                let mut connection = database.pool.acquire().await?;
+                publishers::create_token(&mut connection, name.as_deref()).await
+            }
+            .await;
+            database.close().await?;
+            let created = created?;
+            if json {
+                let document = serde_json::json!({
+                    "token": created.token,
+                    "scope": "publish",
+                    "publisher": { "id": created.publisher.id, "name": created.publisher.name },
+                    "publisher_created": created.publisher_created,
+                });
+                println!("{document}");
+            } else {
+                let publisher = &created.publisher.name;
+                if created.publisher_created {
+                    eprintln!("created publisher {publisher:?}; this token lets its holder publish as {publisher:?}:");
+                } else {
+                    eprintln!("a new token for the existing publisher {publisher:?}:");
+                }
+                println!("{}", created.token);
+                eprintln!("keep it secret; it is shown only once. Use it with: export WASMGRID_TOKEN=<token>");
+            }
+            Ok(())
         }
     }
 }

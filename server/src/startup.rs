@@ -14,6 +14,8 @@ use crate::config::ServerConfig;
 use crate::database::Database;
 use crate::http::{self, AppState};
 use crate::sweeps;
+use crate::validator::comparisons;
+use crate::validator::wasm::ValidatorRunner;
 
 /// Longest wait for background sweeps to finish after shutdown was asked for.
 const SWEEP_STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,10 +34,14 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
     let blobs = DirectoryStore::open(config.data_dir.join("blobs")).context("cannot open the blob store")?;
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let sandbox = wasmgrid_sandbox::Sandbox::new(&config.data_dir.join("compiled"))
+        .context("cannot set up the sandbox for validator modules")?;
     let state = AppState {
         pool: database.pool.clone(),
         blobs: Arc::new(blobs),
         scheduler: Arc::new(config.scheduler.clone()),
+        sandbox,
+        comparisons_waiting: Arc::new(tokio::sync::Notify::new()),
         started_at: Instant::now(),
     };
     Ok(App { listener, state, database, config })
@@ -65,9 +71,22 @@ impl App {
             config.scheduler.daily_quota_per_core,
             sweeps_stopped,
         ));
+        let runner =
+            ValidatorRunner::new(state.sandbox.clone(), state.blobs.clone(), config.data_dir.join("validators"))?;
+        let validator = tokio::spawn(comparisons::run_until_stopped(
+            state.pool.clone(),
+            runner,
+            config.sweep_interval,
+            config.scheduler.daily_quota_per_core,
+            stop_sweeps.subscribe(),
+        ));
         let served = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown).await;
         let _ = stop_sweeps.send(true);
-        if tokio::time::timeout(SWEEP_STOP_TIMEOUT, sweeper).await.is_err() {
+        let background = async {
+            let _ = sweeper.await;
+            let _ = validator.await;
+        };
+        if tokio::time::timeout(SWEEP_STOP_TIMEOUT, background).await.is_err() {
             tracing::warn!("background sweeps did not stop within {SWEEP_STOP_TIMEOUT:?}");
         }
         let closed = database.close().await;

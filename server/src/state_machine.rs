@@ -9,6 +9,9 @@
 //! - `max_total_replicas` caps everything: a work unit that needs more fails.
 //! - After validation, late results are checked against the canonical one.
 //!
+//! - Apps with a validator module are validated only with comparisons already made: a
+//!   work unit that needs a new one waits (see [`crate::validator::comparisons`]).
+//!
 //! Deciding is separate from writing: [`decide`] looks at one work unit and its replicas and
 //! records what must change in [`Changes`]; [`transition_all`] decides for every work unit an
 //! event touched and then writes all their changes in a handful of set-based statements, so
@@ -21,6 +24,7 @@ use wasmgrid_protocol::Sha256Hash;
 
 use crate::credit::{self, CreditGrant};
 use crate::trust::HostEffects;
+use crate::validator::comparisons::{self, KnownComparisons};
 use crate::validator::{self, Bitwise, Candidate, Validator, Verdict};
 
 /// Retries go ahead of first copies in the queue so that work units finish.
@@ -54,6 +58,7 @@ struct WorkUnitRow {
     max_total_replicas: i32,
     canonical_replica_id: Option<i64>,
     credit: Option<f64>,
+    validator_module_sha256: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -105,9 +110,12 @@ pub async fn transition_all(
         return Ok(());
     }
     let work_units: Vec<WorkUnitRow> = sqlx::query_as(
-        "select id, state::text as state, min_quorum, target_replicas, max_error_replicas, max_total_replicas,
-                canonical_replica_id, credit
-         from work_unit where id = any($1) order by id",
+        "select w.id, w.state::text as state, w.min_quorum, w.target_replicas, w.max_error_replicas,
+                w.max_total_replicas, w.canonical_replica_id, w.credit, a.validator_module_sha256
+         from work_unit w
+         join app_version v on v.id = w.app_version_id
+         join app a on a.id = v.app_id
+         where w.id = any($1) order by w.id",
     )
     .bind(work_unit_ids)
     .fetch_all(&mut *connection)
@@ -125,13 +133,69 @@ pub async fn transition_all(
         replicas_by_work_unit.entry(replica.work_unit_id).or_default().push(replica);
     }
 
-    let validator = Bitwise;
+    let validators: Vec<Sha256Hash> = work_units
+        .iter()
+        .filter_map(|w| w.validator_module_sha256.as_deref())
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let known = if validators.is_empty() {
+        KnownComparisons::default()
+    } else {
+        let outputs: Vec<Sha256Hash> =
+            replicas_by_work_unit.values().flatten().filter_map(|r| r.candidate().ok()).map(|c| c.output).collect();
+        KnownComparisons::load(&mut *connection, &validators, &outputs).await?
+    };
+
     let mut changes = Changes::default();
     for work_unit in &work_units {
         let replicas = replicas_by_work_unit.remove(&work_unit.id).unwrap_or_default();
-        decide(&validator, work_unit, &replicas, &mut changes, effects)?;
+        match work_unit.validator_module_sha256.as_deref() {
+            None => decide(&Bitwise, work_unit, &replicas, &mut changes, effects)?,
+            Some(validator) => {
+                let validator = known.with_validator(validator.parse()?);
+                let ready = comparisons_needed(work_unit, &replicas)?.all(|(a, b)| validator.lookup(a, b).is_some());
+                changes.awaiting_comparison.push((work_unit.id, !ready));
+                if ready {
+                    decide(&validator, work_unit, &replicas, &mut changes, effects)?;
+                }
+            }
+        }
     }
     changes.write(connection).await
+}
+
+/// The pairs of outputs that deciding this work unit may compare: every pair of candidates
+/// once a quorum is in, or each late result against the canonical one.
+fn comparisons_needed(
+    work_unit: &WorkUnitRow,
+    replicas: &[ReplicaRow],
+) -> anyhow::Result<impl Iterator<Item = (Sha256Hash, Sha256Hash)>> {
+    let mut pairs = Vec::new();
+    match work_unit.state.as_str() {
+        "active" => {
+            let errors = replicas.iter().filter(|r| r.is_error()).count();
+            let candidates: Vec<Sha256Hash> = replicas
+                .iter()
+                .filter(|r| r.is_success() && matches!(r.validate_state.as_str(), "pending" | "inconclusive"))
+                .map(|r| r.candidate().map(|c| c.output))
+                .collect::<anyhow::Result<_>>()?;
+            if errors < work_unit.max_error_replicas as usize && candidates.len() >= work_unit.min_quorum as usize {
+                for (i, a) in candidates.iter().enumerate() {
+                    pairs.extend(candidates[i + 1..].iter().map(|b| (*a, *b)));
+                }
+            }
+        }
+        "validated" => {
+            if let Some(canonical) = replicas.iter().find(|r| Some(r.id) == work_unit.canonical_replica_id) {
+                let canonical = canonical.candidate()?.output;
+                for late in replicas.iter().filter(|r| r.is_success() && r.validate_state == "pending") {
+                    pairs.push((canonical, late.candidate()?.output));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(pairs.into_iter())
 }
 
 /// Everything the state machine decided for a set of work units, written at once.
@@ -148,6 +212,8 @@ struct Changes {
     new_replicas: Vec<(i64, i32, i32)>,
     /// Work units whose unsent replicas are no longer needed.
     finished: Vec<i64>,
+    /// (work unit of an app with a validator module, whether it waits for comparisons).
+    awaiting_comparison: Vec<(i64, bool)>,
 }
 
 impl Changes {
@@ -238,6 +304,26 @@ impl Changes {
             .bind(&self.finished)
             .execute(&mut *connection)
             .await?;
+        }
+        if !self.awaiting_comparison.is_empty() {
+            let (ids, awaiting): (Vec<i64>, Vec<bool>) = self.awaiting_comparison.into_iter().unzip();
+            let newly_waiting: i64 = sqlx::query_scalar(
+                "with changed as (
+                     update work_unit w set awaiting_comparison = u.awaiting
+                     from unnest($1::bigint[], $2::bool[]) as u(id, awaiting)
+                     where w.id = u.id and w.awaiting_comparison <> u.awaiting
+                     returning w.awaiting_comparison
+                 )
+                 select count(*) from changed where awaiting_comparison",
+            )
+            .bind(ids)
+            .bind(awaiting)
+            .fetch_one(&mut *connection)
+            .await?;
+            if newly_waiting > 0 {
+                // Delivered at commit, to every server process listening.
+                sqlx::query("select pg_notify($1, '')").bind(comparisons::CHANNEL).execute(&mut *connection).await?;
+            }
         }
         credit::grant_all(connection, &self.grants).await?;
         Ok(())

@@ -10,8 +10,8 @@ use super::staging::{StagingError, stage};
 use crate::api::ServerClient;
 use crate::blob_cache::BlobCache;
 use crate::data_dir::DataDir;
-use crate::output::{self, PackError};
 use crate::state::{Phase, StoredOutput, Task, TaskId};
+use wasmgrid_sandbox::output::{self, PackError};
 use wasmgrid_sandbox::{RunControl, RunOutcome, RunReport, RunSpec, Sandbox, StopReason};
 
 /// The packed output's name in the task directory.

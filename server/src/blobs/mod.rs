@@ -131,3 +131,19 @@ async fn record_blob(connection: &mut PgConnection, hash: Sha256Hash, bytes: u64
         .await?;
     Ok(())
 }
+
+/// A whole blob in memory (modules, validator inputs); `None` if it is not stored. Refuses
+/// blobs larger than `limit`.
+pub async fn read_all(store: &dyn BlobStore, hash: Sha256Hash, limit: u64) -> anyhow::Result<Option<Vec<u8>>> {
+    use tokio::io::AsyncReadExt;
+    let Some(reader) = store.read(hash, 0, None).await? else { return Ok(None) };
+    if reader.total_bytes > limit {
+        anyhow::bail!("blob {hash} holds {} bytes, more than the {limit} expected", reader.total_bytes);
+    }
+    let mut bytes = Vec::with_capacity(reader.total_bytes as usize);
+    reader.body.take(limit + 1).read_to_end(&mut bytes).await?;
+    if Sha256Hash::of(&bytes) != hash {
+        anyhow::bail!("blob {hash} is damaged: its bytes no longer match their hash");
+    }
+    Ok(Some(bytes))
+}

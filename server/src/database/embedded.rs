@@ -303,6 +303,12 @@ impl Drop for EmbeddedPostgres {
     }
 }
 
+/// Connection options for the server's database in the cluster of `data_dir` (which must
+/// be canonical, as the server makes it), running or not.
+pub fn server_database_in(data_dir: &Path) -> PgConnectOptions {
+    connect_options_for(&EmbeddedPostgres::cluster_dir(data_dir), DATABASE)
+}
+
 /// Connection options for a database in the cluster at `cluster_dir`, running or not.
 pub fn connect_options_for(cluster_dir: &Path, database: &str) -> PgConnectOptions {
     PgConnectOptions::new().socket(cluster_dir).port(PORT).username(ROLE).database(database)

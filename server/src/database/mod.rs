@@ -55,6 +55,20 @@ impl Database {
         Ok(Self { pool, embedded })
     }
 
+    /// Connects for a one-off administrative command (`wasmgrid-server token create`):
+    /// through `DATABASE_URL`, or to the embedded cluster of a server that is running on
+    /// `data_dir`, or else by starting that cluster for as long as the command needs it.
+    pub async fn open_for_admin(location: &DatabaseLocation, data_dir: &Path) -> anyhow::Result<Self> {
+        if let (DatabaseLocation::Embedded, Ok(data_dir)) = (location, data_dir.canonicalize()) {
+            let running = embedded::server_database_in(&data_dir);
+            if let Ok(pool) = pool_options(2).connect_with(running).await {
+                MIGRATOR.run(&pool).await.context("cannot apply database migrations")?;
+                return Ok(Self { pool, embedded: None });
+            }
+        }
+        Self::open(location, data_dir, 2).await
+    }
+
     /// Closes the pool, then stops the embedded cluster if this process owns one.
     pub async fn close(self) -> anyhow::Result<()> {
         self.pool.close().await;

@@ -24,6 +24,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     RangeNotSatisfiable(u64),
+    /// Well-formed, but refused: a module that cannot be a work unit.
+    #[error("{0}")]
+    Unprocessable(String),
     /// The database is overloaded or unreachable: try again later.
     #[error("the server is busy; retry later")]
     Unavailable,
@@ -51,6 +54,7 @@ impl ApiError {
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::RangeNotSatisfiable(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"),
+            Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Database(sqlx::Error::PoolTimedOut) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Database(_) | Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use super::AppState;
 use super::error::ApiError;
 use crate::accounts::{self, Account, Host};
+use crate::publishers::{self, Publisher};
 
 /// `Json<T>` whose rejections use the API's error shape.
 pub struct ApiJson<T>(pub T);
@@ -103,5 +104,25 @@ where
         let mut connection = state.pool.acquire().await?;
         let account = accounts::account_by_key(&mut connection, key).await?.ok_or(ApiError::Unauthorized)?;
         Ok(Self(account))
+    }
+}
+
+/// A publisher, authenticated by a publisher token. Volunteer keys and host tokens are not
+/// publisher tokens, so they get a 401 here.
+pub struct PublisherAuth(pub Publisher);
+
+impl<S> FromRequestParts<S> for PublisherAuth
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let mut connection = state.pool.acquire().await?;
+        let publisher = publishers::publisher_by_token(&mut connection, token).await?.ok_or(ApiError::Unauthorized)?;
+        Ok(Self(publisher))
     }
 }

@@ -27,6 +27,10 @@ pub struct AppState {
     pub pool: PgPool,
     pub blobs: Arc<dyn BlobStore>,
     pub scheduler: Arc<SchedulerConfig>,
+    /// Checks published modules and runs apps' validator modules.
+    pub sandbox: Arc<wasmgrid_sandbox::Sandbox>,
+    /// Wakes the validator sweep when outputs are waiting for a validator module.
+    pub comparisons_waiting: Arc<tokio::sync::Notify>,
     pub started_at: Instant,
 }
 
@@ -42,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::accounts::router())
         .merge(crate::work_fetch::router())
         .merge(crate::blobs::router())
+        .merge(crate::publishing::http::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))

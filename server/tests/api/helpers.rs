@@ -11,8 +11,10 @@ use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::{
     Assignment, RegisterHostRequest, ReplicaReport, ReportedOutcome, SchedulerReply, SchedulerRequest,
 };
+use wasmgrid_protocol::publish::ValidatorSpec;
 use wasmgrid_server::ServerConfig;
 use wasmgrid_server::database::{DatabaseLocation, test_cluster};
+use wasmgrid_server::publishers;
 use wasmgrid_server::publishing::{self, ReplicationPolicy, WorkUnitSpec};
 
 pub const FUEL: u64 = 2_000_000_000;
@@ -139,7 +141,9 @@ impl TestApp {
         let store = wasmgrid_server::blobs::DirectoryStore::open(self.data_dir.path().join("blobs")).unwrap();
         let module = wasmgrid_server::blobs::store_bytes(&mut transaction, &store, b"\0asm\x01\0\0\0").await.unwrap();
         let app_name = format!("app-{}", rand_suffix());
-        let app_id = publishing::create_app(&mut transaction, &app_name).await.unwrap();
+        let publisher = publishers::ensure(&mut transaction, "tests").await.unwrap();
+        let app_id =
+            publishing::create_app(&mut transaction, publisher, &app_name, "", &ValidatorSpec::Bitwise).await.unwrap();
         publishing::add_app_version(&mut transaction, app_id, module).await.unwrap();
         let batch_id = publishing::create_batch(&mut transaction, app_id, "batch", &specs).await.unwrap();
         transaction.commit().await.unwrap();

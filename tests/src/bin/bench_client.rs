@@ -25,9 +25,11 @@ use clap::Parser;
 use wasmgrid_e2e::bench::{BenchServer, build_workunits, sibling_binary};
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::RunLimits;
+use wasmgrid_protocol::publish::ValidatorSpec;
 use wasmgrid_sandbox::engine::EngineSettings;
 use wasmgrid_sandbox::{RunControl, RunOutcome, RunSpec, Sandbox};
 use wasmgrid_server::blobs::{DirectoryStore, store_bytes};
+use wasmgrid_server::publishers;
 use wasmgrid_server::publishing::{self, ReplicationPolicy, WorkUnitSpec};
 use wasmtime::{Config, Engine, Linker, Module, OperatorCost, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -330,7 +332,10 @@ async fn publish(server: &BenchServer, wasm: &[u8], name: &str, count: usize) ->
     let store = DirectoryStore::open(server.data_dir.join("blobs"))?;
     let mut transaction = server.pool.begin().await?;
     let module = store_bytes(&mut transaction, &store, wasm).await.map_err(|error| anyhow::anyhow!("{error}"))?;
-    let app = publishing::create_app(&mut transaction, name).await.map_err(|error| anyhow::anyhow!("{error}"))?;
+    let publisher = publishers::ensure(&mut transaction, "bench").await?;
+    let app = publishing::create_app(&mut transaction, publisher, name, "", &ValidatorSpec::Bitwise)
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
     publishing::add_app_version(&mut transaction, app, module).await.map_err(|error| anyhow::anyhow!("{error}"))?;
     let policy = ReplicationPolicy { min_quorum: 1, target_replicas: 1, ..ReplicationPolicy::default() };
     let specs: Vec<WorkUnitSpec> =

@@ -23,7 +23,9 @@ use wasmgrid_client::api::ServerClient;
 use wasmgrid_e2e::bench::{BenchServer, ms, peak_rss_kib, percentile};
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::{RegisterHostRequest, ReplicaReport, ReportedOutcome, SchedulerRequest};
+use wasmgrid_protocol::publish::ValidatorSpec;
 use wasmgrid_server::blobs::{DirectoryStore, store_bytes};
+use wasmgrid_server::publishers;
 use wasmgrid_server::publishing::{self, WorkUnitSpec};
 
 #[derive(Parser)]
@@ -161,7 +163,10 @@ async fn load_work_units(pool: &sqlx::PgPool, data_dir: &Path, count: usize) -> 
     let store = DirectoryStore::open(data_dir.join("blobs"))?;
     let mut transaction = pool.begin().await?;
     let module = store_bytes(&mut transaction, &store, b"\0asm\x01\0\0\0").await.map_err(api_error)?;
-    let app = publishing::create_app(&mut transaction, "bench").await.map_err(api_error)?;
+    let publisher = publishers::ensure(&mut transaction, "bench").await?;
+    let app = publishing::create_app(&mut transaction, publisher, "bench", "", &ValidatorSpec::Bitwise)
+        .await
+        .map_err(api_error)?;
     publishing::add_app_version(&mut transaction, app, module).await.map_err(api_error)?;
     let batch = publishing::create_batch(&mut transaction, app, "bench", &[]).await.map_err(api_error)?;
     transaction.commit().await?;

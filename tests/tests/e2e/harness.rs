@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use wasmgrid_protocol::Sha256Hash;
+use wasmgrid_protocol::publish::ValidatorSpec;
 use wasmgrid_server::database::test_cluster;
+use wasmgrid_server::publishers;
 use wasmgrid_server::publishing::{self, ReplicationPolicy, WorkUnitSpec};
 
 /// `target/<profile>/`, where cargo put the binaries (it builds them for the server's and
@@ -94,7 +96,8 @@ impl Server {
     pub async fn publish_app(&self, app: &str, wasm: &[u8], specs: &[WorkUnitSpec]) -> Vec<i64> {
         let mut transaction = self.pool.begin().await.unwrap();
         let module = wasmgrid_server::blobs::store_bytes(&mut transaction, &self.blob_store(), wasm).await.unwrap();
-        let app = publishing::create_app(&mut transaction, app).await.unwrap();
+        let publisher = publishers::ensure(&mut transaction, "e2e").await.unwrap();
+        let app = publishing::create_app(&mut transaction, publisher, app, "", &ValidatorSpec::Bitwise).await.unwrap();
         publishing::add_app_version(&mut transaction, app, module).await.unwrap();
         let batch = publishing::create_batch(&mut transaction, app, "e2e", specs).await.unwrap();
         transaction.commit().await.unwrap();
@@ -284,5 +287,76 @@ impl Volunteer {
             assert!(Instant::now() < deadline, "no task became {state}: {status}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+/// The example work units built for `wasm32-wasip1` (once per test process).
+pub fn example_module(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        wasmgrid_e2e::bench::build_workunits(Some("wasm32-wasip1")).expect("the example work units build")
+    });
+    dir.join(format!("{name}.wasm"))
+}
+
+/// A scientist: the `wasmgrid` binary with a server URL and a publisher token.
+pub struct Publisher {
+    pub server_url: String,
+    pub token: String,
+}
+
+impl Server {
+    /// A publisher token made by `wasmgrid-server token create` on this running server's
+    /// database.
+    pub async fn publisher(&self, name: &str) -> Publisher {
+        let output = Command::new(binary("wasmgrid-server"))
+            .args(["token", "create", "--scope", "publish", "--name", name, "--json"])
+            .env("DATABASE_URL", &self.database_url)
+            .env("RUST_LOG", "warn")
+            .output()
+            .await
+            .unwrap();
+        assert!(output.status.success(), "token create failed: {}", String::from_utf8_lossy(&output.stderr));
+        let created: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        Publisher { server_url: self.url.clone(), token: created["token"].as_str().unwrap().to_owned() }
+    }
+}
+
+impl Publisher {
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(binary("wasmgrid"));
+        command
+            .args(args)
+            .env("WASMGRID_SERVER", &self.server_url)
+            .env("WASMGRID_TOKEN", &self.token)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs a command with `--json` and returns its document; panics if it fails.
+    pub async fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all_args = args.to_vec();
+        all_args.push("--json");
+        let output = self.command(&all_args).output().await.unwrap();
+        assert!(output.status.success(), "wasmgrid {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+            panic!("wasmgrid {}: not JSON ({error}): {}", args.join(" "), String::from_utf8_lossy(&output.stdout))
+        })
+    }
+
+    /// Runs a command that must fail; returns its standard error.
+    pub async fn failure(&self, args: &[&str]) -> String {
+        let output = self.command(args).output().await.unwrap();
+        assert!(!output.status.success(), "wasmgrid {} succeeded", args.join(" "));
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    }
+
+    /// The same publisher through the client library, for what the commands do not show.
+    pub fn client(&self) -> wasmgrid_client::publish::client::PublisherClient {
+        let server = wasmgrid_client::api::ServerClient::new(&self.server_url).unwrap();
+        wasmgrid_client::publish::client::PublisherClient::new(server, self.token.clone())
     }
 }

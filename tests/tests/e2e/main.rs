@@ -6,5 +6,6 @@ mod contact;
 mod daemon;
 mod harness;
 mod projects;
+mod publishing;
 mod settings;
 mod transport;

@@ -1,6 +1,7 @@
 //! A finished run's output, packed into one deterministic archive: a tar file holding
 //! `stdout` and `files/<path>` for every regular file the module left in its scratch
 //! directory, in sorted order, with fixed metadata, so that equal outputs are equal bytes.
+//! Volunteers pack; the server (for validator modules) and publishers (for results) unpack.
 //!
 //! The top-level `checkpoint` and `progress` entries in the scratch directory are the
 //! module's own business (state for resuming, and its fraction done) and are not part of the
@@ -17,7 +18,7 @@ use wasmgrid_protocol::hash::Sha256Hasher;
 /// The scratch entry that holds checkpoints and is left out of the output.
 pub const CHECKPOINT_NAME: &str = "checkpoint";
 /// Scratch entries that are not output.
-const NOT_OUTPUT: [&str; 2] = [CHECKPOINT_NAME, wasmgrid_sandbox::PROGRESS_FILE];
+const NOT_OUTPUT: [&str; 2] = [CHECKPOINT_NAME, crate::PROGRESS_FILE];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
@@ -88,6 +89,40 @@ fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, u64, PathBuf)>) -> 
     Ok(())
 }
 
+/// Unpacks an output archive into `destination` as `stdout` and `files/<path>`.
+///
+/// Archives come from volunteers, so they are read with suspicion: only regular files
+/// named `stdout` or `files/...` with plain path components are written, never links, and
+/// never anything outside `destination`.
+pub fn unpack(archive: &Path, destination: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(destination.join("files"))?;
+    let mut archive = tar::Archive::new(File::open(archive)?);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let path = entry.path()?.into_owned();
+        let plain = path.components().all(|component| matches!(component, std::path::Component::Normal(_)));
+        let wanted = path == Path::new("stdout") || (path.starts_with("files") && path.components().count() > 1);
+        if !plain || !wanted {
+            continue;
+        }
+        let target = destination.join(&path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut file = File::create(&target)?;
+        std::io::copy(&mut entry, &mut file)?;
+    }
+    // An output always has a standard output, if only an empty one.
+    let stdout = destination.join("stdout");
+    if !stdout.exists() {
+        File::create(stdout)?;
+    }
+    Ok(())
+}
+
 pub fn hash_file(path: &Path) -> std::io::Result<Sha256Hash> {
     let mut file = File::open(path)?;
     let mut hasher = Sha256Hasher::new();
@@ -149,5 +184,51 @@ mod tests {
         let scratch = scratch_with(&[("big", &[0u8; 600])]);
         let result = pack(&[1u8; 500], scratch.path(), &out.path().join("out.tar"), 1000);
         assert!(matches!(result, Err(PackError::TooLarge)));
+    }
+    fn hostile_archive(entries: &[(&str, tar::EntryType, &[u8])]) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let mut builder = tar::Builder::new(file.reopen().unwrap());
+        for (name, kind, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(*kind);
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            // `set_path` refuses `..`; a hostile archive writes the raw name.
+            header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_cksum();
+            builder.append(&header, *data).unwrap();
+        }
+        builder.into_inner().unwrap();
+        file
+    }
+
+    #[test]
+    fn a_packed_output_unpacks_to_stdout_and_files() {
+        let out = tempfile::tempdir().unwrap();
+        let scratch = scratch_with(&[("out/data.txt", b"data")]);
+        let archive = out.path().join("out.tar");
+        pack(b"42\n", scratch.path(), &archive, 1000).unwrap();
+        let unpacked = out.path().join("unpacked");
+        unpack(&archive, &unpacked).unwrap();
+        assert_eq!(std::fs::read(unpacked.join("stdout")).unwrap(), b"42\n");
+        assert_eq!(std::fs::read(unpacked.join("files/out/data.txt")).unwrap(), b"data");
+    }
+
+    #[test]
+    fn hostile_entries_are_not_unpacked() {
+        let tar = hostile_archive(&[
+            ("../escaped", tar::EntryType::Regular, b"x"),
+            ("files/../../escaped2", tar::EntryType::Regular, b"x"),
+            ("files/link", tar::EntryType::Symlink, b""),
+            ("elsewhere", tar::EntryType::Regular, b"x"),
+        ]);
+        let outer = tempfile::tempdir().unwrap();
+        let destination = outer.path().join("a");
+        unpack(tar.path(), &destination).unwrap();
+        assert!(!outer.path().join("escaped").exists());
+        assert!(!outer.path().join("escaped2").exists());
+        assert!(!destination.join("files/link").exists());
+        assert!(!destination.join("elsewhere").exists());
+        assert_eq!(std::fs::read(destination.join("stdout")).unwrap(), b"", "an empty stdout is made");
     }
 }

@@ -1,13 +1,22 @@
 //! Apps, app versions, batches and work units: what a scientist publishes.
 //!
-//! These functions are the server side of publishing; the HTTP endpoints and the
-//! `wasmgrid` commands in front of them build on them.
+//! - this module: creating them in the database, scoped by publisher;
+//! - [`http`]: the publishing API under `/api/v1` (`wasmgrid app` and `wasmgrid batch`);
+//! - [`batches`]: following a batch (counts, failures, results) and cancelling it.
+//!
+//! Everything a publisher asks about is looked up together with its publisher id, so
+//! another publisher's app or batch is simply not found.
+
+pub mod batches;
+pub mod http;
 
 use std::time::Duration;
 
 use sqlx::PgConnection;
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::RunLimits;
+
+use wasmgrid_protocol::publish::ValidatorSpec;
 
 use crate::http::error::{ApiError, ApiResult};
 
@@ -70,18 +79,54 @@ impl WorkUnitSpec {
     }
 }
 
-pub async fn create_app(connection: &mut PgConnection, name: &str) -> ApiResult<i64> {
-    sqlx::query_scalar("insert into app (name) values ($1) returning id")
-        .bind(name)
-        .fetch_one(connection)
-        .await
-        .map_err(|error| {
-            if crate::database::is_unique_violation(&error, "app_name_key") {
-                ApiError::Conflict(format!("an app named {name:?} exists already"))
-            } else {
-                error.into()
-            }
-        })
+/// Longest app name; names appear in URLs, so they are short and plain.
+const MAX_APP_NAME_CHARS: usize = 64;
+
+/// Checks an app name: 1 to 64 letters, digits, `-`, `_` or `.`, not starting with `.`.
+pub fn check_app_name(name: &str) -> ApiResult<()> {
+    let plain = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if name.is_empty() || name.len() > MAX_APP_NAME_CHARS || !plain || name.starts_with('.') {
+        return Err(ApiError::bad_request(format!(
+            "app names are 1 to {MAX_APP_NAME_CHARS} letters, digits, '-', '_' or '.' (not starting with '.'): {name:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Creates an app owned by `publisher_id`. A validator module must be stored already (and
+/// checked by the caller).
+pub async fn create_app(
+    connection: &mut PgConnection,
+    publisher_id: i64,
+    name: &str,
+    description: &str,
+    validator: &ValidatorSpec,
+) -> ApiResult<i64> {
+    check_app_name(name)?;
+    let (kind, module) = match validator {
+        ValidatorSpec::Bitwise => ("bitwise", None),
+        ValidatorSpec::Wasm { module_sha256 } => ("wasm", Some(module_sha256.to_hex())),
+    };
+    sqlx::query_scalar(
+        "insert into app (publisher_id, name, description, validator, validator_module_sha256)
+         values ($1, $2, $3, $4, $5) returning id",
+    )
+    .bind(publisher_id)
+    .bind(name)
+    .bind(description)
+    .bind(kind)
+    .bind(module)
+    .fetch_one(connection)
+    .await
+    .map_err(|error| {
+        if crate::database::is_unique_violation(&error, "app_publisher_name_key") {
+            ApiError::Conflict(format!("you have an app named {name:?} already"))
+        } else if is_foreign_key_violation(&error) {
+            ApiError::bad_request("the validator module was not uploaded")
+        } else {
+            error.into()
+        }
+    })
 }
 
 /// Adds a version whose module is the stored blob `module`; returns its id.
@@ -98,35 +143,55 @@ pub async fn add_app_version(connection: &mut PgConnection, app_id: i64, module:
 }
 
 /// Creates a batch of work units, each with its first replicas, in the caller's
-/// transaction. Every referenced blob must be stored already.
+/// transaction, and closes it. Every referenced blob must be stored already.
 pub async fn create_batch(
     connection: &mut PgConnection,
     app_id: i64,
     name: &str,
     work_units: &[WorkUnitSpec],
 ) -> ApiResult<i64> {
-    let batch_id: i64 = sqlx::query_scalar("insert into batch (app_id, name) values ($1, $2) returning id")
-        .bind(app_id)
-        .bind(name)
-        .fetch_one(&mut *connection)
-        .await?;
+    let batch_id = open_batch(connection, app_id, name).await?;
     add_work_units(connection, app_id, batch_id, work_units).await?;
+    sqlx::query("update batch set closed_at = now() where id = $1").bind(batch_id).execute(&mut *connection).await?;
     Ok(batch_id)
 }
 
-/// Adds work units to a batch: a few statements whatever their number, so that batches of
-/// hundreds of thousands load quickly.
+/// Creates an empty batch, open for work units.
+pub async fn open_batch(connection: &mut PgConnection, app_id: i64, name: &str) -> ApiResult<i64> {
+    Ok(sqlx::query_scalar("insert into batch (app_id, name) values ($1, $2) returning id")
+        .bind(app_id)
+        .bind(name)
+        .fetch_one(&mut *connection)
+        .await?)
+}
+
 /// Submissions at least this large refresh the planner's statistics of the queue.
 const ANALYZE_AFTER_WORK_UNITS: usize = 1000;
 
+/// What adding work units did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Added {
+    pub created: u64,
+    /// Work units whose names the batch had already, left as they were: a chunk sent again
+    /// after an interruption.
+    pub existing: u64,
+}
+
+/// Adds work units to a batch: a few statements whatever their number, so that batches of
+/// hundreds of thousands load quickly. Idempotent by name: a work unit whose name the batch
+/// has already is skipped, so a chunk may be sent again.
 pub async fn add_work_units(
     connection: &mut PgConnection,
     app_id: i64,
     batch_id: i64,
     work_units: &[WorkUnitSpec],
-) -> ApiResult<()> {
+) -> ApiResult<Added> {
+    let mut names = std::collections::HashSet::new();
     for spec in work_units {
         validate_spec(spec)?;
+        if !names.insert(spec.name.as_str()) {
+            return Err(ApiError::bad_request(format!("work unit {:?} appears twice", spec.name)));
+        }
     }
     let app_version_id: i64 =
         sqlx::query_scalar("select id from app_version where app_id = $1 order by version desc limit 1")
@@ -139,7 +204,7 @@ pub async fn add_work_units(
     let names: Vec<&str> = work_units.iter().map(|w| w.name.as_str()).collect();
     let args: Vec<serde_json::Value> = work_units.iter().map(|w| serde_json::json!(w.args)).collect();
     let stdin: Vec<Option<String>> = work_units.iter().map(|w| w.stdin.map(|h| h.to_hex())).collect();
-    let ids: Vec<i64> = sqlx::query_scalar(
+    let created: Vec<(i64, String)> = sqlx::query_as(
         "insert into work_unit (batch_id, app_version_id, name, args, stdin_sha256, seed,
                                 min_quorum, target_replicas, max_error_replicas, max_total_replicas, delay_bound,
                                 fuel_limit, memory_limit_bytes, output_limit_bytes, wall_time_limit_seconds)
@@ -152,7 +217,8 @@ pub async fn add_work_units(
               with ordinality as u(name, args, stdin, min_quorum, target_replicas, max_error_replicas,
                                    max_total_replicas, delay_bound_seconds, fuel, memory, output, wall_time, position)
          order by u.position
-         returning id",
+         on conflict (batch_id, name) do nothing
+         returning id, name",
     )
     .bind(batch_id)
     .bind(app_version_id)
@@ -171,22 +237,23 @@ pub async fn add_work_units(
     .fetch_all(&mut *connection)
     .await
     .map_err(|error| {
-        if crate::database::is_unique_violation(&error, "work_unit_batch_id_name_key") {
-            ApiError::Conflict("work unit names must be unique within a batch".into())
-        } else if is_foreign_key_violation(&error) {
+        if is_foreign_key_violation(&error) {
             ApiError::bad_request("a work unit names an input that was not uploaded")
         } else {
             error.into()
         }
     })?;
 
+    let by_name: std::collections::HashMap<&str, &WorkUnitSpec> =
+        work_units.iter().map(|spec| (spec.name.as_str(), spec)).collect();
+    let ids: Vec<i64> = created.iter().map(|(id, _)| *id).collect();
     let mut file_work_units = Vec::new();
     let mut file_names = Vec::new();
     let mut file_hashes = Vec::new();
-    for (id, spec) in ids.iter().zip(work_units) {
-        for (name, hash) in &spec.files {
+    for (id, name) in &created {
+        for (file_name, hash) in &by_name[name.as_str()].files {
             file_work_units.push(*id);
-            file_names.push(name.as_str());
+            file_names.push(file_name.as_str());
             file_hashes.push(hash.to_hex());
         }
     }
@@ -225,17 +292,33 @@ pub async fn add_work_units(
         // queue on every request until autovacuum catches up.
         sqlx::query("analyze work_unit, replica").execute(&mut *connection).await?;
     }
-    Ok(())
+    let created = ids.len() as u64;
+    Ok(Added { created, existing: work_units.len() as u64 - created })
 }
 
 fn is_foreign_key_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.is_foreign_key_violation())
 }
 
+/// Longest work unit name.
+const MAX_WORK_UNIT_NAME_BYTES: usize = 200;
+
+/// A name that is not one plain path component.
+fn is_unsafe_path_name(name: &str) -> bool {
+    name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0'])
+}
+
 fn validate_spec(spec: &WorkUnitSpec) -> ApiResult<()> {
     let policy = &spec.policy;
     let problem = if spec.name.trim().is_empty() {
         Some("a work unit needs a name".to_owned())
+    } else if spec.name.len() > MAX_WORK_UNIT_NAME_BYTES || spec.name.chars().any(char::is_control) {
+        Some(format!("names are at most {MAX_WORK_UNIT_NAME_BYTES} bytes, without control characters"))
+    } else if is_unsafe_path_name(&spec.name) {
+        // Results are downloaded into a directory named after the work unit.
+        Some("a work unit name must be usable as a directory name (no '/', not '.' or '..')".to_owned())
+    } else if let Some((file, _)) = spec.files.iter().find(|(file, _)| is_unsafe_path_name(file) || file.len() > 255) {
+        Some(format!("input file name {file:?} must be a plain file name (no '/', not '.' or '..', at most 255 bytes)"))
     } else if policy.min_quorum == 0 {
         Some("min_quorum must be at least 1".to_owned())
     } else if policy.target_replicas < policy.min_quorum {

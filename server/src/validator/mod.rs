@@ -2,7 +2,13 @@
 //!
 //! A [`Validator`] says whether two outputs are equivalent; [`find_canonical`] turns that
 //! into a verdict over all candidate outputs of a work unit. Bitwise comparison of output
-//! hashes is the default; validators supplied by apps plug in through the same trait.
+//! hashes is the default; validators supplied by apps plug in through the same trait:
+//!
+//! - [`wasm`]: running an app's validator module on two outputs, in the sandbox;
+//! - [`comparisons`]: its answers, stored, and the background task that produces them.
+
+pub mod comparisons;
+pub mod wasm;
 
 use wasmgrid_protocol::Sha256Hash;
 

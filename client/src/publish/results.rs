@@ -1,0 +1,133 @@
+//! `wasmgrid batch results`: downloads each validated work unit's canonical output into
+//! `OUT/<work unit name>/` (`stdout` and `files/...`), verified against its hash.
+//!
+//! Resumable: a finished download is unpacked next to the others and moved into place in
+//! one rename, with its hash in `OUT/<name>/.sha256`, so running the command again fetches
+//! only what is missing or changed, and never leaves half an output behind.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use serde::Serialize;
+use wasmgrid_protocol::Sha256Hash;
+use wasmgrid_protocol::api::BlobRef;
+use wasmgrid_protocol::publish::WorkUnitFailure;
+use wasmgrid_sandbox::output;
+
+use super::client::PublisherClient;
+use super::progress::ProgressBar;
+
+/// The file in each result folder that says which output it holds.
+pub const HASH_FILE: &str = ".sha256";
+/// Where downloads are staged, inside the output folder (so the final rename stays on one
+/// file system).
+const STAGING: &str = ".partial";
+const PARALLEL_DOWNLOADS: usize = 4;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Collected {
+    pub batch_id: i64,
+    pub out: PathBuf,
+    /// Validated work units whose outputs are now in `out`.
+    pub validated: u64,
+    /// Of those, fetched by this run (the rest were there already).
+    pub downloaded: u64,
+    pub bytes_downloaded: u64,
+    /// Work units still running: run the command again later for them.
+    pub unfinished: u64,
+    pub failed: Vec<WorkUnitFailure>,
+}
+
+pub async fn collect(client: &PublisherClient, batch_id: i64, out: &Path) -> anyhow::Result<Collected> {
+    let status = client.batch_status(batch_id).await?;
+    let staging = out.join(STAGING);
+    tokio::fs::create_dir_all(&staging).await.with_context(|| format!("cannot create {}", staging.display()))?;
+
+    let mut validated = Vec::new();
+    let mut failed = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = client.results(batch_id, after.as_deref()).await?;
+        for result in page.results {
+            match (result.output, result.failure_reason) {
+                (Some(output), _) => validated.push((result.name, output)),
+                (None, reason) => failed.push(WorkUnitFailure {
+                    name: result.name,
+                    reason: reason.unwrap_or_else(|| "no reason given".into()),
+                }),
+            }
+        }
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+
+    let mut bar = ProgressBar::new("downloading", validated.len() as u64);
+    let mut fetches = futures::stream::iter(validated.iter().map(|(name, output)| fetch(client, out, name, output)))
+        .buffer_unordered(PARALLEL_DOWNLOADS);
+    let (mut done, mut downloaded, mut bytes_downloaded) = (0u64, 0u64, 0u64);
+    while let Some(fetched) = fetches.next().await {
+        if let Some(bytes) = fetched? {
+            downloaded += 1;
+            bytes_downloaded += bytes;
+        }
+        done += 1;
+        bar.set(done, "");
+    }
+    bar.finish();
+    let _ = tokio::fs::remove_dir(&staging).await;
+    Ok(Collected {
+        batch_id,
+        out: out.to_owned(),
+        validated: validated.len() as u64,
+        downloaded,
+        bytes_downloaded,
+        unfinished: status.work_units.active,
+        failed,
+    })
+}
+
+/// Puts one output in place unless it is there already; returns the bytes fetched, if any.
+async fn fetch(client: &PublisherClient, out: &Path, name: &str, output: &BlobRef) -> anyhow::Result<Option<u64>> {
+    if name.is_empty() || name == "." || name == ".." || name.starts_with('.') || name.contains(['/', '\\']) {
+        bail!("the server named a work unit {name:?}, which is not a safe folder name");
+    }
+    let destination = out.join(name);
+    let recorded = tokio::fs::read_to_string(destination.join(HASH_FILE)).await.unwrap_or_default();
+    if recorded.trim() == output.sha256.to_hex() {
+        return Ok(None);
+    }
+    let staging = out.join(STAGING);
+    let archive = staging.join(format!("{name}.tar"));
+    client.download_to(&output.sha256, &archive).await.with_context(|| format!("cannot download {name}"))?;
+    let unpacked = staging.join(name);
+    let expected = output.sha256;
+    let (archive_for_check, unpacked_for_job) = (archive.clone(), unpacked.clone());
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let actual = output::hash_file(&archive_for_check)?;
+        if actual != expected {
+            bail!("the download hashes to {actual}, not {expected}: try again");
+        }
+        if unpacked_for_job.exists() {
+            std::fs::remove_dir_all(&unpacked_for_job)?;
+        }
+        output::unpack(&archive_for_check, &unpacked_for_job)?;
+        std::fs::write(unpacked_for_job.join(HASH_FILE), format!("{expected}\n"))?;
+        Ok(())
+    })
+    .await?
+    .with_context(|| format!("output of {name}"))?;
+    if tokio::fs::try_exists(&destination).await? {
+        tokio::fs::remove_dir_all(&destination).await?;
+    }
+    tokio::fs::rename(&unpacked, &destination).await?;
+    tokio::fs::remove_file(&archive).await?;
+    Ok(Some(output.bytes))
+}
+
+/// Hash of the output a result folder holds, if complete.
+pub fn recorded_hash(result_dir: &Path) -> Option<Sha256Hash> {
+    std::fs::read_to_string(result_dir.join(HASH_FILE)).ok()?.trim().parse().ok()
+}

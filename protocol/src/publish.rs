@@ -1,0 +1,236 @@
+//! Request and response bodies of the publishing API, used by scientists (`wasmgrid app`,
+//! `wasmgrid batch`) with `Authorization: Bearer <publisher token>`.
+//!
+//! - `POST /apps`, `GET /apps`, `GET /apps/{name}`: apps.
+//! - `POST /apps/{name}/versions` with the module as the body: a new version.
+//! - `POST /files/missing`, `PUT /files/{sha256}`: inputs and validator modules, uploaded
+//!   once by hash.
+//! - `POST /batches`, `POST /batches/{id}/work-units` (in chunks, idempotent by work unit
+//!   name), `POST /batches/{id}/close`: submitting.
+//! - `GET /batches`, `GET /batches/{id}`, `GET /batches/{id}/results`,
+//!   `POST /batches/{id}/cancel`: following a batch and collecting its outputs.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::Sha256Hash;
+use crate::api::{BlobRef, RunLimits};
+
+/// The largest module `POST /apps/{name}/versions` accepts.
+pub const MAX_MODULE_BYTES: u64 = 64 * 1024 * 1024;
+/// The largest input file `PUT /files/{sha256}` accepts.
+pub const MAX_INPUT_BYTES: u64 = 1024 * 1024 * 1024;
+/// Most hashes one `POST /files/missing` may ask about.
+pub const MAX_MISSING_QUERY: usize = 10_000;
+/// Most work units one `POST /batches/{id}/work-units` may carry (the body limit of 1 MiB
+/// may stop a chunk sooner).
+pub const MAX_WORK_UNITS_PER_CHUNK: usize = 5_000;
+/// Most failures listed in a batch status; the total is always given.
+pub const MAX_LISTED_FAILURES: usize = 100;
+
+/// How an app decides that two outputs agree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ValidatorSpec {
+    /// Byte-for-byte equal outputs (the sandbox is deterministic, so this is the default).
+    Bitwise,
+    /// A validator module, uploaded beforehand with `PUT /files/{sha256}`: a WASI command
+    /// that finds the two outputs unpacked in `/input/a` and `/input/b` and exits with 0
+    /// when they are equivalent, 1 when not.
+    Wasm { module_sha256: Sha256Hash },
+}
+
+/// `POST /apps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateAppRequest {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "bitwise")]
+    pub validator: ValidatorSpec,
+}
+
+fn bitwise() -> ValidatorSpec {
+    ValidatorSpec::Bitwise
+}
+
+/// An app as its publisher sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppInfo {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    pub validator: ValidatorSpec,
+    /// The newest version; work units submitted now use it.
+    pub latest_version: Option<AppVersionInfo>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `POST /apps/{name}/versions` answers with this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppVersionInfo {
+    pub version: i32,
+    pub module_sha256: Sha256Hash,
+    pub module_bytes: u64,
+}
+
+/// `POST /files/missing`: which of these blobs does the server lack?
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingFilesRequest {
+    pub sha256: Vec<Sha256Hash>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingFilesResponse {
+    pub missing: Vec<Sha256Hash>,
+}
+
+/// `PUT /files/{sha256}` answers with this.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStored {
+    pub sha256: Sha256Hash,
+    pub bytes: u64,
+}
+
+/// `POST /batches`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateBatchRequest {
+    pub app: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchCreated {
+    pub batch_id: i64,
+}
+
+/// How each work unit of a chunk is replicated, validated and limited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubmitPolicy {
+    /// Agreeing successful replicas needed (a strict majority of them must agree).
+    pub quorum: u32,
+    /// Replicas created at first.
+    pub replicas: u32,
+    /// Failed replicas at which a work unit fails.
+    pub max_errors: u32,
+    /// Replicas, of every outcome, that may ever be created for one work unit.
+    pub max_total: u32,
+    /// Time a volunteer has to return a replica.
+    pub deadline_seconds: u64,
+    pub limits: RunLimits,
+}
+
+/// One work unit to create: its standard input and input files are uploaded blobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkUnitSubmission {
+    pub name: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub stdin: Option<Sha256Hash>,
+    /// Files of the read-only input directory, by name.
+    #[serde(default)]
+    pub files: BTreeMap<String, Sha256Hash>,
+}
+
+/// `POST /batches/{id}/work-units`: one chunk. Sending a chunk again is harmless: work units
+/// whose names the batch already has are left as they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddWorkUnitsRequest {
+    pub policy: SubmitPolicy,
+    pub work_units: Vec<WorkUnitSubmission>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkUnitsAdded {
+    pub created: u64,
+    /// Already in the batch from an earlier attempt.
+    pub existing: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchState {
+    /// Work units are still being submitted.
+    Open,
+    /// Submitted; some work units are not finished.
+    InProgress,
+    /// Every work unit is validated or failed.
+    Done,
+    Cancelled,
+}
+
+/// Work units per state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkUnitCounts {
+    pub active: u64,
+    pub validated: u64,
+    pub failed: u64,
+}
+
+impl WorkUnitCounts {
+    pub fn total(&self) -> u64 {
+        self.active + self.validated + self.failed
+    }
+}
+
+/// Replicas of a batch per state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaCounts {
+    pub unsent: u64,
+    pub in_progress: u64,
+    pub over: u64,
+}
+
+/// A work unit that failed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkUnitFailure {
+    pub name: String,
+    pub reason: String,
+}
+
+/// `GET /batches/{id}` (and the answer to `close` and `cancel`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchStatus {
+    pub id: i64,
+    pub app: String,
+    pub name: String,
+    pub state: BatchState,
+    pub work_units: WorkUnitCounts,
+    pub replicas: ReplicaCounts,
+    /// Finished work units (validated or failed) over all work units; 0 for an empty batch.
+    pub fraction_done: f64,
+    /// The first [`MAX_LISTED_FAILURES`] failed work units, by name.
+    pub failures: Vec<WorkUnitFailure>,
+    /// Times the app's validator module failed (trapped, ran out of fuel...) on this batch's
+    /// outputs; each failure counted the two outputs as different.
+    pub validator_failures: u64,
+    /// The newest validator failures, with the work unit they concern.
+    pub recent_validator_failures: Vec<WorkUnitFailure>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One finished work unit in `GET /batches/{id}/results`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkUnitResult {
+    pub name: String,
+    /// The canonical output (a tar archive of `stdout` and `files/...`) of a validated work
+    /// unit.
+    pub output: Option<BlobRef>,
+    /// Why a failed work unit failed.
+    pub failure_reason: Option<String>,
+}
+
+/// `GET /batches/{id}/results?after=NAME&limit=N`: finished work units in name order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultsPage {
+    pub results: Vec<WorkUnitResult>,
+    /// Pass as `after` for the next page; absent on the last one.
+    pub next_after: Option<String>,
+}
+
+/// Most results one page holds.
+pub const MAX_RESULTS_PAGE: usize = 1000;

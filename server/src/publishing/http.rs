@@ -1,0 +1,396 @@
+//! The publishing API (see `wasmgrid_protocol::publish` for every route and body). Every
+//! handler takes a [`PublisherAuth`] and looks things up through it.
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use sqlx::PgConnection;
+use wasmgrid_protocol::publish::{
+    AddWorkUnitsRequest, AppInfo, AppVersionInfo, BatchCreated, BatchStatus, CreateAppRequest, CreateBatchRequest,
+    FileStored, MAX_INPUT_BYTES, MAX_MISSING_QUERY, MAX_MODULE_BYTES, MAX_RESULTS_PAGE, MAX_WORK_UNITS_PER_CHUNK,
+    MissingFilesRequest, MissingFilesResponse, ResultsPage, SubmitPolicy, ValidatorSpec, WorkUnitsAdded,
+};
+use wasmgrid_protocol::{API_PREFIX, Sha256Hash};
+
+use super::batches::{self, BatchRow};
+use super::{ReplicationPolicy, WorkUnitSpec};
+use crate::blobs::{self, Spooled, SpooledContent};
+use crate::http::AppState;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::{ApiJson, ApiPath, PublisherAuth};
+
+/// Longest app description.
+const MAX_DESCRIPTION_CHARS: usize = 4000;
+/// Most batches `GET /batches` lists.
+const LISTED_BATCHES: i64 = 100;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(&format!("{API_PREFIX}/apps"), post(create_app).get(list_apps))
+        .route(&format!("{API_PREFIX}/apps/{{name}}"), get(get_app))
+        .route(&format!("{API_PREFIX}/apps/{{name}}/versions"), post(publish_version))
+        .route(&format!("{API_PREFIX}/files/missing"), post(missing_files))
+        .route(&format!("{API_PREFIX}/files/{{sha256}}"), put(put_file))
+        .route(&format!("{API_PREFIX}/batches"), post(create_batch).get(list_batches))
+        .route(&format!("{API_PREFIX}/batches/{{id}}"), get(batch_status))
+        .route(&format!("{API_PREFIX}/batches/{{id}}/work-units"), post(add_work_units))
+        .route(&format!("{API_PREFIX}/batches/{{id}}/close"), post(close_batch))
+        .route(&format!("{API_PREFIX}/batches/{{id}}/results"), get(batch_results))
+        .route(&format!("{API_PREFIX}/batches/{{id}}/cancel"), post(cancel_batch))
+}
+
+#[derive(sqlx::FromRow)]
+struct AppRow {
+    id: i64,
+    name: String,
+    description: String,
+    validator_module_sha256: Option<String>,
+    created_at: chrono::DateTime<chrono::Utc>,
+    version: Option<i32>,
+    module_sha256: Option<String>,
+    module_bytes: Option<i64>,
+}
+
+const APP_COLUMNS: &str = "a.id, a.name, a.description, a.validator_module_sha256, a.created_at,
+     v.version, v.module_sha256, b.bytes as module_bytes
+     from app a
+     left join lateral (select version, module_sha256 from app_version
+                        where app_id = a.id order by version desc limit 1) v on true
+     left join blob b on b.sha256 = v.module_sha256";
+
+fn parse_hash(text: &str) -> ApiResult<Sha256Hash> {
+    text.parse().map_err(|_| ApiError::Internal(anyhow::anyhow!("stored hash {text:?} is malformed")))
+}
+
+impl AppRow {
+    fn into_info(self) -> ApiResult<AppInfo> {
+        let validator = match self.validator_module_sha256 {
+            Some(hash) => ValidatorSpec::Wasm { module_sha256: parse_hash(&hash)? },
+            None => ValidatorSpec::Bitwise,
+        };
+        let latest_version = match (self.version, self.module_sha256) {
+            (Some(version), Some(hash)) => Some(AppVersionInfo {
+                version,
+                module_sha256: parse_hash(&hash)?,
+                module_bytes: self.module_bytes.unwrap_or(0) as u64,
+            }),
+            _ => None,
+        };
+        Ok(AppInfo {
+            id: self.id,
+            name: self.name,
+            description: self.description,
+            validator,
+            latest_version,
+            created_at: self.created_at,
+        })
+    }
+}
+
+/// The publisher's app called `name`; someone else's app of that name is not found.
+async fn find_app(connection: &mut PgConnection, publisher_id: i64, name: &str) -> ApiResult<AppRow> {
+    sqlx::query_as(&format!("select {APP_COLUMNS} where a.publisher_id = $1 and a.name = $2"))
+        .bind(publisher_id)
+        .bind(name)
+        .fetch_optional(connection)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("you have no app named {name:?}")))
+}
+
+async fn create_app(
+    State(state): State<AppState>,
+    PublisherAuth(publisher): PublisherAuth,
+    ApiJson(request): ApiJson<CreateAppRequest>,
+) -> ApiResult<(StatusCode, Json<AppInfo>)> {
+    super::check_app_name(&request.name)?;
+    if request.description.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(ApiError::bad_request(format!(
+            "the description is longer than {MAX_DESCRIPTION_CHARS} characters"
+        )));
+    }
+    if let ValidatorSpec::Wasm { module_sha256 } = &request.validator {
+        let module = blobs::read_all(state.blobs.as_ref(), *module_sha256, MAX_MODULE_BYTES)
+            .await
+            .map_err(ApiError::Internal)?
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("upload the validator module {module_sha256} first (PUT /files/...)"))
+            })?;
+        check_module(&state, module).await.map_err(|rejection| match rejection {
+            ApiError::Unprocessable(reason) => ApiError::Unprocessable(format!("the validator module is {reason}")),
+            other => other,
+        })?;
+    }
+    let mut connection = state.pool.acquire().await?;
+    super::create_app(&mut connection, publisher.id, &request.name, &request.description, &request.validator).await?;
+    let app = find_app(&mut connection, publisher.id, &request.name).await?.into_info()?;
+    tracing::info!(app.id = app.id, publisher.id = publisher.id, "app created");
+    Ok((StatusCode::CREATED, Json(app)))
+}
+
+async fn list_apps(
+    State(state): State<AppState>,
+    PublisherAuth(publisher): PublisherAuth,
+) -> ApiResult<Json<Vec<AppInfo>>> {
+    let rows: Vec<AppRow> = sqlx::query_as(&format!("select {APP_COLUMNS} where a.publisher_id = $1 order by a.name"))
+        .bind(publisher.id)
+        .fetch_all(&state.pool)
+        .await?;
+    Ok(Json(rows.into_iter().map(AppRow::into_info).collect::<ApiResult<_>>()?))
+}
+
+async fn get_app(
+    State(state): State<AppState>,
+    PublisherAuth(publisher): PublisherAuth,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<AppInfo>> {
+    let mut connection = state.pool.acquire().await?;
+    Ok(Json(find_app(&mut connection, publisher.id, &name).await?.into_info()?))
+}
+
+/// Refuses a module that cannot be a work unit, with the sandbox's reason. Compiling it is
+/// CPU-bound, so it runs off the async threads.
+async fn check_module(state: &AppState, module: Vec<u8>) -> ApiResult<()> {
+    let sandbox = state.sandbox.clone();
+    tokio::task::spawn_blocking(move || sandbox.check_command_module(&module))
+        .await
+        .map_err(|error| ApiError::Internal(error.into()))?
+        .map_err(|rejection| ApiError::Unprocessable(format!("not a usable work unit module: {rejection}")))
+}
+
+/// Reads a request body of at most `limit` bytes into a spooled blob, refusing a larger
+/// declared length before reading anything.
+async fn spool_body(state: &AppState, headers: &HeaderMap, body: Body, limit: u64, what: &str) -> ApiResult<Spooled> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(ApiError::PayloadTooLarge(format!("{what} is larger than the limit of {limit} bytes")));
+    }
+    blobs::spool(state.blobs.as_ref(), body, limit).await.map_err(|error| match error {
+        ApiError::PayloadTooLarge(_) => {
+            ApiError::PayloadTooLarge(format!("{what} is larger than the limit of {limit} bytes"))
+        }
+        other => other,
+    })
+}
+
+async fn publish_version(
+    State(state): State<AppState>,
+    PublisherAuth(publisher): PublisherAuth,
+    ApiPath(name): ApiPath<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<AppVersionInfo>)> {
+    let app = {
+        let mut connection = state.pool.acquire().await?;
+        find_app(&mut connection, publisher.id, &name).await?
+    };
+    let spooled = spool_body(&state, &headers, body, MAX_MODULE_BYTES, "the module").await?;
+    let module = match &spooled.content {
+        SpooledContent::Memory(bytes) => bytes.to_vec(),
+        SpooledContent::File(path) => tokio::fs::read(path).await.map_err(|error| ApiError::Internal(error.into()))?,
+    };
+    check_module(&state, module).await?;
+    let module_bytes = spooled.bytes;
+    let mut transaction = state.pool.begin().await?;
+    let hash = blobs::store_spooled(&mut transaction, state.blobs.as_ref(), spooled).await?;
+    super::add_app_version(&mut transaction, app.id, hash).await?;
+    transaction.commit().await?;
+    let mut connection = state.pool.acquire().await?;
+    let version = find_app(&mut connection, publisher.id, &name)
+        .await?
+        .into_info()?
+        .latest_version
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the version just added is missing")))?;
+    tracing::info!(app.id = app.id, version = version.version, bytes = module_bytes, "app version published");
+    Ok((StatusCode::CREATED, Json(version)))
+}
+
+async fn missing_files(
+    State(state): State<AppState>,
+    PublisherAuth(_): PublisherAuth,
+    ApiJson(request): ApiJson<MissingFilesRequest>,
+) -> ApiResult<Json<MissingFilesResponse>> {
+    if request.sha256.len() > MAX_MISSING_QUERY {
+        return Err(ApiError::bad_request(format!("ask about at most {MAX_MISSING_QUERY} files at once")));
+    }
+    let hashes: Vec<String> = request.sha256.iter().map(Sha256Hash::to_hex).collect();
+    let stored: Vec<String> = sqlx::query_scalar("select sha256 from blob where sha256 = any($1)")
+        .bind(&hashes)
+        .fetch_all(&state.pool)
+        .await?;
+    let stored: std::collections::HashSet<String> = stored.into_iter().collect();
+    let missing = request.sha256.into_iter().filter(|hash| !stored.contains(&hash.to_hex())).collect();
+    Ok(Json(MissingFilesResponse { missing }))
+}
+
+async fn put_file(
+    State(state): State<AppState>,
+    PublisherAuth(_): PublisherAuth,
+    ApiPath(claimed): ApiPath<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<FileStored>> {
+    let claimed: Sha256Hash = claimed.parse().map_err(|error| ApiError::bad_request(format!("{error}")))?;
+    let spooled = spool_body(&state, &headers, body, MAX_INPUT_BYTES, "the file").await?;
+    if spooled.hash != claimed {
+        return Err(ApiError::bad_request(format!("the uploaded bytes hash to {}, not {claimed}", spooled.hash)));
+    }
+    let bytes = spooled.bytes;
+    let mut connection = state.pool.acquire().await?;
+    blobs::store_spooled(&mut connection, state.blobs.as_ref(), spooled).await?;
+    Ok(Json(FileStored { sha256: claimed, bytes }))
+}
+
+async fn create_batch(
+    State(state): State<AppState>,
+    PublisherAuth(publisher): PublisherAuth,
+    ApiJson(request): ApiJson<CreateBatchRequest>,
+) -> ApiResult<(StatusCode, Json<BatchCreated>)> {
+    if request.name.chars().count() > 200 || request.name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("batch names are at most 200 characters, without control characters"));
+    }
+    let mut connection = state.pool.acquire().await?;
+    let app = find_app(&mut connection, publisher.id, &request.app).await?;
+    if app.version.is_none() {
+        return Err(ApiError::Conflict(format!(
+            "app {:?} has no published version yet: run `wasmgrid app publish` first",
+            request.app
+        )));
+    }
+    let batch_id = super::open_batch(&mut connection, app.id, &request.name).await?;
+    tracing::info!(batch.id = batch_id, app.id = app.id, "batch opened");
+    Ok((StatusCode::CREATED, Json(BatchCreated { batch_id })))
+}
+
+async fn owned_batch(state: &AppState, publisher_id: i64, batch_id: i64) -> ApiResult<BatchRow> {
+    let mut connection = state.pool.acquire().await?;
+    batches::find_owned(&mut connection, publisher_id, batch_id).await
+}
+
+fn replication_policy(policy: &SubmitPolicy) -> ReplicationPolicy {
+    ReplicationPolicy {
+        min_quorum: policy.quorum,
+        target_replicas: policy.replicas,
+        max_error_replicas: policy.max_errors,
+        max_total_replicas: policy.max_total,
+        delay_bound: std::time::Duration::from_secs(policy.deadline_seconds),
+    }
+}
+
+async fn add_work_units(
+    State(state): State<AppState>,
+    PublisherAuth(publisher): PublisherAuth,
+    ApiPath(batch_id): ApiPath<i64>,
+    ApiJson(request): ApiJson<AddWorkUnitsRequest>,
+) -> ApiResult<Json<WorkUnitsAdded>> {
+    if request.work_units.len() > MAX_WORK_UNITS_PER_CHUNK {
+        return Err(ApiError::bad_request(format!("send at most {MAX_WORK_UNITS_PER_CHUNK} work units per request")));
+    }
+    let policy = replication_policy(&request.policy);
+    let specs: Vec<WorkUnitSpec> = request
+        .work_units
+        .into_iter()
+        .map(|submission| WorkUnitSpec {
+            name: submission.name,
+            args: submission.args,
+            stdin: submission.stdin,
+            files: submission.files.into_iter().collect(),
+            policy,
+            limits: request.policy.limits,
+        })
+        .collect();
+    let mut transaction = state.pool.begin().await?;
+    // Closing or cancelling takes this lock too, so no chunk slips in after either.
+    sqlx::query("select id from batch where id = $1 for no key update")
+        .bind(batch_id)
+        .execute(&mut *transaction)
+        .await?;
+    let batch = batches::find_owned(&mut transaction, publisher.id, batch_id).await?;
+    if batch.cancelled_at.is_some() {
+        return Err(ApiError::Conflict(format!("batch {batch_id} was cancelled")));
+    }
+    if batch.closed_at.is_some() {
+        return Err(ApiError::Conflict(format!("batch {batch_id} is closed: submit a new batch")));
+    }
+    let added = super::add_work_units(&mut transaction, batch.app_id, batch.id, &specs).await?;
+    transaction.commit().await?;
+    Ok(Json(WorkUnitsAdded { created: added.created, existing: added.existing }))
+}
+
+async fn close_batch(
+    State(state): State<AppState>,
+    PublisherAuth(publisher): PublisherAuth,
+    ApiPath(batch_id): ApiPath<i64>,
+) -> ApiResult<Json<BatchStatus>> {
+    let mut transaction = state.pool.begin().await?;
+    let batch = batches::find_owned(&mut transaction, publisher.id, batch_id).await?;
+    if batch.cancelled_at.is_some() {
+        return Err(ApiError::Conflict(format!("batch {batch_id} was cancelled")));
+    }
+    sqlx::query("update batch set closed_at = coalesce(closed_at, now()) where id = $1")
+        .bind(batch.id)
+        .execute(&mut *transaction)
+        .await?;
+    let batch = batches::find_owned(&mut transaction, publisher.id, batch_id).await?;
+    let status = batches::status(&mut transaction, &batch).await?;
+    transaction.commit().await?;
+    Ok(Json(status))
+}
+
+async fn list_batches(
+    State(state): State<AppState>,
+    PublisherAuth(publisher): PublisherAuth,
+) -> ApiResult<Json<Vec<BatchStatus>>> {
+    let mut connection = state.pool.acquire().await?;
+    let rows = batches::list_owned(&mut connection, publisher.id, LISTED_BATCHES).await?;
+    let mut statuses = Vec::with_capacity(rows.len());
+    for batch in &rows {
+        statuses.push(batches::status(&mut connection, batch).await?);
+    }
+    Ok(Json(statuses))
+}
+
+async fn batch_status(
+    State(state): State<AppState>,
+    PublisherAuth(publisher): PublisherAuth,
+    ApiPath(batch_id): ApiPath<i64>,
+) -> ApiResult<Json<BatchStatus>> {
+    let batch = owned_batch(&state, publisher.id, batch_id).await?;
+    let mut connection = state.pool.acquire().await?;
+    Ok(Json(batches::status(&mut connection, &batch).await?))
+}
+
+#[derive(Deserialize)]
+struct ResultsQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn batch_results(
+    State(state): State<AppState>,
+    PublisherAuth(publisher): PublisherAuth,
+    ApiPath(batch_id): ApiPath<i64>,
+    Query(query): Query<ResultsQuery>,
+) -> ApiResult<Json<ResultsPage>> {
+    let batch = owned_batch(&state, publisher.id, batch_id).await?;
+    let limit = query.limit.unwrap_or(MAX_RESULTS_PAGE).clamp(1, MAX_RESULTS_PAGE);
+    let mut connection = state.pool.acquire().await?;
+    Ok(Json(batches::results(&mut connection, &batch, query.after.as_deref(), limit).await?))
+}
+
+async fn cancel_batch(
+    State(state): State<AppState>,
+    PublisherAuth(publisher): PublisherAuth,
+    ApiPath(batch_id): ApiPath<i64>,
+) -> ApiResult<Json<BatchStatus>> {
+    let batch = owned_batch(&state, publisher.id, batch_id).await?;
+    let mut connection = state.pool.acquire().await?;
+    batches::cancel(&mut connection, &batch).await?;
+    let batch = batches::find_owned(&mut connection, publisher.id, batch_id).await?;
+    Ok(Json(batches::status(&mut connection, &batch).await?))
+}

@@ -1,0 +1,240 @@
+//! Validation with an app's validator module, outside the report's transaction.
+//!
+//! Running a module takes time, and a report's transaction holds locks, so the state
+//! machine never runs one. It decides with the comparisons already stored in
+//! `output_comparison`; when one it needs is missing, it marks the work unit
+//! `awaiting_comparison` and notifies [`CHANNEL`]. [`run_until_stopped`] wakes up (in any
+//! server process listening), compares the missing pairs, stores the answers, and moves the
+//! work unit on in a transaction of its own. Each pair is compared once per validator.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
+use wasmgrid_protocol::Sha256Hash;
+
+use super::wasm::{Comparison, ValidatorRunner};
+use super::{Candidate, Validator};
+use crate::state_machine;
+use crate::trust::HostEffects;
+
+/// The PostgreSQL notification channel that says "outputs are waiting for a validator".
+pub const CHANNEL: &str = "wasmgrid_comparisons";
+
+/// The comparisons stored for some outputs, for several validators.
+#[derive(Debug, Default)]
+pub struct KnownComparisons {
+    equivalent: HashMap<(Sha256Hash, Sha256Hash, Sha256Hash), bool>,
+}
+
+/// One validator's view of [`KnownComparisons`].
+pub struct WithValidator<'a> {
+    known: &'a KnownComparisons,
+    validator: Sha256Hash,
+}
+
+/// Pairs are stored in hash order: validators are symmetric.
+fn ordered(a: Sha256Hash, b: Sha256Hash) -> (Sha256Hash, Sha256Hash) {
+    if a.to_hex() <= b.to_hex() { (a, b) } else { (b, a) }
+}
+
+impl KnownComparisons {
+    /// Loads what `validators` said about any two of `outputs`.
+    pub async fn load(
+        connection: &mut PgConnection,
+        validators: &[Sha256Hash],
+        outputs: &[Sha256Hash],
+    ) -> anyhow::Result<Self> {
+        if validators.is_empty() || outputs.len() < 2 {
+            return Ok(Self::default());
+        }
+        let validators: Vec<String> = validators.iter().map(Sha256Hash::to_hex).collect();
+        let outputs: Vec<String> = outputs.iter().map(Sha256Hash::to_hex).collect();
+        let rows: Vec<(String, String, String, bool)> = sqlx::query_as(
+            "select validator_sha256, a_sha256, b_sha256, equivalent from output_comparison
+             where validator_sha256 = any($1) and a_sha256 = any($2) and b_sha256 = any($2)",
+        )
+        .bind(&validators)
+        .bind(&outputs)
+        .fetch_all(connection)
+        .await?;
+        let mut equivalent = HashMap::new();
+        for (validator, a, b, same) in rows {
+            equivalent.insert((validator.parse()?, a.parse()?, b.parse()?), same);
+        }
+        Ok(Self { equivalent })
+    }
+
+    pub fn with_validator(&self, validator: Sha256Hash) -> WithValidator<'_> {
+        WithValidator { known: self, validator }
+    }
+}
+
+impl WithValidator<'_> {
+    /// The stored answer for two outputs; identical outputs need no comparison.
+    pub fn lookup(&self, a: Sha256Hash, b: Sha256Hash) -> Option<bool> {
+        if a == b {
+            return Some(true);
+        }
+        let (a, b) = ordered(a, b);
+        self.known.equivalent.get(&(self.validator, a, b)).copied()
+    }
+}
+
+impl Validator for WithValidator<'_> {
+    fn equivalent(&self, a: &Candidate, b: &Candidate) -> anyhow::Result<bool> {
+        self.lookup(a.output, b.output).ok_or_else(|| {
+            anyhow::anyhow!("outputs {} and {} were not compared; the state machine checks first", a.output, b.output)
+        })
+    }
+}
+
+/// Work units handled per round; a round ends early when none is left.
+const ROUND: i64 = 32;
+
+/// Compares what every waiting work unit needs and moves each on. Returns how many work
+/// units it handled. Each work unit is visited once per call, so one whose comparisons keep
+/// failing cannot keep the loop busy.
+pub async fn compare_waiting(pool: &PgPool, runner: &ValidatorRunner, max_daily_quota: u32) -> anyhow::Result<usize> {
+    let mut handled = 0;
+    let mut after = 0i64;
+    loop {
+        let ids: Vec<i64> =
+            sqlx::query_scalar("select id from work_unit where awaiting_comparison and id > $1 order by id limit $2")
+                .bind(after)
+                .bind(ROUND)
+                .fetch_all(pool)
+                .await?;
+        let Some(&last) = ids.last() else { return Ok(handled) };
+        after = last;
+        for id in ids {
+            // A comparison that cannot be made now (an output blob unreadable, say) leaves
+            // this work unit waiting for the next call; the others go on.
+            if let Err(error) = compare_work_unit(pool, runner, id).await {
+                tracing::warn!(workunit.id = id, error = format!("{error:#}"), "cannot compare outputs yet");
+                continue;
+            }
+            let mut transaction = pool.begin().await?;
+            state_machine::lock_work_units(&mut transaction, &[id]).await?;
+            let mut effects = HostEffects::default();
+            state_machine::transition_all(&mut transaction, &[id], &mut effects).await?;
+            effects.apply(&mut transaction, max_daily_quota).await?;
+            transaction.commit().await?;
+            handled += 1;
+        }
+    }
+}
+
+/// Runs the validator on every pair of this work unit's candidate outputs not compared yet.
+async fn compare_work_unit(pool: &PgPool, runner: &ValidatorRunner, work_unit_id: i64) -> anyhow::Result<()> {
+    let rows: Vec<(Option<String>, String)> = sqlx::query_as(
+        "select a.validator_module_sha256, r.output_sha256
+         from work_unit w
+         join app_version v on v.id = w.app_version_id
+         join app a on a.id = v.app_id
+         join replica r on r.work_unit_id = w.id
+         where w.id = $1 and r.outcome = 'success' and r.output_sha256 is not null
+           and (r.validate_state in ('pending', 'inconclusive') or r.id = w.canonical_replica_id)",
+    )
+    .bind(work_unit_id)
+    .fetch_all(pool)
+    .await?;
+    let Some(validator) = rows.iter().find_map(|(validator, _)| validator.as_deref()) else { return Ok(()) };
+    let validator: Sha256Hash = validator.parse()?;
+    let outputs: BTreeSet<Sha256Hash> = rows.iter().map(|(_, output)| output.parse()).collect::<Result<_, _>>()?;
+    let outputs: Vec<Sha256Hash> = outputs.into_iter().collect();
+    let known = {
+        let mut connection = pool.acquire().await?;
+        KnownComparisons::load(&mut connection, &[validator], &outputs).await?
+    };
+    let known = known.with_validator(validator);
+    for (i, a) in outputs.iter().enumerate() {
+        for b in &outputs[i + 1..] {
+            if known.lookup(*a, *b).is_some() {
+                continue;
+            }
+            let comparison = runner.compare(validator, *a, *b).await?;
+            store(pool, work_unit_id, validator, *a, *b, &comparison).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn store(
+    pool: &PgPool,
+    work_unit_id: i64,
+    validator: Sha256Hash,
+    a: Sha256Hash,
+    b: Sha256Hash,
+    comparison: &Comparison,
+) -> anyhow::Result<()> {
+    let (a, b) = ordered(a, b);
+    let mut transaction = pool.begin().await?;
+    sqlx::query(
+        "insert into output_comparison (validator_sha256, a_sha256, b_sha256, equivalent, error)
+         values ($1, $2, $3, $4, $5) on conflict do nothing",
+    )
+    .bind(validator.to_hex())
+    .bind(a.to_hex())
+    .bind(b.to_hex())
+    .bind(comparison.equivalent)
+    .bind(&comparison.failure)
+    .execute(&mut *transaction)
+    .await?;
+    if let Some(failure) = &comparison.failure {
+        tracing::warn!(workunit.id = work_unit_id, failure, "validator module failed");
+        sqlx::query("insert into validator_failure (work_unit_id, message) values ($1, $2)")
+            .bind(work_unit_id)
+            .bind(failure)
+            .execute(&mut *transaction)
+            .await?;
+    }
+    transaction.commit().await?;
+    Ok(())
+}
+
+/// Compares waiting outputs whenever [`CHANNEL`] is notified, and every `interval` in case a
+/// notification was missed (while reconnecting), until `shutdown` fires.
+pub async fn run_until_stopped(
+    pool: PgPool,
+    runner: ValidatorRunner,
+    interval: Duration,
+    max_daily_quota: u32,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut listener = match PgListener::connect_with(&pool).await {
+        Ok(mut listener) => match listener.listen(CHANNEL).await {
+            Ok(()) => Some(listener),
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for validation work; polling instead");
+                None
+            }
+        },
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for validation work; polling instead");
+            None
+        }
+    };
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let notified = async {
+            match listener.as_mut() {
+                Some(listener) => {
+                    let _ = listener.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = notified => {}
+            _ = shutdown.changed() => break,
+        }
+        if let Err(error) = compare_waiting(&pool, &runner, max_daily_quota).await {
+            tracing::warn!(error = format!("{error:#}"), "validation with a validator module failed; retrying");
+        }
+    }
+}

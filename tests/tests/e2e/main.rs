@@ -9,3 +9,4 @@ mod projects;
 mod publishing;
 mod settings;
 mod transport;
+mod validators;

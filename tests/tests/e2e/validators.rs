@@ -1,0 +1,159 @@
+//! Apps with a validator module: the server runs it in its sandbox on two outputs that
+//! differ. The volunteers here are scripted hosts on the real client library, so that they
+//! can return outputs that differ in chosen ways (as different hardware or a cheat would).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use wasmgrid_client::api::ServerClient;
+use wasmgrid_protocol::api::{RegisterHostRequest, ReplicaReport, ReportedOutcome, SchedulerRequest};
+use wasmgrid_sandbox::output;
+
+use crate::harness::{Publisher, Server, example_module, workunit};
+
+/// A host that returns the standard output it is told to.
+struct ScriptedHost {
+    client: ServerClient,
+    token: String,
+}
+
+impl ScriptedHost {
+    async fn register(server: &Server, name: &str) -> Self {
+        let client = ServerClient::new(&server.url).unwrap();
+        let account = client.create_account(name).await.unwrap();
+        let request = RegisterHostRequest {
+            name: name.into(),
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            cores: 1,
+            memory_bytes: 1 << 30,
+            client_version: "scripted".into(),
+        };
+        let host = client.register_host(&account.account_key, &request).await.unwrap();
+        Self { client, token: host.host_token }
+    }
+
+    /// Takes one replica and returns `stdout` as its output, packed as the client packs.
+    async fn run_returning(&self, stdout: &str) {
+        let reply =
+            self.client.scheduler(&self.token, &SchedulerRequest { reports: vec![], want_replicas: 1 }).await.unwrap();
+        let replica = reply.assignments.first().expect("a replica for this host").replica_id;
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = dir.path().join("scratch");
+        std::fs::create_dir(&scratch).unwrap();
+        let archive = dir.path().join("out.tar");
+        let (hash, bytes) = output::pack(stdout.as_bytes(), &scratch, &archive, 1 << 20).unwrap();
+        let packed = Bytes::from(std::fs::read(&archive).unwrap());
+        self.client.upload_output_as(&self.token, replica, hash, packed).await.unwrap();
+        let report = ReplicaReport {
+            replica_id: replica,
+            outcome: ReportedOutcome::Success { output_hash: hash, output_bytes: bytes },
+            fuel_used: 1_000_000,
+            run_time_ms: 5,
+            exit_status: Some(0),
+            stderr: String::new(),
+        };
+        let reply = self
+            .client
+            .scheduler(&self.token, &SchedulerRequest { reports: vec![report], want_replicas: 0 })
+            .await
+            .unwrap();
+        assert_eq!(reply.acknowledged, [replica]);
+    }
+}
+
+/// An app validated by `validator`, with one batch of one work unit, quorum 2.
+async fn app_with_validator(scientist: &Publisher, validator: &std::path::Path) -> String {
+    let validator = format!("wasm:{}", validator.display());
+    scientist.json(&["app", "create", "sim", "--validator", &validator]).await;
+    let module = example_module("nbody");
+    scientist.json(&["app", "publish", "sim", module.to_str().unwrap()]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.jsonl");
+    std::fs::write(&jobs, "{\"name\": \"sim-1\", \"args\": [\"8\", \"100\", \"1\"]}\n").unwrap();
+    let submitted = scientist.json(&["batch", "submit", "--app", "sim", "--jobs", jobs.to_str().unwrap()]).await;
+    submitted["batch_id"].as_i64().unwrap().to_string()
+}
+
+/// Polls the batch status until `done` says so.
+async fn wait_for_status(
+    scientist: &Publisher,
+    batch: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = scientist.json(&["batch", "status", batch]).await;
+        if done(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "the batch did not get there: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tolerant_validator_accepts_outputs_that_differ_in_the_last_digits() {
+    let server = Server::start().await;
+    let scientist = server.publisher("alice").await;
+    let batch = app_with_validator(&scientist, &example_module("nbody-validator")).await;
+
+    let (first, second) = (ScriptedHost::register(&server, "x86").await, ScriptedHost::register(&server, "arm").await);
+    first.run_returning("energy start -1.25000000000000000e0 end -1.24999999999999990e0\n").await;
+    second.run_returning("energy start -1.25000000000000000e0 end -1.24999999999999978e0\n").await;
+
+    let status = wait_for_status(&scientist, &batch, |status| status["state"] == "done").await;
+    assert_eq!(status["work_units"]["validated"], 1, "{status}");
+    assert_eq!(status["validator_failures"], 0);
+    let credited = server.count("select count(*) from replica where validate_state = 'valid'").await;
+    assert_eq!(credited, 2, "both near-equal results are valid and earn credit");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tolerant_validator_rejects_a_different_answer() {
+    let server = Server::start().await;
+    let scientist = server.publisher("alice").await;
+    let batch = app_with_validator(&scientist, &example_module("nbody-validator")).await;
+
+    let (honest, cheat) =
+        (ScriptedHost::register(&server, "honest").await, ScriptedHost::register(&server, "cheat").await);
+    honest.run_returning("energy start -1.25000000000000000e0 end -1.24999999999999990e0\n").await;
+    cheat.run_returning("energy start -1.25000000000000000e0 end -1.00000000000000000e0\n").await;
+
+    // Two disagreeing outputs: no consensus, so a third replica goes out.
+    server
+        .wait_for_count(
+            "select count(*) from replica where validate_state = 'inconclusive'",
+            2,
+            Duration::from_secs(60),
+        )
+        .await;
+    let status = scientist.json(&["batch", "status", &batch]).await;
+    assert_eq!(status["work_units"]["active"], 1);
+    assert_eq!(status["replicas"]["unsent"], 1, "{status}");
+    assert_eq!(status["validator_failures"], 0, "disagreeing is not a failure of the validator");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_validator_that_traps_is_reported_and_counts_as_disagreement() {
+    let server = Server::start().await;
+    let scientist = server.publisher("alice").await;
+    let validator = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(validator.path(), workunit("hostile/validator_trap.wat")).unwrap();
+    let batch = app_with_validator(&scientist, validator.path()).await;
+
+    let (first, second) = (ScriptedHost::register(&server, "one").await, ScriptedHost::register(&server, "two").await);
+    first.run_returning("1.0\n").await;
+    second.run_returning("1.0000000001\n").await;
+
+    let status = wait_for_status(&scientist, &batch, |status| status["validator_failures"] == 1).await;
+    let failure = &status["recent_validator_failures"][0];
+    assert_eq!(failure["name"], "sim-1");
+    assert!(failure["reason"].as_str().unwrap().contains("trap"), "{failure}");
+    assert_eq!(status["work_units"]["active"], 1, "not validated on a failed comparison");
+    // The failed comparison is not run again, and the server keeps serving.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(server.count("select count(*) from validator_failure").await, 1);
+    let status = scientist.json(&["batch", "status", &batch]).await;
+    assert_eq!(status["replicas"]["unsent"], 1, "a third replica breaks the tie: {status}");
+}

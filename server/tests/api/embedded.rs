@@ -146,3 +146,35 @@ async fn without_postgres_binaries_the_server_says_what_to_install_in_one_line()
     assert!(stderr.contains("apt-get install postgresql"), "{stderr}");
     assert!(stderr.contains("DATABASE_URL"), "{stderr}");
 }
+
+/// `wasmgrid-server token create` on a data directory; returns the token.
+async fn create_token(data_dir: &Path, name: &str) -> String {
+    let output = Command::new(SERVER)
+        .args(["token", "create", "--scope", "publish", "--name", name, "--json", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("DATABASE_URL")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "token create: {}", String::from_utf8_lossy(&output.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    created["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn publisher_tokens_are_created_beside_a_running_server_and_before_it_starts() {
+    use wasmgrid_client::publish::client::PublisherClient;
+    let dir = data_dir();
+    // Before any server: the command starts the cluster for itself and stops it again.
+    let early = create_token(dir.path(), "early").await;
+    wait_for_postgres_to_stop(dir.path()).await;
+
+    let server = start(dir.path()).await;
+    // Beside the running server, on its cluster, without stopping it.
+    let late = create_token(dir.path(), "late").await;
+    for token in [early, late] {
+        let publisher = PublisherClient::new(server.client.clone(), token);
+        assert_eq!(publisher.apps().await.unwrap(), vec![], "the token is accepted");
+    }
+    assert!(server.terminate().await.success());
+}

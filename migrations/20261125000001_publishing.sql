@@ -31,10 +31,16 @@ alter table app add constraint app_validator_module check (
 -- closed; or cancelled by its publisher.
 alter table batch add column closed_at timestamptz;
 alter table batch add column cancelled_at timestamptz;
+-- The app version a batch runs, fixed when it is opened: a batch submitted in several
+-- chunks never mixes versions, even if a new one is published meanwhile.
+alter table batch add column app_version_id bigint references app_version (id);
 
 -- Work units of an app with a validator module wait here until the server has compared
 -- their outputs outside the report's transaction.
 alter table work_unit add column awaiting_comparison boolean not null default false;
+-- A server process comparing a work unit's outputs holds it until then, so that several
+-- processes share the comparisons instead of all doing each one.
+alter table work_unit add column comparing_until timestamptz;
 create index work_unit_awaiting_comparison on work_unit (id) where awaiting_comparison;
 
 -- What a validator module said about two outputs, so each pair is compared once. The pair

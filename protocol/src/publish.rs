@@ -234,3 +234,46 @@ pub struct ResultsPage {
 
 /// Most results one page holds.
 pub const MAX_RESULTS_PAGE: usize = 1000;
+
+/// Longest work unit or input file name, in bytes.
+pub const MAX_NAME_BYTES: usize = 200;
+
+/// Why `name` cannot name a work unit or an input file, if it cannot. Names become folder
+/// and file names on volunteers' and publishers' machines (results are downloaded into a
+/// folder per work unit), on any operating system, so they must be plain, portable names.
+pub fn name_problem(name: &str) -> Option<&'static str> {
+    const RESERVED: [&str; 4] = ["CON", "PRN", "AUX", "NUL"];
+    let stem = name.split('.').next().unwrap_or_default().to_ascii_uppercase();
+    let numbered_device =
+        (stem.starts_with("COM") || stem.starts_with("LPT")) && stem.len() == 4 && stem.as_bytes()[3].is_ascii_digit();
+    if name.is_empty() {
+        Some("a name must not be empty")
+    } else if name.len() > MAX_NAME_BYTES {
+        Some("a name must be at most 200 bytes")
+    } else if name.chars().any(|c| c.is_control() || matches!(c, '/' | '\\' | ':' | '*' | '?' | '"' | '<' | '>' | '|'))
+    {
+        Some("a name must not contain control characters or any of / \\ : * ? \" < > |")
+    } else if name.starts_with('.') || name.ends_with('.') || name.ends_with(' ') {
+        Some("a name must not start with '.' or end with '.' or a space")
+    } else if RESERVED.contains(&stem.as_str()) || numbered_device {
+        Some("a name must not be a reserved device name (CON, NUL, COM1...)")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_problem;
+
+    #[test]
+    fn plain_names_pass_and_unsafe_ones_do_not() {
+        for good in ["range-0001", "tile 3", "sim.1", "données"] {
+            assert_eq!(name_problem(good), None, "{good}");
+        }
+        for bad in ["", ".", "..", ".hidden", "a/b", "a\\b", "C:x", "x.", "x ", "nul", "COM1.txt", "a\nb"] {
+            assert!(name_problem(bad).is_some(), "{bad:?}");
+        }
+        assert!(name_problem(&"x".repeat(201)).is_some());
+    }
+}

@@ -287,8 +287,18 @@ pub async fn batch(connection: &Connection, command: BatchCommand) -> anyhow::Re
                 for failure in &collected.failed {
                     text.push_str(&format!("failed: {}: {}\n", failure.name, failure.reason));
                 }
+                for error in &collected.errors {
+                    text.push_str(&format!("not downloaded: {}: {}\n", error.name, error.reason));
+                }
                 text
-            })
+            })?;
+            if !collected.errors.is_empty() {
+                bail!(
+                    "{} outputs could not be downloaded; run the command again to retry them",
+                    collected.errors.len()
+                );
+            }
+            Ok(())
         }
         BatchCommand::Cancel { id, json } => {
             let status = client.cancel_batch(id).await?;
@@ -316,10 +326,13 @@ async fn watch_until_done(client: &PublisherClient, id: i64) -> anyhow::Result<B
         let status = client.batch_status(id).await?;
         let total = status.work_units.total();
         let finished = status.work_units.validated + status.work_units.failed;
-        let note = format!(
+        let mut note = format!(
             "validated {}, failed {}, running {}",
             status.work_units.validated, status.work_units.failed, status.replicas.in_progress
         );
+        if status.state == BatchState::Open {
+            note.push_str(&format!(" (still open: finish the submission with --resume {id})"));
+        }
         let mut bar = ProgressBar::new(format!("batch {id}"), total);
         bar.set(finished, &note);
         if matches!(status.state, BatchState::Done | BatchState::Cancelled) {

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::BlobRef;
-use wasmgrid_protocol::publish::WorkUnitFailure;
+use wasmgrid_protocol::publish::{WorkUnitFailure, name_problem};
 use wasmgrid_sandbox::output;
 
 use super::client::PublisherClient;
@@ -37,6 +37,8 @@ pub struct Collected {
     /// Work units still running: run the command again later for them.
     pub unfinished: u64,
     pub failed: Vec<WorkUnitFailure>,
+    /// Outputs that could not be put in place this time, and why; the others were.
+    pub errors: Vec<WorkUnitFailure>,
 }
 
 pub async fn collect(client: &PublisherClient, batch_id: i64, out: &Path) -> anyhow::Result<Collected> {
@@ -65,13 +67,24 @@ pub async fn collect(client: &PublisherClient, batch_id: i64, out: &Path) -> any
     }
 
     let mut bar = ProgressBar::new("downloading", validated.len() as u64);
-    let mut fetches = futures::stream::iter(validated.iter().map(|(name, output)| fetch(client, out, name, output)))
-        .buffer_unordered(PARALLEL_DOWNLOADS);
+    let mut fetches = futures::stream::iter(
+        validated
+            .iter()
+            .enumerate()
+            .map(|(index, (name, output))| async move { (name, fetch(client, out, index, name, output).await) }),
+    )
+    .buffer_unordered(PARALLEL_DOWNLOADS);
     let (mut done, mut downloaded, mut bytes_downloaded) = (0u64, 0u64, 0u64);
-    while let Some(fetched) = fetches.next().await {
-        if let Some(bytes) = fetched? {
-            downloaded += 1;
-            bytes_downloaded += bytes;
+    let mut errors = Vec::new();
+    while let Some((name, fetched)) = fetches.next().await {
+        match fetched {
+            Ok(Some(bytes)) => {
+                downloaded += 1;
+                bytes_downloaded += bytes;
+            }
+            Ok(None) => {}
+            // One bad output must not keep the others from the scientist.
+            Err(error) => errors.push(WorkUnitFailure { name: name.clone(), reason: format!("{error:#}") }),
         }
         done += 1;
         bar.set(done, "");
@@ -86,23 +99,35 @@ pub async fn collect(client: &PublisherClient, batch_id: i64, out: &Path) -> any
         bytes_downloaded,
         unfinished: status.work_units.active,
         failed,
+        errors,
     })
 }
 
 /// Puts one output in place unless it is there already; returns the bytes fetched, if any.
-async fn fetch(client: &PublisherClient, out: &Path, name: &str, output: &BlobRef) -> anyhow::Result<Option<u64>> {
-    if name.is_empty() || name == "." || name == ".." || name.starts_with('.') || name.contains(['/', '\\']) {
-        bail!("the server named a work unit {name:?}, which is not a safe folder name");
+/// Staging entries are named by `index`, so no two work units' names can collide there.
+async fn fetch(
+    client: &PublisherClient,
+    out: &Path,
+    index: usize,
+    name: &str,
+    output: &BlobRef,
+) -> anyhow::Result<Option<u64>> {
+    if let Some(problem) = name_problem(name) {
+        bail!("the server named a work unit {name:?}, which cannot be a folder name: {problem}");
     }
     let destination = out.join(name);
-    let recorded = tokio::fs::read_to_string(destination.join(HASH_FILE)).await.unwrap_or_default();
-    if recorded.trim() == output.sha256.to_hex() {
+    let recorded = recorded_hash(&destination);
+    if recorded == Some(output.sha256) {
         return Ok(None);
     }
+    // Only a folder this command made is ever replaced; anything else is the scientist's.
+    if recorded.is_none() && tokio::fs::try_exists(&destination).await? && !destination.join(HASH_FILE).exists() {
+        bail!("{} exists and is not a downloaded result: move it away", destination.display());
+    }
     let staging = out.join(STAGING);
-    let archive = staging.join(format!("{name}.tar"));
-    client.download_to(&output.sha256, &archive).await.with_context(|| format!("cannot download {name}"))?;
-    let unpacked = staging.join(name);
+    let archive = staging.join(format!("{index}.tar"));
+    client.download_to(&output.sha256, &archive).await.context("cannot download it")?;
+    let unpacked = staging.join(index.to_string());
     let expected = output.sha256;
     let (archive_for_check, unpacked_for_job) = (archive.clone(), unpacked.clone());
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
@@ -113,12 +138,11 @@ async fn fetch(client: &PublisherClient, out: &Path, name: &str, output: &BlobRe
         if unpacked_for_job.exists() {
             std::fs::remove_dir_all(&unpacked_for_job)?;
         }
-        output::unpack(&archive_for_check, &unpacked_for_job)?;
+        output::unpack(&archive_for_check, &unpacked_for_job).context("not a valid output archive")?;
         std::fs::write(unpacked_for_job.join(HASH_FILE), format!("{expected}\n"))?;
         Ok(())
     })
-    .await?
-    .with_context(|| format!("output of {name}"))?;
+    .await??;
     if tokio::fs::try_exists(&destination).await? {
         tokio::fs::remove_dir_all(&destination).await?;
     }

@@ -62,10 +62,25 @@ pub async fn submit(client: &PublisherClient, submission: Submission<'_>) -> any
             if status.app != submission.app {
                 bail!("batch {batch_id} belongs to app {:?}, not {:?}", status.app, submission.app);
             }
-            if status.state == BatchState::Cancelled {
-                bail!("batch {batch_id} was cancelled");
+            match status.state {
+                BatchState::Cancelled => bail!("batch {batch_id} was cancelled"),
+                BatchState::Open => batch_id,
+                // The earlier run got to the end (and perhaps failed only to say so).
+                BatchState::InProgress | BatchState::Done => {
+                    let work_units = status.work_units.total();
+                    eprintln!("batch {batch_id} is fully submitted already: nothing to do");
+                    return Ok(Submitted {
+                        batch_id,
+                        app: submission.app.to_owned(),
+                        work_units,
+                        created: 0,
+                        existing: work_units,
+                        files: hashes.len() as u64,
+                        files_uploaded,
+                        bytes_uploaded,
+                    });
+                }
             }
-            batch_id
         }
         None => {
             let request = CreateBatchRequest { app: submission.app.to_owned(), name: submission.name.to_owned() };

@@ -309,6 +309,13 @@ pub fn server_database_in(data_dir: &Path) -> PgConnectOptions {
     connect_options_for(&EmbeddedPostgres::cluster_dir(data_dir), DATABASE)
 }
 
+/// The pid of the postmaster running the cluster at `cluster_dir`, if one is.
+pub fn running_postmaster(cluster_dir: &Path) -> Option<u32> {
+    let contents = fs::read_to_string(cluster_dir.join("postmaster.pid")).ok()?;
+    let pid = contents.lines().next()?.trim().parse::<u32>().ok()?;
+    is_postmaster_of(pid, cluster_dir).then_some(pid)
+}
+
 /// Connection options for a database in the cluster at `cluster_dir`, running or not.
 pub fn connect_options_for(cluster_dir: &Path, database: &str) -> PgConnectOptions {
     PgConnectOptions::new().socket(cluster_dir).port(PORT).username(ROLE).database(database)

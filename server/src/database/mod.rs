@@ -58,15 +58,29 @@ impl Database {
     /// Connects for a one-off administrative command (`wasmgrid-server token create`):
     /// through `DATABASE_URL`, or to the embedded cluster of a server that is running on
     /// `data_dir`, or else by starting that cluster for as long as the command needs it.
+    /// It never stops a cluster that is running, and never creates one: a data directory
+    /// without a cluster is most likely a mistyped path.
     pub async fn open_for_admin(location: &DatabaseLocation, data_dir: &Path) -> anyhow::Result<Self> {
-        if let (DatabaseLocation::Embedded, Ok(data_dir)) = (location, data_dir.canonicalize()) {
-            let running = embedded::server_database_in(&data_dir);
-            if let Ok(pool) = pool_options(2).connect_with(running).await {
-                MIGRATOR.run(&pool).await.context("cannot apply database migrations")?;
-                return Ok(Self { pool, embedded: None });
-            }
+        if let DatabaseLocation::Url(_) = location {
+            return Self::open(location, data_dir, 2).await;
         }
-        Self::open(location, data_dir, 2).await
+        let cluster = data_dir.canonicalize().map(|dir| EmbeddedPostgres::cluster_dir(&dir)).ok();
+        let Some(cluster) = cluster.filter(|cluster| cluster.join("PG_VERSION").exists()) else {
+            anyhow::bail!(
+                "{} holds no server database: pass the --data-dir the server uses (or set DATABASE_URL)",
+                data_dir.display()
+            );
+        };
+        let data_dir = data_dir.canonicalize()?;
+        match pool_options(2).connect_with(embedded::server_database_in(&data_dir)).await {
+            Ok(pool) => {
+                MIGRATOR.run(&pool).await.context("cannot apply database migrations")?;
+                Ok(Self { pool, embedded: None })
+            }
+            Err(error) if embedded::running_postmaster(&cluster).is_some() => Err(error)
+                .context("the server's database is running but does not accept this connection; try again in a moment"),
+            Err(_) => Self::open(location, &data_dir, 2).await,
+        }
     }
 
     /// Closes the pool, then stops the embedded cluster if this process owns one.

@@ -171,39 +171,55 @@ pub async fn results(
 /// What the publisher sees as the reason of a cancelled work unit.
 pub const CANCELLED: &str = "cancelled by its publisher";
 
+/// Work units cancelled per transaction, so that cancelling a huge batch holds few locks
+/// at a time and never runs into the request timeout in one piece.
+const CANCEL_CHUNK: i64 = 10_000;
+
 /// Cancels a batch: its active work units fail as cancelled, their unsent replicas are no
 /// longer needed, and hosts running the others are told to abort them at their next
-/// scheduler request. Cancelling twice changes nothing more.
+/// scheduler request. Cancelling twice, or again after an interruption, finishes the job.
 pub async fn cancel(connection: &mut PgConnection, batch: &BatchRow) -> ApiResult<u64> {
-    let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
-    // The update locks the batch row, which a chunk of work units takes too: none can
-    // slip in after the cancellation.
-    sqlx::query("update batch set cancelled_at = coalesce(cancelled_at, now()), closed_at = coalesce(closed_at, now()) where id = $1")
-        .bind(batch.id)
-        .execute(&mut *transaction)
-        .await?;
-    // Locked in id order, like every writer of work units (see the state machine).
-    let ids: Vec<i64> = sqlx::query_scalar(
-        "select id from work_unit where batch_id = $1 and state = 'active' order by id for no key update",
+    // First, on its own: the update locks the batch row, which a chunk of work units takes
+    // too, so none can slip in afterwards.
+    sqlx::query(
+        "update batch set cancelled_at = coalesce(cancelled_at, now()), closed_at = coalesce(closed_at, now())
+         where id = $1",
     )
     .bind(batch.id)
-    .fetch_all(&mut *transaction)
+    .execute(&mut *connection)
     .await?;
-    sqlx::query(
-        "update work_unit set state = 'failed', failure_reason = $2, finished_at = now(), awaiting_comparison = false
-         where id = any($1) and state = 'active'",
-    )
-    .bind(&ids)
-    .bind(CANCELLED)
-    .execute(&mut *transaction)
-    .await?;
-    sqlx::query(
-        "update replica set state = 'over', outcome = 'didnt_need' where work_unit_id = any($1) and state = 'unsent'",
-    )
-    .bind(&ids)
-    .execute(&mut *transaction)
-    .await?;
-    transaction.commit().await?;
-    tracing::info!(batch.id = batch.id, work_units = ids.len(), "batch cancelled");
-    Ok(ids.len() as u64)
+    let mut cancelled = 0;
+    loop {
+        let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
+        // Locked in id order, like every writer of work units (see the state machine).
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "select id from work_unit where batch_id = $1 and state = 'active' order by id limit $2 for no key update",
+        )
+        .bind(batch.id)
+        .bind(CANCEL_CHUNK)
+        .fetch_all(&mut *transaction)
+        .await?;
+        if ids.is_empty() {
+            break;
+        }
+        sqlx::query(
+            "update work_unit set state = 'failed', failure_reason = $2, finished_at = now(),
+                                  awaiting_comparison = false
+             where id = any($1) and state = 'active'",
+        )
+        .bind(&ids)
+        .bind(CANCELLED)
+        .execute(&mut *transaction)
+        .await?;
+        sqlx::query(
+            "update replica set state = 'over', outcome = 'didnt_need' where work_unit_id = any($1) and state = 'unsent'",
+        )
+        .bind(&ids)
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        cancelled += ids.len() as u64;
+    }
+    tracing::info!(batch.id = batch.id, work_units = cancelled, "batch cancelled");
+    Ok(cancelled)
 }

@@ -112,6 +112,12 @@ async fn create_app(
         )));
     }
     if let ValidatorSpec::Wasm { module_sha256 } = &request.validator {
+        let size = state.blobs.size(*module_sha256).await.map_err(|error| ApiError::Internal(error.into()))?;
+        if size.is_some_and(|bytes| bytes > MAX_MODULE_BYTES) {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the validator module is larger than the limit of {MAX_MODULE_BYTES} bytes"
+            )));
+        }
         let module = blobs::read_all(state.blobs.as_ref(), *module_sha256, MAX_MODULE_BYTES)
             .await
             .map_err(ApiError::Internal)?
@@ -256,12 +262,6 @@ async fn create_batch(
     }
     let mut connection = state.pool.acquire().await?;
     let app = find_app(&mut connection, publisher.id, &request.app).await?;
-    if app.version.is_none() {
-        return Err(ApiError::Conflict(format!(
-            "app {:?} has no published version yet: run `wasmgrid app publish` first",
-            request.app
-        )));
-    }
     let batch_id = super::open_batch(&mut connection, app.id, &request.name).await?;
     tracing::info!(batch.id = batch_id, app.id = app.id, "batch opened");
     Ok((StatusCode::CREATED, Json(BatchCreated { batch_id })))
@@ -317,7 +317,7 @@ async fn add_work_units(
     if batch.closed_at.is_some() {
         return Err(ApiError::Conflict(format!("batch {batch_id} is closed: submit a new batch")));
     }
-    let added = super::add_work_units(&mut transaction, batch.app_id, batch.id, &specs).await?;
+    let added = super::add_work_units(&mut transaction, batch.id, &specs).await?;
     transaction.commit().await?;
     Ok(Json(WorkUnitsAdded { created: added.created, existing: added.existing }))
 }
@@ -339,6 +339,10 @@ async fn close_batch(
     let batch = batches::find_owned(&mut transaction, publisher.id, batch_id).await?;
     let status = batches::status(&mut transaction, &batch).await?;
     transaction.commit().await?;
+    if status.work_units.total() >= super::ANALYZE_AFTER_WORK_UNITS as u64 {
+        let mut connection = state.pool.acquire().await?;
+        super::refresh_queue_statistics(&mut connection).await?;
+    }
     Ok(Json(status))
 }
 

@@ -16,7 +16,7 @@ use sqlx::PgConnection;
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::RunLimits;
 
-use wasmgrid_protocol::publish::ValidatorSpec;
+use wasmgrid_protocol::publish::{ValidatorSpec, name_problem};
 
 use crate::http::error::{ApiError, ApiResult};
 
@@ -131,6 +131,8 @@ pub async fn create_app(
 
 /// Adds a version whose module is the stored blob `module`; returns its id.
 pub async fn add_app_version(connection: &mut PgConnection, app_id: i64, module: Sha256Hash) -> ApiResult<i64> {
+    // Two versions published at once must not both take the next number.
+    sqlx::query("select id from app where id = $1 for no key update").bind(app_id).execute(&mut *connection).await?;
     Ok(sqlx::query_scalar(
         "insert into app_version (app_id, version, module_sha256)
          select $1, coalesce(max(version), 0) + 1, $2 from app_version where app_id = $1
@@ -151,22 +153,42 @@ pub async fn create_batch(
     work_units: &[WorkUnitSpec],
 ) -> ApiResult<i64> {
     let batch_id = open_batch(connection, app_id, name).await?;
-    add_work_units(connection, app_id, batch_id, work_units).await?;
+    add_work_units(connection, batch_id, work_units).await?;
     sqlx::query("update batch set closed_at = now() where id = $1").bind(batch_id).execute(&mut *connection).await?;
+    if work_units.len() >= ANALYZE_AFTER_WORK_UNITS {
+        refresh_queue_statistics(connection).await?;
+    }
     Ok(batch_id)
 }
 
-/// Creates an empty batch, open for work units.
+/// Creates an empty batch, open for work units, running the app's newest version (for
+/// all its work units, whatever is published while it is submitted).
 pub async fn open_batch(connection: &mut PgConnection, app_id: i64, name: &str) -> ApiResult<i64> {
-    Ok(sqlx::query_scalar("insert into batch (app_id, name) values ($1, $2) returning id")
-        .bind(app_id)
-        .bind(name)
-        .fetch_one(&mut *connection)
-        .await?)
+    sqlx::query_scalar(
+        "insert into batch (app_id, name, app_version_id)
+         select $1, $2, v.id from app_version v where v.app_id = $1 order by v.version desc limit 1
+         returning id",
+    )
+    .bind(app_id)
+    .bind(name)
+    .fetch_optional(&mut *connection)
+    .await?
+    .ok_or_else(|| ApiError::Conflict("the app has no published version yet: run `wasmgrid app publish` first".into()))
 }
 
-/// Submissions at least this large refresh the planner's statistics of the queue.
-const ANALYZE_AFTER_WORK_UNITS: usize = 1000;
+/// Batches at least this large refresh the planner's statistics of the queue when they are
+/// closed.
+pub const ANALYZE_AFTER_WORK_UNITS: usize = 1000;
+
+/// Refreshes the planner's statistics of the queue. The scheduler's claim walks the queue
+/// index only while the planner knows the queue is long; with statistics from before a
+/// large submission it would sort the whole queue on every request until autovacuum
+/// catches up. Run it after committing a large submission, not inside it: it takes a lock
+/// that would queue every other submission behind it.
+pub async fn refresh_queue_statistics(connection: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query("analyze work_unit, replica").execute(connection).await?;
+    Ok(())
+}
 
 /// What adding work units did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,7 +204,6 @@ pub struct Added {
 /// has already is skipped, so a chunk may be sent again.
 pub async fn add_work_units(
     connection: &mut PgConnection,
-    app_id: i64,
     batch_id: i64,
     work_units: &[WorkUnitSpec],
 ) -> ApiResult<Added> {
@@ -193,12 +214,12 @@ pub async fn add_work_units(
             return Err(ApiError::bad_request(format!("work unit {:?} appears twice", spec.name)));
         }
     }
-    let app_version_id: i64 =
-        sqlx::query_scalar("select id from app_version where app_id = $1 order by version desc limit 1")
-            .bind(app_id)
-            .fetch_optional(&mut *connection)
-            .await?
-            .ok_or_else(|| ApiError::Conflict("the app has no published version yet".into()))?;
+    let app_version_id: i64 = sqlx::query_scalar("select app_version_id from batch where id = $1")
+        .bind(batch_id)
+        .fetch_optional(&mut *connection)
+        .await?
+        .flatten()
+        .ok_or_else(|| ApiError::not_found(format!("no batch {batch_id}")))?;
 
     let column = |f: &dyn Fn(&WorkUnitSpec) -> i64| work_units.iter().map(f).collect::<Vec<i64>>();
     let names: Vec<&str> = work_units.iter().map(|w| w.name.as_str()).collect();
@@ -286,12 +307,6 @@ pub async fn add_work_units(
     .bind(&ids)
     .execute(&mut *connection)
     .await?;
-    if work_units.len() >= ANALYZE_AFTER_WORK_UNITS {
-        // The scheduler's claim walks the queue index only while the planner knows the queue
-        // is long; with statistics from before a large submission it would sort the whole
-        // queue on every request until autovacuum catches up.
-        sqlx::query("analyze work_unit, replica").execute(&mut *connection).await?;
-    }
     let created = ids.len() as u64;
     Ok(Added { created, existing: work_units.len() as u64 - created })
 }
@@ -300,25 +315,22 @@ fn is_foreign_key_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(db) if db.is_foreign_key_violation())
 }
 
-/// Longest work unit name.
-const MAX_WORK_UNIT_NAME_BYTES: usize = 200;
-
-/// A name that is not one plain path component.
-fn is_unsafe_path_name(name: &str) -> bool {
-    name.is_empty() || name == "." || name == ".." || name.contains(['/', '\\', '\0'])
-}
+/// Most replicas a work unit starts with, and may ever have: far above any sensible policy,
+/// low enough that a typo cannot create millions of rows.
+const MAX_REPLICAS: u32 = 100;
+const MAX_TOTAL_REPLICAS: u32 = 1000;
+const MAX_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 fn validate_spec(spec: &WorkUnitSpec) -> ApiResult<()> {
     let policy = &spec.policy;
     let problem = if spec.name.trim().is_empty() {
         Some("a work unit needs a name".to_owned())
-    } else if spec.name.len() > MAX_WORK_UNIT_NAME_BYTES || spec.name.chars().any(char::is_control) {
-        Some(format!("names are at most {MAX_WORK_UNIT_NAME_BYTES} bytes, without control characters"))
-    } else if is_unsafe_path_name(&spec.name) {
-        // Results are downloaded into a directory named after the work unit.
-        Some("a work unit name must be usable as a directory name (no '/', not '.' or '..')".to_owned())
-    } else if let Some((file, _)) = spec.files.iter().find(|(file, _)| is_unsafe_path_name(file) || file.len() > 255) {
-        Some(format!("input file name {file:?} must be a plain file name (no '/', not '.' or '..', at most 255 bytes)"))
+    } else if let Some(problem) = name_problem(&spec.name) {
+        Some(problem.to_owned())
+    } else if let Some((file, problem)) =
+        spec.files.iter().find_map(|(file, _)| name_problem(file).map(|problem| (file, problem)))
+    {
+        Some(format!("input file {file:?}: {problem}"))
     } else if policy.min_quorum == 0 {
         Some("min_quorum must be at least 1".to_owned())
     } else if policy.target_replicas < policy.min_quorum {
@@ -327,8 +339,12 @@ fn validate_spec(spec: &WorkUnitSpec) -> ApiResult<()> {
         Some("max_total_replicas must be at least target_replicas".to_owned())
     } else if policy.max_error_replicas == 0 {
         Some("max_error_replicas must be at least 1".to_owned())
-    } else if policy.delay_bound.as_secs() == 0 {
-        Some("the deadline must be at least one second".to_owned())
+    } else if policy.target_replicas > MAX_REPLICAS || policy.max_total_replicas > MAX_TOTAL_REPLICAS {
+        Some(format!("at most {MAX_REPLICAS} replicas at first and {MAX_TOTAL_REPLICAS} in all"))
+    } else if policy.max_error_replicas > MAX_TOTAL_REPLICAS {
+        Some(format!("max_error_replicas must be at most {MAX_TOTAL_REPLICAS}"))
+    } else if policy.delay_bound.as_secs() == 0 || policy.delay_bound > MAX_DEADLINE {
+        Some("the deadline must be between one second and a year".to_owned())
     } else if [spec.limits.fuel, spec.limits.memory_bytes, spec.limits.output_bytes, spec.limits.wall_time_seconds]
         .iter()
         .any(|&limit| limit == 0 || limit > i64::MAX as u64)

@@ -91,38 +91,64 @@ impl Validator for WithValidator<'_> {
     }
 }
 
-/// Work units handled per round; a round ends early when none is left.
+/// Work units claimed per round; a round ends early when none is left.
 const ROUND: i64 = 32;
+/// How long a claim on a work unit lasts: longer than comparing its outputs takes, so that
+/// another process takes it over only from a process that died.
+const CLAIM: &str = "10 minutes";
 
 /// Compares what every waiting work unit needs and moves each on. Returns how many work
 /// units it handled. Each work unit is visited once per call, so one whose comparisons keep
-/// failing cannot keep the loop busy.
+/// failing cannot keep the loop busy; work units another process is comparing are skipped.
 pub async fn compare_waiting(pool: &PgPool, runner: &ValidatorRunner, max_daily_quota: u32) -> anyhow::Result<usize> {
     let mut handled = 0;
     let mut after = 0i64;
     loop {
-        let ids: Vec<i64> =
-            sqlx::query_scalar("select id from work_unit where awaiting_comparison and id > $1 order by id limit $2")
-                .bind(after)
-                .bind(ROUND)
-                .fetch_all(pool)
-                .await?;
+        // Never waits on a lock (skip locked), so it cannot take part in a deadlock.
+        let mut ids: Vec<i64> = sqlx::query_scalar(&format!(
+            "update work_unit set comparing_until = now() + interval '{CLAIM}'
+             where id in (select id from work_unit
+                          where awaiting_comparison and id > $1
+                            and (comparing_until is null or comparing_until < now())
+                          order by id limit $2
+                          for no key update skip locked)
+             returning id"
+        ))
+        .bind(after)
+        .bind(ROUND)
+        .fetch_all(pool)
+        .await?;
+        ids.sort_unstable();
         let Some(&last) = ids.last() else { return Ok(handled) };
         after = last;
         for id in ids {
             // A comparison that cannot be made now (an output blob unreadable, say) leaves
             // this work unit waiting for the next call; the others go on.
-            if let Err(error) = compare_work_unit(pool, runner, id).await {
-                tracing::warn!(workunit.id = id, error = format!("{error:#}"), "cannot compare outputs yet");
-                continue;
+            let moved_on = async {
+                compare_work_unit(pool, runner, id).await?;
+                let mut transaction = pool.begin().await?;
+                state_machine::lock_work_units(&mut transaction, &[id]).await?;
+                let mut effects = HostEffects::default();
+                state_machine::transition_all(&mut transaction, &[id], &mut effects).await?;
+                effects.apply(&mut transaction, max_daily_quota).await?;
+                sqlx::query("update work_unit set comparing_until = null where id = $1")
+                    .bind(id)
+                    .execute(&mut *transaction)
+                    .await?;
+                transaction.commit().await?;
+                anyhow::Ok(())
+            };
+            match moved_on.await {
+                Ok(()) => handled += 1,
+                Err(error) => {
+                    tracing::warn!(workunit.id = id, error = format!("{error:#}"), "cannot compare outputs yet");
+                    // Let any process try again at its next round.
+                    sqlx::query("update work_unit set comparing_until = null where id = $1")
+                        .bind(id)
+                        .execute(pool)
+                        .await?;
+                }
             }
-            let mut transaction = pool.begin().await?;
-            state_machine::lock_work_units(&mut transaction, &[id]).await?;
-            let mut effects = HostEffects::default();
-            state_machine::transition_all(&mut transaction, &[id], &mut effects).await?;
-            effects.apply(&mut transaction, max_daily_quota).await?;
-            transaction.commit().await?;
-            handled += 1;
         }
     }
 }
@@ -172,7 +198,7 @@ async fn store(
 ) -> anyhow::Result<()> {
     let (a, b) = ordered(a, b);
     let mut transaction = pool.begin().await?;
-    sqlx::query(
+    let stored = sqlx::query(
         "insert into output_comparison (validator_sha256, a_sha256, b_sha256, equivalent, error)
          values ($1, $2, $3, $4, $5) on conflict do nothing",
     )
@@ -182,8 +208,10 @@ async fn store(
     .bind(comparison.equivalent)
     .bind(&comparison.failure)
     .execute(&mut *transaction)
-    .await?;
-    if let Some(failure) = &comparison.failure {
+    .await?
+    .rows_affected();
+    // Reported once, by whoever stored the answer.
+    if let Some(failure) = comparison.failure.as_ref().filter(|_| stored == 1) {
         tracing::warn!(workunit.id = work_unit_id, failure, "validator module failed");
         sqlx::query("insert into validator_failure (work_unit_id, message) values ($1, $2)")
             .bind(work_unit_id)

@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::RunLimits;
 use wasmgrid_protocol::publish::MAX_MODULE_BYTES;
-use wasmgrid_sandbox::{RunControl, RunError, RunOutcome, RunSpec, Sandbox, output};
+use wasmgrid_sandbox::{Limit, RunControl, RunError, RunOutcome, RunSpec, Sandbox, output};
 
 use crate::blobs::{self, BlobStore};
 
@@ -67,8 +67,15 @@ impl ValidatorRunner {
         let dir_path = dir.path().to_owned();
         let report = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
             let input = dir_path.join("input");
-            for (side, _, archive) in &archives {
-                output::unpack(archive, &input.join(side))?;
+            for (side, hash, archive) in &archives {
+                if let Err(error) = output::unpack(archive, &input.join(side)) {
+                    if is_the_servers_fault(&error) {
+                        return Err(error).context("cannot unpack an output");
+                    }
+                    // A volunteer sent bytes that are not an output archive: that answer
+                    // cannot equal any other, now or later.
+                    return Ok(Err(format!("output {hash} is not a valid output archive: {}", printable(&error))));
+                }
             }
             let scratch = dir_path.join("scratch");
             std::fs::create_dir(&scratch)?;
@@ -83,15 +90,27 @@ impl ValidatorRunner {
                 scratch_limit_bytes: VALIDATOR_SCRATCH_BYTES,
                 seed: 0,
             };
-            Ok(sandbox.run(&spec, &Arc::new(RunControl::default())))
+            Ok(Ok(sandbox.run(&spec, &Arc::new(RunControl::default()))))
         })
         .await??;
+        let report = match report {
+            Ok(report) => report,
+            Err(unusable) => return Ok(Comparison { equivalent: false, failure: Some(unusable) }),
+        };
         drop(dir);
         let stderr = report.stderr.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or_default().trim();
         let with_stderr = |what: String| if stderr.is_empty() { what } else { format!("{what}: {stderr}") };
         Ok(match report.outcome {
             RunOutcome::Success => Comparison { equivalent: true, failure: None },
             RunOutcome::Failed(RunError::Exit(1)) => Comparison { equivalent: false, failure: None },
+            // Time depends on how busy the server is, so it is not the validator's answer:
+            // the comparison is tried again later rather than stored.
+            RunOutcome::Failed(RunError::Limit(Limit::WallTime)) => {
+                anyhow::bail!(
+                    "the validator ran out of time ({} s); trying again later",
+                    VALIDATOR_LIMITS.wall_time_seconds
+                )
+            }
             RunOutcome::Failed(error) => {
                 Comparison { equivalent: false, failure: Some(with_stderr(format!("the validator failed: {error}"))) }
             }
@@ -121,4 +140,25 @@ impl ValidatorRunner {
         file.flush().await?;
         Ok(())
     }
+}
+
+/// An error about hostile bytes, fit to show the publisher: the tar reader may quote the
+/// bytes themselves, so control characters go and the length is capped.
+fn printable(error: &std::io::Error) -> String {
+    const MAX_CHARS: usize = 120;
+    let text: String = error.to_string().chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    match text.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
+}
+
+/// Whether unpacking failed because of the server (a full disk, say) rather than the
+/// archive.
+fn is_the_servers_fault(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded | ErrorKind::PermissionDenied | ErrorKind::OutOfMemory
+    )
 }

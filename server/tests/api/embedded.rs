@@ -162,10 +162,22 @@ async fn create_token(data_dir: &Path, name: &str) -> String {
 }
 
 #[tokio::test]
-async fn publisher_tokens_are_created_beside_a_running_server_and_before_it_starts() {
+async fn publisher_tokens_are_created_beside_a_running_server_and_while_it_is_stopped() {
     use wasmgrid_client::publish::client::PublisherClient;
     let dir = data_dir();
-    // Before any server: the command starts the cluster for itself and stops it again.
+    // A directory without a server's database is refused: most likely a mistyped path.
+    let output = Command::new(SERVER)
+        .args(["token", "create", "--scope", "publish", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("DATABASE_URL")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("holds no server database"));
+
+    assert!(start(dir.path()).await.terminate().await.success());
+    // While the server is stopped: the command starts the cluster for itself and stops it.
     let early = create_token(dir.path(), "early").await;
     wait_for_postgres_to_stop(dir.path()).await;
 

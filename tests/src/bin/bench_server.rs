@@ -174,9 +174,10 @@ async fn load_work_units(pool: &sqlx::PgPool, data_dir: &Path, count: usize) -> 
         let specs: Vec<WorkUnitSpec> =
             (start..(start + LOAD_CHUNK).min(count)).map(|i| WorkUnitSpec::new(format!("wu-{i}"))).collect();
         let mut transaction = pool.begin().await?;
-        publishing::add_work_units(&mut transaction, app, batch, &specs).await.map_err(api_error)?;
+        publishing::add_work_units(&mut transaction, batch, &specs).await.map_err(api_error)?;
         transaction.commit().await?;
     }
+    publishing::refresh_queue_statistics(&mut *pool.acquire().await?).await?;
     Ok(())
 }
 

@@ -134,6 +134,35 @@ async fn an_interrupted_submission_resumes_without_duplicates() {
     assert_eq!(status["work_units"]["active"], 2500);
     assert_eq!(status["replicas"]["unsent"], 5000);
     assert_eq!(status["state"], "in_progress", "closed once everything is in");
+
+    // Resuming a batch that is complete does nothing, and says so.
+    let again = scientist
+        .json(&["batch", "submit", "--app", "probe", "--jobs", jobs.to_str().unwrap(), "--resume", &batch.to_string()])
+        .await;
+    assert_eq!(again["created"], 0);
+    assert_eq!(again["existing"], 2500);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn names_that_cannot_be_folder_names_are_refused() {
+    let server = Server::start().await;
+    let scientist = server.publisher("alice").await;
+    scientist.json(&["app", "create", "probe"]).await;
+    let module = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(module.path(), workunit("probes/determinism.wat")).unwrap();
+    scientist.json(&["app", "publish", "probe", module.path().to_str().unwrap()]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.jsonl");
+    for (line, reason) in [
+        (r#"{"name": "../escape"}"#, "must not contain"),
+        (r#"{"name": ".hidden"}"#, "must not start with '.'"),
+        (r#"{"name": "C:drive"}"#, "must not contain"),
+        (r#"{"name": "ok", "files": {"../etc/passwd": "jobs.jsonl"}}"#, "input file"),
+    ] {
+        std::fs::write(&jobs, line).unwrap();
+        let error = scientist.failure(&["batch", "submit", "--app", "probe", "--jobs", jobs.to_str().unwrap()]).await;
+        assert!(error.contains(reason), "{line}: {error}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

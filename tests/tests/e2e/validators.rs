@@ -35,16 +35,21 @@ impl ScriptedHost {
 
     /// Takes one replica and returns `stdout` as its output, packed as the client packs.
     async fn run_returning(&self, stdout: &str) {
-        let reply =
-            self.client.scheduler(&self.token, &SchedulerRequest { reports: vec![], want_replicas: 1 }).await.unwrap();
-        let replica = reply.assignments.first().expect("a replica for this host").replica_id;
         let dir = tempfile::tempdir().unwrap();
         let scratch = dir.path().join("scratch");
         std::fs::create_dir(&scratch).unwrap();
         let archive = dir.path().join("out.tar");
-        let (hash, bytes) = output::pack(stdout.as_bytes(), &scratch, &archive, 1 << 20).unwrap();
-        let packed = Bytes::from(std::fs::read(&archive).unwrap());
-        self.client.upload_output_as(&self.token, replica, hash, packed).await.unwrap();
+        output::pack(stdout.as_bytes(), &scratch, &archive, 1 << 20).unwrap();
+        self.run_returning_archive(std::fs::read(&archive).unwrap()).await;
+    }
+
+    /// Takes one replica and returns `archive` as its output, whatever it holds.
+    async fn run_returning_archive(&self, archive: Vec<u8>) {
+        let reply =
+            self.client.scheduler(&self.token, &SchedulerRequest { reports: vec![], want_replicas: 1 }).await.unwrap();
+        let replica = reply.assignments.first().expect("a replica for this host").replica_id;
+        let (hash, bytes) = (wasmgrid_protocol::Sha256Hash::of(&archive), archive.len() as u64);
+        self.client.upload_output_as(&self.token, replica, hash, Bytes::from(archive)).await.unwrap();
         let report = ReplicaReport {
             replica_id: replica,
             outcome: ReportedOutcome::Success { output_hash: hash, output_bytes: bytes },
@@ -156,4 +161,24 @@ async fn a_validator_that_traps_is_reported_and_counts_as_disagreement() {
     assert_eq!(server.count("select count(*) from validator_failure").await, 1);
     let status = scientist.json(&["batch", "status", &batch]).await;
     assert_eq!(status["replicas"]["unsent"], 1, "a third replica breaks the tie: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_output_that_is_not_an_archive_cannot_stall_validation() {
+    let server = Server::start().await;
+    let scientist = server.publisher("alice").await;
+    let batch = app_with_validator(&scientist, &example_module("nbody-validator")).await;
+
+    let (honest, hostile) =
+        (ScriptedHost::register(&server, "honest").await, ScriptedHost::register(&server, "hostile").await);
+    honest.run_returning("energy start -1.25000000000000000e0 end -1.24999999999999990e0\n").await;
+    hostile.run_returning_archive(b"this is not a tar archive at all".repeat(100)).await;
+
+    // The comparison is answered (as different, with the reason) rather than retried for
+    // ever, so the work unit moves on to a third replica.
+    let status = wait_for_status(&scientist, &batch, |status| status["validator_failures"] == 1).await;
+    let reason = status["recent_validator_failures"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("not a valid output archive"), "{reason}");
+    let status = wait_for_status(&scientist, &batch, |status| status["replicas"]["unsent"] == 1).await;
+    assert_eq!(status["work_units"]["active"], 1);
 }

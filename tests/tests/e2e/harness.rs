@@ -15,7 +15,7 @@ use wasmgrid_server::publishing::{self, ReplicationPolicy, WorkUnitSpec};
 
 /// `target/<profile>/`, where cargo put the binaries (it builds them for the server's and
 /// the client's own integration tests in the same `cargo test` run).
-fn binary(name: &str) -> PathBuf {
+pub fn binary(name: &str) -> PathBuf {
     let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
     let path = deps.parent().unwrap().join(name);
     assert!(

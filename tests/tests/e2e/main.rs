@@ -4,6 +4,7 @@
 mod cache;
 mod contact;
 mod daemon;
+mod demo;
 mod harness;
 mod projects;
 mod publishing;

@@ -360,3 +360,38 @@ impl Publisher {
         wasmgrid_client::publish::client::PublisherClient::new(server, self.token.clone())
     }
 }
+
+/// Runs `module` directly in a fresh sandbox with `stdin`; returns its stdout and the
+/// files it wrote. Blocking, like every sandbox run.
+pub fn run_directly(module: &Path, args: &[&str], stdin: &[u8]) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = wasmgrid_sandbox::Sandbox::new(&dir.path().join("cache")).unwrap();
+    let (input, scratch) = (dir.path().join("input"), dir.path().join("scratch"));
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::create_dir_all(&scratch).unwrap();
+    let spec = wasmgrid_sandbox::RunSpec {
+        module_hash: wasmgrid_protocol::Sha256Hash::of(&std::fs::read(module).unwrap()),
+        module_path: module.to_owned(),
+        args: args.iter().map(|arg| arg.to_string()).collect(),
+        stdin: stdin.to_vec(),
+        input_dir: input,
+        scratch_dir: scratch.clone(),
+        limits: wasmgrid_protocol::api::RunLimits {
+            fuel: 1 << 40,
+            memory_bytes: 256 << 20,
+            output_bytes: 64 << 20,
+            wall_time_seconds: 60,
+        },
+        scratch_limit_bytes: 64 << 20,
+        seed: 7,
+    };
+    let report = sandbox.run(&spec, &std::sync::Arc::new(wasmgrid_sandbox::RunControl::default()));
+    assert_eq!(report.outcome, wasmgrid_sandbox::RunOutcome::Success, "{}", report.stderr);
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&scratch)
+        .unwrap()
+        .flatten()
+        .map(|entry| (entry.file_name().into_string().unwrap(), std::fs::read(entry.path()).unwrap()))
+        .collect();
+    files.sort();
+    (report.stdout, files)
+}

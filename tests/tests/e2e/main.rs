@@ -2,6 +2,7 @@
 //! volunteer daemons, real Wasm modules.
 
 mod cache;
+mod checkpoints;
 mod contact;
 mod daemon;
 mod demo;

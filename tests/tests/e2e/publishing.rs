@@ -3,46 +3,11 @@
 //! identical to what the module gives when run directly. Plus what publishers must not be
 //! able to do: see each other's work, publish modules that cannot run.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use wasmgrid_protocol::Sha256Hash;
-use wasmgrid_protocol::api::RunLimits;
-use wasmgrid_sandbox::{RunControl, RunOutcome, RunSpec, Sandbox};
-
-use crate::harness::{Server, Volunteer, example_module, workunit};
+use crate::harness::{Server, Volunteer, example_module, run_directly, workunit};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// Runs `module` directly in a fresh sandbox with `stdin`; returns its stdout and the
-/// files it wrote. Blocking, like every sandbox run.
-fn run_directly(module: &std::path::Path, stdin: &[u8]) -> (Vec<u8>, Vec<(String, Vec<u8>)>) {
-    let dir = tempfile::tempdir().unwrap();
-    let sandbox = Sandbox::new(&dir.path().join("cache")).unwrap();
-    let (input, scratch) = (dir.path().join("input"), dir.path().join("scratch"));
-    std::fs::create_dir_all(&input).unwrap();
-    std::fs::create_dir_all(&scratch).unwrap();
-    let spec = RunSpec {
-        module_hash: Sha256Hash::of(&std::fs::read(module).unwrap()),
-        module_path: module.to_owned(),
-        args: Vec::new(),
-        stdin: stdin.to_vec(),
-        input_dir: input,
-        scratch_dir: scratch.clone(),
-        limits: RunLimits { fuel: 1 << 40, memory_bytes: 256 << 20, output_bytes: 64 << 20, wall_time_seconds: 60 },
-        scratch_limit_bytes: 64 << 20,
-        seed: 7,
-    };
-    let report = sandbox.run(&spec, &Arc::new(RunControl::default()));
-    assert_eq!(report.outcome, RunOutcome::Success, "{}", report.stderr);
-    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&scratch)
-        .unwrap()
-        .flatten()
-        .map(|entry| (entry.file_name().into_string().unwrap(), std::fs::read(entry.path()).unwrap()))
-        .collect();
-    files.sort();
-    (report.stdout, files)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_published_batch_runs_on_volunteers_and_its_outputs_come_back_verified() {
@@ -89,7 +54,7 @@ async fn a_published_batch_runs_on_volunteers_and_its_outputs_come_back_verified
     for (name, range) in &ranges {
         let (module, input) = (primes.clone(), range.clone());
         let (stdout, files) =
-            tokio::task::spawn_blocking(move || run_directly(&module, input.as_bytes())).await.unwrap();
+            tokio::task::spawn_blocking(move || run_directly(&module, &[], input.as_bytes())).await.unwrap();
         let result = out.path().join(name);
         assert_eq!(std::fs::read(result.join("stdout")).unwrap(), stdout, "{name}: standard output");
         for (file, bytes) in files {

@@ -153,10 +153,14 @@ pub async fn transition_all(
             None => decide(&Bitwise, work_unit, &replicas, &mut changes, effects)?,
             Some(validator) => {
                 let validator = known.with_validator(validator.parse()?);
-                let ready = comparisons_needed(work_unit, &replicas)?.all(|(a, b)| validator.lookup(a, b).is_some());
+                let needed: Vec<_> = comparisons_needed(work_unit, &replicas)?.collect();
+                let ready = needed.iter().all(|(a, b)| validator.lookup(*a, *b).is_some());
                 changes.awaiting_comparison.push((work_unit.id, !ready));
                 if ready {
                     decide(&validator, work_unit, &replicas, &mut changes, effects)?;
+                    if needed.iter().any(|(a, b)| validator.failed_on(*a, *b)) {
+                        changes.blame_validator(work_unit.id);
+                    }
                 }
             }
         }
@@ -231,6 +235,14 @@ impl Changes {
         self.validations.push((replica.id, "invalid", Some(0.0)));
         if let Some(host_id) = replica.host_id {
             effects.invalid(host_id);
+        }
+    }
+
+    /// A work unit that fails for want of agreement, after the app's validator module failed
+    /// on some of its outputs, says so: the outputs may well have agreed.
+    fn blame_validator(&mut self, work_unit_id: i64) {
+        if let Some((_, reason)) = self.failed.iter_mut().find(|(id, _)| *id == work_unit_id) {
+            reason.push_str("; the app's validator module failed on some of them (see the batch status)");
         }
     }
 

@@ -27,6 +27,8 @@ pub const CHANNEL: &str = "wasmgrid_comparisons";
 #[derive(Debug, Default)]
 pub struct KnownComparisons {
     equivalent: HashMap<(Sha256Hash, Sha256Hash, Sha256Hash), bool>,
+    /// Pairs on which the validator itself failed (and which count as different).
+    failed: std::collections::HashSet<(Sha256Hash, Sha256Hash, Sha256Hash)>,
 }
 
 /// One validator's view of [`KnownComparisons`].
@@ -52,19 +54,23 @@ impl KnownComparisons {
         }
         let validators: Vec<String> = validators.iter().map(Sha256Hash::to_hex).collect();
         let outputs: Vec<String> = outputs.iter().map(Sha256Hash::to_hex).collect();
-        let rows: Vec<(String, String, String, bool)> = sqlx::query_as(
-            "select validator_sha256, a_sha256, b_sha256, equivalent from output_comparison
+        let rows: Vec<(String, String, String, bool, bool)> = sqlx::query_as(
+            "select validator_sha256, a_sha256, b_sha256, equivalent, error is not null from output_comparison
              where validator_sha256 = any($1) and a_sha256 = any($2) and b_sha256 = any($2)",
         )
         .bind(&validators)
         .bind(&outputs)
         .fetch_all(connection)
         .await?;
-        let mut equivalent = HashMap::new();
-        for (validator, a, b, same) in rows {
-            equivalent.insert((validator.parse()?, a.parse()?, b.parse()?), same);
+        let mut known = Self::default();
+        for (validator, a, b, same, failed) in rows {
+            let key = (validator.parse()?, a.parse()?, b.parse()?);
+            if failed {
+                known.failed.insert(key);
+            }
+            known.equivalent.insert(key, same);
         }
-        Ok(Self { equivalent })
+        Ok(known)
     }
 
     pub fn with_validator(&self, validator: Sha256Hash) -> WithValidator<'_> {
@@ -80,6 +86,14 @@ impl WithValidator<'_> {
         }
         let (a, b) = ordered(a, b);
         self.known.equivalent.get(&(self.validator, a, b)).copied()
+    }
+}
+
+impl WithValidator<'_> {
+    /// Whether the validator failed on these two outputs.
+    pub fn failed_on(&self, a: Sha256Hash, b: Sha256Hash) -> bool {
+        let (a, b) = ordered(a, b);
+        self.known.failed.contains(&(self.validator, a, b))
     }
 }
 

@@ -67,8 +67,9 @@ impl ScriptedHost {
     }
 }
 
-/// An app validated by `validator`, with one batch of one work unit, quorum 2.
-async fn app_with_validator(scientist: &Publisher, validator: &std::path::Path) -> String {
+/// An app validated by `validator`, with one batch of one work unit, quorum 2, and
+/// `submit_args` of the test's own.
+async fn app_with_validator(scientist: &Publisher, validator: &std::path::Path, submit_args: &[&str]) -> String {
     let validator = format!("wasm:{}", validator.display());
     scientist.json(&["app", "create", "sim", "--validator", &validator]).await;
     let module = example_module("nbody");
@@ -76,7 +77,9 @@ async fn app_with_validator(scientist: &Publisher, validator: &std::path::Path) 
     let dir = tempfile::tempdir().unwrap();
     let jobs = dir.path().join("jobs.jsonl");
     std::fs::write(&jobs, "{\"name\": \"sim-1\", \"args\": [\"8\", \"100\", \"1\"]}\n").unwrap();
-    let submitted = scientist.json(&["batch", "submit", "--app", "sim", "--jobs", jobs.to_str().unwrap()]).await;
+    let mut args = vec!["batch", "submit", "--app", "sim", "--jobs", jobs.to_str().unwrap()];
+    args.extend(submit_args);
+    let submitted = scientist.json(&args).await;
     submitted["batch_id"].as_i64().unwrap().to_string()
 }
 
@@ -101,7 +104,7 @@ async fn wait_for_status(
 async fn a_tolerant_validator_accepts_outputs_that_differ_in_the_last_digits() {
     let server = Server::start().await;
     let scientist = server.publisher("alice").await;
-    let batch = app_with_validator(&scientist, &example_module("nbody-validator")).await;
+    let batch = app_with_validator(&scientist, &example_module("nbody-validator"), &[]).await;
 
     let (first, second) = (ScriptedHost::register(&server, "x86").await, ScriptedHost::register(&server, "arm").await);
     first.run_returning("energy start -1.25000000000000000e0 end -1.24999999999999990e0\n").await;
@@ -118,7 +121,7 @@ async fn a_tolerant_validator_accepts_outputs_that_differ_in_the_last_digits() {
 async fn a_tolerant_validator_rejects_a_different_answer() {
     let server = Server::start().await;
     let scientist = server.publisher("alice").await;
-    let batch = app_with_validator(&scientist, &example_module("nbody-validator")).await;
+    let batch = app_with_validator(&scientist, &example_module("nbody-validator"), &[]).await;
 
     let (honest, cheat) =
         (ScriptedHost::register(&server, "honest").await, ScriptedHost::register(&server, "cheat").await);
@@ -145,29 +148,31 @@ async fn a_validator_that_traps_is_reported_and_counts_as_disagreement() {
     let scientist = server.publisher("alice").await;
     let validator = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(validator.path(), workunit("hostile/validator_trap.wat")).unwrap();
-    let batch = app_with_validator(&scientist, validator.path()).await;
+    // Two replicas in all: when they cannot be shown to agree, the work unit fails.
+    let batch = app_with_validator(&scientist, validator.path(), &["--max-total", "2"]).await;
 
     let (first, second) = (ScriptedHost::register(&server, "one").await, ScriptedHost::register(&server, "two").await);
     first.run_returning("1.0\n").await;
     second.run_returning("1.0000000001\n").await;
 
-    let status = wait_for_status(&scientist, &batch, |status| status["validator_failures"] == 1).await;
+    let status = wait_for_status(&scientist, &batch, |status| status["state"] == "done").await;
+    assert_eq!(status["validator_failures"], 1, "{status}");
     let failure = &status["recent_validator_failures"][0];
     assert_eq!(failure["name"], "sim-1");
     assert!(failure["reason"].as_str().unwrap().contains("trap"), "{failure}");
-    assert_eq!(status["work_units"]["active"], 1, "not validated on a failed comparison");
-    // The failed comparison is not run again, and the server keeps serving.
+    assert_eq!(status["work_units"]["failed"], 1, "never validated on a failed comparison");
+    let reason = status["failures"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("no consensus") && reason.contains("validator module failed"), "{reason}");
+    // The failed comparison is stored, not run again.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(server.count("select count(*) from validator_failure").await, 1);
-    let status = scientist.json(&["batch", "status", &batch]).await;
-    assert_eq!(status["replicas"]["unsent"], 1, "a third replica breaks the tie: {status}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_output_that_is_not_an_archive_cannot_stall_validation() {
     let server = Server::start().await;
     let scientist = server.publisher("alice").await;
-    let batch = app_with_validator(&scientist, &example_module("nbody-validator")).await;
+    let batch = app_with_validator(&scientist, &example_module("nbody-validator"), &[]).await;
 
     let (honest, hostile) =
         (ScriptedHost::register(&server, "honest").await, ScriptedHost::register(&server, "hostile").await);

@@ -84,6 +84,13 @@ impl Server {
         self.child = Some(child);
     }
 
+    /// A second server process on the same database and data directory (so the same blob
+    /// store), as a project with several server replicas runs them. Returns it and its URL.
+    pub async fn start_twin(&self) -> (Child, String) {
+        let (child, port) = spawn_server(&self.database_url, self.data_dir.path(), 0, &self.extra_args).await;
+        (child, format!("http://127.0.0.1:{port}"))
+    }
+
     /// Publishes `count` work units running `wasm`, with `policy`; returns their ids.
     pub async fn publish(&self, wasm: &[u8], count: usize, policy: ReplicationPolicy) -> Vec<i64> {
         let specs: Vec<_> =

@@ -241,3 +241,47 @@ async fn a_cancelled_batch_hands_out_nothing_more() {
         .await;
     assert!(error.contains("cancelled"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_aborts_the_replicas_volunteers_are_running() {
+    let server = Server::start().await;
+    let scientist = server.publisher("alice").await;
+    let module = tempfile::NamedTempFile::new().unwrap();
+    // Works for ever: only the cancellation can end it.
+    std::fs::write(module.path(), workunit("probes/progress.wat")).unwrap();
+    scientist.json(&["app", "create", "endless"]).await;
+    scientist.json(&["app", "publish", "endless", module.path().to_str().unwrap()]).await;
+    let inputs = tempfile::tempdir().unwrap();
+    std::fs::write(inputs.path().join("only"), "").unwrap();
+    let batch = scientist
+        .json(&["batch", "submit", "--app", "endless", "--inputs", inputs.path().to_str().unwrap(), "--quorum", "1"])
+        .await["batch_id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let volunteer = Volunteer::attach(&server, "vol").await;
+    let mut daemon = volunteer.start();
+    volunteer.wait_for_task_state("running", RUN_TIMEOUT).await;
+
+    let cancelled = scientist.json(&["batch", "cancel", &batch]).await;
+    assert_eq!(cancelled["state"], "cancelled");
+    // At its next scheduler request the host is told to abort, and does.
+    server
+        .wait_for_count(
+            "select count(*) from replica where outcome = 'didnt_need' and host_id is not null",
+            1,
+            RUN_TIMEOUT,
+        )
+        .await;
+    let give_up = std::time::Instant::now() + RUN_TIMEOUT;
+    loop {
+        let status = volunteer.status().await;
+        if status["tasks"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < give_up, "the task still runs: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    crate::harness::signal(&daemon, libc::SIGTERM);
+    daemon.wait().await.unwrap();
+}

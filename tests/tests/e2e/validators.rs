@@ -19,7 +19,11 @@ struct ScriptedHost {
 
 impl ScriptedHost {
     async fn register(server: &Server, name: &str) -> Self {
-        let client = ServerClient::new(&server.url).unwrap();
+        Self::register_at(&server.url, name).await
+    }
+
+    async fn register_at(url: &str, name: &str) -> Self {
+        let client = ServerClient::new(url).unwrap();
         let account = client.create_account(name).await.unwrap();
         let request = RegisterHostRequest {
             name: name.into(),
@@ -67,16 +71,23 @@ impl ScriptedHost {
     }
 }
 
-/// An app validated by `validator`, with one batch of one work unit, quorum 2, and
-/// `submit_args` of the test's own.
-async fn app_with_validator(scientist: &Publisher, validator: &std::path::Path, submit_args: &[&str]) -> String {
+/// An app validated by `validator`, with one batch of `work_units` work units
+/// (`sim-1`...), quorum 2, and `submit_args` of the test's own.
+async fn app_with_validator(
+    scientist: &Publisher,
+    validator: &std::path::Path,
+    work_units: usize,
+    submit_args: &[&str],
+) -> String {
     let validator = format!("wasm:{}", validator.display());
     scientist.json(&["app", "create", "sim", "--validator", &validator]).await;
     let module = example_module("nbody");
     scientist.json(&["app", "publish", "sim", module.to_str().unwrap()]).await;
     let dir = tempfile::tempdir().unwrap();
     let jobs = dir.path().join("jobs.jsonl");
-    std::fs::write(&jobs, "{\"name\": \"sim-1\", \"args\": [\"8\", \"100\", \"1\"]}\n").unwrap();
+    let lines: String =
+        (1..=work_units).map(|i| format!("{{\"name\": \"sim-{i}\", \"args\": [\"8\", \"100\", \"{i}\"]}}\n")).collect();
+    std::fs::write(&jobs, lines).unwrap();
     let mut args = vec!["batch", "submit", "--app", "sim", "--jobs", jobs.to_str().unwrap()];
     args.extend(submit_args);
     let submitted = scientist.json(&args).await;
@@ -104,7 +115,7 @@ async fn wait_for_status(
 async fn a_tolerant_validator_accepts_outputs_that_differ_in_the_last_digits() {
     let server = Server::start().await;
     let scientist = server.publisher("alice").await;
-    let batch = app_with_validator(&scientist, &example_module("nbody-validator"), &[]).await;
+    let batch = app_with_validator(&scientist, &example_module("nbody-validator"), 1, &[]).await;
 
     let (first, second) = (ScriptedHost::register(&server, "x86").await, ScriptedHost::register(&server, "arm").await);
     first.run_returning("energy start -1.25000000000000000e0 end -1.24999999999999990e0\n").await;
@@ -121,7 +132,7 @@ async fn a_tolerant_validator_accepts_outputs_that_differ_in_the_last_digits() {
 async fn a_tolerant_validator_rejects_a_different_answer() {
     let server = Server::start().await;
     let scientist = server.publisher("alice").await;
-    let batch = app_with_validator(&scientist, &example_module("nbody-validator"), &[]).await;
+    let batch = app_with_validator(&scientist, &example_module("nbody-validator"), 1, &[]).await;
 
     let (honest, cheat) =
         (ScriptedHost::register(&server, "honest").await, ScriptedHost::register(&server, "cheat").await);
@@ -149,7 +160,7 @@ async fn a_validator_that_traps_is_reported_and_counts_as_disagreement() {
     let validator = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(validator.path(), workunit("hostile/validator_trap.wat")).unwrap();
     // Two replicas in all: when they cannot be shown to agree, the work unit fails.
-    let batch = app_with_validator(&scientist, validator.path(), &["--max-total", "2"]).await;
+    let batch = app_with_validator(&scientist, validator.path(), 1, &["--max-total", "2"]).await;
 
     let (first, second) = (ScriptedHost::register(&server, "one").await, ScriptedHost::register(&server, "two").await);
     first.run_returning("1.0\n").await;
@@ -172,7 +183,7 @@ async fn a_validator_that_traps_is_reported_and_counts_as_disagreement() {
 async fn an_output_that_is_not_an_archive_cannot_stall_validation() {
     let server = Server::start().await;
     let scientist = server.publisher("alice").await;
-    let batch = app_with_validator(&scientist, &example_module("nbody-validator"), &[]).await;
+    let batch = app_with_validator(&scientist, &example_module("nbody-validator"), 1, &[]).await;
 
     let (honest, hostile) =
         (ScriptedHost::register(&server, "honest").await, ScriptedHost::register(&server, "hostile").await);
@@ -186,4 +197,35 @@ async fn an_output_that_is_not_an_archive_cannot_stall_validation() {
     assert!(reason.contains("not a valid output archive"), "{reason}");
     let status = wait_for_status(&scientist, &batch, |status| status["replicas"]["unsent"] == 1).await;
     assert_eq!(status["work_units"]["active"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_server_processes_share_the_comparisons_and_report_each_failure_once() {
+    const WORK_UNITS: usize = 8;
+    let server = Server::start().await;
+    let (mut twin, twin_url) = server.start_twin().await;
+    let scientist = server.publisher("alice").await;
+    let validator = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(validator.path(), workunit("hostile/validator_trap.wat")).unwrap();
+    let batch = app_with_validator(&scientist, validator.path(), WORK_UNITS, &["--max-total", "2"]).await;
+
+    // Hosts report to either process; both are woken for every comparison.
+    let first = ScriptedHost::register(&server, "first").await;
+    let second = ScriptedHost::register_at(&twin_url, "second").await;
+    for i in 0..WORK_UNITS {
+        first.run_returning(&format!("{i}.0\n")).await;
+        second.run_returning(&format!("{i}.000001\n")).await;
+    }
+
+    let status = wait_for_status(&scientist, &batch, |status| status["state"] == "done").await;
+    assert_eq!(status["work_units"]["failed"], WORK_UNITS as u64, "{status}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        server.count("select count(*) from validator_failure").await,
+        WORK_UNITS as i64,
+        "each failed comparison is reported once, whichever process ran it"
+    );
+    assert_eq!(server.count("select count(*) from output_comparison").await, WORK_UNITS as i64);
+    crate::harness::signal(&twin, libc::SIGTERM);
+    twin.wait().await.unwrap();
 }

@@ -122,7 +122,15 @@ where
         let state = AppState::from_ref(state);
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
         let mut connection = state.pool.acquire().await?;
-        let publisher = publishers::publisher_by_token(&mut connection, token).await?.ok_or(ApiError::Unauthorized)?;
-        Ok(Self(publisher))
+        match publishers::publisher_by_token(&mut connection, token).await? {
+            Some(publisher) => Ok(Self(publisher)),
+            // Secrets say what they are, so a volunteer who pastes the wrong one is told.
+            None if token.starts_with("wga_") || token.starts_with("wgh_") => Err(ApiError::Forbidden(
+                "a volunteer's account key or host token cannot publish; the project's operator gives publisher \
+                 tokens (wasmgrid-server token create --scope publish)"
+                    .into(),
+            )),
+            None => Err(ApiError::Unauthorized),
+        }
     }
 }

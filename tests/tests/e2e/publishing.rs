@@ -185,6 +185,9 @@ async fn a_publisher_sees_and_changes_only_its_own_apps_and_batches() {
     let account = wasmgrid_client::api::ServerClient::new(&server.url).unwrap().create_account("vol").await.unwrap();
     let impostor = crate::harness::Publisher { server_url: server.url.clone(), token: account.account_key };
     let error = impostor.failure(&["app", "list"]).await;
+    assert!(error.contains("403") && error.contains("cannot publish"), "{error}");
+    let stranger = crate::harness::Publisher { server_url: server.url.clone(), token: "wgp_made_up".into() };
+    let error = stranger.failure(&["app", "list"]).await;
     assert!(error.contains("401"), "{error}");
 }
 

@@ -2,3 +2,4 @@
 //! the end-to-end tests and the benchmark programs.
 
 pub mod bench;
+pub mod scientist;

@@ -9,14 +9,12 @@
 //! cargo build --release --workspace && target/release/bench-publish
 //! ```
 
-use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
-use tokio::process::Command;
-use wasmgrid_e2e::bench::{BenchServer, ms, percentile, sibling_binary};
+use wasmgrid_e2e::bench::{BenchServer, ms, percentile};
+use wasmgrid_e2e::scientist::{Scientist, create_token};
 
 #[derive(Parser)]
 #[command(about = "Times submitting a large batch and asking about it, through the wasmgrid commands")]
@@ -42,8 +40,8 @@ const MODULE: &str = r#"(module
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let server = BenchServer::start(&["--max-connections", "16"]).await?;
-    let token = create_token(&server.data_dir).await?;
-    let scientist = Scientist { url: server.url.clone(), token };
+    let token = create_token(&server.data_dir, "bench").await?;
+    let scientist = Scientist { url: server.url.clone(), token, log: None };
     let dir = tempfile::tempdir()?;
 
     let module = dir.path().join("noop.wasm");
@@ -70,11 +68,11 @@ async fn main() -> anyhow::Result<()> {
     let submit_time = started.elapsed();
     let batch = submitted["batch_id"].as_i64().context("a batch id")?.to_string();
 
-    let mut status = scientist.time(&["batch", "status", &batch], args.repeat).await?;
-    let mut list = scientist.time(&["batch", "list"], args.repeat).await?;
+    let mut status = time(&scientist, &["batch", "status", &batch], args.repeat).await?;
+    let mut list = time(&scientist, &["batch", "list"], args.repeat).await?;
     let empty = dir.path().join("results");
     let mut results =
-        scientist.time(&["batch", "results", &batch, "--out", &empty.to_string_lossy()], args.repeat).await?;
+        time(&scientist, &["batch", "results", &batch, "--out", &empty.to_string_lossy()], args.repeat).await?;
 
     println!();
     println!(
@@ -96,49 +94,13 @@ async fn main() -> anyhow::Result<()> {
     server.stop().await
 }
 
-async fn create_token(data_dir: &Path) -> anyhow::Result<String> {
-    let output = Command::new(sibling_binary("wasmgrid-server")?)
-        .args(["token", "create", "--scope", "publish", "--name", "bench", "--json", "--data-dir"])
-        .arg(data_dir)
-        .env_remove("DATABASE_URL")
-        .output()
-        .await?;
-    if !output.status.success() {
-        bail!("token create failed: {}", String::from_utf8_lossy(&output.stderr));
+/// Runs the command `repeat` times; returns how long each took.
+async fn time(scientist: &Scientist, args: &[&str], repeat: usize) -> anyhow::Result<Vec<Duration>> {
+    let mut samples = Vec::with_capacity(repeat);
+    for _ in 0..repeat {
+        let started = Instant::now();
+        scientist.run(args).await?;
+        samples.push(started.elapsed());
     }
-    let created: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    Ok(created["token"].as_str().context("a token")?.to_owned())
-}
-
-struct Scientist {
-    url: String,
-    token: String,
-}
-
-impl Scientist {
-    async fn run(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-        let output = Command::new(sibling_binary("wasmgrid")?)
-            .args(args)
-            .arg("--json")
-            .env("WASMGRID_SERVER", &self.url)
-            .env("WASMGRID_TOKEN", &self.token)
-            .stderr(Stdio::inherit())
-            .output()
-            .await?;
-        if !output.status.success() {
-            bail!("wasmgrid {} failed", args.join(" "));
-        }
-        Ok(serde_json::from_slice(&output.stdout)?)
-    }
-
-    /// Runs the command `repeat` times; returns how long each took.
-    async fn time(&self, args: &[&str], repeat: usize) -> anyhow::Result<Vec<Duration>> {
-        let mut samples = Vec::with_capacity(repeat);
-        for _ in 0..repeat {
-            let started = Instant::now();
-            self.run(args).await?;
-            samples.push(started.elapsed());
-        }
-        Ok(samples)
-    }
+    Ok(samples)
 }

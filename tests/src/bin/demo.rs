@@ -20,6 +20,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use wasmgrid_client::publish::progress::render;
 use wasmgrid_e2e::bench::{build_workunits, sibling_binary};
+use wasmgrid_e2e::scientist::{Scientist, create_token};
 use wasmgrid_server::database::embedded::connect_options_for;
 
 #[derive(Parser)]
@@ -80,8 +81,8 @@ async fn main() -> anyhow::Result<()> {
     println!("  listening on {}", server.url);
 
     step("creating a publisher token (wasmgrid-server token create --scope publish)");
-    let token = create_token(&dir).await?;
-    let scientist = Scientist { url: server.url.clone(), token, log: dir.join("commands.log") };
+    let token = create_token(&dir.join("server"), "demo-scientist").await?;
+    let scientist = Scientist { url: server.url.clone(), token, log: Some(dir.join("commands.log")) };
 
     let inputs = dir.join("inputs");
     std::fs::create_dir_all(&inputs)?;
@@ -94,14 +95,16 @@ async fn main() -> anyhow::Result<()> {
             validator = format!("--validator=wasm:{}", wasm.join(format!("{module}.wasm")).display());
             create.push(&validator);
         }
-        scientist.run(&create).await?;
+        announce(&scientist, &create).await?;
         let module = wasm.join(format!("{}.wasm", example.app));
-        scientist.run(&["app", "publish", example.app, &module.to_string_lossy()]).await?;
+        announce(&scientist, &["app", "publish", example.app, &module.to_string_lossy()]).await?;
         let source = generate_inputs(&native, example.app, &inputs, args.work_units).await?;
         let source_flag = if source.is_dir() { "--inputs" } else { "--jobs" };
-        let submitted = scientist
-            .run(&["batch", "submit", "--app", example.app, source_flag, &source.to_string_lossy(), "--quorum", "2"])
-            .await?;
+        let submitted = announce(
+            &scientist,
+            &["batch", "submit", "--app", example.app, source_flag, &source.to_string_lossy(), "--quorum", "2"],
+        )
+        .await?;
         let batch = submitted["batch_id"].as_i64().context("a batch id")?;
         batches.push((example.app, batch));
     }
@@ -119,7 +122,7 @@ async fn main() -> anyhow::Result<()> {
     let results = dir.join("results");
     for (app, batch) in &batches {
         let out = results.join(app);
-        scientist.run(&["batch", "results", &batch.to_string(), "--out", &out.to_string_lossy()]).await?;
+        announce(&scientist, &["batch", "results", &batch.to_string(), "--out", &out.to_string_lossy()]).await?;
     }
     let image = results.join("mandelbrot.png");
     let stitched = Command::new(native.join("mandelbrot-stitch"))
@@ -194,52 +197,10 @@ async fn start_server(dir: &Path, listen: SocketAddr) -> anyhow::Result<RunningS
     Ok(RunningServer { child, url })
 }
 
-async fn create_token(dir: &Path) -> anyhow::Result<String> {
-    let output = Command::new(sibling_binary("wasmgrid-server")?)
-        .args(["token", "create", "--scope", "publish", "--name", "demo-scientist", "--json", "--data-dir"])
-        .arg(dir.join("server"))
-        .env_remove("DATABASE_URL")
-        .output()
-        .await?;
-    if !output.status.success() {
-        bail!("token create failed: {}", String::from_utf8_lossy(&output.stderr));
-    }
-    let created: serde_json::Value = serde_json::from_slice(&output.stdout)?;
-    Ok(created["token"].as_str().context("a token")?.to_owned())
-}
-
-/// The `wasmgrid` publishing commands, with the server and token in the environment.
-struct Scientist {
-    url: String,
-    token: String,
-    log: PathBuf,
-}
-
-impl Scientist {
-    /// Prints the command, runs it with `--json` and returns its document.
-    async fn run(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-        println!("  $ wasmgrid {}", args.iter().map(|arg| shell_word(arg)).collect::<Vec<_>>().join(" "));
-        let output = Command::new(sibling_binary("wasmgrid")?)
-            .args(args)
-            .arg("--json")
-            .env("WASMGRID_SERVER", &self.url)
-            .env("WASMGRID_TOKEN", &self.token)
-            .stdin(Stdio::null())
-            .output()
-            .await?;
-        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        writeln!(
-            log,
-            "$ wasmgrid {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )?;
-        if !output.status.success() {
-            bail!("wasmgrid {} failed: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
-        }
-        Ok(serde_json::from_slice(&output.stdout)?)
-    }
+/// Prints a publishing command as a scientist would type it, then runs it.
+async fn announce(scientist: &Scientist, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    println!("  $ wasmgrid {}", args.iter().map(|arg| shell_word(arg)).collect::<Vec<_>>().join(" "));
+    scientist.run(args).await
 }
 
 fn shell_word(word: &str) -> String {
@@ -319,13 +280,15 @@ async fn start_volunteer(dir: &Path, url: &str, number: usize) -> anyhow::Result
 
 /// Redraws one progress bar per batch until all are done; returns their last statuses.
 async fn show_progress(scientist: &Scientist, batches: &[(&str, i64)]) -> anyhow::Result<Vec<serde_json::Value>> {
+    // Polled twice a second: not echoed, not logged.
+    let quiet = Scientist { url: scientist.url.clone(), token: scientist.token.clone(), log: None };
     let terminal = std::io::stdout().is_terminal();
     let mut drawn = false;
     let mut last_line = Instant::now();
     loop {
         let mut statuses = Vec::new();
         for (_, batch) in batches {
-            statuses.push(scientist.quiet_status(*batch).await?);
+            statuses.push(quiet.run(&["batch", "status", &batch.to_string()]).await?);
         }
         let lines: Vec<String> = batches
             .iter()
@@ -359,22 +322,6 @@ async fn show_progress(scientist: &Scientist, batches: &[(&str, i64)]) -> anyhow
             return Ok(statuses);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-impl Scientist {
-    /// `wasmgrid batch status` without echoing the command (it runs twice a second).
-    async fn quiet_status(&self, batch: i64) -> anyhow::Result<serde_json::Value> {
-        let output = Command::new(sibling_binary("wasmgrid")?)
-            .args(["batch", "status", &batch.to_string(), "--json"])
-            .env("WASMGRID_SERVER", &self.url)
-            .env("WASMGRID_TOKEN", &self.token)
-            .output()
-            .await?;
-        if !output.status.success() {
-            bail!("wasmgrid batch status {batch} failed: {}", String::from_utf8_lossy(&output.stderr));
-        }
-        Ok(serde_json::from_slice(&output.stdout)?)
     }
 }
 

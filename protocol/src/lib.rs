@@ -4,12 +4,14 @@
 //! - [`hash`]: content addresses (SHA-256 in lowercase hex) and the hashing helpers.
 //! - [`api`]: request and response bodies of the JSON API under [`API_PREFIX`].
 //! - [`publish`]: the publishing API that scientists use.
+//! - [`stats`]: the public statistics behind the web pages.
 //!
 //! Times are RFC 3339 in UTC; ids are 64-bit integers assigned by the server.
 
 pub mod api;
 pub mod hash;
 pub mod publish;
+pub mod stats;
 
 pub use hash::Sha256Hash;
 

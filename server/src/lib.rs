@@ -20,6 +20,8 @@
 //! - [`blobs`]: content-addressed modules, inputs and outputs.
 //! - [`publishing`]: apps, versions, batches and work units, and the publishing API.
 //! - [`sweeps`]: background work: missed deadlines, credit folding.
+//! - [`stats`]: the public statistics (leaderboards, users, teams, hosts, status), as JSON.
+//! - [`web`]: the public web pages built on them.
 
 pub mod accounts;
 pub mod blobs;
@@ -33,9 +35,11 @@ pub mod reports;
 pub mod secrets;
 pub mod startup;
 pub mod state_machine;
+pub mod stats;
 pub mod sweeps;
 pub mod trust;
 pub mod validator;
+pub mod web;
 pub mod work_fetch;
 
 pub use config::{SchedulerConfig, ServerConfig};

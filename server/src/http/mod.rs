@@ -29,8 +29,8 @@ pub struct AppState {
     pub scheduler: Arc<SchedulerConfig>,
     /// Checks published modules and runs apps' validator modules.
     pub sandbox: Arc<wasmgrid_sandbox::Sandbox>,
-    /// Wakes the validator sweep when outputs are waiting for a validator module.
-    pub comparisons_waiting: Arc<tokio::sync::Notify>,
+    /// The home page's totals, counted at most every few seconds.
+    pub totals: Arc<crate::stats::TotalsCache>,
     pub started_at: Instant,
 }
 
@@ -47,6 +47,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::work_fetch::router())
         .merge(crate::blobs::router())
         .merge(crate::publishing::http::router())
+        .merge(crate::stats::router())
+        .merge(crate::web::router())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))

@@ -11,3 +11,4 @@ mod embedded;
 mod helpers;
 mod idempotency;
 mod state_machine;
+mod web;

@@ -1,0 +1,498 @@
+//! The project's public statistics: totals, leaderboards, users, teams, hosts and the
+//! project's status. The web pages render them; `/api/v1/stats/...` serves them as JSON.
+//!
+//! Every query reads through an index: leaderboards page in index order, detail pages look
+//! up one row and its few neighbours, and the totals that would need counting whole tables
+//! come from a cache refreshed every few seconds ([`TotalsCache`]).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use sqlx::PgConnection;
+use wasmgrid_protocol::API_PREFIX;
+use wasmgrid_protocol::stats::{
+    HostStats, HostSummary, HourCount, Leaderboard, Named, Order, Progress, ProjectStatus, Ranked, RecentResult,
+    StateCount, TeamStats, Totals, UserStats,
+};
+
+use crate::http::AppState;
+use crate::http::error::{ApiError, ApiResult};
+use crate::http::extract::ApiPath;
+
+/// Rows per leaderboard page.
+pub const PER_PAGE: i64 = 50;
+/// Deepest page served: past it, a page would scan too much of the index to stay fast.
+pub const MAX_PAGE: i64 = 10_000;
+/// A host counts as active if it asked for work within this long.
+const ACTIVE_WITHIN: &str = "1 day";
+/// Tables smaller than this (by the planner's estimate) are counted exactly for paging.
+const EXACT_COUNT_BELOW: i64 = 50_000;
+/// How long computed totals are served before they are counted again.
+const TOTALS_FOR: Duration = Duration::from_secs(10);
+
+/// The recent average credit as of now: stored values decay from their last update.
+const RECENT: &str = "decayed_average(expavg_credit, expavg_time, 0, now())";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(&format!("{API_PREFIX}/stats/totals"), get(totals_handler))
+        .route(&format!("{API_PREFIX}/stats/users"), get(users_handler))
+        .route(&format!("{API_PREFIX}/stats/teams"), get(teams_handler))
+        .route(&format!("{API_PREFIX}/stats/hosts"), get(hosts_handler))
+        .route(&format!("{API_PREFIX}/stats/users/{{id}}"), get(user_handler))
+        .route(&format!("{API_PREFIX}/stats/teams/{{id}}"), get(team_handler))
+        .route(&format!("{API_PREFIX}/stats/hosts/{{id}}"), get(host_handler))
+        .route(&format!("{API_PREFIX}/stats/status"), get(status_handler))
+}
+
+/// `?order=total|recent&page=N`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct PageQuery {
+    #[serde(default)]
+    pub order: Order,
+    pub page: Option<i64>,
+}
+
+impl PageQuery {
+    fn page(&self) -> ApiResult<i64> {
+        let page = self.page.unwrap_or(1);
+        if !(1..=MAX_PAGE).contains(&page) {
+            return Err(ApiError::bad_request(format!("page must be between 1 and {MAX_PAGE}")));
+        }
+        Ok(page)
+    }
+}
+
+/// Which leaderboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Board {
+    Users,
+    Teams,
+    Hosts,
+}
+
+/// Totals counted at most every [`TOTALS_FOR`]: they count whole tables.
+#[derive(Default)]
+pub struct TotalsCache {
+    cached: Mutex<Option<(Instant, Totals)>>,
+}
+
+impl TotalsCache {
+    pub async fn get(&self, connection: &mut PgConnection) -> ApiResult<Totals> {
+        if let Some((at, totals)) = self.cached.lock().expect("totals cache poisoned").as_ref()
+            && at.elapsed() < TOTALS_FOR
+        {
+            return Ok(totals.clone());
+        }
+        let totals = count_totals(connection).await?;
+        *self.cached.lock().expect("totals cache poisoned") = Some((Instant::now(), totals.clone()));
+        Ok(totals)
+    }
+}
+
+async fn count_totals(connection: &mut PgConnection) -> ApiResult<Totals> {
+    let (volunteers, hosts, active_hosts, work_units_validated, total_credit, credit_last_hour): (
+        i64,
+        i64,
+        i64,
+        i64,
+        f64,
+        f64,
+    ) = sqlx::query_as(&format!(
+        "select (select count(*) from account),
+                (select count(*) from host),
+                (select count(*) from host where last_contact_at > now() - interval '{ACTIVE_WITHIN}'),
+                (select count(*) from work_unit where state = 'validated'),
+                (select coalesce(sum(total_credit), 0) from account),
+                (select coalesce(sum(credit), 0) from credit_grant where granted_at > now() - interval '1 hour')"
+    ))
+    .fetch_one(connection)
+    .await?;
+    Ok(Totals {
+        volunteers,
+        hosts,
+        active_hosts,
+        work_units_validated,
+        total_credit,
+        credit_per_day: credit_last_hour * 24.0,
+    })
+}
+
+#[derive(sqlx::FromRow)]
+struct RankedRow {
+    id: i64,
+    name: String,
+    total_credit: f64,
+    recent: f64,
+    group_id: Option<i64>,
+    group_name: Option<String>,
+}
+
+pub async fn leaderboard(connection: &mut PgConnection, board: Board, query: PageQuery) -> ApiResult<Leaderboard> {
+    let page = query.page()?;
+    let order = match query.order {
+        Order::Total => "t.total_credit desc, t.id",
+        Order::Recent => "t.expavg_credit desc, t.id",
+    };
+    let (table, group) = match board {
+        Board::Users => ("account", "left join team g on g.id = t.team_id"),
+        Board::Teams => ("team", "left join (select null::bigint as id, null::text as name) g on false"),
+        Board::Hosts => ("host", "left join account g on g.id = t.account_id"),
+    };
+    let rows: Vec<RankedRow> = sqlx::query_as(&format!(
+        "select t.id, t.name, t.total_credit, decayed_average(t.expavg_credit, t.expavg_time, 0, now()) as recent,
+                g.id as group_id, g.name as group_name
+         from (select * from {table} t order by {order} limit $1 offset $2) t
+         {group}
+         order by {order}"
+    ))
+    .bind(PER_PAGE)
+    .bind((page - 1) * PER_PAGE)
+    .fetch_all(&mut *connection)
+    .await?;
+    // How many pages there are: the planner's estimate for a large table (counting would
+    // read all of it on every page view), an exact count for a small one, whose estimate
+    // may not exist yet.
+    let estimate: f64 = sqlx::query_scalar("select greatest(reltuples, 0)::float8 from pg_class where relname = $1")
+        .bind(table)
+        .fetch_one(&mut *connection)
+        .await?;
+    let total = if estimate >= EXACT_COUNT_BELOW as f64 {
+        estimate.round() as i64
+    } else {
+        sqlx::query_scalar(&format!("select count(*) from {table}")).fetch_one(&mut *connection).await?
+    };
+    let first_rank = (page - 1) * PER_PAGE + 1;
+    let entries = rows
+        .into_iter()
+        .enumerate()
+        .map(|(i, row)| Ranked {
+            rank: first_rank + i as i64,
+            id: row.id,
+            name: row.name,
+            total_credit: row.total_credit,
+            recent_average_credit: row.recent,
+            group: row.group_id.zip(row.group_name).map(|(id, name)| Named { id, name }),
+        })
+        .collect::<Vec<_>>();
+    // An estimate may lag behind; never say there are fewer rows than shown.
+    let total = total.max(first_rank - 1 + entries.len() as i64);
+    Ok(Leaderboard { order: query.order, page, per_page: PER_PAGE, total, entries })
+}
+
+#[derive(sqlx::FromRow)]
+struct UserRow {
+    name: String,
+    total_credit: f64,
+    recent: f64,
+    team_id: Option<i64>,
+    team_name: Option<String>,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct HostSummaryRow {
+    id: i64,
+    name: String,
+    os: String,
+    arch: String,
+    cores: i32,
+    total_credit: f64,
+    recent: f64,
+    last_contact_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+pub async fn user(connection: &mut PgConnection, id: i64) -> ApiResult<UserStats> {
+    let row: Option<UserRow> = sqlx::query_as(
+        "select a.name, a.total_credit, decayed_average(a.expavg_credit, a.expavg_time, 0, now()) as recent,
+                t.id as team_id, t.name as team_name, a.created_at
+         from account a left join team t on t.id = a.team_id where a.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *connection)
+    .await?;
+    let user = row.ok_or_else(|| ApiError::not_found(format!("no user {id}")))?;
+    let hosts: Vec<HostSummaryRow> = sqlx::query_as(&format!(
+        "select id, name, os, arch, cores, total_credit, {RECENT} as recent, last_contact_at
+         from host where account_id = $1 order by total_credit desc, id limit 100"
+    ))
+    .bind(id)
+    .fetch_all(&mut *connection)
+    .await?;
+    Ok(UserStats {
+        id,
+        name: user.name,
+        total_credit: user.total_credit,
+        recent_average_credit: user.recent,
+        team: user.team_id.zip(user.team_name).map(|(id, name)| Named { id, name }),
+        hosts: hosts
+            .into_iter()
+            .map(|host| HostSummary {
+                id: host.id,
+                name: host.name,
+                os: host.os,
+                arch: host.arch,
+                cores: host.cores,
+                total_credit: host.total_credit,
+                recent_average_credit: host.recent,
+                last_contact_at: host.last_contact_at,
+            })
+            .collect(),
+        joined_at: user.created_at,
+    })
+}
+
+pub async fn team(connection: &mut PgConnection, id: i64) -> ApiResult<TeamStats> {
+    let row: Option<(String, String, f64, f64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(&format!(
+        "select name, description, total_credit, {RECENT}, created_at from team where id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(&mut *connection)
+    .await?;
+    let (name, description, total_credit, recent_average_credit, founded_at) =
+        row.ok_or_else(|| ApiError::not_found(format!("no team {id}")))?;
+    let members: Vec<(i64, String, f64, f64)> = sqlx::query_as(&format!(
+        "select id, name, total_credit, {RECENT} from account where team_id = $1
+         order by total_credit desc, id limit 100"
+    ))
+    .bind(id)
+    .fetch_all(&mut *connection)
+    .await?;
+    let member_count: i64 = sqlx::query_scalar("select count(*) from account where team_id = $1")
+        .bind(id)
+        .fetch_one(&mut *connection)
+        .await?;
+    Ok(TeamStats {
+        id,
+        name,
+        description,
+        total_credit,
+        recent_average_credit,
+        members: members
+            .into_iter()
+            .enumerate()
+            .map(|(i, (id, name, total_credit, recent_average_credit))| Ranked {
+                rank: i as i64 + 1,
+                id,
+                name,
+                total_credit,
+                recent_average_credit,
+                group: None,
+            })
+            .collect(),
+        member_count,
+        founded_at,
+    })
+}
+
+#[derive(sqlx::FromRow)]
+struct HostRow {
+    name: String,
+    account_id: i64,
+    owner: String,
+    os: String,
+    arch: String,
+    cores: i32,
+    memory_bytes: i64,
+    client_version: String,
+    total_credit: f64,
+    recent: f64,
+    valid_count: i64,
+    invalid_count: i64,
+    error_count: i64,
+    last_contact_at: Option<chrono::DateTime<chrono::Utc>>,
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ResultRow {
+    id: i64,
+    work_unit: String,
+    app: String,
+    outcome: Option<String>,
+    validation: String,
+    credit: Option<f64>,
+    run_time_ms: Option<i64>,
+    received_at: Option<chrono::DateTime<chrono::Utc>>,
+    error_reason: Option<String>,
+}
+
+pub async fn host(connection: &mut PgConnection, id: i64) -> ApiResult<HostStats> {
+    let row: Option<HostRow> = sqlx::query_as(
+        "select h.name, h.account_id, a.name as owner, h.os, h.arch, h.cores, h.memory_bytes, h.client_version,
+                h.total_credit, decayed_average(h.expavg_credit, h.expavg_time, 0, now()) as recent,
+                h.valid_count, h.invalid_count, h.error_count, h.last_contact_at, h.created_at
+         from host h join account a on a.id = h.account_id where h.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *connection)
+    .await?;
+    let host = row.ok_or_else(|| ApiError::not_found(format!("no host {id}")))?;
+    let results: Vec<ResultRow> = sqlx::query_as(
+        "select r.id, w.name as work_unit, a.name as app, r.outcome::text as outcome,
+                r.validate_state::text as validation, r.credit, r.run_time_ms, r.received_at, r.error_reason
+         from replica r
+         join work_unit w on w.id = r.work_unit_id
+         join app_version v on v.id = w.app_version_id
+         join app a on a.id = v.app_id
+         where r.host_id = $1 and r.received_at is not null
+         order by r.received_at desc limit 20",
+    )
+    .bind(id)
+    .fetch_all(&mut *connection)
+    .await?;
+    Ok(HostStats {
+        id,
+        name: host.name,
+        owner: Named { id: host.account_id, name: host.owner },
+        os: host.os,
+        arch: host.arch,
+        cores: host.cores,
+        memory_bytes: host.memory_bytes,
+        client_version: host.client_version,
+        total_credit: host.total_credit,
+        recent_average_credit: host.recent,
+        valid_results: host.valid_count,
+        invalid_results: host.invalid_count,
+        error_results: host.error_count,
+        last_contact_at: host.last_contact_at,
+        registered_at: host.created_at,
+        recent_results: results
+            .into_iter()
+            .map(|result| RecentResult {
+                replica_id: result.id,
+                work_unit: result.work_unit,
+                app: result.app,
+                outcome: result.outcome.unwrap_or_else(|| "pending".into()),
+                validation: result.validation,
+                credit: result.credit,
+                run_time_ms: result.run_time_ms,
+                received_at: result.received_at,
+                error: result.error_reason,
+            })
+            .collect(),
+    })
+}
+
+/// Days of history in the replicas-per-hour series.
+const HISTORY_DAYS: i64 = 3;
+
+pub async fn status(connection: &mut PgConnection, uptime: Duration) -> ApiResult<ProjectStatus> {
+    let counts = |rows: Vec<(String, i64)>| {
+        rows.into_iter().map(|(state, count)| StateCount { state, count }).collect::<Vec<_>>()
+    };
+    let work_units: Vec<(String, i64)> =
+        sqlx::query_as("select state::text, count(*) from work_unit group by state order by state")
+            .fetch_all(&mut *connection)
+            .await?;
+    let replicas: Vec<(String, i64)> =
+        sqlx::query_as("select state::text, count(*) from replica group by state order by state")
+            .fetch_all(&mut *connection)
+            .await?;
+    let active_hosts: i64 = sqlx::query_scalar(&format!(
+        "select count(*) from host where last_contact_at > now() - interval '{ACTIVE_WITHIN}'"
+    ))
+    .fetch_one(&mut *connection)
+    .await?;
+    let hours: Vec<(chrono::DateTime<chrono::Utc>, i64)> = sqlx::query_as(
+        "select date_trunc('hour', received_at), count(*) from replica
+         where received_at > now() - make_interval(days => $1)
+         group by 1 order by 1",
+    )
+    .bind(HISTORY_DAYS as i32)
+    .fetch_all(&mut *connection)
+    .await?;
+    let apps: Vec<(i64, String, i64, i64, i64)> = sqlx::query_as(
+        "select a.id, a.name,
+                count(w.id) filter (where w.state = 'active'),
+                count(w.id) filter (where w.state = 'validated'),
+                count(w.id) filter (where w.state = 'failed')
+         from app a
+         left join app_version v on v.app_id = a.id
+         left join work_unit w on w.app_version_id = v.id
+         group by a.id order by a.name, a.id",
+    )
+    .fetch_all(&mut *connection)
+    .await?;
+    let batches: Vec<(i64, String, String, i64, i64, i64)> = sqlx::query_as(
+        "select b.id, b.name, a.name,
+                count(w.id) filter (where w.state = 'active'),
+                count(w.id) filter (where w.state = 'validated'),
+                count(w.id) filter (where w.state = 'failed')
+         from (select * from batch order by id desc limit 20) b
+         join app a on a.id = b.app_id
+         left join work_unit w on w.batch_id = b.id
+         group by b.id, b.name, a.name order by b.id desc",
+    )
+    .fetch_all(&mut *connection)
+    .await?;
+    Ok(ProjectStatus {
+        server_version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_seconds: uptime.as_secs(),
+        work_units: counts(work_units),
+        replicas: counts(replicas),
+        active_hosts,
+        replicas_per_hour: hours.into_iter().map(|(hour, count)| HourCount { hour, count }).collect(),
+        apps: apps
+            .into_iter()
+            .map(|(id, name, active, validated, failed)| Progress { id, name, app: None, active, validated, failed })
+            .collect(),
+        batches: batches
+            .into_iter()
+            .map(|(id, name, app, active, validated, failed)| Progress {
+                id,
+                name: if name.is_empty() { format!("batch {id}") } else { name },
+                app: Some(app),
+                active,
+                validated,
+                failed,
+            })
+            .collect(),
+    })
+}
+
+async fn totals_handler(State(state): State<AppState>) -> ApiResult<Json<Totals>> {
+    let mut connection = state.pool.acquire().await?;
+    Ok(Json(state.totals.get(&mut connection).await?))
+}
+
+async fn board(state: &AppState, board: Board, query: PageQuery) -> ApiResult<Json<Leaderboard>> {
+    let mut connection = state.pool.acquire().await?;
+    Ok(Json(leaderboard(&mut connection, board, query).await?))
+}
+
+async fn users_handler(State(state): State<AppState>, Query(query): Query<PageQuery>) -> ApiResult<Json<Leaderboard>> {
+    board(&state, Board::Users, query).await
+}
+
+async fn teams_handler(State(state): State<AppState>, Query(query): Query<PageQuery>) -> ApiResult<Json<Leaderboard>> {
+    board(&state, Board::Teams, query).await
+}
+
+async fn hosts_handler(State(state): State<AppState>, Query(query): Query<PageQuery>) -> ApiResult<Json<Leaderboard>> {
+    board(&state, Board::Hosts, query).await
+}
+
+async fn user_handler(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<UserStats>> {
+    let mut connection = state.pool.acquire().await?;
+    Ok(Json(user(&mut connection, id).await?))
+}
+
+async fn team_handler(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<TeamStats>> {
+    let mut connection = state.pool.acquire().await?;
+    Ok(Json(team(&mut connection, id).await?))
+}
+
+async fn host_handler(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<HostStats>> {
+    let mut connection = state.pool.acquire().await?;
+    Ok(Json(host(&mut connection, id).await?))
+}
+
+async fn status_handler(State(state): State<AppState>) -> ApiResult<Json<ProjectStatus>> {
+    let mut connection = state.pool.acquire().await?;
+    Ok(Json(status(&mut connection, state.started_at.elapsed()).await?))
+}

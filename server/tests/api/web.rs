@@ -1,0 +1,146 @@
+//! The public pages and their JSON: real work earns real credit, which the leaderboards,
+//! user, team and host pages and `/api/v1/stats` show; hostile names stay text.
+
+use reqwest::Method;
+use wasmgrid_protocol::stats::{HostStats, Leaderboard, ProjectStatus, Totals, UserStats};
+
+use crate::helpers::{TestApp, policy};
+
+async fn get(app: &TestApp, path: &str) -> reqwest::Response {
+    app.client.request(Method::GET, path).send().await.unwrap()
+}
+
+async fn page(app: &TestApp, path: &str) -> String {
+    let response = get(app, path).await;
+    assert_eq!(response.status(), 200, "{path}");
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/html"), "{path}");
+    let policy = response.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(policy.contains("default-src 'none'") && !policy.contains("unsafe-inline"), "{path}: {policy}");
+    response.text().await.unwrap()
+}
+
+async fn json<T: serde::de::DeserializeOwned>(app: &TestApp, path: &str) -> T {
+    let response = get(app, path).await;
+    assert_eq!(response.status(), 200, "{path}");
+    response.json().await.unwrap()
+}
+
+/// Two volunteers validate `count` work units together; returns them.
+async fn validated_work(app: &TestApp, count: usize) -> (crate::helpers::Volunteer, crate::helpers::Volunteer) {
+    app.publish(count, policy(2, 2)).await;
+    let alice = app.volunteer("alice").await;
+    let bob = app.volunteer("bob").await;
+    for volunteer in [&alice, &bob] {
+        for assignment in volunteer.fetch(count as u32).await {
+            volunteer.succeed(assignment.replica_id, b"the answer").await;
+        }
+    }
+    app.sweep().await;
+    (alice, bob)
+}
+
+#[tokio::test]
+async fn credit_earned_shows_on_the_leaderboards_and_the_user_and_host_pages() {
+    let app = TestApp::spawn().await;
+    let (alice, _bob) = validated_work(&app, 3).await;
+
+    let totals: Totals = json(&app, "/api/v1/stats/totals").await;
+    assert_eq!((totals.volunteers, totals.hosts, totals.work_units_validated), (2, 2, 3));
+    assert!(totals.total_credit > 0.0 && totals.credit_per_day > 0.0, "{totals:?}");
+
+    let board: Leaderboard = json(&app, "/api/v1/stats/users?order=total").await;
+    assert_eq!(board.entries.len(), 2);
+    assert_eq!(board.entries[0].rank, 1);
+    assert_eq!(board.entries[0].total_credit, board.entries[1].total_credit, "both did the same work");
+    let user: UserStats = json(&app, &format!("/api/v1/stats/users/{}", alice.account_id)).await;
+    assert_eq!(user.hosts.len(), 1);
+    assert_eq!(user.total_credit, board.entries[0].total_credit);
+    let host: HostStats = json(&app, &format!("/api/v1/stats/hosts/{}", alice.host_id)).await;
+    assert_eq!(host.recent_results.len(), 3);
+    assert!(host.recent_results.iter().all(|result| result.validation == "valid"), "{host:?}");
+    assert_eq!(host.valid_results, 3);
+
+    let home = page(&app, "/").await;
+    assert!(home.contains("wasmgrid attach http://127.0.0.1:"), "the attach command names this server");
+    let users = page(&app, "/users").await;
+    assert!(users.contains("alice") && users.contains("bob"));
+    let user_page = page(&app, &format!("/users/{}", alice.account_id)).await;
+    assert!(user_page.contains(&format!("/hosts/{}", alice.host_id)));
+    let host_page = page(&app, &format!("/hosts/{}", alice.host_id)).await;
+    assert!(host_page.contains("valid") && host_page.contains("wu-0"), "{host_page}");
+    let status = page(&app, "/status").await;
+    assert!(status.contains("<svg") && status.contains("<rect"), "the chart has bars: {status}");
+    let status: ProjectStatus = json(&app, "/api/v1/stats/status").await;
+    assert_eq!(status.replicas_per_hour.iter().map(|hour| hour.count).sum::<i64>(), 6);
+}
+
+#[tokio::test]
+async fn leaderboards_are_ordered_and_paginated() {
+    let app = TestApp::spawn().await;
+    for i in 0..120 {
+        app.volunteer(&format!("user-{i:03}")).await;
+    }
+    // Credit as the sweep would leave it: totals and a recent average decaying from now.
+    sqlx::query("update account set total_credit = id * 10, expavg_credit = 1000 - id, expavg_time = now()")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let first: Leaderboard = json(&app, "/api/v1/stats/users").await;
+    assert_eq!(first.entries.len(), 50);
+    assert!(first.entries.windows(2).all(|pair| pair[0].total_credit >= pair[1].total_credit));
+    let third: Leaderboard = json(&app, "/api/v1/stats/users?page=3").await;
+    assert_eq!(third.entries.len(), 20);
+    assert_eq!(third.entries[0].rank, 101);
+    let recent: Leaderboard = json(&app, "/api/v1/stats/users?order=recent").await;
+    assert_eq!(recent.entries[0].name, "user-000", "the recent average runs the other way");
+    assert!(recent.entries.windows(2).all(|pair| pair[0].recent_average_credit >= pair[1].recent_average_credit));
+
+    let html = page(&app, "/users?order=recent&page=2").await;
+    assert!(html.contains("page=1") && html.contains("page=3"), "links to both neighbours");
+    for bad in ["/api/v1/stats/users?page=0", "/api/v1/stats/users?page=99999", "/users?page=-1"] {
+        assert_eq!(get(&app, bad).await.status(), 400, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn hostile_names_are_shown_as_text() {
+    let app = TestApp::spawn().await;
+    let payloads = [r#"<script>alert("x")</script>"#, r#""><img src=x onerror=alert(1)>"#, "' onmouseover='alert(1)"];
+    let mut ids = Vec::new();
+    for payload in payloads {
+        ids.push(app.volunteer(payload).await);
+    }
+    let team: i64 = sqlx::query_scalar("insert into team (name) values ($1) returning id")
+        .bind(payloads[0])
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("update account set team_id = $1, total_credit = 1").bind(team).execute(&app.pool).await.unwrap();
+    sqlx::query("update host set name = $1").bind(payloads[1]).execute(&app.pool).await.unwrap();
+
+    let mut pages = vec!["/users".to_owned(), "/teams".to_owned(), "/hosts".to_owned(), format!("/teams/{team}")];
+    for volunteer in &ids {
+        pages.push(format!("/users/{}", volunteer.account_id));
+        pages.push(format!("/hosts/{}", volunteer.host_id));
+    }
+    for path in pages {
+        let html = page(&app, &path).await;
+        for raw in ["<script>alert", "<img src=x", "' onmouseover='"] {
+            assert!(!html.contains(raw), "{path} contains {raw:?} unescaped");
+        }
+        assert!(html.contains("&#60;script&#62;") || html.contains("&#60;img"), "{path} shows the names as text");
+    }
+}
+
+#[tokio::test]
+async fn a_missing_user_is_a_404_page() {
+    let app = TestApp::spawn().await;
+    let response = get(&app, "/users/999999").await;
+    assert_eq!(response.status(), 404);
+    assert!(response.text().await.unwrap().contains("no user 999999"));
+    assert_eq!(get(&app, "/api/v1/stats/hosts/999999").await.status(), 404);
+    let css = get(&app, "/static/style.css").await;
+    assert_eq!(css.status(), 200);
+    assert!(css.headers()["content-type"].to_str().unwrap().starts_with("text/css"));
+}

@@ -138,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
         println!("  image:         {}", image.display());
     }
     println!("  logs:          {}", dir.display());
-    println!("  leaderboard:   {}/ (the web pages come with the next release of the server)", server.url);
+    println!("  leaderboard:   {}/users   (project status: {}/status)", server.url, server.url);
 
     for volunteer in &mut volunteers {
         stop(volunteer).await;

@@ -24,6 +24,7 @@ async fn the_demo_runs_the_whole_grid_to_validated_outputs() {
     for volunteer in 1..=4 {
         assert!(stdout.contains(&format!("volunteer-{volunteer}")), "{stdout}");
     }
+    assert!(stdout.contains("leaderboard:   http://127.0.0.1:"), "{stdout}");
     let results = data_dir.join("results");
     assert_eq!(std::fs::read_dir(results.join("primes")).unwrap().count(), 4);
     assert_eq!(std::fs::read_dir(results.join("nbody")).unwrap().count(), 4);

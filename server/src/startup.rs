@@ -41,7 +41,7 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
         blobs: Arc::new(blobs),
         scheduler: Arc::new(config.scheduler.clone()),
         sandbox,
-        totals: Arc::default(),
+        stats: Arc::default(),
         started_at: Instant::now(),
     };
     Ok(App { listener, state, database, config })

@@ -2,9 +2,10 @@
 //! project's status. The web pages render them; `/api/v1/stats/...` serves them as JSON.
 //!
 //! Every query reads through an index: leaderboards page in index order, detail pages look
-//! up one row and its few neighbours, and the totals that would need counting whole tables
-//! come from a cache refreshed every few seconds ([`TotalsCache`]).
+//! up one row and its few neighbours, and the totals and status that need counting whole
+//! tables come from a cache refreshed every ten seconds ([`StatsCache`]).
 
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -23,16 +24,16 @@ use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiPath;
 
-/// Rows per leaderboard page.
-pub const PER_PAGE: i64 = 50;
+/// Rows per leaderboard page: the top 100 on the first.
+pub const PER_PAGE: i64 = 100;
 /// Deepest page served: past it, a page would scan too much of the index to stay fast.
 pub const MAX_PAGE: i64 = 10_000;
 /// A host counts as active if it asked for work within this long.
 const ACTIVE_WITHIN: &str = "1 day";
 /// Tables smaller than this (by the planner's estimate) are counted exactly for paging.
 const EXACT_COUNT_BELOW: i64 = 50_000;
-/// How long computed totals are served before they are counted again.
-const TOTALS_FOR: Duration = Duration::from_secs(10);
+/// How long counted totals and status are served before they are counted again.
+const CACHED_FOR: Duration = Duration::from_secs(10);
 
 /// The recent average credit as of now: stored values decay from their last update.
 const RECENT: &str = "decayed_average(expavg_credit, expavg_time, 0, now())";
@@ -75,22 +76,50 @@ pub enum Board {
     Hosts,
 }
 
-/// Totals counted at most every [`TOTALS_FOR`]: they count whole tables.
-#[derive(Default)]
-pub struct TotalsCache {
-    cached: Mutex<Option<(Instant, Totals)>>,
+/// A value computed at most every [`CACHED_FOR`]: the totals and the project's status
+/// count whole tables, which no page view should do each time.
+pub struct Cached<T> {
+    value: Mutex<Option<(Instant, T)>>,
 }
 
-impl TotalsCache {
-    pub async fn get(&self, connection: &mut PgConnection) -> ApiResult<Totals> {
-        if let Some((at, totals)) = self.cached.lock().expect("totals cache poisoned").as_ref()
-            && at.elapsed() < TOTALS_FOR
+impl<T> Default for Cached<T> {
+    fn default() -> Self {
+        Self { value: Mutex::new(None) }
+    }
+}
+
+impl<T: Clone> Cached<T> {
+    /// The cached value, or a fresh one from `compute` when it is older than [`CACHED_FOR`].
+    /// Two requests may compute at once after it expires; both answers are right.
+    pub async fn get_or<F: Future<Output = ApiResult<T>>>(&self, compute: impl FnOnce() -> F) -> ApiResult<T> {
+        if let Some((at, value)) = self.value.lock().expect("cache poisoned").as_ref()
+            && at.elapsed() < CACHED_FOR
         {
-            return Ok(totals.clone());
+            return Ok(value.clone());
         }
-        let totals = count_totals(connection).await?;
-        *self.cached.lock().expect("totals cache poisoned") = Some((Instant::now(), totals.clone()));
-        Ok(totals)
+        let value = compute().await?;
+        *self.value.lock().expect("cache poisoned") = Some((Instant::now(), value.clone()));
+        Ok(value)
+    }
+}
+
+/// What the statistics keep between requests.
+#[derive(Default)]
+pub struct StatsCache {
+    pub totals: Cached<Totals>,
+    pub status: Cached<ProjectStatus>,
+}
+
+impl StatsCache {
+    pub async fn totals(&self, connection: &mut PgConnection) -> ApiResult<Totals> {
+        self.totals.get_or(|| count_totals(connection)).await
+    }
+
+    /// The status with the uptime of now, whenever its counts were taken.
+    pub async fn status(&self, connection: &mut PgConnection, uptime: Duration) -> ApiResult<ProjectStatus> {
+        let mut status = self.status.get_or(|| status(connection, uptime)).await?;
+        status.uptime_seconds = uptime.as_secs();
+        Ok(status)
     }
 }
 
@@ -457,7 +486,7 @@ pub async fn status(connection: &mut PgConnection, uptime: Duration) -> ApiResul
 
 async fn totals_handler(State(state): State<AppState>) -> ApiResult<Json<Totals>> {
     let mut connection = state.pool.acquire().await?;
-    Ok(Json(state.totals.get(&mut connection).await?))
+    Ok(Json(state.stats.totals(&mut connection).await?))
 }
 
 async fn board(state: &AppState, board: Board, query: PageQuery) -> ApiResult<Json<Leaderboard>> {
@@ -494,5 +523,5 @@ async fn host_handler(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) 
 
 async fn status_handler(State(state): State<AppState>) -> ApiResult<Json<ProjectStatus>> {
     let mut connection = state.pool.acquire().await?;
-    Ok(Json(status(&mut connection, state.started_at.elapsed()).await?))
+    Ok(Json(state.stats.status(&mut connection, state.started_at.elapsed()).await?))
 }

@@ -29,8 +29,8 @@ pub struct AppState {
     pub scheduler: Arc<SchedulerConfig>,
     /// Checks published modules and runs apps' validator modules.
     pub sandbox: Arc<wasmgrid_sandbox::Sandbox>,
-    /// The home page's totals, counted at most every few seconds.
-    pub totals: Arc<crate::stats::TotalsCache>,
+    /// The statistics that count whole tables, counted at most every few seconds.
+    pub stats: Arc<crate::stats::StatsCache>,
     pub started_at: Instant,
 }
 

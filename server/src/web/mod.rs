@@ -133,7 +133,7 @@ fn server_url(headers: &HeaderMap) -> String {
 
 async fn home(State(state): State<AppState>, headers: HeaderMap) -> PageResult {
     let mut connection = state.pool.acquire().await?;
-    let totals = state.totals.get(&mut connection).await?;
+    let totals = state.stats.totals(&mut connection).await?;
     let apps: Vec<(String, String)> =
         sqlx::query_as("select name, description from app where exists (select 1 from app_version v where v.app_id = app.id) order by name limit 50")
             .fetch_all(&mut *connection)
@@ -414,7 +414,7 @@ struct StatusPage {
 
 async fn status(State(state): State<AppState>) -> PageResult {
     let mut connection = state.pool.acquire().await?;
-    let status = stats::status(&mut connection, state.started_at.elapsed()).await?;
+    let status = state.stats.status(&mut connection, state.started_at.elapsed()).await?;
     let progress = |progress: wasmgrid_protocol::stats::Progress| {
         let total = progress.active + progress.validated + progress.failed;
         let finished = progress.validated + progress.failed;

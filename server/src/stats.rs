@@ -167,6 +167,8 @@ pub async fn leaderboard(connection: &mut PgConnection, board: Board, query: Pag
         Order::Total => "t.total_credit desc, t.id",
         Order::Recent => "t.expavg_credit desc, t.id",
     };
+    // The rows skipped to reach a page are read from the index alone (ids only), and only
+    // the page's own rows from the table.
     let (table, group) = match board {
         Board::Users => ("account", "left join team g on g.id = t.team_id"),
         Board::Teams => ("team", "left join (select null::bigint as id, null::text as name) g on false"),
@@ -175,7 +177,8 @@ pub async fn leaderboard(connection: &mut PgConnection, board: Board, query: Pag
     let rows: Vec<RankedRow> = sqlx::query_as(&format!(
         "select t.id, t.name, t.total_credit, decayed_average(t.expavg_credit, t.expavg_time, 0, now()) as recent,
                 g.id as group_id, g.name as group_name
-         from (select * from {table} t order by {order} limit $1 offset $2) t
+         from (select t.id from {table} t order by {order} limit $1 offset $2) page
+         join {table} t on t.id = page.id
          {group}
          order by {order}"
     ))

@@ -80,7 +80,9 @@ impl App {
             config.scheduler.daily_quota_per_core,
             stop_sweeps.subscribe(),
         ));
-        let served = axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown).await;
+        // Handlers may ask who connected (sign-in attempts are limited per address).
+        let service = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(listener, service).with_graceful_shutdown(shutdown).await;
         let _ = stop_sweeps.send(true);
         let background = async {
             let _ = sweeper.await;

@@ -3,11 +3,15 @@
 //! by default), one stylesheet, no scripts: every page works without JavaScript, and the
 //! Content-Security-Policy allows none inline.
 //!
+//! - [`account`]: signing up and in, the account page, teams.
+//! - [`session`]: sessions and protection against cross-site request forgery.
 //! - [`format`]: numbers, dates and sizes as people read them.
 //! - [`chart`]: the status page's bar chart, drawn as SVG on the server.
 
+pub mod account;
 pub mod chart;
 pub mod format;
+pub mod session;
 
 use askama::Template;
 use axum::extract::{Query, State};
@@ -34,6 +38,7 @@ pub fn router() -> Router<AppState> {
         .route("/hosts/{id}", get(host))
         .route("/status", get(status))
         .route("/static/style.css", get(stylesheet))
+        .merge(account::router())
         .layer(middleware::map_response(security_headers))
 }
 
@@ -84,7 +89,10 @@ impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         let status = self.0.status();
         let message = match &self.0 {
-            ApiError::NotFound(message) | ApiError::BadRequest(message) => message.clone(),
+            ApiError::NotFound(message)
+            | ApiError::BadRequest(message)
+            | ApiError::Forbidden(message)
+            | ApiError::Conflict(message) => message.clone(),
             // Logged, and not shown: the API's own answer does both.
             _ => return self.0.into_response(),
         };
@@ -96,7 +104,7 @@ impl IntoResponse for PageError {
     }
 }
 
-type PageResult = Result<Response, PageError>;
+pub type PageResult = Result<Response, PageError>;
 
 fn page(template: impl Template) -> PageResult {
     let html = template.render().map_err(|error| ApiError::Internal(error.into()))?;
@@ -122,7 +130,7 @@ struct HomePage {
 }
 
 /// The URL volunteers attach to: this server as the browser reached it.
-fn server_url(headers: &HeaderMap) -> String {
+pub fn server_url(headers: &HeaderMap) -> String {
     let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or("localhost");
     let scheme = match headers.get("x-forwarded-proto").and_then(|value| value.to_str().ok()) {
         Some("https") => "https",
@@ -150,9 +158,9 @@ async fn home(State(state): State<AppState>, headers: HeaderMap) -> PageResult {
     })
 }
 
-struct Link {
-    name: String,
-    link: String,
+pub struct Link {
+    pub name: String,
+    pub link: String,
 }
 
 struct BoardRow {
@@ -285,6 +293,9 @@ struct MemberLine {
 #[derive(Template)]
 #[template(path = "team.html")]
 struct TeamPage {
+    id: i64,
+    /// For a signed-in volunteer who is not a member: the join form's token.
+    join_csrf: Option<String>,
     name: String,
     description: String,
     total_credit: String,
@@ -294,10 +305,24 @@ struct TeamPage {
     members: Vec<MemberLine>,
 }
 
-async fn team(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> PageResult {
+async fn team(State(state): State<AppState>, headers: HeaderMap, ApiPath(id): ApiPath<i64>) -> PageResult {
     let mut connection = state.pool.acquire().await?;
     let team = stats::team(&mut connection, id).await?;
-    page(TeamPage {
+    let viewer = session::signed_in(&mut connection, &headers).await?;
+    let member: Option<i64> = match &viewer {
+        Some(viewer) => {
+            sqlx::query_scalar("select team_id from account where id = $1")
+                .bind(viewer.id)
+                .fetch_one(&mut *connection)
+                .await?
+        }
+        None => None,
+    };
+    let (csrf, set_csrf) = session::csrf_token(&headers);
+    let join_csrf = (viewer.is_some() && member != Some(id)).then_some(csrf);
+    let mut response = page(TeamPage {
+        id,
+        join_csrf,
         name: team.name,
         description: team.description,
         total_credit: credit(team.total_credit),
@@ -315,7 +340,11 @@ async fn team(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> PageR
                 recent_average_credit: credit(member.recent_average_credit),
             })
             .collect(),
-    })
+    })?;
+    if let Some(set) = set_csrf {
+        response.headers_mut().append(header::SET_COOKIE, set);
+    }
+    Ok(response)
 }
 
 struct ResultLine {

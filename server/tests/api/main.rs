@@ -12,3 +12,4 @@ mod helpers;
 mod idempotency;
 mod state_machine;
 mod web;
+mod web_accounts;

@@ -1,0 +1,25 @@
+-- Accounts that sign in on the web site: an optional email, a password (an Argon2id hash
+-- in PHC form). Accounts made by `wasmgrid attach` have neither until their owner signs up.
+alter table account add column email text;
+alter table account add column password_hash text;
+-- Names and emails people sign in with are unique, case aside.
+create unique index account_login_name on account (lower(name)) where password_hash is not null;
+create unique index account_email on account (lower(email)) where email is not null;
+
+-- Signed-in browsers. The cookie holds a random secret; only its SHA-256 is kept.
+create table web_session (
+    secret_hash bytea primary key,
+    account_id bigint not null references account (id),
+    created_at timestamptz not null default now(),
+    expires_at timestamptz not null
+);
+create index web_session_account_id on web_session (account_id);
+create index web_session_expires_at on web_session (expires_at);
+
+-- Failed sign-ins, by what was tried (a name or email, and the client's address), to slow
+-- down guessing. Old rows are deleted as new ones arrive.
+create table login_failure (
+    key text not null,
+    failed_at timestamptz not null default now()
+);
+create index login_failure_key on login_failure (key, failed_at);

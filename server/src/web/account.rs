@@ -1,0 +1,446 @@
+//! Signing up, logging in and out, and what a signed-in volunteer can change: their name,
+//! their account key (a new one, shown once), and their team.
+//!
+//! Passwords are hashed with Argon2id on the blocking pool (it is slow on purpose). A failed
+//! log-in says the same whether or not the account exists, takes as long either way, and
+//! failures are limited per name and per address.
+
+use std::net::SocketAddr;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use askama::Template;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use rand::RngCore;
+use serde::Deserialize;
+use sqlx::PgConnection;
+
+use super::format::credit;
+use super::session::{self, SignedIn, check_form, csrf_token};
+use super::{Link, PageError, PageResult, server_url};
+use crate::accounts::{self, Account, clean_label};
+use crate::http::AppState;
+use crate::http::error::ApiError;
+use crate::http::extract::ApiPath;
+use crate::secrets::{new_secret, secret_hash};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/signup", get(signup_form).post(signup))
+        .route("/login", get(login_form).post(login))
+        .route("/logout", post(logout))
+        .route("/account", get(account))
+        .route("/account/name", post(rename))
+        .route("/account/key", post(new_key))
+        .route("/account/team/leave", post(leave_team))
+        .route("/teams", post(found_team))
+        .route("/teams/{id}/join", post(join_team))
+}
+
+const MIN_PASSWORD_CHARS: usize = 10;
+const MAX_PASSWORD_BYTES: usize = 256;
+const MAX_EMAIL_BYTES: usize = 254;
+const MAX_DESCRIPTION_CHARS: usize = 2000;
+/// Failed log-ins allowed per name (or email) and per address within [`FAILURE_WINDOW`].
+const FAILURES_PER_LOGIN: i64 = 5;
+const FAILURES_PER_ADDRESS: i64 = 30;
+const FAILURE_WINDOW: &str = "15 minutes";
+
+/// A page with the browser's CSRF cookie set if it had none.
+fn with_csrf_cookie(template: impl Template, set: Option<axum::http::HeaderValue>, status: StatusCode) -> PageResult {
+    let html = template.render().map_err(|error| ApiError::Internal(error.into()))?;
+    let mut response = (status, Html(html)).into_response();
+    if let Some(set) = set {
+        response.headers_mut().append(header::SET_COOKIE, set);
+    }
+    Ok(response)
+}
+
+#[derive(Template)]
+#[template(path = "signup.html")]
+struct SignupPage {
+    csrf: String,
+    name: String,
+    email: String,
+    error: String,
+}
+
+async fn signup_form(headers: HeaderMap) -> PageResult {
+    let (csrf, set) = csrf_token(&headers);
+    with_csrf_cookie(
+        SignupPage { csrf, name: String::new(), email: String::new(), error: String::new() },
+        set,
+        StatusCode::OK,
+    )
+}
+
+#[derive(Deserialize)]
+struct SignupForm {
+    csrf: String,
+    name: String,
+    #[serde(default)]
+    email: String,
+    password: String,
+}
+
+/// Argon2id with its recommended settings, a salt from the system's random source.
+fn hash_password(password: &str) -> anyhow::Result<String> {
+    let mut salt = [0u8; 16];
+    rand::rng().fill_bytes(&mut salt);
+    let salt = SaltString::encode_b64(&salt).map_err(|error| anyhow::anyhow!("{error}"))?;
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|error| anyhow::anyhow!("{error}"))?
+        .to_string())
+}
+
+fn password_matches(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
+}
+
+/// Runs Argon2 off the async threads.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|error| ApiError::Internal(error.into()))
+}
+
+async fn signup(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<SignupForm>) -> PageResult {
+    check_form(&headers, &form.csrf)?;
+    let (csrf, _) = csrf_token(&headers);
+    let email = form.email.trim().to_owned();
+    let problem = match clean_label("name", &form.name, 100) {
+        Err(error) => Some(error.to_string()),
+        Ok(_) if form.password.chars().count() < MIN_PASSWORD_CHARS => {
+            Some(format!("the password needs at least {MIN_PASSWORD_CHARS} characters"))
+        }
+        Ok(_) if form.password.len() > MAX_PASSWORD_BYTES => Some("the password is too long".into()),
+        Ok(_)
+            if !email.is_empty()
+                && (email.len() > MAX_EMAIL_BYTES
+                    || !email.contains('@')
+                    || email.chars().any(char::is_whitespace)) =>
+        {
+            Some("that does not look like an email address".into())
+        }
+        Ok(_) => None,
+    };
+    let retry = |error: String| {
+        with_csrf_cookie(
+            SignupPage { csrf: csrf.clone(), name: form.name.clone(), email: email.clone(), error },
+            None,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+    };
+    if let Some(problem) = problem {
+        return retry(problem);
+    }
+    let name = form.name.trim().to_owned();
+    let password = form.password.clone();
+    let password_hash = blocking(move || hash_password(&password)).await?.map_err(ApiError::Internal)?;
+
+    let mut transaction = state.pool.begin().await?;
+    let created = accounts::create_account(&mut transaction, &name).await?;
+    let stored = sqlx::query("update account set email = nullif($2, ''), password_hash = $3 where id = $1")
+        .bind(created.account_id)
+        .bind(&email)
+        .bind(&password_hash)
+        .execute(&mut *transaction)
+        .await;
+    match stored {
+        Err(error) if crate::database::is_unique_violation(&error, "account_login_name") => {
+            return retry("that name is taken: choose another".into());
+        }
+        Err(error) if crate::database::is_unique_violation(&error, "account_email") => {
+            return retry("that email belongs to an account already: log in instead".into());
+        }
+        other => other?,
+    };
+    let cookie = session::start(&mut transaction, created.account_id, &headers).await?;
+    transaction.commit().await?;
+    tracing::info!(account.id = created.account_id, "account signed up");
+    let account = Account { id: created.account_id, name };
+    let mut response = account_page(&state, &headers, &account, Some(created.account_key), "Welcome!").await?;
+    response.headers_mut().append(header::SET_COOKIE, cookie);
+    Ok(response)
+}
+
+#[derive(Template)]
+#[template(path = "login.html")]
+struct LoginPage {
+    csrf: String,
+    login: String,
+    error: String,
+}
+
+async fn login_form(headers: HeaderMap) -> PageResult {
+    let (csrf, set) = csrf_token(&headers);
+    with_csrf_cookie(LoginPage { csrf, login: String::new(), error: String::new() }, set, StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    csrf: String,
+    login: String,
+    password: String,
+}
+
+/// A hash to verify against when no account matches, so that a failed log-in takes as long
+/// whether or not the account exists.
+fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| hash_password("not anybody's password").expect("hashing a constant works"))
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> PageResult {
+    check_form(&headers, &form.csrf)?;
+    let (csrf, _) = csrf_token(&headers);
+    let login = form.login.trim().to_lowercase();
+    let keys = [format!("login:{login}"), format!("address:{}", address.ip())];
+    let mut connection = state.pool.acquire().await?;
+    if too_many_failures(&mut connection, &keys).await? {
+        let page = LoginPage {
+            csrf,
+            login: form.login,
+            error: "too many failed attempts: wait a quarter of an hour and try again".into(),
+        };
+        return with_csrf_cookie(page, None, StatusCode::TOO_MANY_REQUESTS);
+    }
+    let found: Option<(i64, String, String)> = sqlx::query_as(
+        "select id, name, password_hash from account
+         where password_hash is not null and (lower(name) = $1 or lower(email) = $1)
+         order by (lower(name) = $1) desc limit 1",
+    )
+    .bind(&login)
+    .fetch_optional(&mut *connection)
+    .await?;
+    let password = form.password.clone();
+    let hash = found.as_ref().map(|(_, _, hash)| hash.clone());
+    let matches =
+        blocking(move || password_matches(&password, hash.as_deref().unwrap_or_else(|| decoy_hash()))).await?;
+    match found {
+        Some((id, _, _)) if matches => {
+            let cookie = session::start(&mut connection, id, &headers).await?;
+            let mut response = Redirect::to("/account").into_response();
+            response.headers_mut().append(header::SET_COOKIE, cookie);
+            Ok(response)
+        }
+        _ => {
+            record_failure(&mut connection, &keys).await?;
+            let page = LoginPage { csrf, login: form.login, error: "wrong name, email or password".into() };
+            with_csrf_cookie(page, None, StatusCode::UNAUTHORIZED)
+        }
+    }
+}
+
+async fn too_many_failures(connection: &mut PgConnection, keys: &[String; 2]) -> sqlx::Result<bool> {
+    let (per_login, per_address): (i64, i64) = sqlx::query_as(&format!(
+        "select count(*) filter (where key = $1), count(*) filter (where key = $2) from login_failure
+         where key in ($1, $2) and failed_at > now() - interval '{FAILURE_WINDOW}'"
+    ))
+    .bind(&keys[0])
+    .bind(&keys[1])
+    .fetch_one(connection)
+    .await?;
+    Ok(per_login >= FAILURES_PER_LOGIN || per_address >= FAILURES_PER_ADDRESS)
+}
+
+async fn record_failure(connection: &mut PgConnection, keys: &[String; 2]) -> sqlx::Result<()> {
+    sqlx::query("insert into login_failure (key) select unnest($1::text[])")
+        .bind(&keys[..])
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query(&format!("delete from login_failure where failed_at < now() - interval '{FAILURE_WINDOW}'"))
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct CsrfOnly {
+    csrf: String,
+}
+
+async fn logout(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<CsrfOnly>) -> PageResult {
+    check_form(&headers, &form.csrf)?;
+    let mut connection = state.pool.acquire().await?;
+    let cookie = session::end(&mut connection, &headers).await?;
+    let mut response = Redirect::to("/").into_response();
+    response.headers_mut().append(header::SET_COOKIE, cookie);
+    Ok(response)
+}
+
+#[derive(Template)]
+#[template(path = "account.html")]
+struct AccountPage {
+    csrf: String,
+    name: String,
+    notice: String,
+    account_key: Option<String>,
+    server_url: String,
+    total_credit: String,
+    recent_average_credit: String,
+    team: Option<Link>,
+    public_page: String,
+}
+
+async fn account_page(
+    state: &AppState,
+    headers: &HeaderMap,
+    account: &Account,
+    account_key: Option<String>,
+    notice: &str,
+) -> PageResult {
+    let mut connection = state.pool.acquire().await?;
+    let user = crate::stats::user(&mut connection, account.id).await?;
+    let (csrf, set) = csrf_token(headers);
+    let page = AccountPage {
+        csrf,
+        name: user.name,
+        notice: notice.to_owned(),
+        account_key,
+        server_url: server_url(headers),
+        total_credit: credit(user.total_credit),
+        recent_average_credit: credit(user.recent_average_credit),
+        team: user.team.map(|team| Link { link: format!("/teams/{}", team.id), name: team.name }),
+        public_page: format!("/users/{}", account.id),
+    };
+    let mut response = with_csrf_cookie(page, set, StatusCode::OK)?;
+    // The account key must not linger in caches.
+    response.headers_mut().insert(header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+async fn account(State(state): State<AppState>, headers: HeaderMap, SignedIn(account): SignedIn) -> PageResult {
+    account_page(&state, &headers, &account, None, "").await
+}
+
+#[derive(Deserialize)]
+struct RenameForm {
+    csrf: String,
+    name: String,
+}
+
+async fn rename(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    SignedIn(account): SignedIn,
+    Form(form): Form<RenameForm>,
+) -> PageResult {
+    check_form(&headers, &form.csrf)?;
+    let name = clean_label("name", &form.name, 100)?;
+    let renamed = sqlx::query("update account set name = $2 where id = $1")
+        .bind(account.id)
+        .bind(&name)
+        .execute(&state.pool)
+        .await;
+    let notice = match renamed {
+        Err(error) if crate::database::is_unique_violation(&error, "account_login_name") => {
+            "that name is taken: choose another".to_owned()
+        }
+        other => {
+            other?;
+            format!("you are now {name}")
+        }
+    };
+    account_page(&state, &headers, &Account { name, ..account }, None, &notice).await
+}
+
+/// A new account key replaces the old one (which stops attaching machines; those attached
+/// keep their own host tokens), and is shown once.
+async fn new_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    SignedIn(account): SignedIn,
+    Form(form): Form<CsrfOnly>,
+) -> PageResult {
+    check_form(&headers, &form.csrf)?;
+    let key = new_secret("wga");
+    sqlx::query("update account set key_hash = $2 where id = $1")
+        .bind(account.id)
+        .bind(secret_hash(&key))
+        .execute(&state.pool)
+        .await?;
+    account_page(&state, &headers, &account, Some(key), "a new account key").await
+}
+
+#[derive(Deserialize)]
+struct TeamForm {
+    csrf: String,
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+async fn found_team(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    SignedIn(account): SignedIn,
+    Form(form): Form<TeamForm>,
+) -> PageResult {
+    check_form(&headers, &form.csrf)?;
+    let name = clean_label("team name", &form.name, 100)?;
+    let description = form.description.trim();
+    if description.chars().count() > MAX_DESCRIPTION_CHARS || description.chars().any(|c| c.is_control()) {
+        return Err(ApiError::bad_request("the description is too long or holds control characters").into());
+    }
+    let mut transaction = state.pool.begin().await?;
+    let created: Result<i64, sqlx::Error> =
+        sqlx::query_scalar("insert into team (name, description) values ($1, $2) returning id")
+            .bind(&name)
+            .bind(description)
+            .fetch_one(&mut *transaction)
+            .await;
+    let team_id = match created {
+        Err(error) if crate::database::is_unique_violation(&error, "team_name_key") => {
+            return account_page(&state, &headers, &account, None, "a team of that name exists: join it from its page")
+                .await;
+        }
+        other => other?,
+    };
+    sqlx::query("update account set team_id = $2 where id = $1")
+        .bind(account.id)
+        .bind(team_id)
+        .execute(&mut *transaction)
+        .await?;
+    transaction.commit().await?;
+    Ok(Redirect::to(&format!("/teams/{team_id}")).into_response())
+}
+
+async fn join_team(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    SignedIn(account): SignedIn,
+    ApiPath(team_id): ApiPath<i64>,
+    Form(form): Form<CsrfOnly>,
+) -> PageResult {
+    check_form(&headers, &form.csrf)?;
+    let joined =
+        sqlx::query("update account set team_id = $2 where id = $1 and exists (select 1 from team where id = $2)")
+            .bind(account.id)
+            .bind(team_id)
+            .execute(&state.pool)
+            .await?;
+    if joined.rows_affected() == 0 {
+        return Err(PageError::from(ApiError::not_found(format!("no team {team_id}"))));
+    }
+    Ok(Redirect::to(&format!("/teams/{team_id}")).into_response())
+}
+
+async fn leave_team(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    SignedIn(account): SignedIn,
+    Form(form): Form<CsrfOnly>,
+) -> PageResult {
+    check_form(&headers, &form.csrf)?;
+    sqlx::query("update account set team_id = null where id = $1").bind(account.id).execute(&state.pool).await?;
+    account_page(&state, &headers, &account, None, "you left your team").await
+}

@@ -1,0 +1,223 @@
+//! Accounts on the web site, through HTTP as a browser sends it: sign up, the account key
+//! and attach, log in and out, teams; and what must be refused: forged forms, password
+//! guessing, and log-in answers that would tell who has an account.
+
+use std::collections::HashMap;
+
+use reqwest::redirect::Policy;
+use wasmgrid_protocol::api::RegisterHostRequest;
+
+use crate::helpers::TestApp;
+
+/// A browser without JavaScript: keeps cookies, sends forms, follows no redirects on its own.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    cookies: HashMap<String, String>,
+    /// Headers every request carries (a proxy's `X-Forwarded-Proto`, say).
+    extra: Vec<(&'static str, String)>,
+}
+
+struct Page {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Page {
+    /// The value of the form's hidden CSRF field.
+    fn csrf(&self) -> String {
+        let start = self.body.find(r#"name="csrf" value=""#).expect("a form with a CSRF field") + 19;
+        self.body[start..].split('"').next().unwrap().to_owned()
+    }
+
+    fn location(&self) -> &str {
+        self.headers.get("location").map_or("", |value| value.to_str().unwrap())
+    }
+
+    fn set_cookies(&self) -> Vec<String> {
+        self.headers.get_all("set-cookie").iter().map(|value| value.to_str().unwrap().to_owned()).collect()
+    }
+}
+
+impl Browser {
+    fn new(app: &TestApp) -> Self {
+        let http = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();
+        Self { http, base: app.client.base_url().to_owned(), cookies: HashMap::new(), extra: Vec::new() }
+    }
+
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> Page {
+        let cookie: Vec<String> = self.cookies.iter().map(|(name, value)| format!("{name}={value}")).collect();
+        let mut request = request.header("cookie", cookie.join("; "));
+        for (name, value) in &self.extra {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        for set in headers.get_all("set-cookie") {
+            let (pair, _) = set.to_str().unwrap().split_once(';').unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            if value.is_empty() {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        Page { status, headers, body: response.text().await.unwrap() }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let request = self.http.get(format!("{}{path}", self.base));
+        self.send(request).await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let request = self.http.post(format!("{}{path}", self.base)).form(form);
+        self.send(request).await
+    }
+
+    /// Signs up `name` with `password`; returns the page shown afterwards.
+    async fn sign_up(&mut self, name: &str, email: &str, password: &str) -> Page {
+        let csrf = self.get("/signup").await.csrf();
+        self.post("/signup", &[("csrf", &csrf), ("name", name), ("email", email), ("password", password)]).await
+    }
+
+    async fn log_in(&mut self, login: &str, password: &str) -> Page {
+        let csrf = self.get("/login").await.csrf();
+        self.post("/login", &[("csrf", &csrf), ("login", login), ("password", password)]).await
+    }
+}
+
+const PASSWORD: &str = "correct horse battery";
+
+#[tokio::test]
+async fn a_volunteer_signs_up_attaches_a_host_with_the_key_and_logs_in_and_out() {
+    let app = TestApp::spawn().await;
+    let mut browser = Browser::new(&app);
+    let welcome = browser.sign_up("Ada", "ada@example.org", PASSWORD).await;
+    assert_eq!(welcome.status, 200, "{}", welcome.body);
+    let command = welcome.body.split("<code id=\"attach-command\">").nth(1).unwrap().split("</code>").next().unwrap();
+    let key = command.split("--account-key ").nth(1).expect("the command carries the key").trim().to_owned();
+    assert!(command.starts_with(&format!("wasmgrid attach {}", app.client.base_url())), "{command}");
+    assert!(browser.cookies.contains_key("wasmgrid_session"), "signed in at once");
+    let session = welcome.set_cookies().into_iter().find(|set| set.starts_with("wasmgrid_session=")).unwrap();
+    assert!(
+        session.contains("HttpOnly") && session.contains("SameSite=Lax") && !session.contains("Secure"),
+        "{session}"
+    );
+
+    // The key attaches a machine, which then shows under the account.
+    let host = RegisterHostRequest {
+        name: "ada-laptop".into(),
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        cores: 4,
+        memory_bytes: 8 << 30,
+        client_version: "test".into(),
+    };
+    let registered = app.client.register_host(&key, &host).await.unwrap();
+    let account = browser.get("/account").await;
+    assert_eq!(account.status, 200);
+    assert!(account.body.contains("Ada") && !account.body.contains(&key), "the key is shown only once");
+    let public = browser.get(&format!("/users/{}", registered.account_id)).await;
+    assert!(public.body.contains("ada-laptop"), "{}", public.body);
+
+    let csrf = account.csrf();
+    let out = browser.post("/logout", &[("csrf", &csrf)]).await;
+    assert_eq!((out.status, out.location()), (303, "/"));
+    assert_eq!(browser.get("/account").await.location(), "/login", "signed out");
+
+    // Back in, by name or by email, any case.
+    for login in ["ada", "ADA@example.org"] {
+        let mut browser = Browser::new(&app);
+        let page = browser.log_in(login, PASSWORD).await;
+        assert_eq!((page.status, page.location()), (303, "/account"), "{login}: {}", page.body);
+        assert_eq!(browser.get("/account").await.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn failed_log_ins_say_nothing_about_who_exists_and_are_limited() {
+    let app = TestApp::spawn().await;
+    Browser::new(&app).sign_up("grace", "", PASSWORD).await;
+
+    let mut browser = Browser::new(&app);
+    let wrong_password = browser.log_in("grace", "not the password").await;
+    let nobody = browser.log_in("nobody-at-all", "not the password").await;
+    assert_eq!((wrong_password.status, nobody.status), (401, 401));
+    let message =
+        |page: &Page| page.body.split("role=\"alert\">").nth(1).unwrap().split('<').next().unwrap().to_owned();
+    assert_eq!(message(&wrong_password), message(&nobody), "the same answer either way");
+
+    for _ in 0..4 {
+        browser.log_in("grace", "still wrong").await;
+    }
+    let limited = browser.log_in("grace", PASSWORD).await;
+    assert_eq!(limited.status, 429, "guessing stops for a while, even with the right password");
+    assert!(limited.body.contains("too many failed attempts"));
+}
+
+#[tokio::test]
+async fn forged_forms_are_refused() {
+    let app = TestApp::spawn().await;
+    let mut browser = Browser::new(&app);
+    browser.sign_up("hopper", "", PASSWORD).await;
+
+    let no_token = browser.post("/account/name", &[("name", "pwned")]).await;
+    assert_eq!(no_token.status, 422, "a form without its token does not even parse");
+    let wrong_token = browser.post("/account/name", &[("csrf", "csrf_00"), ("name", "pwned")]).await;
+    assert_eq!(wrong_token.status, 403);
+    let csrf = browser.get("/account").await.csrf();
+    browser.extra.push(("origin", "https://evil.example".into()));
+    let other_site = browser.post("/account/name", &[("csrf", &csrf), ("name", "pwned")]).await;
+    assert_eq!(other_site.status, 403);
+    browser.extra.clear();
+    let renamed = browser.post("/account/name", &[("csrf", &csrf), ("name", "Grace Hopper")]).await;
+    assert_eq!(renamed.status, 200);
+    assert!(renamed.body.contains("you are now Grace Hopper"));
+    let names: Vec<String> = sqlx::query_scalar("select name from account").fetch_all(&app.pool).await.unwrap();
+    assert_eq!(names, ["Grace Hopper"]);
+}
+
+#[tokio::test]
+async fn volunteers_found_join_and_leave_teams() {
+    let app = TestApp::spawn().await;
+    let mut founder = Browser::new(&app);
+    founder.sign_up("founder", "", PASSWORD).await;
+    let csrf = founder.get("/account").await.csrf();
+    let founded =
+        founder.post("/teams", &[("csrf", &csrf), ("name", "Team <Rocket>"), ("description", "we compute")]).await;
+    assert_eq!(founded.status, 303);
+    let team_path = founded.location().to_owned();
+    let team_page = founder.get(&team_path).await;
+    assert!(team_page.body.contains("Team &#60;Rocket&#62;") && team_page.body.contains("founder"));
+    assert!(!team_page.body.contains("Join this team"), "already a member");
+
+    let mut joiner = Browser::new(&app);
+    joiner.sign_up("joiner", "", PASSWORD).await;
+    let page = joiner.get(&team_path).await;
+    let joined = joiner.post(&format!("{team_path}/join"), &[("csrf", &page.csrf())]).await;
+    assert_eq!(joined.status, 303);
+    assert!(joiner.get(&team_path).await.body.contains("joiner"));
+
+    let csrf = joiner.get("/account").await.csrf();
+    let left = joiner.post("/account/team/leave", &[("csrf", &csrf)]).await;
+    assert!(left.body.contains("you left your team"));
+    let members: i64 = sqlx::query_scalar("select count(*) from account where team_id is not null")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(members, 1);
+}
+
+#[tokio::test]
+async fn behind_https_the_cookies_are_secure() {
+    let app = TestApp::spawn().await;
+    let mut browser = Browser::new(&app);
+    browser.extra.push(("x-forwarded-proto", "https".into()));
+    let welcome = browser.sign_up("tls", "", PASSWORD).await;
+    let cookies = welcome.set_cookies();
+    assert!(!cookies.is_empty());
+    assert!(cookies.iter().all(|cookie| cookie.contains("; Secure")), "{cookies:?}");
+}

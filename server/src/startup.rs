@@ -42,6 +42,7 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
         scheduler: Arc::new(config.scheduler.clone()),
         sandbox,
         stats: Arc::default(),
+        exports: Arc::default(),
         started_at: Instant::now(),
     };
     Ok(App { listener, state, database, config })

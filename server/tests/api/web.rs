@@ -146,3 +146,34 @@ async fn a_missing_user_is_a_404_page() {
     assert_eq!(css.status(), 200);
     assert!(css.headers()["content-type"].to_str().unwrap().starts_with("text/css"));
 }
+
+#[tokio::test]
+async fn the_daily_export_holds_everyone_with_credit_and_nothing_private() {
+    use std::io::Read;
+    let app = TestApp::spawn().await;
+    let (alice, _bob) = validated_work(&app, 2).await;
+    sqlx::query("update account set email = 'alice@example.org' where id = $1")
+        .bind(alice.account_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("update host set name = 'machine-in-room-101'").execute(&app.pool).await.unwrap();
+
+    for (file, count) in [("users.json.gz", 2), ("hosts.json.gz", 2), ("teams.json.gz", 0)] {
+        let response = get(&app, &format!("/api/v1/stats/export/{file}")).await;
+        assert_eq!(response.status(), 200, "{file}");
+        assert_eq!(response.headers()["content-type"], "application/gzip");
+        let gzipped = response.bytes().await.unwrap();
+        let mut json = String::new();
+        flate2::read::GzDecoder::new(&gzipped[..]).read_to_string(&mut json).unwrap();
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+        assert_eq!(rows.len(), count, "{file}: {json}");
+        for secret in ["example.org", "wga_", "wgh_", "key", "token", "email", "room-101"] {
+            assert!(!json.contains(secret), "{file} holds {secret:?}: {json}");
+        }
+        if file == "users.json.gz" {
+            assert!(rows.iter().all(|row| row["total_credit"].as_f64().unwrap() > 0.0), "{json}");
+        }
+    }
+    assert_eq!(get(&app, "/api/v1/stats/export/passwords.json.gz").await.status(), 404);
+}

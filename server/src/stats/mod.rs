@@ -1,9 +1,12 @@
 //! The project's public statistics: totals, leaderboards, users, teams, hosts and the
-//! project's status. The web pages render them; `/api/v1/stats/...` serves them as JSON.
+//! project's status. The web pages render them; `/api/v1/stats/...` serves them as JSON,
+//! and [`export`] as a daily dump of everyone's credit.
 //!
 //! Every query reads through an index: leaderboards page in index order, detail pages look
 //! up one row and its few neighbours, and the totals and status that need counting whole
 //! tables come from a cache refreshed every ten seconds ([`StatsCache`]).
+
+pub mod export;
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -48,6 +51,7 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{API_PREFIX}/stats/teams/{{id}}"), get(team_handler))
         .route(&format!("{API_PREFIX}/stats/hosts/{{id}}"), get(host_handler))
         .route(&format!("{API_PREFIX}/stats/status"), get(status_handler))
+        .route(&format!("{API_PREFIX}/stats/export/{{file}}"), get(export::export_handler))
 }
 
 /// `?order=total|recent&page=N`.

@@ -402,3 +402,11 @@ pub fn run_directly(module: &Path, args: &[&str], stdin: &[u8]) -> (Vec<u8>, Vec
     files.sort();
     (report.stdout, files)
 }
+
+/// `target/test-artifacts/` under the workspace root (created): files a test run keeps for
+/// people to look at, such as screenshots.
+pub fn test_artifact_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|error| panic!("{}: {error}", dir.display()));
+    dir
+}

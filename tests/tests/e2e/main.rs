@@ -1,6 +1,7 @@
 //! End to end: the real `wasmgrid-server` binary on a real PostgreSQL, real `wasmgrid`
 //! volunteer daemons, real Wasm modules.
 
+mod browser;
 mod cache;
 mod checkpoints;
 mod contact;

@@ -16,10 +16,13 @@ create table web_session (
 create index web_session_account_id on web_session (account_id);
 create index web_session_expires_at on web_session (expires_at);
 
--- Failed sign-ins, by what was tried (a name or email, and the client's address), to slow
--- down guessing. Old rows are deleted as new ones arrive.
-create table login_failure (
+-- Sign-in attempts that have not succeeded (and sign-ups), by what was tried (a name or
+-- email, and the client's address), to slow down guessing. An attempt is recorded before
+-- its password is checked, so parallel guesses count too, and removed if it succeeds.
+create table login_attempt (
+    id bigint generated always as identity primary key,
     key text not null,
-    failed_at timestamptz not null default now()
+    attempted_at timestamptz not null default now()
 );
-create index login_failure_key on login_failure (key, failed_at);
+create index login_attempt_key on login_attempt (key, attempted_at);
+create index login_attempt_attempted_at on login_attempt (attempted_at);

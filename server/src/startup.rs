@@ -43,6 +43,9 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
         sandbox,
         stats: Arc::default(),
         exports: Arc::default(),
+        password_hashing: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+        )),
         started_at: Instant::now(),
     };
     Ok(App { listener, state, database, config })

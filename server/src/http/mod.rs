@@ -31,6 +31,8 @@ pub struct AppState {
     pub sandbox: Arc<wasmgrid_sandbox::Sandbox>,
     /// The statistics that count whole tables, counted at most every few seconds.
     pub stats: Arc<crate::stats::StatsCache>,
+    /// Turns to hash a password (see `web::account`).
+    pub password_hashing: Arc<tokio::sync::Semaphore>,
     /// Today's statistics exports.
     pub exports: Arc<crate::stats::export::Exports>,
     pub started_at: Instant,

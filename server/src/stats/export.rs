@@ -7,7 +7,6 @@
 //! host names (people name machines after themselves or their workplace).
 
 use std::io::Write;
-use std::sync::Mutex;
 
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
@@ -18,6 +17,7 @@ use flate2::write::GzEncoder;
 use futures::TryStreamExt;
 use serde::Serialize;
 use sqlx::PgConnection;
+use tokio::sync::Mutex;
 
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
@@ -78,7 +78,9 @@ struct HostLine {
 /// One made export: its day and its gzipped bytes.
 type Made = (NaiveDate, DateTime<Utc>, bytes::Bytes);
 
-/// The exports made today, per kind.
+/// The exports made today, per kind. Each is behind an async lock, so that when a new day
+/// begins one request makes it and the others wait for that one, rather than each making
+/// its own.
 #[derive(Default)]
 pub struct Exports {
     users: Mutex<Option<Made>>,
@@ -101,14 +103,15 @@ impl Exports {
         connection: &mut PgConnection,
         export: Export,
     ) -> ApiResult<(DateTime<Utc>, bytes::Bytes)> {
+        let mut slot = self.slot(export).lock().await;
         let now = Utc::now();
-        if let Some((day, made, bytes)) = self.slot(export).lock().expect("export cache poisoned").as_ref()
+        if let Some((day, made, bytes)) = slot.as_ref()
             && *day == now.date_naive()
         {
             return Ok((*made, bytes.clone()));
         }
         let bytes = make(connection, export).await?;
-        *self.slot(export).lock().expect("export cache poisoned") = Some((now.date_naive(), now, bytes.clone()));
+        *slot = Some((now.date_naive(), now, bytes.clone()));
         Ok((now, bytes))
     }
 }

@@ -10,6 +10,7 @@ pub mod export;
 
 use std::future::Future;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
@@ -29,8 +30,9 @@ use crate::http::extract::ApiPath;
 
 /// Rows per leaderboard page: the top 100 on the first.
 pub const PER_PAGE: i64 = 100;
-/// Deepest page served: past it, a page would scan too much of the index to stay fast.
-pub const MAX_PAGE: i64 = 10_000;
+/// Deepest page served (the first 100,000 ranks): past it, a page would skip too much of the
+/// index to stay fast.
+pub const MAX_PAGE: i64 = 1_000;
 /// A host counts as active if it asked for work within this long.
 const ACTIVE_WITHIN: &str = "1 day";
 /// Tables smaller than this (by the planner's estimate) are counted exactly for paging.
@@ -81,29 +83,49 @@ pub enum Board {
 }
 
 /// A value computed at most every [`CACHED_FOR`]: the totals and the project's status
-/// count whole tables, which no page view should do each time.
+/// count whole tables, which no page view should do each time. When it is out of date,
+/// one request computes it again while the others are served the old value.
 pub struct Cached<T> {
     value: Mutex<Option<(Instant, T)>>,
+    refreshing: AtomicBool,
 }
 
 impl<T> Default for Cached<T> {
     fn default() -> Self {
-        Self { value: Mutex::new(None) }
+        Self { value: Mutex::new(None), refreshing: AtomicBool::new(false) }
     }
 }
 
 impl<T: Clone> Cached<T> {
-    /// The cached value, or a fresh one from `compute` when it is older than [`CACHED_FOR`].
-    /// Two requests may compute at once after it expires; both answers are right.
+    /// The cached value, or a fresh one from `compute` when it is older than [`CACHED_FOR`]
+    /// and no other request is computing one already.
     pub async fn get_or<F: Future<Output = ApiResult<T>>>(&self, compute: impl FnOnce() -> F) -> ApiResult<T> {
-        if let Some((at, value)) = self.value.lock().expect("cache poisoned").as_ref()
-            && at.elapsed() < CACHED_FOR
+        let stale = match self.value.lock().expect("cache poisoned").as_ref() {
+            Some((at, value)) if at.elapsed() < CACHED_FOR => return Ok(value.clone()),
+            Some((_, value)) => Some(value.clone()),
+            None => None,
+        };
+        if let Some(stale) = stale
+            && self.refreshing.swap(true, Ordering::AcqRel)
         {
-            return Ok(value.clone());
+            return Ok(stale);
         }
-        let value = compute().await?;
-        *self.value.lock().expect("cache poisoned") = Some((Instant::now(), value.clone()));
-        Ok(value)
+        self.refreshing.store(true, Ordering::Release);
+        // Cleared however this ends, a request given up half-way included.
+        let _refreshing = ClearOnDrop(&self.refreshing);
+        let computed = compute().await;
+        if let Ok(value) = &computed {
+            *self.value.lock().expect("cache poisoned") = Some((Instant::now(), value.clone()));
+        }
+        computed
+    }
+}
+
+struct ClearOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ClearOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -169,7 +191,9 @@ pub async fn leaderboard(connection: &mut PgConnection, board: Board, query: Pag
     let page = query.page()?;
     let order = match query.order {
         Order::Total => "t.total_credit desc, t.id",
-        Order::Recent => "t.expavg_credit desc, t.id",
+        // The stored averages decay from different moments; this key orders them as they
+        // are now (see the migration that indexes it).
+        Order::Recent => "recent_rank_key(t.expavg_credit, t.expavg_time) desc, t.id",
     };
     // The rows skipped to reach a page are read from the index alone (ids only), and only
     // the page's own rows from the table.
@@ -193,10 +217,11 @@ pub async fn leaderboard(connection: &mut PgConnection, board: Board, query: Pag
     // How many pages there are: the planner's estimate for a large table (counting would
     // read all of it on every page view), an exact count for a small one, whose estimate
     // may not exist yet.
-    let estimate: f64 = sqlx::query_scalar("select greatest(reltuples, 0)::float8 from pg_class where relname = $1")
-        .bind(table)
-        .fetch_one(&mut *connection)
-        .await?;
+    let estimate: f64 =
+        sqlx::query_scalar("select greatest(reltuples, 0)::float8 from pg_class where oid = to_regclass($1)")
+            .bind(table)
+            .fetch_one(&mut *connection)
+            .await?;
     let total = if estimate >= EXACT_COUNT_BELOW as f64 {
         estimate.round() as i64
     } else {
@@ -435,7 +460,7 @@ pub async fn status(connection: &mut PgConnection, uptime: Duration) -> ApiResul
     .fetch_one(&mut *connection)
     .await?;
     let hours: Vec<(chrono::DateTime<chrono::Utc>, i64)> = sqlx::query_as(
-        "select date_trunc('hour', received_at), count(*) from replica
+        "select date_trunc('hour', received_at, 'UTC'), count(*) from replica
          where received_at > now() - make_interval(days => $1)
          group by 1 order by 1",
     )

@@ -48,6 +48,8 @@ const MAX_DESCRIPTION_CHARS: usize = 2000;
 /// Failed log-ins allowed per name (or email) and per address within [`FAILURE_WINDOW`].
 const FAILURES_PER_LOGIN: i64 = 5;
 const FAILURES_PER_ADDRESS: i64 = 30;
+/// Sign-ups allowed per address within [`FAILURE_WINDOW`].
+const SIGNUPS_PER_ADDRESS: i64 = 5;
 const FAILURE_WINDOW: &str = "15 minutes";
 
 /// A page with the browser's CSRF cookie set if it had none.
@@ -58,6 +60,16 @@ fn with_csrf_cookie(template: impl Template, set: Option<axum::http::HeaderValue
         response.headers_mut().append(header::SET_COOKIE, set);
     }
     Ok(response)
+}
+
+/// A name people sign in with: a label without `@`, which would make it look like someone's
+/// email address at the log-in form.
+fn check_name(name: &str) -> Result<String, ApiError> {
+    let name = clean_label("name", name, 100)?;
+    if name.contains('@') {
+        return Err(ApiError::bad_request("a name must not contain '@'"));
+    }
+    Ok(name)
 }
 
 #[derive(Template)]
@@ -102,16 +114,49 @@ fn password_matches(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash).is_ok_and(|hash| Argon2::default().verify_password(password.as_bytes(), &hash).is_ok())
 }
 
-/// Runs Argon2 off the async threads.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work).await.map_err(|error| ApiError::Internal(error.into()))
+/// How long a request waits for a turn to hash a password before the server says it is
+/// busy.
+const HASHING_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs Argon2 off the async threads, a few at a time: each hash takes about 19 MiB and a
+/// core for a while, and a flood of log-ins must not take the server's memory with it.
+async fn hashing<T: Send + 'static>(
+    state: &AppState,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    let permit = tokio::time::timeout(HASHING_WAIT, state.password_hashing.clone().acquire_owned())
+        .await
+        .map_err(|_| ApiError::Unavailable)?
+        .map_err(|error| ApiError::Internal(error.into()))?;
+    let result = tokio::task::spawn_blocking(work).await.map_err(|error| ApiError::Internal(error.into()));
+    drop(permit);
+    result
 }
 
-async fn signup(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<SignupForm>) -> PageResult {
+async fn signup(
+    State(state): State<AppState>,
+    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<SignupForm>,
+) -> PageResult {
     check_form(&headers, &form.csrf)?;
     let (csrf, _) = csrf_token(&headers);
+    {
+        let mut connection = state.pool.acquire().await?;
+        let key = format!("signup:{}", address.ip());
+        let (_, attempts) = record_attempt(&mut connection, &[key]).await?;
+        if attempts[0] > SIGNUPS_PER_ADDRESS {
+            let page = SignupPage {
+                csrf,
+                name: form.name,
+                email: form.email,
+                error: "too many sign-ups from your address: wait a quarter of an hour and try again".into(),
+            };
+            return with_csrf_cookie(page, None, StatusCode::TOO_MANY_REQUESTS);
+        }
+    }
     let email = form.email.trim().to_owned();
-    let problem = match clean_label("name", &form.name, 100) {
+    let problem = match check_name(&form.name) {
         Err(error) => Some(error.to_string()),
         Ok(_) if form.password.chars().count() < MIN_PASSWORD_CHARS => {
             Some(format!("the password needs at least {MIN_PASSWORD_CHARS} characters"))
@@ -139,7 +184,7 @@ async fn signup(State(state): State<AppState>, headers: HeaderMap, Form(form): F
     }
     let name = form.name.trim().to_owned();
     let password = form.password.clone();
-    let password_hash = blocking(move || hash_password(&password)).await?.map_err(ApiError::Internal)?;
+    let password_hash = hashing(&state, move || hash_password(&password)).await?.map_err(ApiError::Internal)?;
 
     let mut transaction = state.pool.begin().await?;
     let created = accounts::create_account(&mut transaction, &name).await?;
@@ -202,65 +247,80 @@ async fn login(
 ) -> PageResult {
     check_form(&headers, &form.csrf)?;
     let (csrf, _) = csrf_token(&headers);
-    let login = form.login.trim().to_lowercase();
-    let keys = [format!("login:{login}"), format!("address:{}", address.ip())];
-    let mut connection = state.pool.acquire().await?;
-    if too_many_failures(&mut connection, &keys).await? {
-        let page = LoginPage {
-            csrf,
-            login: form.login,
-            error: "too many failed attempts: wait a quarter of an hour and try again".into(),
-        };
-        return with_csrf_cookie(page, None, StatusCode::TOO_MANY_REQUESTS);
-    }
-    let found: Option<(i64, String, String)> = sqlx::query_as(
-        "select id, name, password_hash from account
-         where password_hash is not null and (lower(name) = $1 or lower(email) = $1)
-         order by (lower(name) = $1) desc limit 1",
-    )
-    .bind(&login)
-    .fetch_optional(&mut *connection)
-    .await?;
+    let login = form.login.trim().to_owned();
+    let keys = [format!("login:{}", login.to_lowercase()), format!("address:{}", address.ip())];
+    let (attempt_ids, found) = {
+        let mut connection = state.pool.acquire().await?;
+        // Recorded before the password is checked, so that guesses sent in parallel count.
+        let (attempt_ids, counts) = record_attempt(&mut connection, &keys).await?;
+        if counts[0] > FAILURES_PER_LOGIN || counts[1] > FAILURES_PER_ADDRESS {
+            let page = LoginPage {
+                csrf,
+                login: form.login,
+                error: "too many failed attempts: wait a quarter of an hour and try again".into(),
+            };
+            return with_csrf_cookie(page, None, StatusCode::TOO_MANY_REQUESTS);
+        }
+        // `lower` on both sides: the database's, not Rust's, decides what matches.
+        let found: Option<(i64, String)> = sqlx::query_as(
+            "select id, password_hash from account
+             where password_hash is not null and (lower(name) = lower($1) or lower(email) = lower($1))
+             order by (lower(name) = lower($1)) desc limit 1",
+        )
+        .bind(&login)
+        .fetch_optional(&mut *connection)
+        .await?;
+        (attempt_ids, found)
+    };
+    // No database connection is held while hashing.
     let password = form.password.clone();
-    let hash = found.as_ref().map(|(_, _, hash)| hash.clone());
+    let hash = found.as_ref().map(|(_, hash)| hash.clone());
     let matches =
-        blocking(move || password_matches(&password, hash.as_deref().unwrap_or_else(|| decoy_hash()))).await?;
+        hashing(&state, move || password_matches(&password, hash.as_deref().unwrap_or_else(|| decoy_hash()))).await?;
+    let mut connection = state.pool.acquire().await?;
     match found {
-        Some((id, _, _)) if matches => {
+        Some((id, _)) if matches => {
+            sqlx::query("delete from login_attempt where id = any($1)")
+                .bind(&attempt_ids)
+                .execute(&mut *connection)
+                .await?;
+            // A fresh session, never one the browser had before.
+            let ended = session::end(&mut connection, &headers).await?;
             let cookie = session::start(&mut connection, id, &headers).await?;
             let mut response = Redirect::to("/account").into_response();
+            response.headers_mut().append(header::SET_COOKIE, ended);
             response.headers_mut().append(header::SET_COOKIE, cookie);
             Ok(response)
         }
         _ => {
-            record_failure(&mut connection, &keys).await?;
             let page = LoginPage { csrf, login: form.login, error: "wrong name, email or password".into() };
             with_csrf_cookie(page, None, StatusCode::UNAUTHORIZED)
         }
     }
 }
 
-async fn too_many_failures(connection: &mut PgConnection, keys: &[String; 2]) -> sqlx::Result<bool> {
-    let (per_login, per_address): (i64, i64) = sqlx::query_as(&format!(
-        "select count(*) filter (where key = $1), count(*) filter (where key = $2) from login_failure
-         where key in ($1, $2) and failed_at > now() - interval '{FAILURE_WINDOW}'"
-    ))
-    .bind(&keys[0])
-    .bind(&keys[1])
-    .fetch_one(connection)
-    .await?;
-    Ok(per_login >= FAILURES_PER_LOGIN || per_address >= FAILURES_PER_ADDRESS)
-}
-
-async fn record_failure(connection: &mut PgConnection, keys: &[String; 2]) -> sqlx::Result<()> {
-    sqlx::query("insert into login_failure (key) select unnest($1::text[])")
-        .bind(&keys[..])
-        .execute(&mut *connection)
+/// Records one attempt under each key; returns the rows' ids and, per key, the attempts
+/// within [`FAILURE_WINDOW`] including this one. Rows older than that go.
+async fn record_attempt(connection: &mut PgConnection, keys: &[String]) -> sqlx::Result<(Vec<i64>, Vec<i64>)> {
+    let ids: Vec<i64> = sqlx::query_scalar("insert into login_attempt (key) select unnest($1::text[]) returning id")
+        .bind(keys)
+        .fetch_all(&mut *connection)
         .await?;
-    sqlx::query(&format!("delete from login_failure where failed_at < now() - interval '{FAILURE_WINDOW}'"))
+    let mut counts = Vec::with_capacity(keys.len());
+    for key in keys {
+        counts.push(
+            sqlx::query_scalar(&format!(
+                "select count(*) from login_attempt where key = $1 and attempted_at > now() - interval '{FAILURE_WINDOW}'"
+            ))
+            .bind(key)
+            .fetch_one(&mut *connection)
+            .await?,
+        );
+    }
+    sqlx::query(&format!("delete from login_attempt where attempted_at < now() - interval '{FAILURE_WINDOW}'"))
         .execute(connection)
         .await?;
-    Ok(())
+    Ok((ids, counts))
 }
 
 #[derive(Deserialize)]
@@ -335,7 +395,7 @@ async fn rename(
     Form(form): Form<RenameForm>,
 ) -> PageResult {
     check_form(&headers, &form.csrf)?;
-    let name = clean_label("name", &form.name, 100)?;
+    let name = check_name(&form.name)?;
     let renamed = sqlx::query("update account set name = $2 where id = $1")
         .bind(account.id)
         .bind(&name)

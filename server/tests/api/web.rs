@@ -80,11 +80,22 @@ async fn leaderboards_are_ordered_and_paginated() {
     for i in 0..120 {
         app.volunteer(&format!("user-{i:03}")).await;
     }
-    // Credit as the sweep would leave it: totals and a recent average decaying from now.
-    sqlx::query("update account set total_credit = id * 10, expavg_credit = 1000 - id, expavg_time = now()")
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    // Credit as the sweep would leave it: totals, and recent averages last updated at
+    // different times, so that they decay from different moments.
+    sqlx::query(
+        "update account set total_credit = id * 10, expavg_credit = 1000 - id,
+                            expavg_time = now() - (id % 5) * interval '1 day'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // Stored long ago, this large average is small by now and must rank low.
+    sqlx::query(
+        "update account set expavg_credit = 100000, expavg_time = now() - interval '200 days' where name = 'user-050'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
 
     let first: Leaderboard = json(&app, "/api/v1/stats/users").await;
     assert_eq!(first.entries.len(), 100);
@@ -93,8 +104,14 @@ async fn leaderboards_are_ordered_and_paginated() {
     assert_eq!(second.entries.len(), 20);
     assert_eq!(second.entries[0].rank, 101);
     let recent: Leaderboard = json(&app, "/api/v1/stats/users?order=recent").await;
-    assert_eq!(recent.entries[0].name, "user-000", "the recent average runs the other way");
-    assert!(recent.entries.windows(2).all(|pair| pair[0].recent_average_credit >= pair[1].recent_average_credit));
+    let second_page: Leaderboard = json(&app, "/api/v1/stats/users?order=recent&page=2").await;
+    let all: Vec<_> = recent.entries.iter().chain(&second_page.entries).collect();
+    assert_eq!(all.len(), 120);
+    assert!(
+        all.windows(2).all(|pair| pair[0].recent_average_credit >= pair[1].recent_average_credit),
+        "ranked by the average as it is now, not as it was stored"
+    );
+    assert_eq!(all.last().unwrap().name, "user-050", "the long-stale average ranks last");
 
     let html = page(&app, "/users?order=recent&page=2").await;
     assert!(html.contains("page=1") && !html.contains("page=3"), "links back, and not past the end");

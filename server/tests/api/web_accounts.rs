@@ -221,3 +221,62 @@ async fn behind_https_the_cookies_are_secure() {
     assert!(!cookies.is_empty());
     assert!(cookies.iter().all(|cookie| cookie.contains("; Secure")), "{cookies:?}");
 }
+
+#[tokio::test]
+async fn guesses_sent_at_once_are_limited_like_guesses_sent_in_turn() {
+    let app = TestApp::spawn().await;
+    Browser::new(&app).sign_up("turing", "", PASSWORD).await;
+    let mut guesses = Vec::new();
+    for i in 0..12 {
+        let mut browser = Browser::new(&app);
+        guesses.push(tokio::spawn(async move { browser.log_in("turing", &format!("guess number {i}")).await.status }));
+    }
+    let mut statuses = Vec::new();
+    for guess in guesses {
+        statuses.push(guess.await.unwrap());
+    }
+    let checked = statuses.iter().filter(|status| **status == 401).count();
+    assert!(checked <= 5, "{checked} guesses were checked: {statuses:?}");
+    assert!(statuses.iter().all(|status| matches!(status, 401 | 429)), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn names_in_any_script_sign_in_whatever_their_case() {
+    let app = TestApp::spawn().await;
+    let welcome = Browser::new(&app).sign_up("Émile", "", PASSWORD).await;
+    assert_eq!(welcome.status, 200);
+    for login in ["Émile", "ÉMILE"] {
+        let page = Browser::new(&app).log_in(login, PASSWORD).await;
+        assert_eq!(page.status, 303, "{login}: {}", page.body);
+    }
+    let refused = Browser::new(&app).sign_up("someone@example.org", "", PASSWORD).await;
+    assert_eq!(refused.status, 422, "a name that looks like an email would be ambiguous at log-in");
+}
+
+#[tokio::test]
+async fn sign_ups_from_one_address_are_limited() {
+    let app = TestApp::spawn().await;
+    let mut statuses = Vec::new();
+    for i in 0..7 {
+        statuses.push(Browser::new(&app).sign_up(&format!("bulk-{i}"), "", PASSWORD).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429]);
+}
+
+#[tokio::test]
+async fn quote_breaking_names_stay_inside_their_attributes() {
+    let app = TestApp::spawn().await;
+    let payload = r#"x" autofocus onfocus="alert(1)"><script>alert(2)</script>"#;
+    let mut browser = Browser::new(&app);
+    let welcome = browser.sign_up(payload, "", PASSWORD).await;
+    assert_eq!(welcome.status, 200);
+    let account = browser.get("/account").await;
+    let echoed = Browser::new(&app).log_in(payload, "wrong password").await;
+    for (page, html) in [("account", &account.body), ("sign-up", &welcome.body), ("log-in echo", &echoed.body)] {
+        assert!(!html.contains("onfocus=\"alert") && !html.contains("<script>alert"), "{page}: {html}");
+        assert!(
+            html.contains("x&#34; autofocus onfocus=&#34;alert(1)&#34;&#62;"),
+            "{page} keeps it as a value: {html}"
+        );
+    }
+}

@@ -14,12 +14,21 @@ language sql immutable as $$
     end
 $$;
 
+-- Kept in a column (rather than an expression index) so that skipping to a deep page reads
+-- the index alone.
+alter table account add column recent_rank double precision
+    generated always as (recent_rank_key(expavg_credit, expavg_time)) stored;
+alter table team add column recent_rank double precision
+    generated always as (recent_rank_key(expavg_credit, expavg_time)) stored;
+alter table host add column recent_rank double precision
+    generated always as (recent_rank_key(expavg_credit, expavg_time)) stored;
+
 create index account_total_credit on account (total_credit desc, id);
-create index account_recent_rank on account (recent_rank_key(expavg_credit, expavg_time) desc, id);
+create index account_recent_rank on account (recent_rank desc, id);
 create index team_total_credit on team (total_credit desc, id);
-create index team_recent_rank on team (recent_rank_key(expavg_credit, expavg_time) desc, id);
+create index team_recent_rank on team (recent_rank desc, id);
 create index host_total_credit on host (total_credit desc, id);
-create index host_recent_rank on host (recent_rank_key(expavg_credit, expavg_time) desc, id);
+create index host_recent_rank on host (recent_rank desc, id);
 -- A team's members.
 create index account_team_id on account (team_id, total_credit desc);
 -- Recent results of a host, newest first.

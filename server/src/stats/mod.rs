@@ -193,7 +193,7 @@ pub async fn leaderboard(connection: &mut PgConnection, board: Board, query: Pag
         Order::Total => "t.total_credit desc, t.id",
         // The stored averages decay from different moments; this key orders them as they
         // are now (see the migration that indexes it).
-        Order::Recent => "recent_rank_key(t.expavg_credit, t.expavg_time) desc, t.id",
+        Order::Recent => "t.recent_rank desc, t.id",
     };
     // The rows skipped to reach a page are read from the index alone (ids only), and only
     // the page's own rows from the table.

@@ -86,6 +86,12 @@ impl ReplicaRow {
         matches!(self.outcome.as_deref(), Some("client_error" | "validate_error"))
     }
 
+    /// A success not yet judged (or judged inconclusive): a candidate for the canonical
+    /// result.
+    fn is_candidate(&self) -> bool {
+        self.is_success() && matches!(self.validate_state.as_str(), "pending" | "inconclusive")
+    }
+
     fn is_outstanding(&self) -> bool {
         self.state != "over"
     }
@@ -153,7 +159,7 @@ pub async fn transition_all(
             None => decide(&Bitwise, work_unit, &replicas, &mut changes, effects)?,
             Some(validator) => {
                 let validator = known.with_validator(validator.parse()?);
-                let needed: Vec<_> = comparisons_needed(work_unit, &replicas)?.collect();
+                let needed = comparisons_needed(work_unit, &replicas)?;
                 let ready = needed.iter().all(|(a, b)| validator.lookup(*a, *b).is_some());
                 changes.awaiting_comparison.push((work_unit.id, !ready));
                 if ready {
@@ -173,14 +179,14 @@ pub async fn transition_all(
 fn comparisons_needed(
     work_unit: &WorkUnitRow,
     replicas: &[ReplicaRow],
-) -> anyhow::Result<impl Iterator<Item = (Sha256Hash, Sha256Hash)>> {
+) -> anyhow::Result<Vec<(Sha256Hash, Sha256Hash)>> {
     let mut pairs = Vec::new();
     match work_unit.state.as_str() {
         "active" => {
             let errors = replicas.iter().filter(|r| r.is_error()).count();
             let candidates: Vec<Sha256Hash> = replicas
                 .iter()
-                .filter(|r| r.is_success() && matches!(r.validate_state.as_str(), "pending" | "inconclusive"))
+                .filter(|r| r.is_candidate())
                 .map(|r| r.candidate().map(|c| c.output))
                 .collect::<anyhow::Result<_>>()?;
             if errors < work_unit.max_error_replicas as usize && candidates.len() >= work_unit.min_quorum as usize {
@@ -199,7 +205,7 @@ fn comparisons_needed(
         }
         _ => {}
     }
-    Ok(pairs.into_iter())
+    Ok(pairs)
 }
 
 /// Everything the state machine decided for a set of work units, written at once.
@@ -382,10 +388,7 @@ fn advance_active(
         return Ok(());
     }
 
-    let successes: Vec<&ReplicaRow> = replicas
-        .iter()
-        .filter(|r| r.is_success() && matches!(r.validate_state.as_str(), "pending" | "inconclusive"))
-        .collect();
+    let successes: Vec<&ReplicaRow> = replicas.iter().filter(|r| r.is_candidate()).collect();
     let mut inconclusive = false;
     if successes.len() >= work_unit.min_quorum as usize {
         let candidates = successes.iter().map(|r| r.candidate()).collect::<anyhow::Result<Vec<_>>>()?;

@@ -116,12 +116,11 @@ async fn fetch(
         bail!("the server named a work unit {name:?}, which cannot be a folder name: {problem}");
     }
     let destination = out.join(name);
-    let recorded = recorded_hash(&destination);
-    if recorded == Some(output.sha256) {
+    if recorded_hash(&destination) == Some(output.sha256) {
         return Ok(None);
     }
     // Only a folder this command made is ever replaced; anything else is the scientist's.
-    if recorded.is_none() && tokio::fs::try_exists(&destination).await? && !destination.join(HASH_FILE).exists() {
+    if tokio::fs::try_exists(&destination).await? && !destination.join(HASH_FILE).exists() {
         bail!("{} exists and is not a downloaded result: move it away", destination.display());
     }
     let staging = out.join(STAGING);
@@ -152,6 +151,6 @@ async fn fetch(
 }
 
 /// Hash of the output a result folder holds, if complete.
-pub fn recorded_hash(result_dir: &Path) -> Option<Sha256Hash> {
+fn recorded_hash(result_dir: &Path) -> Option<Sha256Hash> {
     std::fs::read_to_string(result_dir.join(HASH_FILE)).ok()?.trim().parse().ok()
 }

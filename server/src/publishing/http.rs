@@ -203,16 +203,11 @@ async fn publish_version(
     check_module(&state, module).await?;
     let module_bytes = spooled.bytes;
     let mut transaction = state.pool.begin().await?;
-    let hash = blobs::store_spooled(&mut transaction, state.blobs.as_ref(), spooled).await?;
-    super::add_app_version(&mut transaction, app.id, hash).await?;
+    let module_sha256 = blobs::store_spooled(&mut transaction, state.blobs.as_ref(), spooled).await?;
+    let version = super::add_app_version(&mut transaction, app.id, module_sha256).await?;
     transaction.commit().await?;
-    let mut connection = state.pool.acquire().await?;
-    let version = find_app(&mut connection, publisher.id, &name)
-        .await?
-        .into_info()?
-        .latest_version
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the version just added is missing")))?;
-    tracing::info!(app.id = app.id, version = version.version, bytes = module_bytes, "app version published");
+    tracing::info!(app.id = app.id, version, bytes = module_bytes, "app version published");
+    let version = AppVersionInfo { version, module_sha256, module_bytes };
     Ok((StatusCode::CREATED, Json(version)))
 }
 

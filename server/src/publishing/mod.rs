@@ -129,14 +129,14 @@ pub async fn create_app(
     })
 }
 
-/// Adds a version whose module is the stored blob `module`; returns its id.
-pub async fn add_app_version(connection: &mut PgConnection, app_id: i64, module: Sha256Hash) -> ApiResult<i64> {
+/// Adds a version whose module is the stored blob `module`; returns its version number.
+pub async fn add_app_version(connection: &mut PgConnection, app_id: i64, module: Sha256Hash) -> ApiResult<i32> {
     // Two versions published at once must not both take the next number.
     sqlx::query("select id from app where id = $1 for no key update").bind(app_id).execute(&mut *connection).await?;
     Ok(sqlx::query_scalar(
         "insert into app_version (app_id, version, module_sha256)
          select $1, coalesce(max(version), 0) + 1, $2 from app_version where app_id = $1
-         returning id",
+         returning version",
     )
     .bind(app_id)
     .bind(module.to_hex())

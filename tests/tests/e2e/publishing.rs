@@ -5,9 +5,19 @@
 
 use std::time::Duration;
 
-use crate::harness::{Server, Volunteer, example_module, run_directly, workunit};
+use crate::harness::{Publisher, Server, Volunteer, example_module, run_directly, workunit};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Creates `app` and publishes the WAT module `wat` (from `workunits/`) as its first
+/// version; returns the module's file.
+async fn app_running(scientist: &Publisher, app: &str, wat: &str) -> tempfile::NamedTempFile {
+    let module = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(module.path(), workunit(wat)).unwrap();
+    scientist.json(&["app", "create", app]).await;
+    scientist.json(&["app", "publish", app, module.path().to_str().unwrap()]).await;
+    module
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_published_batch_runs_on_volunteers_and_its_outputs_come_back_verified() {
@@ -74,10 +84,7 @@ async fn a_published_batch_runs_on_volunteers_and_its_outputs_come_back_verified
 async fn an_interrupted_submission_resumes_without_duplicates() {
     let server = Server::start().await;
     let scientist = server.publisher("alice").await;
-    scientist.json(&["app", "create", "probe"]).await;
-    let module = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(module.path(), workunit("probes/determinism.wat")).unwrap();
-    scientist.json(&["app", "publish", "probe", module.path().to_str().unwrap()]).await;
+    app_running(&scientist, "probe", "probes/determinism.wat").await;
 
     let dir = tempfile::tempdir().unwrap();
     let jobs = dir.path().join("jobs.jsonl");
@@ -112,10 +119,7 @@ async fn an_interrupted_submission_resumes_without_duplicates() {
 async fn names_that_cannot_be_folder_names_are_refused() {
     let server = Server::start().await;
     let scientist = server.publisher("alice").await;
-    scientist.json(&["app", "create", "probe"]).await;
-    let module = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(module.path(), workunit("probes/determinism.wat")).unwrap();
-    scientist.json(&["app", "publish", "probe", module.path().to_str().unwrap()]).await;
+    app_running(&scientist, "probe", "probes/determinism.wat").await;
     let dir = tempfile::tempdir().unwrap();
     let jobs = dir.path().join("jobs.jsonl");
     for (line, reason) in [
@@ -134,13 +138,10 @@ async fn names_that_cannot_be_folder_names_are_refused() {
 async fn a_publisher_sees_and_changes_only_its_own_apps_and_batches() {
     let server = Server::start().await;
     let (alice, bob) = (server.publisher("alice").await, server.publisher("bob").await);
-    let module = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(module.path(), workunit("probes/determinism.wat")).unwrap();
+    let module = app_running(&alice, "sim", "probes/determinism.wat").await;
     let inputs = tempfile::tempdir().unwrap();
     std::fs::write(inputs.path().join("one"), "1").unwrap();
 
-    alice.json(&["app", "create", "sim"]).await;
-    alice.json(&["app", "publish", "sim", module.path().to_str().unwrap()]).await;
     let batch =
         alice.json(&["batch", "submit", "--app", "sim", "--inputs", inputs.path().to_str().unwrap()]).await["batch_id"]
             .as_i64()
@@ -217,10 +218,7 @@ async fn modules_that_cannot_be_work_units_are_refused_with_the_reason() {
 async fn a_cancelled_batch_hands_out_nothing_more() {
     let server = Server::start().await;
     let scientist = server.publisher("alice").await;
-    let module = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(module.path(), workunit("probes/determinism.wat")).unwrap();
-    scientist.json(&["app", "create", "app"]).await;
-    scientist.json(&["app", "publish", "app", module.path().to_str().unwrap()]).await;
+    app_running(&scientist, "app", "probes/determinism.wat").await;
     let inputs = tempfile::tempdir().unwrap();
     for i in 0..4 {
         std::fs::write(inputs.path().join(format!("in-{i}")), i.to_string()).unwrap();
@@ -249,11 +247,8 @@ async fn a_cancelled_batch_hands_out_nothing_more() {
 async fn cancelling_aborts_the_replicas_volunteers_are_running() {
     let server = Server::start().await;
     let scientist = server.publisher("alice").await;
-    let module = tempfile::NamedTempFile::new().unwrap();
     // Works for ever: only the cancellation can end it.
-    std::fs::write(module.path(), workunit("probes/progress.wat")).unwrap();
-    scientist.json(&["app", "create", "endless"]).await;
-    scientist.json(&["app", "publish", "endless", module.path().to_str().unwrap()]).await;
+    app_running(&scientist, "endless", "probes/progress.wat").await;
     let inputs = tempfile::tempdir().unwrap();
     std::fs::write(inputs.path().join("only"), "").unwrap();
     let batch = scientist

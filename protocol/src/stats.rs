@@ -2,7 +2,7 @@
 //! `/api/v1/stats/...` for scripts and third-party statistics sites. Nothing here is secret:
 //! no email addresses, no keys.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 /// `GET /stats/totals`: the project at a glance.
@@ -83,6 +83,9 @@ pub struct UserStats {
     pub team: Option<Named>,
     pub hosts: Vec<HostSummary>,
     pub joined_at: DateTime<Utc>,
+    /// Credit earned per UTC day over the last [`CREDIT_HISTORY_DAYS`], oldest first; days
+    /// without credit are left out.
+    pub credit_per_day: Vec<DayCredit>,
 }
 
 /// `GET /stats/teams/{id}`.
@@ -93,10 +96,24 @@ pub struct TeamStats {
     pub description: String,
     pub total_credit: f64,
     pub recent_average_credit: f64,
-    /// Members by total credit (the first 100).
+    /// One page of members by total credit (`?page=N`, 100 a page).
     pub members: Vec<Ranked>,
+    pub members_page: i64,
     pub member_count: i64,
     pub founded_at: DateTime<Utc>,
+    /// Credit the members earned per UTC day while in the team, over the last
+    /// [`CREDIT_HISTORY_DAYS`], oldest first; days without credit are left out.
+    pub credit_per_day: Vec<DayCredit>,
+}
+
+/// Days of credit history on user and team pages.
+pub const CREDIT_HISTORY_DAYS: i64 = 90;
+
+/// The credit earned on one UTC day.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DayCredit {
+    pub day: NaiveDate,
+    pub credit: f64,
 }
 
 /// One of a host's recent results.

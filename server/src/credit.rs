@@ -8,10 +8,13 @@
 //! Grants are rows in `credit_grant`, written in the validating transaction (its primary key
 //! makes a second grant for one replica impossible). A sweep folds them into the totals and
 //! into BOINC's recent average credit (exponential decay, 7-day half-life), in batches and in
-//! host-id order, which keeps hot host rows out of every report's transaction.
+//! host-id order, which keeps hot host rows out of every report's transaction. The same
+//! transaction adds them to each account's and team's credit per day, the history the web
+//! pages chart.
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgConnection;
 
 /// Fuel per credit: about a billion Wasm instructions.
@@ -65,6 +68,7 @@ struct Grant {
     host_id: i64,
     account_id: i64,
     credit: f64,
+    granted_at: DateTime<Utc>,
 }
 
 /// Folds up to one batch of unapplied grants into the totals; returns how many. Several
@@ -77,7 +81,7 @@ pub async fn fold_grants(connection: &mut PgConnection) -> sqlx::Result<usize> {
          )
          update credit_grant c set applied = true
          from batch where c.replica_id = batch.replica_id
-         returning c.host_id, c.account_id, c.credit",
+         returning c.host_id, c.account_id, c.credit, c.granted_at",
     )
     .bind(FOLD_BATCH)
     .fetch_all(&mut *connection)
@@ -87,9 +91,11 @@ pub async fn fold_grants(connection: &mut PgConnection) -> sqlx::Result<usize> {
     }
     let mut per_host: BTreeMap<i64, f64> = BTreeMap::new();
     let mut per_account: BTreeMap<i64, f64> = BTreeMap::new();
+    let mut per_account_day: BTreeMap<(i64, NaiveDate), f64> = BTreeMap::new();
     for grant in &grants {
         *per_host.entry(grant.host_id).or_default() += grant.credit;
         *per_account.entry(grant.account_id).or_default() += grant.credit;
+        *per_account_day.entry((grant.account_id, grant.granted_at.date_naive())).or_default() += grant.credit;
     }
     add_credit(connection, "host", &per_host).await?;
     add_credit(connection, "account", &per_account).await?;
@@ -100,12 +106,43 @@ pub async fn fold_grants(connection: &mut PgConnection) -> sqlx::Result<usize> {
             .bind(&account_ids)
             .fetch_all(&mut *connection)
             .await?;
+    let team_of: BTreeMap<i64, i64> = teams.into_iter().collect();
     let mut per_team: BTreeMap<i64, f64> = BTreeMap::new();
-    for (account_id, team_id) in teams {
-        *per_team.entry(team_id).or_default() += per_account[&account_id];
+    let mut per_team_day: BTreeMap<(i64, NaiveDate), f64> = BTreeMap::new();
+    for (&(account_id, day), &credit) in &per_account_day {
+        if let Some(&team_id) = team_of.get(&account_id) {
+            *per_team.entry(team_id).or_default() += credit;
+            *per_team_day.entry((team_id, day)).or_default() += credit;
+        }
     }
     add_credit(connection, "team", &per_team).await?;
+    add_daily_credit(connection, "account_daily_credit", "account_id", &per_account_day).await?;
+    add_daily_credit(connection, "team_daily_credit", "team_id", &per_team_day).await?;
     Ok(grants.len())
+}
+
+/// Adds credit to the days of accounts or teams in `table`. The keys come in (id, day)
+/// order, so concurrent sweeps lock the rows in one order and cannot deadlock.
+async fn add_daily_credit(
+    connection: &mut PgConnection,
+    table: &str,
+    owner: &str,
+    credit: &BTreeMap<(i64, NaiveDate), f64>,
+) -> sqlx::Result<()> {
+    if credit.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(&format!(
+        "insert into {table} ({owner}, day, credit)
+         select * from unnest($1::bigint[], $2::date[], $3::float8[])
+         on conflict ({owner}, day) do update set credit = {table}.credit + excluded.credit"
+    ))
+    .bind(credit.keys().map(|(id, _)| *id).collect::<Vec<i64>>())
+    .bind(credit.keys().map(|(_, day)| *day).collect::<Vec<NaiveDate>>())
+    .bind(credit.values().copied().collect::<Vec<f64>>())
+    .execute(connection)
+    .await?;
+    Ok(())
 }
 
 /// Adds credit to rows of `table`, locking them in id order so that concurrent writers

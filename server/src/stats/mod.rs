@@ -20,8 +20,8 @@ use serde::Deserialize;
 use sqlx::PgConnection;
 use wasmgrid_protocol::API_PREFIX;
 use wasmgrid_protocol::stats::{
-    HostStats, HostSummary, HourCount, Leaderboard, Named, Order, Progress, ProjectStatus, Ranked, RecentResult,
-    StateCount, TeamStats, Totals, UserStats,
+    CREDIT_HISTORY_DAYS, DayCredit, HostStats, HostSummary, HourCount, Leaderboard, Named, Order, Progress,
+    ProjectStatus, Ranked, RecentResult, StateCount, TeamStats, Totals, UserStats,
 };
 
 use crate::http::AppState;
@@ -304,10 +304,37 @@ pub async fn user(connection: &mut PgConnection, id: i64) -> ApiResult<UserStats
             })
             .collect(),
         joined_at: user.created_at,
+        credit_per_day: credit_per_day(connection, "account_daily_credit", "account_id", id).await?,
     })
 }
 
-pub async fn team(connection: &mut PgConnection, id: i64) -> ApiResult<TeamStats> {
+/// The credit per day of one account or team over the last [`CREDIT_HISTORY_DAYS`].
+async fn credit_per_day(
+    connection: &mut PgConnection,
+    table: &str,
+    owner: &str,
+    id: i64,
+) -> sqlx::Result<Vec<DayCredit>> {
+    let days: Vec<(chrono::NaiveDate, f64)> = sqlx::query_as(&format!(
+        "select day, credit from {table}
+         where {owner} = $1 and day > (now() at time zone 'UTC')::date - $2::int
+         order by day"
+    ))
+    .bind(id)
+    .bind(CREDIT_HISTORY_DAYS as i32)
+    .fetch_all(connection)
+    .await?;
+    Ok(days.into_iter().map(|(day, credit)| DayCredit { day, credit }).collect())
+}
+
+/// `?page=N` of a team's members.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+pub struct MembersQuery {
+    pub page: Option<i64>,
+}
+
+pub async fn team(connection: &mut PgConnection, id: i64, query: MembersQuery) -> ApiResult<TeamStats> {
+    let page = PageQuery { order: Order::Total, page: query.page }.page()?;
     let row: Option<(String, String, f64, f64, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(&format!(
         "select name, description, total_credit, {RECENT}, created_at from team where id = $1"
     ))
@@ -318,9 +345,11 @@ pub async fn team(connection: &mut PgConnection, id: i64) -> ApiResult<TeamStats
         row.ok_or_else(|| ApiError::not_found(format!("no team {id}")))?;
     let members: Vec<(i64, String, f64, f64)> = sqlx::query_as(&format!(
         "select id, name, total_credit, {RECENT} from account where team_id = $1
-         order by total_credit desc, id limit 100"
+         order by total_credit desc, id limit $2 offset $3"
     ))
     .bind(id)
+    .bind(PER_PAGE)
+    .bind((page - 1) * PER_PAGE)
     .fetch_all(&mut *connection)
     .await?;
     let member_count: i64 = sqlx::query_scalar("select count(*) from account where team_id = $1")
@@ -337,7 +366,7 @@ pub async fn team(connection: &mut PgConnection, id: i64) -> ApiResult<TeamStats
             .into_iter()
             .enumerate()
             .map(|(i, (id, name, total_credit, recent_average_credit))| Ranked {
-                rank: i as i64 + 1,
+                rank: (page - 1) * PER_PAGE + i as i64 + 1,
                 id,
                 name,
                 total_credit,
@@ -345,8 +374,10 @@ pub async fn team(connection: &mut PgConnection, id: i64) -> ApiResult<TeamStats
                 group: None,
             })
             .collect(),
+        members_page: page,
         member_count,
         founded_at,
+        credit_per_day: credit_per_day(connection, "team_daily_credit", "team_id", id).await?,
     })
 }
 
@@ -543,9 +574,13 @@ async fn user_handler(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) 
     Ok(Json(user(&mut connection, id).await?))
 }
 
-async fn team_handler(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<TeamStats>> {
+async fn team_handler(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    Query(query): Query<MembersQuery>,
+) -> ApiResult<Json<TeamStats>> {
     let mut connection = state.pool.acquire().await?;
-    Ok(Json(team(&mut connection, id).await?))
+    Ok(Json(team(&mut connection, id, query).await?))
 }
 
 async fn host_handler(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<HostStats>> {

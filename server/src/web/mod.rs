@@ -6,7 +6,8 @@
 //! - [`account`]: signing up and in, the account page, teams.
 //! - [`session`]: sessions and protection against cross-site request forgery.
 //! - [`format`]: numbers, dates and sizes as people read them.
-//! - [`chart`]: the status page's bar chart, drawn as SVG on the server.
+//! - [`chart`]: the charts of replicas per hour and of credit over time, drawn as SVG on
+//!   the server.
 
 pub mod account;
 pub mod chart;
@@ -255,12 +256,31 @@ struct UserPage {
     team: Option<Link>,
     joined: String,
     hosts: Vec<HostLine>,
+    chart: String,
+    chart_caption: String,
+}
+
+/// The chart of credit over time on user and team pages, and its caption.
+fn credit_chart(days: &[wasmgrid_protocol::stats::DayCredit], total_credit: f64) -> (String, String) {
+    let today = chrono::Utc::now().date_naive();
+    let earned: f64 = days.iter().map(|day| day.credit).sum();
+    let best = days.iter().map(|day| day.credit).fold(0.0, f64::max);
+    let caption = format!(
+        "Bars: credit per day (UTC), best day {}. Line: total credit, {} over the last {} days.",
+        credit(best),
+        credit(earned),
+        wasmgrid_protocol::stats::CREDIT_HISTORY_DAYS
+    );
+    (chart::credit_history(days, total_credit, today), caption)
 }
 
 async fn user(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> PageResult {
     let mut connection = state.pool.acquire().await?;
     let user = stats::user(&mut connection, id).await?;
+    let (chart, chart_caption) = credit_chart(&user.credit_per_day, user.total_credit);
     page(UserPage {
+        chart,
+        chart_caption,
         name: user.name,
         total_credit: credit(user.total_credit),
         recent_average_credit: credit(user.recent_average_credit),
@@ -303,11 +323,22 @@ struct TeamPage {
     member_count: i64,
     founded: String,
     members: Vec<MemberLine>,
+    members_page: i64,
+    members_pages: i64,
+    previous: Option<String>,
+    next: Option<String>,
+    chart: String,
+    chart_caption: String,
 }
 
-async fn team(State(state): State<AppState>, headers: HeaderMap, ApiPath(id): ApiPath<i64>) -> PageResult {
+async fn team(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<i64>,
+    Query(query): Query<stats::MembersQuery>,
+) -> PageResult {
     let mut connection = state.pool.acquire().await?;
-    let team = stats::team(&mut connection, id).await?;
+    let team = stats::team(&mut connection, id, query).await?;
     let viewer = session::signed_in(&mut connection, &headers).await?;
     let member: Option<i64> = match &viewer {
         Some(viewer) => {
@@ -320,7 +351,17 @@ async fn team(State(state): State<AppState>, headers: HeaderMap, ApiPath(id): Ap
     };
     let (csrf, set_csrf) = session::csrf_token(&headers);
     let join_csrf = (viewer.is_some() && member != Some(id)).then_some(csrf);
+    let (chart, chart_caption) = credit_chart(&team.credit_per_day, team.total_credit);
+    let members_pages = ((team.member_count + stats::PER_PAGE - 1) / stats::PER_PAGE).clamp(1, stats::MAX_PAGE);
+    let link_to = |page: i64| format!("/teams/{id}?page={page}#members");
+    let members_page = team.members_page;
     let mut response = page(TeamPage {
+        chart,
+        chart_caption,
+        members_page,
+        members_pages,
+        previous: (members_page > 1).then(|| link_to(members_page - 1)),
+        next: (members_page < members_pages).then(|| link_to(members_page + 1)),
         id,
         join_csrf,
         name: team.name,

@@ -2,7 +2,7 @@
 //! user, team and host pages and `/api/v1/stats` show; hostile names stay text.
 
 use reqwest::Method;
-use wasmgrid_protocol::stats::{HostStats, Leaderboard, ProjectStatus, Totals, UserStats};
+use wasmgrid_protocol::stats::{HostStats, Leaderboard, ProjectStatus, TeamStats, Totals, UserStats};
 
 use crate::helpers::{TestApp, policy};
 
@@ -72,6 +72,63 @@ async fn credit_earned_shows_on_the_leaderboards_and_the_user_and_host_pages() {
     assert!(status.contains("<svg") && status.contains("<rect"), "the chart has bars: {status}");
     let status: ProjectStatus = json(&app, "/api/v1/stats/status").await;
     assert_eq!(status.replicas_per_hour.iter().map(|hour| hour.count).sum::<i64>(), 6);
+}
+
+#[tokio::test]
+async fn user_and_team_pages_chart_credit_over_time() {
+    let app = TestApp::spawn().await;
+    app.publish(2, policy(2, 2)).await;
+    let (alice, bob) = (app.volunteer("alice").await, app.volunteer("bob").await);
+    let team_id: i64 = sqlx::query_scalar("insert into team (name) values ('crunchers') returning id")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("update account set team_id = $1").bind(team_id).execute(&app.pool).await.unwrap();
+    for volunteer in [&alice, &bob] {
+        for assignment in volunteer.fetch(2).await {
+            volunteer.succeed(assignment.replica_id, b"the answer").await;
+        }
+    }
+    app.sweep().await;
+
+    let today = chrono::Utc::now().date_naive();
+    let user: UserStats = json(&app, &format!("/api/v1/stats/users/{}", alice.account_id)).await;
+    assert_eq!(user.credit_per_day.len(), 1, "{user:?}");
+    assert_eq!((user.credit_per_day[0].day, user.credit_per_day[0].credit), (today, user.total_credit));
+    let team: TeamStats = json(&app, &format!("/api/v1/stats/teams/{team_id}")).await;
+    assert_eq!(team.credit_per_day.len(), 1, "{team:?}");
+    assert_eq!(team.credit_per_day[0].credit, 2.0 * user.total_credit, "both members' credit");
+
+    for path in [format!("/users/{}", alice.account_id), format!("/teams/{team_id}")] {
+        let html = page(&app, &path).await;
+        let chart = html.split("<figure class=\"chart\">").nth(1).unwrap_or_else(|| panic!("no chart: {html}"));
+        assert_eq!(chart.matches("<rect").count(), 1, "one day with credit, one bar: {chart}");
+        assert!(chart.contains(&format!("<title>{today}: ")) && chart.contains("<polyline"), "{chart}");
+    }
+}
+
+#[tokio::test]
+async fn a_team_lists_its_members_a_page_at_a_time() {
+    let app = TestApp::spawn().await;
+    let team_id: i64 =
+        sqlx::query_scalar("insert into team (name) values ('crowd') returning id").fetch_one(&app.pool).await.unwrap();
+    for i in 0..130 {
+        app.volunteer(&format!("member-{i:03}")).await;
+    }
+    sqlx::query("update account set team_id = $1, total_credit = id").bind(team_id).execute(&app.pool).await.unwrap();
+
+    let first: TeamStats = json(&app, &format!("/api/v1/stats/teams/{team_id}")).await;
+    let second: TeamStats = json(&app, &format!("/api/v1/stats/teams/{team_id}?page=2")).await;
+    assert_eq!((first.member_count, first.members.len(), second.members.len()), (130, 100, 30));
+    assert_eq!((second.members_page, second.members[0].rank), (2, 101));
+    let all: Vec<_> = first.members.iter().chain(&second.members).collect();
+    assert!(all.windows(2).all(|pair| pair[0].total_credit > pair[1].total_credit), "by credit, no one twice");
+
+    let html = page(&app, &format!("/teams/{team_id}")).await;
+    assert!(html.contains("Page 1 of 2") && html.contains(&format!("/teams/{team_id}?page=2")), "links on");
+    let html = page(&app, &format!("/teams/{team_id}?page=2")).await;
+    assert!(html.contains("member-000") && !html.contains("member-129"), "the lowest credit comes last");
+    assert_eq!(get(&app, &format!("/teams/{team_id}?page=0")).await.status(), 400);
 }
 
 #[tokio::test]

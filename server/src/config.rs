@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::database::DatabaseLocation;
+use crate::http::visitor::SiteConfig;
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -15,6 +16,8 @@ pub struct ServerConfig {
     pub scheduler: SchedulerConfig,
     /// How often the background sweeps (deadlines, credit) run.
     pub sweep_interval: Duration,
+    /// The public URL and the reverse proxies in front of the server.
+    pub site: SiteConfig,
 }
 
 impl ServerConfig {
@@ -27,6 +30,7 @@ impl ServerConfig {
             max_database_connections: 32,
             scheduler: SchedulerConfig::default(),
             sweep_interval: Duration::from_secs(5),
+            site: SiteConfig::default(),
         }
     }
 }

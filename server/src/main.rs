@@ -6,8 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use ipnet::IpNet;
 use wasmgrid_server::ServerConfig;
 use wasmgrid_server::database::{Database, DatabaseLocation};
+use wasmgrid_server::http::visitor::{PublicUrl, SiteConfig, parse_network};
 use wasmgrid_server::publishers;
 
 #[derive(Parser)]
@@ -46,6 +48,15 @@ enum Command {
         /// Replicas per core per day a fully trusted host may take.
         #[arg(long, default_value_t = 1000)]
         daily_quota_per_core: u32,
+        /// The URL volunteers and browsers reach the site at, such as
+        /// https://grid.example.org: the attach command names it, and forms are accepted
+        /// only from it. Without it, each request's Host header is believed.
+        #[arg(long, env = "WASMGRID_PUBLIC_URL")]
+        public_url: Option<PublicUrl>,
+        /// A reverse proxy (address or network, repeatable) whose X-Forwarded-For and
+        /// X-Forwarded-Proto are believed; from anyone else they are ignored.
+        #[arg(long = "trusted-proxy", env = "WASMGRID_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_network)]
+        trusted_proxies: Vec<IpNet>,
     },
     /// Manage API tokens. Works on the data directory (or DATABASE_URL) of a running server
     /// without stopping it.
@@ -115,6 +126,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             idle_retry_after,
             busy_retry_after,
             daily_quota_per_core,
+            public_url,
+            trusted_proxies,
         } => {
             let database = match database_url {
                 Some(url) => DatabaseLocation::Url(url),
@@ -126,6 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.scheduler.idle_retry_after = Duration::from_secs(idle_retry_after);
             config.scheduler.busy_retry_after = Duration::from_secs(busy_retry_after);
             config.scheduler.daily_quota_per_core = daily_quota_per_core;
+            config.site = SiteConfig { public_url, trusted_proxies };
             let app = wasmgrid_server::build(config).await?;
             // Scripts and tests read this line to learn the port (useful with port 0).
             println!("wasmgrid-server listening on http://{}", app.local_addr());

@@ -47,6 +47,7 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
             std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
         )),
         started_at: Instant::now(),
+        site: Arc::new(config.site.clone()),
     };
     Ok(App { listener, state, database, config })
 }
@@ -84,7 +85,8 @@ impl App {
             config.scheduler.daily_quota_per_core,
             stop_sweeps.subscribe(),
         ));
-        // Handlers may ask who connected (sign-in attempts are limited per address).
+        // Handlers may ask who connected (sign-in attempts are limited per address; see
+        // `http::visitor`).
         let service = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(listener, service).with_graceful_shutdown(shutdown).await;
         let _ = stop_sweeps.send(true);

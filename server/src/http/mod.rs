@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod visitor;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +37,8 @@ pub struct AppState {
     /// Today's statistics exports.
     pub exports: Arc<crate::stats::export::Exports>,
     pub started_at: Instant,
+    /// How the site is reached: its public URL and the proxies in front of it.
+    pub site: Arc<visitor::SiteConfig>,
 }
 
 /// JSON request bodies are small; uploads have their own, per-work-unit limit.
@@ -54,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::stats::router())
         .merge(crate::web::router())
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), visitor::resolve))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .layer(TraceLayer::new_for_http())

@@ -3,14 +3,13 @@
 //!
 //! Passwords are hashed with Argon2id on the blocking pool (it is slow on purpose). A failed
 //! log-in says the same whether or not the account exists, takes as long either way, and
-//! failures are limited per name and per address.
-
-use std::net::SocketAddr;
+//! attempts are limited per name from one address, per name from everywhere, and per
+//! address.
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use askama::Template;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect};
 use axum::routing::{get, post};
@@ -26,6 +25,7 @@ use crate::accounts::{self, Account, clean_label};
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiPath;
+use crate::http::visitor::ClientAddress;
 use crate::secrets::{new_secret, secret_hash};
 
 pub fn router() -> Router<AppState> {
@@ -45,9 +45,13 @@ const MIN_PASSWORD_CHARS: usize = 10;
 const MAX_PASSWORD_BYTES: usize = 256;
 const MAX_EMAIL_BYTES: usize = 254;
 const MAX_DESCRIPTION_CHARS: usize = 2000;
-/// Failed log-ins allowed per name (or email) and per address within [`FAILURE_WINDOW`].
-const FAILURES_PER_LOGIN: i64 = 5;
-const FAILURES_PER_ADDRESS: i64 = 30;
+/// Log-in attempts allowed within [`FAILURE_WINDOW`]: per name (or email) from one address,
+/// which is what someone who forgot their password meets; per name from all addresses,
+/// high enough that locking someone else out takes many addresses, low enough that
+/// guessing from many is slow; and per address, whatever the names.
+const ATTEMPTS_PER_LOGIN_AND_ADDRESS: i64 = 5;
+const ATTEMPTS_PER_LOGIN: i64 = 50;
+const ATTEMPTS_PER_ADDRESS: i64 = 30;
 /// Sign-ups allowed per address within [`FAILURE_WINDOW`].
 const SIGNUPS_PER_ADDRESS: i64 = 5;
 const FAILURE_WINDOW: &str = "15 minutes";
@@ -135,7 +139,7 @@ async fn hashing<T: Send + 'static>(
 
 async fn signup(
     State(state): State<AppState>,
-    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    ClientAddress(address): ClientAddress,
     headers: HeaderMap,
     Form(form): Form<SignupForm>,
 ) -> PageResult {
@@ -143,7 +147,7 @@ async fn signup(
     let (csrf, _) = csrf_token(&headers);
     {
         let mut connection = state.pool.acquire().await?;
-        let key = format!("signup:{}", address.ip());
+        let key = format!("signup:{address}");
         let (_, attempts) = record_attempt(&mut connection, &[key]).await?;
         if attempts[0] > SIGNUPS_PER_ADDRESS {
             let page = SignupPage {
@@ -241,19 +245,25 @@ fn decoy_hash() -> &'static str {
 
 async fn login(
     State(state): State<AppState>,
-    ConnectInfo(address): ConnectInfo<SocketAddr>,
+    ClientAddress(address): ClientAddress,
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> PageResult {
     check_form(&headers, &form.csrf)?;
     let (csrf, _) = csrf_token(&headers);
     let login = form.login.trim().to_owned();
-    let keys = [format!("login:{}", login.to_lowercase()), format!("address:{}", address.ip())];
+    let folded = login.to_lowercase();
+    let limits = [
+        (format!("login-from:{folded} {address}"), ATTEMPTS_PER_LOGIN_AND_ADDRESS),
+        (format!("login:{folded}"), ATTEMPTS_PER_LOGIN),
+        (format!("address:{address}"), ATTEMPTS_PER_ADDRESS),
+    ];
+    let keys: Vec<String> = limits.iter().map(|(key, _)| key.clone()).collect();
     let (attempt_ids, found) = {
         let mut connection = state.pool.acquire().await?;
         // Recorded before the password is checked, so that guesses sent in parallel count.
         let (attempt_ids, counts) = record_attempt(&mut connection, &keys).await?;
-        if counts[0] > FAILURES_PER_LOGIN || counts[1] > FAILURES_PER_ADDRESS {
+        if counts.iter().zip(&limits).any(|(count, (_, limit))| count > limit) {
             let page = LoginPage {
                 csrf,
                 login: form.login,

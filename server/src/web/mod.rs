@@ -130,7 +130,8 @@ struct HomePage {
     credit_per_day: String,
 }
 
-/// The URL volunteers attach to: this server as the browser reached it.
+/// The URL volunteers attach to: the public URL, or this server as the browser reached it
+/// (`http::visitor` has rewritten the headers that say so).
 pub fn server_url(headers: &HeaderMap) -> String {
     let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or("localhost");
     let scheme = match headers.get("x-forwarded-proto").and_then(|value| value.to_str().ok()) {

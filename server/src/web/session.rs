@@ -34,8 +34,9 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .find_map(|(key, value)| (key == name).then_some(value))
 }
 
-/// Whether the site was reached over HTTPS (directly or behind a proxy that says so), in
-/// which case cookies are `Secure`.
+/// Whether the site was reached over HTTPS, in which case cookies are `Secure`: its public
+/// URL is `https`, or a trusted proxy says so (`http::visitor` removes the header from
+/// anyone else).
 pub fn is_https(headers: &HeaderMap) -> bool {
     headers.get("x-forwarded-proto").and_then(|value| value.to_str().ok()) == Some("https")
 }

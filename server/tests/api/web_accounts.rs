@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use reqwest::redirect::Policy;
 use wasmgrid_protocol::api::RegisterHostRequest;
 
+use wasmgrid_server::http::visitor::parse_network;
+
 use crate::helpers::TestApp;
 
 /// A browser without JavaScript: keeps cookies, sends forms, follows no redirects on its own.
@@ -211,15 +213,98 @@ async fn volunteers_found_join_and_leave_teams() {
     assert_eq!(members, 1);
 }
 
+/// A server behind a reverse proxy on this machine (the tests connect from 127.0.0.1).
+async fn behind_a_trusted_proxy() -> TestApp {
+    TestApp::spawn_with(|config| {
+        config.site.trusted_proxies = vec![parse_network("127.0.0.1").unwrap()];
+    })
+    .await
+}
+
 #[tokio::test]
 async fn behind_https_the_cookies_are_secure() {
-    let app = TestApp::spawn().await;
+    let app = behind_a_trusted_proxy().await;
     let mut browser = Browser::new(&app);
     browser.extra.push(("x-forwarded-proto", "https".into()));
     let welcome = browser.sign_up("tls", "", PASSWORD).await;
     let cookies = welcome.set_cookies();
     assert!(!cookies.is_empty());
     assert!(cookies.iter().all(|cookie| cookie.contains("; Secure")), "{cookies:?}");
+    assert!(welcome.body.contains("wasmgrid attach https://127.0.0.1:"), "the proxy's scheme is the site's");
+}
+
+#[tokio::test]
+async fn forwarded_headers_from_anyone_but_a_trusted_proxy_are_ignored() {
+    let app = TestApp::spawn().await;
+    let mut browser = Browser::new(&app);
+    browser.extra.push(("x-forwarded-proto", "https".into()));
+    let welcome = browser.sign_up("plain", "", PASSWORD).await;
+    assert!(welcome.set_cookies().iter().all(|cookie| !cookie.contains("Secure")), "{:?}", welcome.set_cookies());
+    assert!(welcome.body.contains("wasmgrid attach http://127.0.0.1:"));
+
+    // A guesser who makes up a new address for every guess is still one address.
+    let mut statuses = Vec::new();
+    for i in 0..7 {
+        let mut guesser = Browser::new(&app);
+        guesser.extra.push(("x-forwarded-for", format!("198.51.100.{i}")));
+        statuses.push(guesser.log_in("plain", "a wrong guess").await.status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429]);
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_visitor_is_limited_by_their_own_address() {
+    let app = behind_a_trusted_proxy().await;
+    Browser::new(&app).sign_up("lovelace", "", PASSWORD).await;
+    let from = |address: &str| {
+        let mut browser = Browser::new(&app);
+        // What a client claims comes first; the proxy appends the address it saw.
+        browser.extra.push(("x-forwarded-for", format!("10.9.9.9, {address}")));
+        browser
+    };
+    let mut guesser = from("203.0.113.66");
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(guesser.log_in("lovelace", "a wrong guess").await.status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
+    let owner = from("203.0.113.7").log_in("lovelace", PASSWORD).await;
+    assert_eq!(owner.status, 303, "the owner, elsewhere, is not locked out by the guesser");
+
+    // Guesses at one name from many addresses stop too, at a higher count.
+    let mut limited_after = None;
+    for i in 0..60 {
+        let status = from(&format!("198.51.100.{i}")).log_in("lovelace", "a wrong guess").await.status;
+        if status == 429 {
+            limited_after = Some(i);
+            break;
+        }
+        assert_eq!(status, 401);
+    }
+    // The six guesses above and the owner's success (which clears only its own attempts)
+    // count towards the name's fifty.
+    assert_eq!(limited_after, Some(50 - 6), "guesses from many addresses at one name are limited");
+}
+
+#[tokio::test]
+async fn a_public_url_names_the_site_whatever_the_request_says() {
+    let app =
+        TestApp::spawn_with(|config| config.site.public_url = Some("https://grid.example.org".parse().unwrap())).await;
+    let mut browser = Browser::new(&app);
+    let welcome = browser.sign_up("public", "", PASSWORD).await;
+    assert_eq!(welcome.status, 200, "{}", welcome.body);
+    assert!(welcome.body.contains("wasmgrid attach https://grid.example.org --account-key"), "{}", welcome.body);
+    assert!(welcome.set_cookies().iter().all(|cookie| cookie.contains("; Secure")));
+    let home = browser.get("/").await;
+    assert!(home.body.contains("wasmgrid attach https://grid.example.org"));
+
+    let csrf = browser.get("/account").await.csrf();
+    browser.extra.push(("origin", format!("http://{}", app.client.base_url().trim_start_matches("http://"))));
+    let from_the_bare_server = browser.post("/account/name", &[("csrf", &csrf), ("name", "renamed")]).await;
+    assert_eq!(from_the_bare_server.status, 403, "forms come from the public site only");
+    browser.extra = vec![("origin", "https://grid.example.org".into())];
+    let from_the_site = browser.post("/account/name", &[("csrf", &csrf), ("name", "renamed")]).await;
+    assert_eq!(from_the_site.status, 200, "{}", from_the_site.body);
 }
 
 #[tokio::test]

@@ -3,3 +3,4 @@
 
 pub mod bench;
 pub mod scientist;
+pub mod webdriver;

@@ -2,6 +2,7 @@
 //! volunteer daemons, real Wasm modules.
 
 mod browser;
+mod browser_flow;
 mod cache;
 mod checkpoints;
 mod contact;

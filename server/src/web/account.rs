@@ -9,7 +9,7 @@
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use askama::Template;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect};
 use axum::routing::{get, post};
@@ -388,8 +388,29 @@ async fn account_page(
     Ok(response)
 }
 
-async fn account(State(state): State<AppState>, headers: HeaderMap, SignedIn(account): SignedIn) -> PageResult {
-    account_page(&state, &headers, &account, None, "").await
+/// `/account?done=...`: what a form that redirected here did. The forms that change
+/// something redirect (so reloading the page does not post them again), except those that
+/// show a new account key, which is shown only in their answer.
+#[derive(Deserialize)]
+struct AccountQuery {
+    done: Option<String>,
+}
+
+fn done_notice(done: Option<&str>) -> &'static str {
+    match done {
+        Some("renamed") => "your name is changed",
+        Some("left-team") => "you left your team",
+        _ => "",
+    }
+}
+
+async fn account(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    SignedIn(account): SignedIn,
+    Query(query): Query<AccountQuery>,
+) -> PageResult {
+    account_page(&state, &headers, &account, None, done_notice(query.done.as_deref())).await
 }
 
 #[derive(Deserialize)]
@@ -411,16 +432,15 @@ async fn rename(
         .bind(&name)
         .execute(&state.pool)
         .await;
-    let notice = match renamed {
+    match renamed {
         Err(error) if crate::database::is_unique_violation(&error, "account_login_name") => {
-            "that name is taken: choose another".to_owned()
+            account_page(&state, &headers, &account, None, "that name is taken: choose another").await
         }
         other => {
             other?;
-            format!("you are now {name}")
+            Ok(Redirect::to("/account?done=renamed").into_response())
         }
-    };
-    account_page(&state, &headers, &Account { name, ..account }, None, &notice).await
+    }
 }
 
 /// A new account key replaces the old one (which stops attaching machines; those attached
@@ -512,5 +532,5 @@ async fn leave_team(
 ) -> PageResult {
     check_form(&headers, &form.csrf)?;
     sqlx::query("update account set team_id = null where id = $1").bind(account.id).execute(&state.pool).await?;
-    account_page(&state, &headers, &account, None, "you left your team").await
+    Ok(Redirect::to("/account?done=left-team").into_response())
 }

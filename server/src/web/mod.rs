@@ -264,13 +264,13 @@ struct UserPage {
 /// The chart of credit over time on user and team pages, and its caption.
 fn credit_chart(days: &[wasmgrid_protocol::stats::DayCredit], total_credit: f64) -> (String, String) {
     let today = chrono::Utc::now().date_naive();
+    let first = today - chrono::TimeDelta::days(wasmgrid_protocol::stats::CREDIT_HISTORY_DAYS - 1);
     let earned: f64 = days.iter().map(|day| day.credit).sum();
     let best = days.iter().map(|day| day.credit).fold(0.0, f64::max);
     let caption = format!(
-        "Bars: credit per day (UTC), best day {}. Line: total credit, {} over the last {} days.",
+        "From {first} to {today} (UTC). Bars: credit per day, best day {}. Line: total credit, {} of it earned in these days.",
         credit(best),
         credit(earned),
-        wasmgrid_protocol::stats::CREDIT_HISTORY_DAYS
     );
     (chart::credit_history(days, total_credit, today), caption)
 }

@@ -2,7 +2,8 @@
 //!
 //! The release server on its embedded database, filled with `--users` accounts (two in three
 //! in one of `--teams` teams), `--hosts` hosts and `--work-units` validated work units whose
-//! replicas are spread over the hosts, all with credit; then every page is requested
+//! replicas are spread over the hosts, all with credit, and every user and team with credit
+//! on each of the last `--history-days` days (the charts); then every page is requested
 //! `--requests` times in a row and the p50 and p99 of the whole request (as a client sees
 //! it) are printed. It is a measurement, not a test.
 //!
@@ -33,6 +34,9 @@ struct Args {
     hosts: i64,
     #[arg(long, default_value_t = 50_000)]
     work_units: usize,
+    /// Days of credit history of every user and team.
+    #[arg(long, default_value_t = 90)]
+    history_days: i32,
     /// Requests per page.
     #[arg(long, default_value_t = 500)]
     requests: usize,
@@ -122,6 +126,22 @@ async fn fill(server: &BenchServer, args: &Args) -> anyhow::Result<()> {
     .bind(args.users)
     .execute(pool)
     .await?;
+
+    // Every user and team earned credit on every day of the charts: the most rows a page's
+    // chart can read.
+    for (table, owner, count) in
+        [("account_daily_credit", "account_id", args.users), ("team_daily_credit", "team_id", args.teams)]
+    {
+        sqlx::query(&format!(
+            "insert into {table} ({owner}, day, credit)
+             select id, current_date - d, random() * 1e3
+             from generate_series(1, $1) id, generate_series(0, $2 - 1) d"
+        ))
+        .bind(count)
+        .bind(args.history_days)
+        .execute(pool)
+        .await?;
+    }
 
     // Validated work, for the hosts' recent results and the status page.
     let store = DirectoryStore::open(server.data_dir.join("blobs"))?;

@@ -36,6 +36,7 @@ pub fn router() -> Router<AppState> {
         .route("/account", get(account))
         .route("/account/name", post(rename))
         .route("/account/key", post(new_key))
+        .route("/account/password", post(change_password))
         .route("/account/team/leave", post(leave_team))
         .route("/teams", post(found_team))
         .route("/teams/{id}/join", post(join_team))
@@ -400,6 +401,7 @@ fn done_notice(done: Option<&str>) -> &'static str {
     match done {
         Some("renamed") => "your name is changed",
         Some("left-team") => "you left your team",
+        Some("password") => "your password is changed, and every other browser is logged out",
         _ => "",
     }
 }
@@ -459,6 +461,83 @@ async fn new_key(
         .execute(&state.pool)
         .await?;
     account_page(&state, &headers, &account, Some(key), "a new account key").await
+}
+
+/// A page answered with `status` instead of 200.
+fn with_status(page: PageResult, status: StatusCode) -> PageResult {
+    let mut response = page?;
+    *response.status_mut() = status;
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+struct PasswordForm {
+    csrf: String,
+    current: String,
+    new: String,
+}
+
+/// A new password, given the current one (a session left open on a shared computer must not
+/// be enough to take the account). Other sessions end: changing a password is what someone
+/// does who fears another has it. Wrong current passwords count as failed log-ins.
+async fn change_password(
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    headers: HeaderMap,
+    SignedIn(account): SignedIn,
+    Form(form): Form<PasswordForm>,
+) -> PageResult {
+    check_form(&headers, &form.csrf)?;
+    if form.new.chars().count() < MIN_PASSWORD_CHARS || form.new.len() > MAX_PASSWORD_BYTES {
+        let problem = format!("the new password needs {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_BYTES} characters");
+        return with_status(
+            account_page(&state, &headers, &account, None, &problem).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        );
+    }
+    let limits = [
+        (format!("password:{}", account.id), ATTEMPTS_PER_LOGIN_AND_ADDRESS),
+        (format!("address:{address}"), ATTEMPTS_PER_ADDRESS),
+    ];
+    let keys: Vec<String> = limits.iter().map(|(key, _)| key.clone()).collect();
+    let (attempt_ids, stored_hash) = {
+        let mut connection = state.pool.acquire().await?;
+        let (attempt_ids, counts) = record_attempt(&mut connection, &keys).await?;
+        if counts.iter().zip(&limits).any(|(count, (_, limit))| count > limit) {
+            let notice = "too many wrong passwords: wait a quarter of an hour and try again";
+            return with_status(
+                account_page(&state, &headers, &account, None, notice).await,
+                StatusCode::TOO_MANY_REQUESTS,
+            );
+        }
+        let stored_hash: Option<String> = sqlx::query_scalar("select password_hash from account where id = $1")
+            .bind(account.id)
+            .fetch_one(&mut *connection)
+            .await?;
+        (attempt_ids, stored_hash)
+    };
+    let (current, new) = (form.current.clone(), form.new.clone());
+    let new_hash = hashing(&state, move || {
+        let matches = password_matches(&current, stored_hash.as_deref().unwrap_or_else(|| decoy_hash()));
+        matches.then(|| hash_password(&new)).transpose()
+    })
+    .await?
+    .map_err(ApiError::Internal)?;
+    let Some(new_hash) = new_hash else {
+        let notice = "the current password is wrong";
+        return with_status(account_page(&state, &headers, &account, None, notice).await, StatusCode::UNAUTHORIZED);
+    };
+    let mut transaction = state.pool.begin().await?;
+    sqlx::query("update account set password_hash = $2 where id = $1")
+        .bind(account.id)
+        .bind(&new_hash)
+        .execute(&mut *transaction)
+        .await?;
+    session::end_others(&mut transaction, account.id, &headers).await?;
+    sqlx::query("delete from login_attempt where id = any($1)").bind(&attempt_ids).execute(&mut *transaction).await?;
+    transaction.commit().await?;
+    tracing::info!(account.id, "password changed");
+    Ok(Redirect::to("/account?done=password").into_response())
 }
 
 #[derive(Deserialize)]

@@ -116,6 +116,17 @@ pub async fn end(connection: &mut PgConnection, headers: &HeaderMap) -> sqlx::Re
     Ok(set_cookie(SESSION_COOKIE, "", 0, "Lax", is_https(headers)))
 }
 
+/// Ends every session of `account_id` but this browser's.
+pub async fn end_others(connection: &mut PgConnection, account_id: i64, headers: &HeaderMap) -> sqlx::Result<()> {
+    let current = cookie(headers, SESSION_COOKIE).map(secret_hash);
+    sqlx::query("delete from web_session where account_id = $1 and secret_hash is distinct from $2")
+        .bind(account_id)
+        .bind(current)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
 /// The signed-in account of a request, if any.
 pub async fn signed_in(connection: &mut PgConnection, headers: &HeaderMap) -> sqlx::Result<Option<Account>> {
     let Some(secret) = cookie(headers, SESSION_COOKIE) else { return Ok(None) };

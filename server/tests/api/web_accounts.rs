@@ -367,3 +367,39 @@ async fn quote_breaking_names_stay_inside_their_attributes() {
         );
     }
 }
+
+#[tokio::test]
+async fn changing_the_password_needs_the_current_one_and_logs_out_other_browsers() {
+    let app = TestApp::spawn().await;
+    let mut laptop = Browser::new(&app);
+    laptop.sign_up("babbage", "", PASSWORD).await;
+    let mut phone = Browser::new(&app);
+    assert_eq!(phone.log_in("babbage", PASSWORD).await.status, 303);
+    const NEW: &str = "difference engine no. 2";
+
+    let csrf = laptop.get("/account").await.csrf();
+    async fn change(browser: &mut Browser, csrf: &str, current: &str, new: &str) -> Page {
+        browser.post("/account/password", &[("csrf", csrf), ("current", current), ("new", new)]).await
+    }
+    let wrong = change(&mut laptop, &csrf, "not the password", NEW).await;
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.body.contains("the current password is wrong"));
+    let short = change(&mut laptop, &csrf, PASSWORD, "short").await;
+    assert_eq!(short.status, 422);
+    assert_eq!(phone.get("/account").await.status, 200, "nothing changed yet");
+
+    let changed = change(&mut laptop, &csrf, PASSWORD, NEW).await;
+    assert_eq!((changed.status, changed.location()), (303, "/account?done=password"));
+    assert!(laptop.get(changed.location()).await.body.contains("your password is changed"));
+    assert_eq!(phone.get("/account").await.location(), "/login", "the other browser is logged out");
+    assert_eq!(Browser::new(&app).log_in("babbage", PASSWORD).await.status, 401, "the old password is gone");
+    assert_eq!(Browser::new(&app).log_in("babbage", NEW).await.status, 303);
+
+    // Someone at an open session cannot guess the current password for long: five wrong
+    // ones in a quarter of an hour, the first of them above.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(change(&mut laptop, &csrf, "a wrong guess", "whatever it is now").await.status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 429]);
+}

@@ -26,10 +26,10 @@ use tokio::process::{Child, Command};
 pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// Flags Chromium needs here: no sandbox (tests may run as root), no GPU, and nothing
-/// started besides the pages (first-run dialogs, updates, sync, background requests). The
-/// window is large enough for a screenshot to show a whole leaderboard.
-const CHROMIUM_ARGS: [&str; 8] = [
+/// Flags Chromium needs here, in every mode: no sandbox (tests may run as root), no GPU,
+/// and nothing started besides the pages (first-run dialogs, updates, sync, background
+/// requests).
+pub const CHROMIUM_FLAGS: [&str; 7] = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -37,8 +37,9 @@ const CHROMIUM_ARGS: [&str; 8] = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
-    "--window-size=1280,1600",
 ];
+/// Large enough for a screenshot to show a whole leaderboard.
+pub const WINDOW_SIZE: &str = "--window-size=1280,1600";
 
 /// How long an element, a page or a condition may take to appear.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -108,7 +109,8 @@ impl ChromeDriver {
     /// sessions are two unrelated visitors.
     pub async fn new_session(&self) -> Session {
         let profile = tempfile::tempdir().unwrap();
-        let mut args: Vec<String> = CHROMIUM_ARGS.iter().map(|arg| arg.to_string()).collect();
+        let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|arg| arg.to_string()).collect();
+        args.push(WINDOW_SIZE.to_owned());
         args.push(format!("--user-data-dir={}", profile.path().display()));
         let capabilities = json!({
             "capabilities": {

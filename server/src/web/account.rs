@@ -148,9 +148,8 @@ async fn signup(
     let (csrf, _) = csrf_token(&headers);
     {
         let mut connection = state.pool.acquire().await?;
-        let key = format!("signup:{address}");
-        let (_, attempts) = record_attempt(&mut connection, &[key]).await?;
-        if attempts[0] > SIGNUPS_PER_ADDRESS {
+        let attempt = record_attempt(&mut connection, &[(format!("signup:{address}"), SIGNUPS_PER_ADDRESS)]).await?;
+        if attempt.over_limit {
             let page = SignupPage {
                 csrf,
                 name: form.name,
@@ -259,12 +258,11 @@ async fn login(
         (format!("login:{folded}"), ATTEMPTS_PER_LOGIN),
         (format!("address:{address}"), ATTEMPTS_PER_ADDRESS),
     ];
-    let keys: Vec<String> = limits.iter().map(|(key, _)| key.clone()).collect();
-    let (attempt_ids, found) = {
+    let (attempt, found) = {
         let mut connection = state.pool.acquire().await?;
         // Recorded before the password is checked, so that guesses sent in parallel count.
-        let (attempt_ids, counts) = record_attempt(&mut connection, &keys).await?;
-        if counts.iter().zip(&limits).any(|(count, (_, limit))| count > limit) {
+        let attempt = record_attempt(&mut connection, &limits).await?;
+        if attempt.over_limit {
             let page = LoginPage {
                 csrf,
                 login: form.login,
@@ -281,7 +279,7 @@ async fn login(
         .bind(&login)
         .fetch_optional(&mut *connection)
         .await?;
-        (attempt_ids, found)
+        (attempt, found)
     };
     // No database connection is held while hashing.
     let password = form.password.clone();
@@ -291,10 +289,7 @@ async fn login(
     let mut connection = state.pool.acquire().await?;
     match found {
         Some((id, _)) if matches => {
-            sqlx::query("delete from login_attempt where id = any($1)")
-                .bind(&attempt_ids)
-                .execute(&mut *connection)
-                .await?;
+            attempt.forget(&mut connection).await?;
             // A fresh session, never one the browser had before.
             let ended = session::end(&mut connection, &headers).await?;
             let cookie = session::start(&mut connection, id, &headers).await?;
@@ -310,28 +305,44 @@ async fn login(
     }
 }
 
-/// Records one attempt under each key; returns the rows' ids and, per key, the attempts
-/// within [`FAILURE_WINDOW`] including this one. Rows older than that go.
-async fn record_attempt(connection: &mut PgConnection, keys: &[String]) -> sqlx::Result<(Vec<i64>, Vec<i64>)> {
+/// An attempt recorded under each of its keys.
+struct Attempt {
+    ids: Vec<i64>,
+    /// Whether any key has more attempts within [`FAILURE_WINDOW`] (this one included)
+    /// than its limit.
+    over_limit: bool,
+}
+
+impl Attempt {
+    /// Forgets a successful attempt: only failures count against the limits.
+    async fn forget(self, connection: &mut PgConnection) -> sqlx::Result<()> {
+        sqlx::query("delete from login_attempt where id = any($1)").bind(&self.ids).execute(connection).await?;
+        Ok(())
+    }
+}
+
+/// Records one attempt under each key and checks it against the key's limit. Rows older
+/// than [`FAILURE_WINDOW`] go.
+async fn record_attempt(connection: &mut PgConnection, limits: &[(String, i64)]) -> sqlx::Result<Attempt> {
+    let keys: Vec<&str> = limits.iter().map(|(key, _)| key.as_str()).collect();
     let ids: Vec<i64> = sqlx::query_scalar("insert into login_attempt (key) select unnest($1::text[]) returning id")
-        .bind(keys)
+        .bind(&keys)
         .fetch_all(&mut *connection)
         .await?;
-    let mut counts = Vec::with_capacity(keys.len());
-    for key in keys {
-        counts.push(
-            sqlx::query_scalar(&format!(
-                "select count(*) from login_attempt where key = $1 and attempted_at > now() - interval '{FAILURE_WINDOW}'"
-            ))
-            .bind(key)
-            .fetch_one(&mut *connection)
-            .await?,
-        );
+    let mut over_limit = false;
+    for (key, limit) in limits {
+        let count: i64 = sqlx::query_scalar(&format!(
+            "select count(*) from login_attempt where key = $1 and attempted_at > now() - interval '{FAILURE_WINDOW}'"
+        ))
+        .bind(key)
+        .fetch_one(&mut *connection)
+        .await?;
+        over_limit |= count > *limit;
     }
     sqlx::query(&format!("delete from login_attempt where attempted_at < now() - interval '{FAILURE_WINDOW}'"))
         .execute(connection)
         .await?;
-    Ok((ids, counts))
+    Ok(Attempt { ids, over_limit })
 }
 
 #[derive(Deserialize)]
@@ -499,11 +510,10 @@ async fn change_password(
         (format!("password:{}", account.id), ATTEMPTS_PER_LOGIN_AND_ADDRESS),
         (format!("address:{address}"), ATTEMPTS_PER_ADDRESS),
     ];
-    let keys: Vec<String> = limits.iter().map(|(key, _)| key.clone()).collect();
-    let (attempt_ids, stored_hash) = {
+    let (attempt, stored_hash) = {
         let mut connection = state.pool.acquire().await?;
-        let (attempt_ids, counts) = record_attempt(&mut connection, &keys).await?;
-        if counts.iter().zip(&limits).any(|(count, (_, limit))| count > limit) {
+        let attempt = record_attempt(&mut connection, &limits).await?;
+        if attempt.over_limit {
             let notice = "too many wrong passwords: wait a quarter of an hour and try again";
             return with_status(
                 account_page(&state, &headers, &account, None, notice).await,
@@ -514,7 +524,7 @@ async fn change_password(
             .bind(account.id)
             .fetch_one(&mut *connection)
             .await?;
-        (attempt_ids, stored_hash)
+        (attempt, stored_hash)
     };
     let (current, new) = (form.current.clone(), form.new.clone());
     let new_hash = hashing(&state, move || {
@@ -534,7 +544,7 @@ async fn change_password(
         .execute(&mut *transaction)
         .await?;
     session::end_others(&mut transaction, account.id, &headers).await?;
-    sqlx::query("delete from login_attempt where id = any($1)").bind(&attempt_ids).execute(&mut *transaction).await?;
+    attempt.forget(&mut transaction).await?;
     transaction.commit().await?;
     tracing::info!(account.id, "password changed");
     Ok(Redirect::to("/account?done=password").into_response())

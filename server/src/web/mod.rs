@@ -324,8 +324,9 @@ struct TeamPage {
     member_count: i64,
     founded: String,
     members: Vec<MemberLine>,
-    members_page: i64,
-    members_pages: i64,
+    /// Which page of the members, of how many.
+    page: i64,
+    pages: i64,
     previous: Option<String>,
     next: Option<String>,
     chart: String,
@@ -353,16 +354,16 @@ async fn team(
     let (csrf, set_csrf) = session::csrf_token(&headers);
     let join_csrf = (viewer.is_some() && member != Some(id)).then_some(csrf);
     let (chart, chart_caption) = credit_chart(&team.credit_per_day, team.total_credit);
-    let members_pages = ((team.member_count + stats::PER_PAGE - 1) / stats::PER_PAGE).clamp(1, stats::MAX_PAGE);
+    let pages = ((team.member_count + stats::PER_PAGE - 1) / stats::PER_PAGE).clamp(1, stats::MAX_PAGE);
     let link_to = |page: i64| format!("/teams/{id}?page={page}#members");
-    let members_page = team.members_page;
+    let page_number = team.members_page;
     let mut response = page(TeamPage {
         chart,
         chart_caption,
-        members_page,
-        members_pages,
-        previous: (members_page > 1).then(|| link_to(members_page - 1)),
-        next: (members_page < members_pages).then(|| link_to(members_page + 1)),
+        page: page_number,
+        pages,
+        previous: (page_number > 1).then(|| link_to(page_number - 1)),
+        next: (page_number < pages).then(|| link_to(page_number + 1)),
         id,
         join_csrf,
         name: team.name,

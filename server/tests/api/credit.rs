@@ -7,16 +7,7 @@ async fn a_team_earns_the_credit_of_its_members() {
     let app = TestApp::spawn().await;
     let [wu] = app.publish(1, policy(2, 2)).await[..] else { panic!() };
     let (alice, bob) = (app.volunteer("alice").await, app.volunteer("bob").await);
-    let team_id: i64 = sqlx::query_scalar("insert into team (name) values ('crunchers') returning id")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    sqlx::query("update account set team_id = $1 where id = $2")
-        .bind(team_id)
-        .bind(alice.account_id)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    let team_id = app.team("crunchers", &[alice.account_id]).await;
 
     let a = alice.fetch(1).await[0].replica_id;
     let b = bob.fetch(1).await[0].replica_id;
@@ -40,16 +31,7 @@ async fn credit_is_kept_per_day_for_accounts_and_for_teams_while_members() {
     let app = TestApp::spawn().await;
     app.publish(3, policy(2, 2)).await;
     let (alice, bob) = (app.volunteer("alice").await, app.volunteer("bob").await);
-    let team_id: i64 = sqlx::query_scalar("insert into team (name) values ('crunchers') returning id")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    sqlx::query("update account set team_id = $1 where id = $2")
-        .bind(team_id)
-        .bind(alice.account_id)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    let team_id = app.team("crunchers", &[alice.account_id]).await;
     for volunteer in [&alice, &bob] {
         for assignment in volunteer.fetch(3).await {
             volunteer.succeed(assignment.replica_id, b"out").await;

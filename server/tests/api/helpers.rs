@@ -207,6 +207,22 @@ impl TestApp {
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
+
+    /// A team named `name` with the accounts `members` in it; returns its id.
+    pub async fn team(&self, name: &str, members: &[i64]) -> i64 {
+        let team_id = sqlx::query_scalar("insert into team (name) values ($1) returning id")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        sqlx::query("update account set team_id = $1 where id = any($2)")
+            .bind(team_id)
+            .bind(members)
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        team_id
+    }
 }
 
 impl Drop for TestApp {

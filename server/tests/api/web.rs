@@ -79,11 +79,7 @@ async fn user_and_team_pages_chart_credit_over_time() {
     let app = TestApp::spawn().await;
     app.publish(2, policy(2, 2)).await;
     let (alice, bob) = (app.volunteer("alice").await, app.volunteer("bob").await);
-    let team_id: i64 = sqlx::query_scalar("insert into team (name) values ('crunchers') returning id")
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    sqlx::query("update account set team_id = $1").bind(team_id).execute(&app.pool).await.unwrap();
+    let team_id = app.team("crunchers", &[alice.account_id, bob.account_id]).await;
     for volunteer in [&alice, &bob] {
         for assignment in volunteer.fetch(2).await {
             volunteer.succeed(assignment.replica_id, b"the answer").await;
@@ -110,12 +106,12 @@ async fn user_and_team_pages_chart_credit_over_time() {
 #[tokio::test]
 async fn a_team_lists_its_members_a_page_at_a_time() {
     let app = TestApp::spawn().await;
-    let team_id: i64 =
-        sqlx::query_scalar("insert into team (name) values ('crowd') returning id").fetch_one(&app.pool).await.unwrap();
+    let mut members = Vec::new();
     for i in 0..130 {
-        app.volunteer(&format!("member-{i:03}")).await;
+        members.push(app.volunteer(&format!("member-{i:03}")).await.account_id);
     }
-    sqlx::query("update account set team_id = $1, total_credit = id").bind(team_id).execute(&app.pool).await.unwrap();
+    let team_id = app.team("crowd", &members).await;
+    sqlx::query("update account set total_credit = id").execute(&app.pool).await.unwrap();
 
     let first: TeamStats = json(&app, &format!("/api/v1/stats/teams/{team_id}")).await;
     let second: TeamStats = json(&app, &format!("/api/v1/stats/teams/{team_id}?page=2")).await;
@@ -187,12 +183,8 @@ async fn hostile_names_are_shown_as_text() {
     for payload in payloads {
         ids.push(app.volunteer(payload).await);
     }
-    let team: i64 = sqlx::query_scalar("insert into team (name) values ($1) returning id")
-        .bind(payloads[0])
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    sqlx::query("update account set team_id = $1, total_credit = 1").bind(team).execute(&app.pool).await.unwrap();
+    let team = app.team(payloads[0], &ids.iter().map(|volunteer| volunteer.account_id).collect::<Vec<_>>()).await;
+    sqlx::query("update account set total_credit = 1").execute(&app.pool).await.unwrap();
     sqlx::query("update host set name = $1").bind(payloads[1]).execute(&app.pool).await.unwrap();
 
     let mut pages = vec!["/users".to_owned(), "/teams".to_owned(), "/hosts".to_owned(), format!("/teams/{team}")];

@@ -17,6 +17,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use tokio::process::Command;
+use wasmgrid_e2e::webdriver::{CHROMIUM_FLAGS, WINDOW_SIZE};
 use wasmgrid_server::publishing::ReplicationPolicy;
 
 use crate::harness::{Server, Volunteer, test_artifact_dir, workunit};
@@ -178,17 +179,6 @@ struct Chromium {
     binary: PathBuf,
 }
 
-/// Flags Chromium needs here: no sandbox (tests may run as root), no GPU, and nothing
-/// started besides the page (first-run dialogs, updates, sync, background requests).
-const CHROMIUM_FLAGS: [&str; 7] = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-];
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(60);
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
@@ -218,7 +208,7 @@ impl Chromium {
     async fn screenshot(&self, url: &str, path: &Path) {
         let mut screenshot = OsString::from("--screenshot=");
         screenshot.push(path);
-        self.run(&[screenshot, "--window-size=1280,1600".into(), url.into()]).await;
+        self.run(&[screenshot, WINDOW_SIZE.into(), url.into()]).await;
     }
 
     /// Runs Chromium with `args`; panics if it fails or takes longer than

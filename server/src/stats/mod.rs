@@ -308,22 +308,21 @@ pub async fn user(connection: &mut PgConnection, id: i64) -> ApiResult<UserStats
     })
 }
 
-/// The credit per day of one account or team over the last [`CREDIT_HISTORY_DAYS`].
+/// The credit per day of one account or team over the last [`CREDIT_HISTORY_DAYS`], today
+/// by this server's clock (as the pages' charts count them) in UTC.
 async fn credit_per_day(
     connection: &mut PgConnection,
     table: &str,
     owner: &str,
     id: i64,
 ) -> sqlx::Result<Vec<DayCredit>> {
-    let days: Vec<(chrono::NaiveDate, f64)> = sqlx::query_as(&format!(
-        "select day, credit from {table}
-         where {owner} = $1 and day > (now() at time zone 'UTC')::date - $2::int
-         order by day"
-    ))
-    .bind(id)
-    .bind(CREDIT_HISTORY_DAYS as i32)
-    .fetch_all(connection)
-    .await?;
+    let first_day = chrono::Utc::now().date_naive() - chrono::TimeDelta::days(CREDIT_HISTORY_DAYS - 1);
+    let days: Vec<(chrono::NaiveDate, f64)> =
+        sqlx::query_as(&format!("select day, credit from {table} where {owner} = $1 and day >= $2 order by day"))
+            .bind(id)
+            .bind(first_day)
+            .fetch_all(connection)
+            .await?;
     Ok(days.into_iter().map(|(day, credit)| DayCredit { day, credit }).collect())
 }
 
@@ -356,6 +355,9 @@ pub async fn team(connection: &mut PgConnection, id: i64, query: MembersQuery) -
         .bind(id)
         .fetch_one(&mut *connection)
         .await?;
+    if members.is_empty() && page > 1 {
+        return Err(ApiError::not_found(format!("team {id} has {member_count} members: there is no page {page}")));
+    }
     Ok(TeamStats {
         id,
         name,

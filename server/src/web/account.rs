@@ -46,16 +46,21 @@ const MIN_PASSWORD_CHARS: usize = 10;
 const MAX_PASSWORD_BYTES: usize = 256;
 const MAX_EMAIL_BYTES: usize = 254;
 const MAX_DESCRIPTION_CHARS: usize = 2000;
-/// Log-in attempts allowed within [`FAILURE_WINDOW`]: per name (or email) from one address,
-/// which is what someone who forgot their password meets; per name from all addresses,
-/// high enough that locking someone else out takes many addresses, low enough that
-/// guessing from many is slow; and per address, whatever the names.
+/// Failed log-ins allowed within [`FAILURE_WINDOW`]: per account (or per text typed, when
+/// it names none) from one address, which is what someone who forgot their password meets;
+/// per account from all addresses, high enough that locking someone else out takes many
+/// addresses, low enough that guessing from many is slow; and per address, whatever the
+/// account. An address is an IPv4 address or an IPv6 /64 ([`address_bucket`]).
 const ATTEMPTS_PER_LOGIN_AND_ADDRESS: i64 = 5;
 const ATTEMPTS_PER_LOGIN: i64 = 50;
 const ATTEMPTS_PER_ADDRESS: i64 = 30;
 /// Sign-ups allowed per address within [`FAILURE_WINDOW`].
 const SIGNUPS_PER_ADDRESS: i64 = 5;
 const FAILURE_WINDOW: &str = "15 minutes";
+/// Longer than any name (100 characters) or email can be.
+const MAX_LOGIN_BYTES: usize = 400;
+/// What a failed log-in says, whether or not the account exists.
+const LOGIN_FAILED: &str = "wrong name, email or password";
 
 /// A page with the browser's CSRF cookie set if it had none.
 fn with_csrf_cookie(template: impl Template, set: Option<axum::http::HeaderValue>, status: StatusCode) -> PageResult {
@@ -144,12 +149,12 @@ async fn signup(
     headers: HeaderMap,
     Form(form): Form<SignupForm>,
 ) -> PageResult {
-    check_form(&headers, &form.csrf)?;
+    check_form(&state, &headers, &form.csrf)?;
     let (csrf, _) = csrf_token(&headers);
     {
         let mut connection = state.pool.acquire().await?;
-        let attempt = record_attempt(&mut connection, &[(format!("signup:{address}"), SIGNUPS_PER_ADDRESS)]).await?;
-        if attempt.over_limit {
+        let limits = [(format!("signup {}", address_bucket(address)), SIGNUPS_PER_ADDRESS)];
+        if record_attempt(&mut connection, &limits).await?.is_none() {
             let page = SignupPage {
                 csrf,
                 name: form.name,
@@ -249,27 +254,17 @@ async fn login(
     headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> PageResult {
-    check_form(&headers, &form.csrf)?;
+    check_form(&state, &headers, &form.csrf)?;
     let (csrf, _) = csrf_token(&headers);
     let login = form.login.trim().to_owned();
-    let folded = login.to_lowercase();
-    let limits = [
-        (format!("login-from:{folded} {address}"), ATTEMPTS_PER_LOGIN_AND_ADDRESS),
-        (format!("login:{folded}"), ATTEMPTS_PER_LOGIN),
-        (format!("address:{address}"), ATTEMPTS_PER_ADDRESS),
-    ];
+    if login.len() > MAX_LOGIN_BYTES {
+        // Longer than any name or email: no account, and no key worth recording.
+        let page = LoginPage { csrf, login: String::new(), error: LOGIN_FAILED.into() };
+        return with_csrf_cookie(page, None, StatusCode::UNAUTHORIZED);
+    }
+    let address = address_bucket(address);
     let (attempt, found) = {
         let mut connection = state.pool.acquire().await?;
-        // Recorded before the password is checked, so that guesses sent in parallel count.
-        let attempt = record_attempt(&mut connection, &limits).await?;
-        if attempt.over_limit {
-            let page = LoginPage {
-                csrf,
-                login: form.login,
-                error: "too many failed attempts: wait a quarter of an hour and try again".into(),
-            };
-            return with_csrf_cookie(page, None, StatusCode::TOO_MANY_REQUESTS);
-        }
         // `lower` on both sides: the database's, not Rust's, decides what matches.
         let found: Option<(i64, String)> = sqlx::query_as(
             "select id, password_hash from account
@@ -279,6 +274,26 @@ async fn login(
         .bind(&login)
         .fetch_optional(&mut *connection)
         .await?;
+        // Limited per account, however it was named (name, email, another spelling the
+        // database folds alike); per text typed when no account matches.
+        let target = match &found {
+            Some((id, _)) => format!("account {id}"),
+            None => format!("text {}", login.to_lowercase()),
+        };
+        let limits = [
+            (format!("login {target} from {address}"), ATTEMPTS_PER_LOGIN_AND_ADDRESS),
+            (format!("login {target}"), ATTEMPTS_PER_LOGIN),
+            (format!("address {address}"), ATTEMPTS_PER_ADDRESS),
+        ];
+        // Recorded before the password is checked, so that guesses sent in parallel count.
+        let Some(attempt) = record_attempt(&mut connection, &limits).await? else {
+            let page = LoginPage {
+                csrf,
+                login: form.login,
+                error: "too many failed attempts: wait a quarter of an hour and try again".into(),
+            };
+            return with_csrf_cookie(page, None, StatusCode::TOO_MANY_REQUESTS);
+        };
         (attempt, found)
     };
     // No database connection is held while hashing.
@@ -299,18 +314,15 @@ async fn login(
             Ok(response)
         }
         _ => {
-            let page = LoginPage { csrf, login: form.login, error: "wrong name, email or password".into() };
+            let page = LoginPage { csrf, login: form.login, error: LOGIN_FAILED.into() };
             with_csrf_cookie(page, None, StatusCode::UNAUTHORIZED)
         }
     }
 }
 
-/// An attempt recorded under each of its keys.
+/// An attempt recorded under each of its keys, within every key's limit.
 struct Attempt {
     ids: Vec<i64>,
-    /// Whether any key has more attempts within [`FAILURE_WINDOW`] (this one included)
-    /// than its limit.
-    over_limit: bool,
 }
 
 impl Attempt {
@@ -321,9 +333,14 @@ impl Attempt {
     }
 }
 
-/// Records one attempt under each key and checks it against the key's limit. Rows older
-/// than [`FAILURE_WINDOW`] go.
-async fn record_attempt(connection: &mut PgConnection, limits: &[(String, i64)]) -> sqlx::Result<Attempt> {
+/// Records an attempt under each key, unless that makes any key's attempts within
+/// [`FAILURE_WINDOW`] more than its limit: then the attempt is refused (`None`) and leaves
+/// no trace. Refused attempts check no password, so they count against nothing; otherwise
+/// one address, stopped by its own limit, could go on filling a name's.
+///
+/// Recorded first and counted after, so that attempts sent at once count each other: the
+/// k-th to pass its count saw the k-1 before it, so no more than a key's limit pass.
+async fn record_attempt(connection: &mut PgConnection, limits: &[(String, i64)]) -> sqlx::Result<Option<Attempt>> {
     let keys: Vec<&str> = limits.iter().map(|(key, _)| key.as_str()).collect();
     let ids: Vec<i64> = sqlx::query_scalar("insert into login_attempt (key) select unnest($1::text[]) returning id")
         .bind(&keys)
@@ -340,9 +357,27 @@ async fn record_attempt(connection: &mut PgConnection, limits: &[(String, i64)])
         over_limit |= count > *limit;
     }
     sqlx::query(&format!("delete from login_attempt where attempted_at < now() - interval '{FAILURE_WINDOW}'"))
-        .execute(connection)
+        .execute(&mut *connection)
         .await?;
-    Ok(Attempt { ids, over_limit })
+    let attempt = Attempt { ids };
+    if over_limit {
+        attempt.forget(connection).await?;
+        return Ok(None);
+    }
+    Ok(Some(attempt))
+}
+
+/// The address an attempt is counted under: an IPv4 address, or an IPv6 address's /64,
+/// which one subscriber usually holds whole (counting single IPv6 addresses would let
+/// them guess from endless ones).
+fn address_bucket(address: std::net::IpAddr) -> String {
+    match address {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => {
+            let network = u128::from(v6) & !((1u128 << 64) - 1);
+            format!("{}/64", std::net::Ipv6Addr::from(network))
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -351,7 +386,7 @@ struct CsrfOnly {
 }
 
 async fn logout(State(state): State<AppState>, headers: HeaderMap, Form(form): Form<CsrfOnly>) -> PageResult {
-    check_form(&headers, &form.csrf)?;
+    check_form(&state, &headers, &form.csrf)?;
     let mut connection = state.pool.acquire().await?;
     let cookie = session::end(&mut connection, &headers).await?;
     let mut response = Redirect::to("/").into_response();
@@ -412,7 +447,10 @@ fn done_notice(done: Option<&str>) -> &'static str {
     match done {
         Some("renamed") => "your name is changed",
         Some("left-team") => "you left your team",
-        Some("password") => "your password is changed, and every other browser is logged out",
+        Some("password") => {
+            "your password is changed, and every other browser is logged out (machines attached \
+             with your account key go on working)"
+        }
         _ => "",
     }
 }
@@ -438,7 +476,7 @@ async fn rename(
     SignedIn(account): SignedIn,
     Form(form): Form<RenameForm>,
 ) -> PageResult {
-    check_form(&headers, &form.csrf)?;
+    check_form(&state, &headers, &form.csrf)?;
     let name = check_name(&form.name)?;
     let renamed = sqlx::query("update account set name = $2 where id = $1")
         .bind(account.id)
@@ -464,7 +502,7 @@ async fn new_key(
     SignedIn(account): SignedIn,
     Form(form): Form<CsrfOnly>,
 ) -> PageResult {
-    check_form(&headers, &form.csrf)?;
+    check_form(&state, &headers, &form.csrf)?;
     let key = new_secret("wga");
     sqlx::query("update account set key_hash = $2 where id = $1")
         .bind(account.id)
@@ -498,7 +536,7 @@ async fn change_password(
     SignedIn(account): SignedIn,
     Form(form): Form<PasswordForm>,
 ) -> PageResult {
-    check_form(&headers, &form.csrf)?;
+    check_form(&state, &headers, &form.csrf)?;
     if form.new.chars().count() < MIN_PASSWORD_CHARS || form.new.len() > MAX_PASSWORD_BYTES {
         let problem = format!("the new password needs {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_BYTES} characters");
         return with_status(
@@ -507,19 +545,18 @@ async fn change_password(
         );
     }
     let limits = [
-        (format!("password:{}", account.id), ATTEMPTS_PER_LOGIN_AND_ADDRESS),
-        (format!("address:{address}"), ATTEMPTS_PER_ADDRESS),
+        (format!("password account {}", account.id), ATTEMPTS_PER_LOGIN_AND_ADDRESS),
+        (format!("address {}", address_bucket(address)), ATTEMPTS_PER_ADDRESS),
     ];
     let (attempt, stored_hash) = {
         let mut connection = state.pool.acquire().await?;
-        let attempt = record_attempt(&mut connection, &limits).await?;
-        if attempt.over_limit {
+        let Some(attempt) = record_attempt(&mut connection, &limits).await? else {
             let notice = "too many wrong passwords: wait a quarter of an hour and try again";
             return with_status(
                 account_page(&state, &headers, &account, None, notice).await,
                 StatusCode::TOO_MANY_REQUESTS,
             );
-        }
+        };
         let stored_hash: Option<String> = sqlx::query_scalar("select password_hash from account where id = $1")
             .bind(account.id)
             .fetch_one(&mut *connection)
@@ -543,11 +580,15 @@ async fn change_password(
         .bind(&new_hash)
         .execute(&mut *transaction)
         .await?;
-    session::end_others(&mut transaction, account.id, &headers).await?;
+    // Every session ends, this browser's too, which gets a fresh one.
+    session::end_all(&mut transaction, account.id).await?;
+    let cookie = session::start(&mut transaction, account.id, &headers).await?;
     attempt.forget(&mut transaction).await?;
     transaction.commit().await?;
     tracing::info!(account.id, "password changed");
-    Ok(Redirect::to("/account?done=password").into_response())
+    let mut response = Redirect::to("/account?done=password").into_response();
+    response.headers_mut().append(header::SET_COOKIE, cookie);
+    Ok(response)
 }
 
 #[derive(Deserialize)]
@@ -564,7 +605,7 @@ async fn found_team(
     SignedIn(account): SignedIn,
     Form(form): Form<TeamForm>,
 ) -> PageResult {
-    check_form(&headers, &form.csrf)?;
+    check_form(&state, &headers, &form.csrf)?;
     let name = clean_label("team name", &form.name, 100)?;
     let description = form.description.trim();
     if description.chars().count() > MAX_DESCRIPTION_CHARS || description.chars().any(|c| c.is_control()) {
@@ -600,7 +641,7 @@ async fn join_team(
     ApiPath(team_id): ApiPath<i64>,
     Form(form): Form<CsrfOnly>,
 ) -> PageResult {
-    check_form(&headers, &form.csrf)?;
+    check_form(&state, &headers, &form.csrf)?;
     let joined =
         sqlx::query("update account set team_id = $2 where id = $1 and exists (select 1 from team where id = $2)")
             .bind(account.id)
@@ -619,7 +660,21 @@ async fn leave_team(
     SignedIn(account): SignedIn,
     Form(form): Form<CsrfOnly>,
 ) -> PageResult {
-    check_form(&headers, &form.csrf)?;
+    check_form(&state, &headers, &form.csrf)?;
     sqlx::query("update account set team_id = null where id = $1").bind(account.id).execute(&state.pool).await?;
     Ok(Redirect::to("/account?done=left-team").into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64_bit_network() {
+        let bucket = |text: &str| address_bucket(text.parse().unwrap());
+        assert_eq!(bucket("203.0.113.7"), "203.0.113.7");
+        assert_eq!(bucket("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::/64");
+        assert_eq!(bucket("2001:db8:1:2::1"), bucket("2001:db8:1:2:ffff::9"));
+        assert_ne!(bucket("2001:db8:1:2::1"), bucket("2001:db8:1:3::1"));
+    }
 }

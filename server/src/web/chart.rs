@@ -56,10 +56,19 @@ fn push_bars(svg: &mut String, values: &[f64], titles: &[String]) {
     }
 }
 
+/// A chart of credit over time, and the figures its caption gives.
+pub struct CreditChart {
+    pub svg: String,
+    pub first_day: NaiveDate,
+    /// The credit of the best day drawn, and of all days drawn.
+    pub best_day: f64,
+    pub earned: f64,
+}
+
 /// Credit over the last [`CREDIT_HISTORY_DAYS`] ending `today`: a bar per day's credit, and
 /// a line of the total credit at the end of each day, which ends at `total_credit`. Each
 /// has its own scale; the caption gives the figures.
-pub fn credit_history(days: &[DayCredit], total_credit: f64, today: NaiveDate) -> String {
+pub fn credit_history(days: &[DayCredit], total_credit: f64, today: NaiveDate) -> CreditChart {
     let count = CREDIT_HISTORY_DAYS as usize;
     let first = today - TimeDelta::days(CREDIT_HISTORY_DAYS - 1);
     let mut per_day = vec![0.0f64; count];
@@ -97,7 +106,12 @@ pub fn credit_history(days: &[DayCredit], total_credit: f64, today: NaiveDate) -
         let _ = write!(svg, r#"<polyline class="total" points="{}"/>"#, points.join(" "));
     }
     svg.push_str("</svg>");
-    svg
+    CreditChart {
+        svg,
+        first_day: first,
+        best_day: per_day.iter().copied().fold(0.0, f64::max),
+        earned: per_day.iter().sum(),
+    }
 }
 
 #[cfg(test)]
@@ -121,8 +135,11 @@ mod tests {
     fn credit_history_draws_a_bar_per_day_with_credit_and_a_total_line_ending_at_the_total() {
         let today: NaiveDate = "2026-11-26".parse().unwrap();
         let day = |text: &str, credit| DayCredit { day: text.parse().unwrap(), credit };
-        let svg =
+        let chart =
             credit_history(&[day("2026-01-01", 1000.0), day("2026-11-20", 5.0), day("2026-11-26", 10.0)], 115.0, today);
+        assert_eq!((chart.best_day, chart.earned), (10.0, 15.0), "the figures are of the days drawn");
+        assert_eq!(chart.first_day, "2026-08-29".parse::<NaiveDate>().unwrap());
+        let svg = chart.svg;
         assert_eq!(svg.matches("<rect").count(), 2, "days older than the history are left out: {svg}");
         assert!(svg.contains("<title>2026-11-26: 10.00</title>"), "{svg}");
         assert!(svg.contains(&format!(r#"height="{}""#, HEIGHT - 1)), "the best day is full height: {svg}");
@@ -142,7 +159,7 @@ mod tests {
 
     #[test]
     fn no_credit_draws_nothing() {
-        let svg = credit_history(&[], 0.0, "2026-11-26".parse().unwrap());
+        let svg = credit_history(&[], 0.0, "2026-11-26".parse().unwrap()).svg;
         assert!(svg.starts_with("<svg") && !svg.contains("<rect") && !svg.contains("polyline"), "{svg}");
     }
 

@@ -264,15 +264,14 @@ struct UserPage {
 /// The chart of credit over time on user and team pages, and its caption.
 fn credit_chart(days: &[wasmgrid_protocol::stats::DayCredit], total_credit: f64) -> (String, String) {
     let today = chrono::Utc::now().date_naive();
-    let first = today - chrono::TimeDelta::days(wasmgrid_protocol::stats::CREDIT_HISTORY_DAYS - 1);
-    let earned: f64 = days.iter().map(|day| day.credit).sum();
-    let best = days.iter().map(|day| day.credit).fold(0.0, f64::max);
+    let chart = chart::credit_history(days, total_credit, today);
     let caption = format!(
-        "From {first} to {today} (UTC). Bars: credit per day, best day {}. Line: total credit, {} of it earned in these days.",
-        credit(best),
-        credit(earned),
+        "From {} to {today} (UTC). Bars: credit per day, best day {}. Line: total credit, {} of it earned in these days.",
+        chart.first_day,
+        credit(chart.best_day),
+        credit(chart.earned),
     );
-    (chart::credit_history(days, total_credit, today), caption)
+    (chart.svg, caption)
 }
 
 async fn user(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> PageResult {

@@ -67,7 +67,7 @@ pub fn csrf_token(headers: &HeaderMap) -> (String, Option<HeaderValue>) {
 
 /// Checks a form post: its token matches the browser's cookie, and it does not come from
 /// another origin.
-pub fn check_form(headers: &HeaderMap, submitted_token: &str) -> Result<(), ApiError> {
+pub fn check_form(state: &AppState, headers: &HeaderMap, submitted_token: &str) -> Result<(), ApiError> {
     let cookie_token = cookie(headers, CSRF_COOKIE).unwrap_or_default();
     let tokens_match = !cookie_token.is_empty()
         && cookie_token.len() == submitted_token.len()
@@ -77,10 +77,20 @@ pub fn check_form(headers: &HeaderMap, submitted_token: &str) -> Result<(), ApiE
             "this form has expired or did not come from this site: reload the page and try again".into(),
         ));
     }
-    if let (Some(origin), Some(host)) = (headers.get(header::ORIGIN), headers.get(header::HOST)) {
+    // Browsers send `Origin` with every form post; a request without one is not from a
+    // browser that another site could have steered.
+    if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or_default();
-        let host = host.to_str().unwrap_or_default();
-        let same = origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://")) == Some(host);
+        let host = headers.get(header::HOST).and_then(|host| host.to_str().ok());
+        let same = match host {
+            // With a public URL, `http::visitor` made `Host` and `X-Forwarded-Proto` say
+            // exactly where the site is, scheme included.
+            Some(_) if state.site.public_url.is_some() => origin == super::server_url(headers),
+            // Without one, the scheme is what the proxy in front says, which it may not,
+            // if it is not configured as trusted: only the host must match.
+            Some(host) => origin.strip_prefix("https://").or_else(|| origin.strip_prefix("http://")) == Some(host),
+            None => false,
+        };
         if !same {
             return Err(ApiError::Forbidden("a form from another site was refused".into()));
         }
@@ -116,14 +126,9 @@ pub async fn end(connection: &mut PgConnection, headers: &HeaderMap) -> sqlx::Re
     Ok(set_cookie(SESSION_COOKIE, "", 0, "Lax", is_https(headers)))
 }
 
-/// Ends every session of `account_id` but this browser's.
-pub async fn end_others(connection: &mut PgConnection, account_id: i64, headers: &HeaderMap) -> sqlx::Result<()> {
-    let current = cookie(headers, SESSION_COOKIE).map(secret_hash);
-    sqlx::query("delete from web_session where account_id = $1 and secret_hash is distinct from $2")
-        .bind(account_id)
-        .bind(current)
-        .execute(connection)
-        .await?;
+/// Ends every session of `account_id`, in every browser.
+pub async fn end_all(connection: &mut PgConnection, account_id: i64) -> sqlx::Result<()> {
+    sqlx::query("delete from web_session where account_id = $1").bind(account_id).execute(connection).await?;
     Ok(())
 }
 

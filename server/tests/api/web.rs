@@ -125,6 +125,7 @@ async fn a_team_lists_its_members_a_page_at_a_time() {
     let html = page(&app, &format!("/teams/{team_id}?page=2")).await;
     assert!(html.contains("member-000") && !html.contains("member-129"), "the lowest credit comes last");
     assert_eq!(get(&app, &format!("/teams/{team_id}?page=0")).await.status(), 400);
+    assert_eq!(get(&app, &format!("/teams/{team_id}?page=3")).await.status(), 404, "past the last page");
 }
 
 #[tokio::test]

@@ -283,9 +283,53 @@ async fn behind_a_trusted_proxy_each_visitor_is_limited_by_their_own_address() {
         }
         assert_eq!(status, 401);
     }
-    // The six guesses above and the owner's success (which clears only its own attempts)
-    // count towards the name's fifty.
-    assert_eq!(limited_after, Some(50 - 6), "guesses from many addresses at one name are limited");
+    // The five failed guesses above count towards the account's fifty; the refused sixth
+    // checked no password and counts for nothing, nor does the owner's success.
+    assert_eq!(limited_after, Some(50 - 5), "guesses from many addresses at one name are limited");
+}
+
+#[tokio::test]
+async fn one_address_cannot_lock_an_account_out_for_everyone() {
+    let app = behind_a_trusted_proxy().await;
+    Browser::new(&app).sign_up("noether", "noether@example.org", PASSWORD).await;
+    let from = |address: &str| {
+        let mut browser = Browser::new(&app);
+        browser.extra.push(("x-forwarded-for", address.to_owned()));
+        browser
+    };
+    // Refused requests check no password and so count against nothing.
+    let mut statuses = Vec::new();
+    for _ in 0..60 {
+        statuses.push(from("203.0.113.66").log_in("noether", "a wrong guess").await.status);
+    }
+    assert_eq!(statuses.iter().filter(|status| **status == 401).count(), 5, "{statuses:?}");
+    assert_eq!(from("203.0.113.7").log_in("noether", PASSWORD).await.status, 303, "the owner, elsewhere");
+
+    // Name, email and their other spellings are one account, limited as one.
+    let mut guesser = from("198.51.100.1");
+    let mut statuses = Vec::new();
+    for login in ["noether", "NOETHER", "noether@example.org", "Noether@Example.org", "noether", "noether@example.org"]
+    {
+        statuses.push(guesser.log_in(login, "a wrong guess").await.status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
+
+    // A subscriber's IPv6 /64 is one address, however many of its addresses they use.
+    let mut statuses = Vec::new();
+    for i in 1..=6 {
+        statuses.push(from(&format!("2001:db8:5:6::{i:x}")).log_in("noether", "a wrong guess").await.status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
+    assert_eq!(from("2001:db8:5:7::1").log_in("noether", PASSWORD).await.status, 303, "the next /64 is another");
+
+    // A log-in longer than any name or email fails like any other, and is not stored.
+    let long = "n".repeat(100_000);
+    assert_eq!(from("198.51.100.2").log_in(&long, PASSWORD).await.status, 401);
+    let longest: i32 = sqlx::query_scalar("select coalesce(max(length(key)), 0) from login_attempt")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(longest < 200, "a key {longest} characters long was stored");
 }
 
 #[tokio::test]
@@ -304,6 +348,9 @@ async fn a_public_url_names_the_site_whatever_the_request_says() {
     browser.extra.push(("origin", format!("http://{}", app.client.base_url().trim_start_matches("http://"))));
     let from_the_bare_server = browser.post("/account/name", &[("csrf", &csrf), ("name", "renamed")]).await;
     assert_eq!(from_the_bare_server.status, 403, "forms come from the public site only");
+    browser.extra = vec![("origin", "http://grid.example.org".into())];
+    let other_scheme = browser.post("/account/name", &[("csrf", &csrf), ("name", "renamed")]).await;
+    assert_eq!(other_scheme.status, 403, "plain HTTP is another origin than the HTTPS site");
     browser.extra = vec![("origin", "https://grid.example.org".into())];
     let from_the_site = browser.post("/account/name", &[("csrf", &csrf), ("name", "renamed")]).await;
     assert_eq!(from_the_site.status, 303, "{}", from_the_site.body);

@@ -316,6 +316,8 @@ struct TeamPage {
     id: i64,
     /// For a signed-in volunteer who is not a member: the join form's token.
     join_csrf: Option<String>,
+    /// The team a join would leave.
+    leaving: Option<String>,
     name: String,
     description: String,
     total_credit: String,
@@ -341,15 +343,18 @@ async fn team(
     let mut connection = state.pool.acquire().await?;
     let team = stats::team(&mut connection, id, query).await?;
     let viewer = session::signed_in(&mut connection, &headers).await?;
-    let member: Option<i64> = match &viewer {
+    // The viewer's team, if any: joining this one leaves it.
+    let current_team: Option<(i64, String)> = match &viewer {
         Some(viewer) => {
-            sqlx::query_scalar("select team_id from account where id = $1")
+            sqlx::query_as("select t.id, t.name from account a join team t on t.id = a.team_id where a.id = $1")
                 .bind(viewer.id)
-                .fetch_one(&mut *connection)
+                .fetch_optional(&mut *connection)
                 .await?
         }
         None => None,
     };
+    let member = current_team.as_ref().map(|(team_id, _)| *team_id);
+    let leaving = current_team.map(|(_, name)| name);
     let (csrf, set_csrf) = session::csrf_token(&headers);
     let join_csrf = (viewer.is_some() && member != Some(id)).then_some(csrf);
     let (chart, chart_caption) = credit_chart(&team.credit_per_day, team.total_credit);
@@ -365,6 +370,7 @@ async fn team(
         next: (page_number < pages).then(|| link_to(page_number + 1)),
         id,
         join_csrf,
+        leaving,
         name: team.name,
         description: team.description,
         total_credit: credit(team.total_credit),

@@ -205,6 +205,15 @@ async fn volunteers_found_join_and_leave_teams() {
     assert!(joiner.get(&team_path).await.body.contains("joiner"));
 
     let csrf = joiner.get("/account").await.csrf();
+    let other_team = joiner.post("/teams", &[("csrf", &csrf), ("name", "Other <Team>")]).await.location().to_owned();
+    let first_team = joiner.get(&team_path).await;
+    assert!(
+        first_team.body.contains("Leave Other &#60;Team&#62; and join this team"),
+        "joining says it leaves the team the volunteer is in: {}",
+        first_team.body
+    );
+    let own_team = joiner.get(&other_team).await;
+    assert!(!own_team.body.contains(&format!("{other_team}/join")), "no join form for a member: {}", own_team.body);
     let left = joiner.post("/account/team/leave", &[("csrf", &csrf)]).await;
     assert_eq!(left.status, 303);
     assert!(joiner.get(left.location()).await.body.contains("you left your team"));

@@ -48,6 +48,13 @@ impl Browser {
         Self { http, base: app.client.base_url().to_owned(), cookies: HashMap::new(), extra: Vec::new() }
     }
 
+    /// A browser behind the trusted proxy, which says it forwards for `forwarded_for`.
+    fn forwarded_for(app: &TestApp, forwarded_for: &str) -> Self {
+        let mut browser = Self::new(app);
+        browser.extra.push(("x-forwarded-for", forwarded_for.to_owned()));
+        browser
+    }
+
     async fn send(&mut self, request: reqwest::RequestBuilder) -> Page {
         let cookie: Vec<String> = self.cookies.iter().map(|(name, value)| format!("{name}={value}")).collect();
         let mut request = request.header("cookie", cookie.join("; "));
@@ -267,12 +274,8 @@ async fn forwarded_headers_from_anyone_but_a_trusted_proxy_are_ignored() {
 async fn behind_a_trusted_proxy_each_visitor_is_limited_by_their_own_address() {
     let app = behind_a_trusted_proxy().await;
     Browser::new(&app).sign_up("lovelace", "", PASSWORD).await;
-    let from = |address: &str| {
-        let mut browser = Browser::new(&app);
-        // What a client claims comes first; the proxy appends the address it saw.
-        browser.extra.push(("x-forwarded-for", format!("10.9.9.9, {address}")));
-        browser
-    };
+    // What a client claims comes first; the proxy appends the address it saw.
+    let from = |address: &str| Browser::forwarded_for(&app, &format!("10.9.9.9, {address}"));
     let mut guesser = from("203.0.113.66");
     let mut statuses = Vec::new();
     for _ in 0..6 {
@@ -301,11 +304,7 @@ async fn behind_a_trusted_proxy_each_visitor_is_limited_by_their_own_address() {
 async fn one_address_cannot_lock_an_account_out_for_everyone() {
     let app = behind_a_trusted_proxy().await;
     Browser::new(&app).sign_up("noether", "noether@example.org", PASSWORD).await;
-    let from = |address: &str| {
-        let mut browser = Browser::new(&app);
-        browser.extra.push(("x-forwarded-for", address.to_owned()));
-        browser
-    };
+    let from = |address: &str| Browser::forwarded_for(&app, address);
     // Refused requests check no password and so count against nothing.
     let mut statuses = Vec::new();
     for _ in 0..60 {

@@ -3,31 +3,24 @@
 //! `workunits/README.md`), one line per tile of the image, named `tile-RRRR-CCCC` (row,
 //! column), which is what `mandelbrot-stitch` expects of the results.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
+use inputs_cli::Options;
+
 fn main() -> ExitCode {
-    match run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("mandelbrot-inputs: {message}");
-            ExitCode::from(2)
-        }
-    }
+    inputs_cli::main("mandelbrot-inputs", run)
 }
 
 fn run() -> Result<(), String> {
     const USAGE: &str =
         "usage: mandelbrot-inputs --out FILE.jsonl [--width 4096] [--height 4096] [--tile 512] [--iterations 1000]";
-    let options = parse_options(&["--out", "--width", "--height", "--tile", "--iterations"])
-        .map_err(|error| format!("{error}\n{USAGE}"))?;
-    let out = PathBuf::from(options.get("--out").ok_or(USAGE)?);
-    let width = number(&options, "--width", 4096)?;
-    let height = number(&options, "--height", 4096)?;
-    let size = number(&options, "--tile", 512)?;
-    let iterations = number(&options, "--iterations", 1000)?;
+    let options = Options::parse(&["--out", "--width", "--height", "--tile", "--iterations"], USAGE)?;
+    let out = options.required_path("--out")?;
+    let width: u32 = options.number("--width", 4096)?;
+    let height: u32 = options.number("--height", 4096)?;
+    let size: u32 = options.number("--tile", 512)?;
+    let iterations: u32 = options.number("--iterations", 1000)?;
     if width == 0 || height == 0 || size == 0 {
         return Err("--width, --height and --tile must be positive".into());
     }
@@ -41,32 +34,7 @@ fn run() -> Result<(), String> {
             let _ = writeln!(jobs, r#"{{"name": "{name}", "args": [{args}]}}"#);
         }
     }
-    if let Some(parent) = out.parent().filter(|parent| !parent.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|error| format!("cannot create {}: {error}", parent.display()))?;
-    }
-    std::fs::write(&out, jobs).map_err(|error| format!("cannot write {}: {error}", out.display()))?;
+    inputs_cli::write_file(&out, jobs)?;
     println!("{} jobs ({rows} rows of {columns} tiles) in {}", u64::from(rows) * u64::from(columns), out.display());
     Ok(())
-}
-
-/// The `--name value` options on the command line, each one of `known` and given once.
-fn parse_options(known: &[&str]) -> Result<HashMap<String, String>, String> {
-    let mut options = HashMap::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(name) = args.next() {
-        if !known.contains(&name.as_str()) {
-            return Err(format!("unknown argument {name:?}"));
-        }
-        let value = args.next().ok_or_else(|| format!("{name} needs a value"))?;
-        if options.insert(name.clone(), value).is_some() {
-            return Err(format!("{name} is given twice"));
-        }
-    }
-    Ok(options)
-}
-
-fn number(options: &HashMap<String, String>, name: &str, default: u32) -> Result<u32, String> {
-    options.get(name).map_or(Ok(default), |text| {
-        text.parse().map_err(|_| format!("{name} {text:?} is not an integer from 0 to {}", u32::MAX))
-    })
 }

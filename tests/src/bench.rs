@@ -37,25 +37,15 @@ impl BenchServer {
         // When run as root, the embedded PostgreSQL runs as another user, who must get in.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
         let data_dir = dir.path().canonicalize()?;
-        let log = std::fs::File::create(data_dir.join("server.log"))?;
-        let mut child = Command::new(sibling_binary("wasmgrid-server")?)
+        let mut command = Command::new(sibling_binary("wasmgrid-server")?);
+        command
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra_args)
             .arg("--data-dir")
             .arg(&data_dir)
             .env_remove("DATABASE_URL")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start the server")?;
-        let stdout = child.stdout.take().context("piped stdout")?;
-        let line = tokio::time::timeout(Duration::from_secs(120), BufReader::new(stdout).lines().next_line())
-            .await
-            .context("the server did not start within two minutes")??
-            .context("the server exited; see server.log in its data directory")?;
-        let url = line.strip_prefix("wasmgrid-server listening on ").context("unexpected announcement")?.to_owned();
+            .env("RUST_LOG", "warn");
+        let (child, url) = start_announced_server(command, &data_dir.join("server.log")).await?;
         let pid = child.id().context("the server has a pid")?;
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(4)
@@ -73,6 +63,25 @@ impl BenchServer {
         self.child.wait().await?;
         Ok(())
     }
+}
+
+/// Starts a `wasmgrid-server serve` command with its log in `log`, and waits (up to two
+/// minutes, for a first start that initialises its database) for the line that says
+/// where it listens; returns it running and its URL.
+pub async fn start_announced_server(mut command: Command, log: &Path) -> anyhow::Result<(Child, String)> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log)?)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the server")?;
+    let stdout = child.stdout.take().context("piped stdout")?;
+    let line = tokio::time::timeout(Duration::from_secs(120), BufReader::new(stdout).lines().next_line())
+        .await
+        .context("the server did not start within two minutes")??
+        .with_context(|| format!("the server exited; see {}", log.display()))?;
+    let url = line.strip_prefix("wasmgrid-server listening on ").context("unexpected announcement")?.to_owned();
+    Ok((child, url))
 }
 
 /// Builds the example work units in `workunits/` for `target` (`None`: this machine) and

@@ -16,10 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use wasmgrid_client::publish::progress::render;
-use wasmgrid_e2e::bench::{build_workunits, sibling_binary};
+use wasmgrid_e2e::bench::{build_workunits, sibling_binary, start_announced_server};
 use wasmgrid_e2e::scientist::{Scientist, create_token};
 use wasmgrid_server::database::embedded::connect_options_for;
 
@@ -177,23 +176,13 @@ struct RunningServer {
 }
 
 async fn start_server(dir: &Path, listen: SocketAddr) -> anyhow::Result<RunningServer> {
-    let log = std::fs::File::create(dir.join("server.log"))?;
-    let mut child = Command::new(sibling_binary("wasmgrid-server")?)
+    let mut command = Command::new(sibling_binary("wasmgrid-server")?);
+    command
         .args(["serve", "--listen", &listen.to_string(), "--sweep-interval", "1", "--idle-retry-after", "2"])
         .arg("--data-dir")
         .arg(dir.join("server"))
-        .env_remove("DATABASE_URL")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start the server")?;
-    let stdout = child.stdout.take().context("piped stdout")?;
-    let line = tokio::time::timeout(Duration::from_secs(120), BufReader::new(stdout).lines().next_line())
-        .await
-        .context("the server did not start within two minutes")??
-        .with_context(|| format!("the server did not start; see {}", dir.join("server.log").display()))?;
-    let url = line.strip_prefix("wasmgrid-server listening on ").context("unexpected announcement")?.to_owned();
+        .env_remove("DATABASE_URL");
+    let (child, url) = start_announced_server(command, &dir.join("server.log")).await?;
     Ok(RunningServer { child, url })
 }
 

@@ -267,7 +267,16 @@ struct HostSummaryRow {
     last_contact_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-pub async fn user(connection: &mut PgConnection, id: i64) -> ApiResult<UserStats> {
+/// A user's own figures, without their hosts or history: what the account page shows.
+pub struct UserSummary {
+    pub name: String,
+    pub total_credit: f64,
+    pub recent_average_credit: f64,
+    pub team: Option<Named>,
+    pub joined_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub async fn user_summary(connection: &mut PgConnection, id: i64) -> ApiResult<UserSummary> {
     let row: Option<UserRow> = sqlx::query_as(
         "select a.name, a.total_credit, decayed_average(a.expavg_credit, a.expavg_time, 0, now()) as recent,
                 t.id as team_id, t.name as team_name, a.created_at
@@ -277,6 +286,17 @@ pub async fn user(connection: &mut PgConnection, id: i64) -> ApiResult<UserStats
     .fetch_optional(&mut *connection)
     .await?;
     let user = row.ok_or_else(|| ApiError::not_found(format!("no user {id}")))?;
+    Ok(UserSummary {
+        name: user.name,
+        total_credit: user.total_credit,
+        recent_average_credit: user.recent,
+        team: user.team_id.zip(user.team_name).map(|(id, name)| Named { id, name }),
+        joined_at: user.created_at,
+    })
+}
+
+pub async fn user(connection: &mut PgConnection, id: i64) -> ApiResult<UserStats> {
+    let user = user_summary(connection, id).await?;
     let hosts: Vec<HostSummaryRow> = sqlx::query_as(&format!(
         "select id, name, os, arch, cores, total_credit, {RECENT} as recent, last_contact_at
          from host where account_id = $1 order by total_credit desc, id limit 100"
@@ -288,8 +308,8 @@ pub async fn user(connection: &mut PgConnection, id: i64) -> ApiResult<UserStats
         id,
         name: user.name,
         total_credit: user.total_credit,
-        recent_average_credit: user.recent,
-        team: user.team_id.zip(user.team_name).map(|(id, name)| Named { id, name }),
+        recent_average_credit: user.recent_average_credit,
+        team: user.team,
         hosts: hosts
             .into_iter()
             .map(|host| HostSummary {
@@ -303,7 +323,7 @@ pub async fn user(connection: &mut PgConnection, id: i64) -> ApiResult<UserStats
                 last_contact_at: host.last_contact_at,
             })
             .collect(),
-        joined_at: user.created_at,
+        joined_at: user.joined_at,
         credit_per_day: credit_per_day(connection, "account_daily_credit", "account_id", id).await?,
     })
 }

@@ -346,16 +346,15 @@ async fn record_attempt(connection: &mut PgConnection, limits: &[(String, i64)])
         .bind(&keys)
         .fetch_all(&mut *connection)
         .await?;
-    let mut over_limit = false;
-    for (key, limit) in limits {
-        let count: i64 = sqlx::query_scalar(&format!(
-            "select count(*) from login_attempt where key = $1 and attempted_at > now() - interval '{FAILURE_WINDOW}'"
-        ))
-        .bind(key)
-        .fetch_one(&mut *connection)
-        .await?;
-        over_limit |= count > *limit;
-    }
+    let counts: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "select key, count(*) from login_attempt
+         where key = any($1) and attempted_at > now() - interval '{FAILURE_WINDOW}' group by key"
+    ))
+    .bind(&keys)
+    .fetch_all(&mut *connection)
+    .await?;
+    let over_limit =
+        counts.iter().any(|(key, count)| limits.iter().any(|(limited, limit)| limited == key && count > limit));
     sqlx::query(&format!("delete from login_attempt where attempted_at < now() - interval '{FAILURE_WINDOW}'"))
         .execute(&mut *connection)
         .await?;
@@ -416,7 +415,7 @@ async fn account_page(
     notice: &str,
 ) -> PageResult {
     let mut connection = state.pool.acquire().await?;
-    let user = crate::stats::user(&mut connection, account.id).await?;
+    let user = crate::stats::user_summary(&mut connection, account.id).await?;
     let (csrf, set) = csrf_token(headers);
     let page = AccountPage {
         csrf,

@@ -75,6 +75,11 @@ impl SplitMix64 {
     }
 }
 
+/// The vector from `from` to `to`.
+fn difference(from: Vec3, to: Vec3) -> Vec3 {
+    [to[0] - from[0], to[1] - from[1], to[2] - from[2]]
+}
+
 fn dot(a: Vec3, b: Vec3) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 }
@@ -318,11 +323,7 @@ fn potential_energy(masses: &[f64], positions: &[Vec3]) -> f64 {
     let mut energy = 0.0;
     for i in 0..positions.len() {
         for j in i + 1..positions.len() {
-            let d = [
-                positions[j][0] - positions[i][0],
-                positions[j][1] - positions[i][1],
-                positions[j][2] - positions[i][2],
-            ];
+            let d = difference(positions[i], positions[j]);
             energy -= masses[i] * masses[j] / (dot(d, d) + softening2).sqrt();
         }
     }
@@ -335,11 +336,7 @@ fn accelerations(masses: &[f64], positions: &[Vec3]) -> Vec<Vec3> {
     let mut accelerations = vec![[0.0; 3]; positions.len()];
     for i in 0..positions.len() {
         for j in i + 1..positions.len() {
-            let d = [
-                positions[j][0] - positions[i][0],
-                positions[j][1] - positions[i][1],
-                positions[j][2] - positions[i][2],
-            ];
+            let d = difference(positions[i], positions[j]);
             let inverse = 1.0 / (dot(d, d) + softening2).sqrt();
             let inverse3 = inverse * inverse * inverse;
             let (towards_j, towards_i) = (masses[j] * inverse3, masses[i] * inverse3);

@@ -1,6 +1,8 @@
 //! Volunteer accounts and their hosts: creation, registration and authentication.
 //!
 //! Account keys and host tokens are [`secrets`](crate::secrets): shown once, stored hashed.
+//! Both are free to make, so each address may make only so many within a window (see
+//! [`RegistrationLimits`]), and a new host starts with a small quota.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -10,9 +12,12 @@ use sqlx::PgConnection;
 use wasmgrid_protocol::API_PREFIX;
 use wasmgrid_protocol::api::{CreateAccountRequest, CreateAccountResponse, RegisterHostRequest, RegisterHostResponse};
 
+use crate::config::RegistrationLimits;
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, VolunteerAccount};
+use crate::http::visitor::ClientAddress;
+use crate::rate_limit::{self, address_bucket};
 use crate::secrets::{new_secret, secret_hash};
 
 /// Longest name accepted for an account or a host.
@@ -42,16 +47,35 @@ pub fn router() -> Router<AppState> {
 
 async fn create_account_handler(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     ApiJson(request): ApiJson<CreateAccountRequest>,
 ) -> ApiResult<(StatusCode, Json<CreateAccountResponse>)> {
     let name = clean_label("name", &request.name, MAX_NAME_CHARS)?;
     let mut connection = state.pool.acquire().await?;
+    if !may_create_account(&mut connection, &state.registration, address).await? {
+        return Err(ApiError::TooManyRequests(format!(
+            "too many accounts created from your address; try again in {}",
+            rate_limit::WINDOW
+        )));
+    }
     let created = create_account(&mut connection, &name).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+/// Counts an account about to be created from `address` (over the API or by signing up on
+/// the web site), or says that address has made its share. A refused attempt is not counted.
+pub async fn may_create_account(
+    connection: &mut PgConnection,
+    limits: &RegistrationLimits,
+    address: std::net::IpAddr,
+) -> sqlx::Result<bool> {
+    let key = [(format!("signup {}", address_bucket(address)), limits.accounts_per_address)];
+    Ok(rate_limit::record_attempt(connection, &key).await?.is_some())
+}
+
 async fn register_host_handler(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     VolunteerAccount(account): VolunteerAccount,
     ApiJson(request): ApiJson<RegisterHostRequest>,
 ) -> ApiResult<(StatusCode, Json<RegisterHostResponse>)> {
@@ -67,8 +91,17 @@ async fn register_host_handler(
     }
     let memory_bytes =
         i64::try_from(request.memory_bytes).map_err(|_| ApiError::bad_request("memory_bytes is out of range"))?;
-    let daily_quota = i32::try_from(state.scheduler.daily_quota_per_core).unwrap_or(i32::MAX);
+    let scheduler = &state.scheduler;
+    let daily_quota =
+        i32::try_from(scheduler.initial_daily_quota_per_core.min(scheduler.daily_quota_per_core)).unwrap_or(i32::MAX);
     let mut connection = state.pool.acquire().await?;
+    let key = [(format!("host {}", address_bucket(address)), state.registration.hosts_per_address)];
+    if rate_limit::record_attempt(&mut connection, &key).await?.is_none() {
+        return Err(ApiError::TooManyRequests(format!(
+            "too many hosts registered from your address; try again in {}",
+            rate_limit::WINDOW
+        )));
+    }
     let token = new_secret("wgh");
     let host_id: i64 = sqlx::query_scalar(
         "insert into host (account_id, token_hash, name, os, arch, cores, memory_bytes, client_version, daily_quota)

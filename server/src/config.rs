@@ -18,6 +18,8 @@ pub struct ServerConfig {
     pub sweep_interval: Duration,
     /// The public URL and the reverse proxies in front of the server.
     pub site: SiteConfig,
+    /// How many accounts and hosts one address may create.
+    pub registration: RegistrationLimits,
 }
 
 impl ServerConfig {
@@ -31,6 +33,7 @@ impl ServerConfig {
             scheduler: SchedulerConfig::default(),
             sweep_interval: Duration::from_secs(5),
             site: SiteConfig::default(),
+            registration: RegistrationLimits::default(),
         }
     }
 }
@@ -44,9 +47,20 @@ pub struct SchedulerConfig {
     pub idle_retry_after: Duration,
     /// Wait asked of a host that got work.
     pub busy_retry_after: Duration,
-    /// Replicas a new or fully trusted host may take per core per day; errors and invalid
-    /// results shrink it, valid results grow it back (BOINC's daily quota).
+    /// Replicas a fully trusted host may take per core per day; errors and invalid results
+    /// shrink a host's quota, valid results grow it back (BOINC's daily quota).
     pub daily_quota_per_core: u32,
+    /// The per-core daily quota of a new host: small, so that hosts made for free cannot
+    /// hoard work; it doubles with each valid result, up to `daily_quota_per_core`.
+    pub initial_daily_quota_per_core: u32,
+    /// Replicas a host may hold at once (sent, not yet reported) per core, whatever it asks
+    /// for.
+    pub max_in_progress_per_core: u32,
+    /// The most cores the server believes a host has, whatever it says: cores multiply its
+    /// quota and the work it may hold.
+    pub max_host_cores: u32,
+    /// The most memory the server believes a host has.
+    pub max_host_memory_bytes: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -56,6 +70,37 @@ impl Default for SchedulerConfig {
             idle_retry_after: Duration::from_secs(60),
             busy_retry_after: Duration::from_secs(1),
             daily_quota_per_core: 1000,
+            initial_daily_quota_per_core: 10,
+            max_in_progress_per_core: 50,
+            max_host_cores: 256,
+            max_host_memory_bytes: 1 << 40,
         }
+    }
+}
+
+impl SchedulerConfig {
+    /// The cores the server believes `reported` cores to be.
+    pub fn believed_cores(&self, reported: i32) -> i64 {
+        i64::from(reported).clamp(1, i64::from(self.max_host_cores.max(1)))
+    }
+
+    /// The memory the server believes `reported` bytes to be.
+    pub fn believed_memory(&self, reported: i64) -> i64 {
+        reported.clamp(0, i64::try_from(self.max_host_memory_bytes).unwrap_or(i64::MAX))
+    }
+}
+
+/// Accounts and hosts are free to make, so each address may make only so many within the
+/// rate limits' window (see [`crate::rate_limit`]). Web sign-ups and accounts created over
+/// the API count together.
+#[derive(Debug, Clone)]
+pub struct RegistrationLimits {
+    pub accounts_per_address: i64,
+    pub hosts_per_address: i64,
+}
+
+impl Default for RegistrationLimits {
+    fn default() -> Self {
+        Self { accounts_per_address: 5, hosts_per_address: 20 }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`accounts`]: volunteer accounts and hosts, their secrets and authentication.
 //! - [`publishers`]: the scientists who own apps and batches, and their tokens.
 //! - [`secrets`]: the bearer secrets of the API, stored hashed.
+//! - [`rate_limit`]: attempts counted per key (an address, a name) over a window.
 //! - [`work_fetch`]: the scheduler request: reports in, replicas claimed and sent out.
 //! - [`reports`]: recording finished replicas, idempotently.
 //! - [`state_machine`]: what each event does to a work unit.
@@ -31,6 +32,7 @@ pub mod database;
 pub mod http;
 pub mod publishers;
 pub mod publishing;
+pub mod rate_limit;
 pub mod reports;
 pub mod secrets;
 pub mod startup;

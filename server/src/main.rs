@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 use wasmgrid_server::ServerConfig;
+use wasmgrid_server::config::RegistrationLimits;
 use wasmgrid_server::database::{Database, DatabaseLocation};
 use wasmgrid_server::http::visitor::{PublicUrl, SiteConfig, parse_network};
 use wasmgrid_server::publishers;
@@ -48,6 +49,25 @@ enum Command {
         /// Replicas per core per day a fully trusted host may take.
         #[arg(long, default_value_t = 1000)]
         daily_quota_per_core: u32,
+        /// Replicas per core per day a new host may take; each valid result doubles a
+        /// host's quota, up to --daily-quota-per-core.
+        #[arg(long, default_value_t = 10)]
+        initial_daily_quota_per_core: u32,
+        /// Replicas per core a host may hold at once, sent and not yet reported.
+        #[arg(long, default_value_t = 50)]
+        max_in_progress_per_core: u32,
+        /// The most cores the server believes a host has, whatever it reports.
+        #[arg(long, default_value_t = 256)]
+        max_host_cores: u32,
+        /// The most memory, in bytes, the server believes a host has.
+        #[arg(long, default_value_t = 1 << 40)]
+        max_host_memory: u64,
+        /// Accounts one address may create (over the API or by signing up) per 15 minutes.
+        #[arg(long, default_value_t = 5)]
+        accounts_per_address: i64,
+        /// Hosts one address may register per 15 minutes.
+        #[arg(long, default_value_t = 20)]
+        hosts_per_address: i64,
         /// The URL volunteers and browsers reach the site at, such as
         /// https://grid.example.org: the attach command names it, and forms are accepted
         /// only from it. Without it, each request's Host header is believed.
@@ -126,6 +146,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             idle_retry_after,
             busy_retry_after,
             daily_quota_per_core,
+            initial_daily_quota_per_core,
+            max_in_progress_per_core,
+            max_host_cores,
+            max_host_memory,
+            accounts_per_address,
+            hosts_per_address,
             public_url,
             trusted_proxies,
         } => {
@@ -139,6 +165,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.scheduler.idle_retry_after = Duration::from_secs(idle_retry_after);
             config.scheduler.busy_retry_after = Duration::from_secs(busy_retry_after);
             config.scheduler.daily_quota_per_core = daily_quota_per_core;
+            config.scheduler.initial_daily_quota_per_core = initial_daily_quota_per_core;
+            config.scheduler.max_in_progress_per_core = max_in_progress_per_core;
+            config.scheduler.max_host_cores = max_host_cores;
+            config.scheduler.max_host_memory_bytes = max_host_memory;
+            config.registration = RegistrationLimits { accounts_per_address, hosts_per_address };
             config.site = SiteConfig { public_url, trusted_proxies };
             let app = wasmgrid_server::build(config).await?;
             // Scripts and tests read this line to learn the port (useful with port 0).

@@ -40,6 +40,7 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
         pool: database.pool.clone(),
         blobs: Arc::new(blobs),
         scheduler: Arc::new(config.scheduler.clone()),
+        registration: Arc::new(config.registration.clone()),
         sandbox,
         stats: Arc::default(),
         exports: Arc::default(),

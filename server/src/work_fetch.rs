@@ -18,6 +18,7 @@ use wasmgrid_protocol::api::{Assignment, BlobRef, InputFile, RunLimits, Schedule
 use wasmgrid_protocol::{API_PREFIX, Sha256Hash};
 
 use crate::accounts::Host;
+use crate::config::SchedulerConfig;
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, VolunteerHost};
@@ -44,7 +45,8 @@ async fn scheduler_request(
     let mut transaction = state.pool.begin().await?;
     let mut effects = HostEffects::default();
     let acknowledged = reports::apply_reports(&mut transaction, &host, &request.reports, &mut effects).await?;
-    let assignments = if want > 0 { claim_replicas(&mut transaction, &host, want).await? } else { Vec::new() };
+    let assignments =
+        if want > 0 { claim_replicas(&mut transaction, &host, want, &state.scheduler).await? } else { Vec::new() };
     let abort = abandon_unneeded_replicas(&mut transaction, host.id).await?;
     effects.contacted(host.id, assignments.len() as i32);
     effects.apply(&mut transaction, state.scheduler.daily_quota_per_core).await?;
@@ -65,22 +67,37 @@ async fn scheduler_request(
 }
 
 #[derive(sqlx::FromRow)]
-struct HostQuota {
+struct HostAllowance {
     daily_quota: i32,
     replicas_today: i32,
     quota_day_is_today: bool,
+    in_progress: i64,
 }
 
-/// How many more replicas the host may take today.
-async fn remaining_quota(connection: &mut PgConnection, host: &Host) -> sqlx::Result<i64> {
-    let quota: HostQuota = sqlx::query_as(
-        "select daily_quota, replicas_today, quota_day = current_date as quota_day_is_today from host where id = $1",
+/// How many more replicas the host may take now: what is left of its daily quota, and of
+/// what it may hold at once, both scaled by the cores the server believes it has.
+///
+/// The caller holds the account's claim lock, which every claim for this host takes until
+/// its transaction commits (with the count of replicas sent), so the figures read here
+/// include every claim before this one and none can slip in before this one commits.
+async fn remaining_allowance(
+    connection: &mut PgConnection,
+    host: &Host,
+    scheduler: &SchedulerConfig,
+) -> sqlx::Result<i64> {
+    let allowance: HostAllowance = sqlx::query_as(
+        "select daily_quota, replicas_today, quota_day = current_date as quota_day_is_today,
+                (select count(*) from replica where host_id = h.id and state = 'in_progress') as in_progress
+         from host h where id = $1",
     )
     .bind(host.id)
     .fetch_one(connection)
     .await?;
-    let used = if quota.quota_day_is_today { quota.replicas_today } else { 0 };
-    Ok(i64::from(quota.daily_quota) * i64::from(host.cores) - i64::from(used))
+    let cores = scheduler.believed_cores(host.cores);
+    let used_today = if allowance.quota_day_is_today { allowance.replicas_today } else { 0 };
+    let left_today = i64::from(allowance.daily_quota) * cores - i64::from(used_today);
+    let room_to_hold = i64::from(scheduler.max_in_progress_per_core) * cores - allowance.in_progress;
+    Ok(left_today.min(room_to_hold))
 }
 
 #[derive(sqlx::FromRow)]
@@ -115,16 +132,23 @@ struct WorkUnitFileRow {
 }
 
 /// Hands up to `want` unsent replicas to `host`: at most one per work unit, none of a work
-/// unit its account already holds, none that needs more memory than the host has, and no
-/// more than its daily quota.
-pub async fn claim_replicas(connection: &mut PgConnection, host: &Host, want: u32) -> ApiResult<Vec<Assignment>> {
-    let allowed = remaining_quota(connection, host).await?.min(i64::from(want));
+/// unit its account already holds, none that needs more memory than the host has, no more
+/// than its daily quota and no more than it may hold at once. The caller records the number
+/// sent (through [`HostEffects::contacted`]) before it commits.
+pub async fn claim_replicas(
+    connection: &mut PgConnection,
+    host: &Host,
+    want: u32,
+    scheduler: &SchedulerConfig,
+) -> ApiResult<Vec<Assignment>> {
+    // Hosts of one account queue here, so the `not exists` below sees every replica the
+    // account was handed before, and the allowance below every replica this host was sent:
+    // checking it and counting what is taken are one step.
+    sqlx::query("select pg_advisory_xact_lock($1)").bind(host.account_id).execute(&mut *connection).await?;
+    let allowed = remaining_allowance(connection, host, scheduler).await?.min(i64::from(want));
     if allowed <= 0 {
         return Ok(Vec::new());
     }
-    // Hosts of one account queue here, so the `not exists` below sees every replica the
-    // account was handed before.
-    sqlx::query("select pg_advisory_xact_lock($1)").bind(host.account_id).execute(&mut *connection).await?;
     // Twice as many candidates as wanted are locked, because the replicas of one work unit
     // sit next to each other in the queue and only one of them may be taken.
     let claimed: Vec<Claimed> = sqlx::query_as(
@@ -159,7 +183,7 @@ pub async fn claim_replicas(connection: &mut PgConnection, host: &Host, want: u3
     )
     .bind(host.id)
     .bind(host.account_id)
-    .bind(host.memory_bytes)
+    .bind(scheduler.believed_memory(host.memory_bytes))
     .bind(allowed)
     .fetch_all(&mut *connection)
     .await?;

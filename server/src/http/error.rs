@@ -27,6 +27,9 @@ pub enum ApiError {
     /// Well-formed, but refused: a module that cannot be a work unit.
     #[error("{0}")]
     Unprocessable(String),
+    /// A rate limit was reached: try again later.
+    #[error("{0}")]
+    TooManyRequests(String),
     /// The database is overloaded or unreachable: try again later.
     #[error("the server is busy; retry later")]
     Unavailable,
@@ -60,6 +63,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::RangeNotSatisfiable(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"),
             Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
+            Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Database(sqlx::Error::PoolTimedOut) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Database(_) | Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -69,6 +73,8 @@ impl ApiError {
 
 /// Seconds a client is asked to wait after a 503.
 const RETRY_AFTER_UNAVAILABLE: &str = "30";
+/// Seconds a rate-limited client is asked to wait: the limits' window.
+const RETRY_AFTER_RATE_LIMITED: &str = "900";
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -93,6 +99,9 @@ impl IntoResponse for ApiError {
         match &self {
             Self::Unavailable | Self::Database(sqlx::Error::PoolTimedOut) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_UNAVAILABLE));
+            }
+            Self::TooManyRequests(_) => {
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_RATE_LIMITED));
             }
             Self::RangeNotSatisfiable(size) => {
                 if let Ok(value) = HeaderValue::from_str(&format!("bytes */{size}")) {

@@ -19,7 +19,7 @@ use tower_http::trace::TraceLayer;
 use wasmgrid_protocol::api::Health;
 
 use crate::blobs::BlobStore;
-use crate::config::SchedulerConfig;
+use crate::config::{RegistrationLimits, SchedulerConfig};
 use error::ApiError;
 
 /// Everything a handler may need; cheap to clone.
@@ -28,6 +28,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub blobs: Arc<dyn BlobStore>,
     pub scheduler: Arc<SchedulerConfig>,
+    pub registration: Arc<RegistrationLimits>,
     /// Checks published modules and runs apps' validator modules.
     pub sandbox: Arc<wasmgrid_sandbox::Sandbox>,
     /// The statistics that count whole tables, counted at most every few seconds.

@@ -16,7 +16,6 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use rand::RngCore;
 use serde::Deserialize;
-use sqlx::PgConnection;
 
 use super::format::credit;
 use super::session::{self, SignedIn, check_form, csrf_token};
@@ -26,6 +25,7 @@ use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiPath;
 use crate::http::visitor::ClientAddress;
+use crate::rate_limit::{address_bucket, record_attempt};
 use crate::secrets::{new_secret, secret_hash};
 
 pub fn router() -> Router<AppState> {
@@ -46,7 +46,7 @@ const MIN_PASSWORD_CHARS: usize = 10;
 const MAX_PASSWORD_BYTES: usize = 256;
 const MAX_EMAIL_BYTES: usize = 254;
 const MAX_DESCRIPTION_CHARS: usize = 2000;
-/// Failed log-ins allowed within [`FAILURE_WINDOW`]: per account (or per text typed, when
+/// Failed log-ins allowed within [`crate::rate_limit::WINDOW`]: per account (or per text typed, when
 /// it names none) from one address, which is what someone who forgot their password meets;
 /// per account from all addresses, high enough that locking someone else out takes many
 /// addresses, low enough that guessing from many is slow; and per address, whatever the
@@ -54,9 +54,6 @@ const MAX_DESCRIPTION_CHARS: usize = 2000;
 const ATTEMPTS_PER_LOGIN_AND_ADDRESS: i64 = 5;
 const ATTEMPTS_PER_LOGIN: i64 = 50;
 const ATTEMPTS_PER_ADDRESS: i64 = 30;
-/// Sign-ups allowed per address within [`FAILURE_WINDOW`].
-const SIGNUPS_PER_ADDRESS: i64 = 5;
-const FAILURE_WINDOW: &str = "15 minutes";
 /// Longer than any name (100 characters) or email can be.
 const MAX_LOGIN_BYTES: usize = 400;
 /// What a failed log-in says, whether or not the account exists.
@@ -153,8 +150,7 @@ async fn signup(
     let (csrf, _) = csrf_token(&headers);
     {
         let mut connection = state.pool.acquire().await?;
-        let limits = [(format!("signup {}", address_bucket(address)), SIGNUPS_PER_ADDRESS)];
-        if record_attempt(&mut connection, &limits).await?.is_none() {
+        if !accounts::may_create_account(&mut connection, &state.registration, address).await? {
             let page = SignupPage {
                 csrf,
                 name: form.name,
@@ -316,65 +312,6 @@ async fn login(
         _ => {
             let page = LoginPage { csrf, login: form.login, error: LOGIN_FAILED.into() };
             with_csrf_cookie(page, None, StatusCode::UNAUTHORIZED)
-        }
-    }
-}
-
-/// An attempt recorded under each of its keys, within every key's limit.
-struct Attempt {
-    ids: Vec<i64>,
-}
-
-impl Attempt {
-    /// Forgets a successful attempt: only failures count against the limits.
-    async fn forget(self, connection: &mut PgConnection) -> sqlx::Result<()> {
-        sqlx::query("delete from login_attempt where id = any($1)").bind(&self.ids).execute(connection).await?;
-        Ok(())
-    }
-}
-
-/// Records an attempt under each key, unless that makes any key's attempts within
-/// [`FAILURE_WINDOW`] more than its limit: then the attempt is refused (`None`) and leaves
-/// no trace. Refused attempts check no password, so they count against nothing; otherwise
-/// one address, stopped by its own limit, could go on filling a name's.
-///
-/// Recorded first and counted after, so that attempts sent at once count each other: the
-/// k-th to pass its count saw the k-1 before it, so no more than a key's limit pass.
-async fn record_attempt(connection: &mut PgConnection, limits: &[(String, i64)]) -> sqlx::Result<Option<Attempt>> {
-    let keys: Vec<&str> = limits.iter().map(|(key, _)| key.as_str()).collect();
-    let ids: Vec<i64> = sqlx::query_scalar("insert into login_attempt (key) select unnest($1::text[]) returning id")
-        .bind(&keys)
-        .fetch_all(&mut *connection)
-        .await?;
-    let counts: Vec<(String, i64)> = sqlx::query_as(&format!(
-        "select key, count(*) from login_attempt
-         where key = any($1) and attempted_at > now() - interval '{FAILURE_WINDOW}' group by key"
-    ))
-    .bind(&keys)
-    .fetch_all(&mut *connection)
-    .await?;
-    let over_limit =
-        counts.iter().any(|(key, count)| limits.iter().any(|(limited, limit)| limited == key && count > limit));
-    sqlx::query(&format!("delete from login_attempt where attempted_at < now() - interval '{FAILURE_WINDOW}'"))
-        .execute(&mut *connection)
-        .await?;
-    let attempt = Attempt { ids };
-    if over_limit {
-        attempt.forget(connection).await?;
-        return Ok(None);
-    }
-    Ok(Some(attempt))
-}
-
-/// The address an attempt is counted under: an IPv4 address, or an IPv6 address's /64,
-/// which one subscriber usually holds whole (counting single IPv6 addresses would let
-/// them guess from endless ones).
-fn address_bucket(address: std::net::IpAddr) -> String {
-    match address {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => {
-            let network = u128::from(v6) & !((1u128 << 64) - 1);
-            format!("{}/64", std::net::Ipv6Addr::from(network))
         }
     }
 }
@@ -662,18 +599,4 @@ async fn leave_team(
     check_form(&state, &headers, &form.csrf)?;
     sqlx::query("update account set team_id = null where id = $1").bind(account.id).execute(&state.pool).await?;
     Ok(Redirect::to("/account?done=left-team").into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ipv6_addresses_count_by_their_64_bit_network() {
-        let bucket = |text: &str| address_bucket(text.parse().unwrap());
-        assert_eq!(bucket("203.0.113.7"), "203.0.113.7");
-        assert_eq!(bucket("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::/64");
-        assert_eq!(bucket("2001:db8:1:2::1"), bucket("2001:db8:1:2:ffff::9"));
-        assert_ne!(bucket("2001:db8:1:2::1"), bucket("2001:db8:1:3::1"));
-    }
 }

@@ -13,6 +13,7 @@ use wasmgrid_protocol::api::{
 };
 use wasmgrid_protocol::publish::ValidatorSpec;
 use wasmgrid_server::ServerConfig;
+use wasmgrid_server::config::RegistrationLimits;
 use wasmgrid_server::database::{DatabaseLocation, test_cluster};
 use wasmgrid_server::publishers;
 use wasmgrid_server::publishing::{self, ReplicationPolicy, WorkUnitSpec};
@@ -53,6 +54,10 @@ impl TestApp {
         config.max_database_connections = 10;
         // Tests drain sweeps explicitly with `sweep()`.
         config.sweep_interval = Duration::from_secs(3600);
+        // Every volunteer of a test registers from this machine, and most tests are about
+        // established hosts; the tests of these limits set their own.
+        config.registration = RegistrationLimits { accounts_per_address: 100_000, hosts_per_address: 100_000 };
+        config.scheduler.initial_daily_quota_per_core = config.scheduler.daily_quota_per_core;
         adjust(&mut config);
         let daily_quota_per_core = config.scheduler.daily_quota_per_core;
         let app = wasmgrid_server::build(config).await.expect("server starts");

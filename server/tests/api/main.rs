@@ -10,6 +10,8 @@ mod credit;
 mod embedded;
 mod helpers;
 mod idempotency;
+mod quotas;
+mod registration;
 mod state_machine;
 mod web;
 mod web_accounts;

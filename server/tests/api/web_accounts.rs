@@ -397,7 +397,7 @@ async fn names_in_any_script_sign_in_whatever_their_case() {
 
 #[tokio::test]
 async fn sign_ups_from_one_address_are_limited() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(|config| config.registration.accounts_per_address = 5).await;
     let mut statuses = Vec::new();
     for i in 0..7 {
         statuses.push(Browser::new(&app).sign_up(&format!("bulk-{i}"), "", PASSWORD).await.status);

@@ -71,6 +71,13 @@ async fn main() -> anyhow::Result<()> {
         "1",
         "--daily-quota-per-core",
         "1000000",
+        // The simulated volunteers are established hosts, all on this one address.
+        "--initial-daily-quota-per-core",
+        "1000000",
+        "--accounts-per-address",
+        "100000",
+        "--hosts-per-address",
+        "100000",
         "--max-connections",
         "32",
     ])

@@ -179,6 +179,8 @@ async fn start_server(dir: &Path, listen: SocketAddr) -> anyhow::Result<RunningS
     let mut command = Command::new(sibling_binary("wasmgrid-server")?);
     command
         .args(["serve", "--listen", &listen.to_string(), "--sweep-interval", "1", "--idle-retry-after", "2"])
+        // Every volunteer of the demo creates its account from this one machine.
+        .args(["--accounts-per-address", "10000", "--hosts-per-address", "10000"])
         .arg("--data-dir")
         .arg(dir.join("server"))
         .env_remove("DATABASE_URL");

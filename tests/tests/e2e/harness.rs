@@ -166,8 +166,14 @@ impl Server {
     }
 }
 
-/// `serve` flags for fast tests, unless the test gives its own.
-const DEFAULT_SERVER_ARGS: [(&str, &str); 2] = [("--idle-retry-after", "1"), ("--sweep-interval", "1")];
+/// `serve` flags for fast tests, unless the test gives its own. Every volunteer of a test
+/// registers from this one machine.
+const DEFAULT_SERVER_ARGS: [(&str, &str); 4] = [
+    ("--idle-retry-after", "1"),
+    ("--sweep-interval", "1"),
+    ("--accounts-per-address", "100000"),
+    ("--hosts-per-address", "100000"),
+];
 
 async fn spawn_server(database_url: &str, data_dir: &Path, port: u16, extra_args: &[String]) -> (Child, u16) {
     let defaults = DEFAULT_SERVER_ARGS

@@ -102,7 +102,7 @@ impl ReplicaRow {
             .as_deref()
             .ok_or_else(|| anyhow::anyhow!("successful replica {} has no output", self.id))?
             .parse()?;
-        Ok(Candidate { replica_id: self.id, output })
+        Ok(Candidate { replica_id: self.id, output, fuel: self.fuel_used.unwrap_or(0) })
     }
 }
 

@@ -12,11 +12,13 @@ pub mod wasm;
 
 use wasmgrid_protocol::Sha256Hash;
 
-/// One successful replica's output, as validation sees it.
+/// One successful replica's answer, as validation sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     pub replica_id: i64,
     pub output: Sha256Hash,
+    /// The fuel it reported using.
+    pub fuel: i64,
 }
 
 pub trait Validator: Send + Sync {
@@ -24,13 +26,17 @@ pub trait Validator: Send + Sync {
     fn equivalent(&self, a: &Candidate, b: &Candidate) -> anyhow::Result<bool>;
 }
 
-/// Outputs agree when their bytes are identical, which the sandbox's determinism makes the
-/// normal case across machines.
+/// Answers agree when their output bytes are identical and so is the fuel they report,
+/// which the sandbox's determinism makes the normal case across machines.
+///
+/// Fuel is part of the answer because credit is paid from it: a replica with the right
+/// output and made-up fuel (zero, say, to cut its co-workers' credit, or more, to raise its
+/// own) is as wrong as one with a wrong output.
 pub struct Bitwise;
 
 impl Validator for Bitwise {
     fn equivalent(&self, a: &Candidate, b: &Candidate) -> anyhow::Result<bool> {
-        Ok(a.output == b.output)
+        Ok(a.output == b.output && a.fuel == b.fuel)
     }
 }
 
@@ -84,7 +90,11 @@ mod tests {
         outputs
             .iter()
             .enumerate()
-            .map(|(i, output)| Candidate { replica_id: i as i64 + 1, output: Sha256Hash::of(output.as_bytes()) })
+            .map(|(i, output)| Candidate {
+                replica_id: i as i64 + 1,
+                output: Sha256Hash::of(output.as_bytes()),
+                fuel: 1000,
+            })
             .collect()
     }
 
@@ -121,6 +131,14 @@ mod tests {
     fn strict_majority_of_the_quorum_suffices() {
         assert_eq!(verdict(&["a", "a", "c"], 3), Verdict::Canonical(vec![1, 2]));
         assert_eq!(verdict(&["a", "b", "c"], 3), Verdict::NoConsensus);
+    }
+
+    #[test]
+    fn the_same_output_with_other_fuel_is_another_answer() {
+        let mut candidates = candidates(&["a", "a", "a"]);
+        candidates[1].fuel = 0;
+        assert_eq!(find_canonical(&Bitwise, &candidates[..2], 2).unwrap(), Verdict::NoConsensus);
+        assert_eq!(find_canonical(&Bitwise, &candidates, 2).unwrap(), Verdict::Canonical(vec![1, 3]));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use rand::seq::SliceRandom;
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_server::publishing::ReplicationPolicy;
 
-use crate::helpers::{TestApp, Volunteer, policy};
+use crate::helpers::{TestApp, Volunteer, policy, success};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Behaviour {
@@ -109,4 +109,40 @@ async fn cheaters_cannot_make_a_wrong_output_canonical_while_outnumbered() {
         app.count("select count(*) from credit_grant g join replica r on r.id = g.replica_id where r.validate_state <> 'valid'").await,
         0
     );
+}
+
+#[tokio::test]
+async fn fuel_is_part_of_the_answer() {
+    let app = TestApp::spawn().await;
+    let work_unit = app.publish(1, policy(2, 2)).await[0];
+    let honest = app.volunteer("honest").await;
+    let lowballer = app.volunteer("lowballer").await;
+    let second_honest = app.volunteer("second honest").await;
+    let output = b"the right answer";
+
+    // The right output, but fuel 0: with the lower median of the fuel, this would make the
+    // work unit worth nothing to its honest co-worker too.
+    let cheat = lowballer.fetch(1).await[0].replica_id;
+    lowballer.upload(cheat, output).await.unwrap();
+    let mut report = success(cheat, output);
+    report.fuel_used = 0;
+    lowballer.request(vec![report], 0).await.unwrap();
+    let first = honest.fetch(1).await[0].replica_id;
+    honest.succeed(first, output).await;
+    assert_eq!(app.work_unit(work_unit).await.state, "active", "the two answers disagree, so a third is asked for");
+
+    let third = second_honest.fetch(1).await[0].replica_id;
+    second_honest.succeed(third, output).await;
+    app.sweep().await;
+
+    let validated = app.work_unit(work_unit).await;
+    assert_eq!(validated.state, "validated");
+    let credit = validated.credit.unwrap();
+    assert!(credit > 0.0, "the honest fuel sets the credit");
+    let states: HashMap<i64, String> =
+        app.replicas(work_unit).await.into_iter().map(|r| (r.id, r.validate_state)).collect();
+    assert_eq!(states[&cheat], "invalid");
+    assert_eq!((states[&first].as_str(), states[&third].as_str()), ("valid", "valid"));
+    assert_eq!(app.host(lowballer.host_id).await.total_credit, 0.0);
+    assert_eq!(app.host(honest.host_id).await.total_credit, credit);
 }

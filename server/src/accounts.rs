@@ -19,6 +19,7 @@ use crate::http::extract::{ApiJson, VolunteerAccount};
 use crate::http::visitor::ClientAddress;
 use crate::rate_limit::{self, address_bucket};
 use crate::secrets::{new_secret, secret_hash};
+use crate::text;
 
 /// Longest name accepted for an account or a host.
 const MAX_NAME_CHARS: usize = 100;
@@ -50,7 +51,7 @@ async fn create_account_handler(
     ClientAddress(address): ClientAddress,
     ApiJson(request): ApiJson<CreateAccountRequest>,
 ) -> ApiResult<(StatusCode, Json<CreateAccountResponse>)> {
-    let name = clean_label("name", &request.name, MAX_NAME_CHARS)?;
+    let name = text::label("name", &request.name, MAX_NAME_CHARS)?;
     let mut connection = state.pool.acquire().await?;
     if !may_create_account(&mut connection, &state.registration, address).await? {
         return Err(ApiError::TooManyRequests(format!(
@@ -80,10 +81,10 @@ async fn register_host_handler(
     ApiJson(request): ApiJson<RegisterHostRequest>,
 ) -> ApiResult<(StatusCode, Json<RegisterHostResponse>)> {
     let request = RegisterHostRequest {
-        name: clean_label("name", &request.name, MAX_NAME_CHARS)?,
-        os: clean_label("os", &request.os, MAX_LABEL_CHARS)?,
-        arch: clean_label("arch", &request.arch, MAX_LABEL_CHARS)?,
-        client_version: clean_label("client_version", &request.client_version, MAX_LABEL_CHARS)?,
+        name: text::label("name", &request.name, MAX_NAME_CHARS)?,
+        os: text::label("os", &request.os, MAX_LABEL_CHARS)?,
+        arch: text::label("arch", &request.arch, MAX_LABEL_CHARS)?,
+        client_version: text::label("client_version", &request.client_version, MAX_LABEL_CHARS)?,
         ..request
     };
     if request.cores == 0 || request.cores > 65_536 {
@@ -147,20 +148,4 @@ pub async fn host_by_token(connection: &mut PgConnection, token: &str) -> sqlx::
         .bind(secret_hash(token))
         .fetch_optional(connection)
         .await
-}
-
-/// Trims a user-supplied label and checks it is non-empty, short and free of control
-/// characters (it will be shown on web pages and in terminals).
-pub(crate) fn clean_label(field: &str, value: &str, max_chars: usize) -> ApiResult<String> {
-    let value = value.trim();
-    if value.is_empty() {
-        return Err(ApiError::bad_request(format!("{field} must not be empty")));
-    }
-    if value.chars().count() > max_chars {
-        return Err(ApiError::bad_request(format!("{field} is longer than {max_chars} characters")));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(format!("{field} must not contain control characters")));
-    }
-    Ok(value.to_owned())
 }

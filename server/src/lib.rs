@@ -12,6 +12,7 @@
 //! - [`publishers`]: the scientists who own apps and batches, and their tokens.
 //! - [`secrets`]: the bearer secrets of the API, stored hashed.
 //! - [`rate_limit`]: attempts counted per key (an address, a name) over a window.
+//! - [`text`]: text from outside, checked before it is stored or shown.
 //! - [`work_fetch`]: the scheduler request: reports in, replicas claimed and sent out.
 //! - [`reports`]: recording finished replicas, idempotently.
 //! - [`state_machine`]: what each event does to a work unit.
@@ -39,6 +40,7 @@ pub mod startup;
 pub mod state_machine;
 pub mod stats;
 pub mod sweeps;
+pub mod text;
 pub mod trust;
 pub mod validator;
 pub mod web;

@@ -35,7 +35,7 @@ pub async fn create_token(connection: &mut PgConnection, name: Option<&str>) -> 
     let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
     let (publisher, publisher_created) = match name {
         Some(name) => {
-            let name = crate::accounts::clean_label("name", name, 100).map_err(|error| anyhow::anyhow!("{error}"))?;
+            let name = crate::text::label("name", name, 100).map_err(|error| anyhow::anyhow!("{error}"))?;
             let created: Option<Publisher> = sqlx::query_as(
                 "insert into publisher (name) values ($1) on conflict (name) do nothing returning id, name",
             )

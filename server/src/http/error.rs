@@ -66,6 +66,7 @@ impl ApiError {
             Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
             Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Database(sqlx::Error::PoolTimedOut) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Database(error) if is_data_exception(error) => (StatusCode::BAD_REQUEST, "bad_request"),
             Self::Database(_) | Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -83,6 +84,10 @@ impl IntoResponse for ApiError {
             Self::Database(sqlx::Error::PoolTimedOut) => {
                 tracing::warn!("database pool exhausted; answering 503");
                 "the server is busy; retry later".to_owned()
+            }
+            Self::Database(error) if is_data_exception(error) => {
+                tracing::warn!(error = %error, "a value in a request could not be stored; answering 400");
+                "the request holds a value the server cannot store".to_owned()
             }
             Self::Database(error) => {
                 tracing::error!(error = %error, "database error");
@@ -115,3 +120,10 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// PostgreSQL's class 22, "data exception": a value it cannot take (a NUL in text, a number
+/// out of range). Every field is checked at the edge; this is the backstop for one that
+/// slipped through, which is still the request's fault and no reason for a 500.
+fn is_data_exception(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|code| code.starts_with("22")))
+}

@@ -59,10 +59,22 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::web::router())
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), visitor::resolve))
+        .layer(axum::middleware::from_fn(refuse_nul_in_url))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Path segments and query values reach queries as text, which cannot hold NUL; one in
+/// the URL is refused before any handler sees it.
+async fn refuse_nul_in_url(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let uri = request.uri();
+    let encoded_nul = |text: &str| text.as_bytes().windows(3).any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0');
+    if encoded_nul(uri.path()) || uri.query().is_some_and(encoded_nul) {
+        return ApiError::bad_request("the URL must not contain NUL characters (%00)").into_response();
+    }
+    next.run(request).await
 }
 
 async fn not_found() -> ApiError {

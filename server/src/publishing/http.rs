@@ -21,6 +21,7 @@ use crate::blobs::{self, Spooled, SpooledContent};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiPath, PublisherAuth};
+use crate::text;
 
 /// Longest app description.
 const MAX_DESCRIPTION_CHARS: usize = 4000;
@@ -106,11 +107,7 @@ async fn create_app(
     ApiJson(request): ApiJson<CreateAppRequest>,
 ) -> ApiResult<(StatusCode, Json<AppInfo>)> {
     super::check_app_name(&request.name)?;
-    if request.description.chars().count() > MAX_DESCRIPTION_CHARS {
-        return Err(ApiError::bad_request(format!(
-            "the description is longer than {MAX_DESCRIPTION_CHARS} characters"
-        )));
-    }
+    let description = text::paragraph("the description", &request.description, MAX_DESCRIPTION_CHARS)?;
     if let ValidatorSpec::Wasm { module_sha256 } = &request.validator {
         let size = state.blobs.size(*module_sha256).await.map_err(|error| ApiError::Internal(error.into()))?;
         if size.is_some_and(|bytes| bytes > MAX_MODULE_BYTES) {
@@ -130,7 +127,7 @@ async fn create_app(
         })?;
     }
     let mut connection = state.pool.acquire().await?;
-    super::create_app(&mut connection, publisher.id, &request.name, &request.description, &request.validator).await?;
+    super::create_app(&mut connection, publisher.id, &request.name, &description, &request.validator).await?;
     let app = find_app(&mut connection, publisher.id, &request.name).await?.into_info()?;
     tracing::info!(app.id = app.id, publisher.id = publisher.id, "app created");
     Ok((StatusCode::CREATED, Json(app)))
@@ -252,12 +249,11 @@ async fn create_batch(
     PublisherAuth(publisher): PublisherAuth,
     ApiJson(request): ApiJson<CreateBatchRequest>,
 ) -> ApiResult<(StatusCode, Json<BatchCreated>)> {
-    if request.name.chars().count() > 200 || request.name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request("batch names are at most 200 characters, without control characters"));
-    }
+    let name =
+        if request.name.trim().is_empty() { String::new() } else { text::label("the batch name", &request.name, 200)? };
     let mut connection = state.pool.acquire().await?;
     let app = find_app(&mut connection, publisher.id, &request.app).await?;
-    let batch_id = super::open_batch(&mut connection, app.id, &request.name).await?;
+    let batch_id = super::open_batch(&mut connection, app.id, &name).await?;
     tracing::info!(batch.id = batch_id, app.id = app.id, "batch opened");
     Ok((StatusCode::CREATED, Json(BatchCreated { batch_id })))
 }

@@ -331,6 +331,9 @@ fn validate_spec(spec: &WorkUnitSpec) -> ApiResult<()> {
         spec.files.iter().find_map(|(file, _)| name_problem(file).map(|problem| (file, problem)))
     {
         Some(format!("input file {file:?}: {problem}"))
+    } else if let Some(index) = spec.args.iter().position(|arg| arg.contains('\0')) {
+        // Arguments reach the module as C strings, and PostgreSQL's jsonb cannot hold NUL.
+        Some(format!("args[{index}] must not contain NUL characters"))
     } else if policy.min_quorum == 0 {
         Some("min_quorum must be at least 1".to_owned())
     } else if policy.target_replicas < policy.min_quorum {

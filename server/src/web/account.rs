@@ -20,13 +20,14 @@ use serde::Deserialize;
 use super::format::credit;
 use super::session::{self, SignedIn, check_form, csrf_token};
 use super::{Link, PageError, PageResult, server_url};
-use crate::accounts::{self, Account, clean_label};
+use crate::accounts::{self, Account};
 use crate::http::AppState;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiPath;
 use crate::http::visitor::ClientAddress;
 use crate::rate_limit::{address_bucket, record_attempt};
 use crate::secrets::{new_secret, secret_hash};
+use crate::text;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -72,7 +73,7 @@ fn with_csrf_cookie(template: impl Template, set: Option<axum::http::HeaderValue
 /// A name people sign in with: a label without `@`, which would make it look like someone's
 /// email address at the log-in form.
 fn check_name(name: &str) -> Result<String, ApiError> {
-    let name = clean_label("name", name, 100)?;
+    let name = text::label("name", name, 100)?;
     if name.contains('@') {
         return Err(ApiError::bad_request("a name must not contain '@'"));
     }
@@ -171,7 +172,7 @@ async fn signup(
             if !email.is_empty()
                 && (email.len() > MAX_EMAIL_BYTES
                     || !email.contains('@')
-                    || email.chars().any(char::is_whitespace)) =>
+                    || email.chars().any(|c| c.is_whitespace() || c.is_control())) =>
         {
             Some("that does not look like an email address".into())
         }
@@ -257,6 +258,15 @@ async fn login(
         // Longer than any name or email: no account, and no key worth recording.
         let page = LoginPage { csrf, login: String::new(), error: LOGIN_FAILED.into() };
         return with_csrf_cookie(page, None, StatusCode::UNAUTHORIZED);
+    }
+    if login.chars().any(char::is_control) {
+        // No name or email holds one (and PostgreSQL could not even look for a NUL).
+        let error = "the name or email must not contain control characters".into();
+        return with_csrf_cookie(
+            LoginPage { csrf, login: String::new(), error },
+            None,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        );
     }
     let address = address_bucket(address);
     let (attempt, found) = {
@@ -542,20 +552,17 @@ async fn found_team(
     Form(form): Form<TeamForm>,
 ) -> PageResult {
     check_form(&state, &headers, &form.csrf)?;
-    let name = clean_label("team name", &form.name, 100)?;
-    let description = form.description.trim();
-    if description.chars().count() > MAX_DESCRIPTION_CHARS || description.chars().any(|c| c.is_control()) {
-        return Err(ApiError::bad_request("the description is too long or holds control characters").into());
-    }
+    let name = text::label("the team name", &form.name, 100)?;
+    let description = text::paragraph("the description", &form.description, MAX_DESCRIPTION_CHARS)?;
     let mut transaction = state.pool.begin().await?;
     let created: Result<i64, sqlx::Error> =
         sqlx::query_scalar("insert into team (name, description) values ($1, $2) returning id")
             .bind(&name)
-            .bind(description)
+            .bind(&description)
             .fetch_one(&mut *transaction)
             .await;
     let team_id = match created {
-        Err(error) if crate::database::is_unique_violation(&error, "team_name_key") => {
+        Err(error) if crate::database::is_unique_violation(&error, "team_name_unique") => {
             return account_page(&state, &headers, &account, None, "a team of that name exists: join it from its page")
                 .await;
         }

@@ -225,3 +225,111 @@ fn assert_no_stored_or_staged_file(app: &TestApp, hash: &Sha256Hash) {
     let staged = std::fs::read_dir(blobs.join("staging")).unwrap().count();
     assert_eq!(staged, 0, "a rejected upload must not be left in staging");
 }
+
+/// The request's JSON error, with its status, for a publisher's call.
+async fn publisher_call(
+    app: &TestApp,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: serde_json::Value,
+) -> (StatusCode, ErrorBody) {
+    let response = app.client.request(method, path).bearer_auth(token).json(&body).send().await.unwrap();
+    error_of(response).await
+}
+
+#[tokio::test]
+async fn nul_characters_are_refused_with_the_field_they_are_in() {
+    let app = TestApp::spawn().await;
+    let token = app.publisher_token("nul tester").await;
+
+    let (status, error) = publisher_call(
+        &app,
+        &token,
+        Method::POST,
+        "/api/v1/apps",
+        serde_json::json!({"name": "nul", "description": "before\u{0}after"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error.error.message.contains("description"), "{}", error.error.message);
+
+    let created = app
+        .client
+        .request(Method::POST, "/api/v1/apps")
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"name": "nul", "description": "fine"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    app.client
+        .request(Method::POST, "/api/v1/apps/nul/versions")
+        .bearer_auth(&token)
+        .body(wat::parse_str("(module (memory (export \"memory\") 1) (func (export \"_start\")))").unwrap())
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let (status, error) =
+        publisher_call(&app, &token, Method::POST, "/api/v1/batches", serde_json::json!({"app": "nul", "name": "n\0"}))
+            .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error.error.message.contains("batch name"), "{}", error.error.message);
+    let created = app
+        .client
+        .request(Method::POST, "/api/v1/batches")
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"app": "nul", "name": "fine"}))
+        .send()
+        .await
+        .unwrap();
+    let batch: serde_json::Value = created.json().await.unwrap();
+    let batch_id = batch["batch_id"].as_i64().unwrap();
+    let (status, error) = publisher_call(
+        &app,
+        &token,
+        Method::POST,
+        &format!("/api/v1/batches/{batch_id}/work-units"),
+        serde_json::json!({
+            "work_units": [{"name": "wu", "args": ["fine", "not\u{0}fine"]}],
+            "policy": {
+                "quorum": 1, "replicas": 1, "max_errors": 1, "max_total": 1, "deadline_seconds": 3600,
+                "limits": {"fuel": 1000, "memory_bytes": 65536, "output_bytes": 1024, "wall_time_seconds": 10}
+            }
+        }),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", error.error.message);
+    assert!(error.error.message.contains("args[1]"), "{}", error.error.message);
+    assert_eq!(app.count("select count(*) from work_unit").await, 0);
+
+    // In the URL, as a path segment or a query value.
+    for path in ["/api/v1/apps/nul%00", &format!("/api/v1/batches/{batch_id}/results?after=%00")] {
+        let (status, error) = publisher_call(&app, &token, Method::GET, path, serde_json::json!({})).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        assert!(error.error.message.contains("NUL"), "{path}: {}", error.error.message);
+    }
+
+    // In names and host labels.
+    let (status, error) =
+        publisher_call(&app, "", Method::POST, "/api/v1/accounts", serde_json::json!({"name": "a\u{0}b"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error.error.message.contains("name"), "{}", error.error.message);
+}
+
+#[tokio::test]
+async fn names_on_the_leaderboards_cannot_hide_or_reorder_text() {
+    let app = TestApp::spawn().await;
+    for name in ["admin\u{202E}nimda", "zero\u{200B}width", "\u{2066}isolated"] {
+        let refused = app.client.create_account(name).await.unwrap_err();
+        assert_eq!(refused.status(), Some(StatusCode::BAD_REQUEST), "{name:?}");
+    }
+    let account = app.client.create_account("plain").await.unwrap();
+    let mut host = sample_host();
+    host.name = "laptop\u{200D}".into();
+    let refused = app.client.register_host(&account.account_key, &host).await.unwrap_err();
+    assert_eq!(refused.status(), Some(StatusCode::BAD_REQUEST));
+    assert_eq!(app.count("select count(*) from account").await, 1);
+}

@@ -213,6 +213,12 @@ impl TestApp {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
 
+    /// A publisher token for a new publisher called `name`.
+    pub async fn publisher_token(&self, name: &str) -> String {
+        let mut connection = self.pool.acquire().await.unwrap();
+        publishers::create_token(&mut connection, Some(name)).await.unwrap().token
+    }
+
     /// A team named `name` with the accounts `members` in it; returns its id.
     pub async fn team(&self, name: &str, members: &[i64]) -> i64 {
         let team_id = sqlx::query_scalar("insert into team (name) values ($1) returning id")

@@ -458,3 +458,41 @@ async fn changing_the_password_needs_the_current_one_and_logs_out_other_browsers
     }
     assert_eq!(statuses, [401, 401, 401, 401, 429]);
 }
+
+#[tokio::test]
+async fn nul_characters_in_forms_are_refused_with_the_field_they_are_in() {
+    let app = TestApp::spawn().await;
+    let signed_up = Browser::new(&app).sign_up("nul-email", "someone@exa\0mple.org", PASSWORD).await;
+    assert_eq!(signed_up.status, 422, "{}", signed_up.body);
+    assert!(signed_up.body.contains("email address"), "{}", signed_up.body);
+    let logged_in = Browser::new(&app).log_in("some\0one", PASSWORD).await;
+    assert_eq!(logged_in.status, 422, "{}", logged_in.body);
+    assert!(logged_in.body.contains("name or email"), "{}", logged_in.body);
+    assert_eq!(app.count("select count(*) from account").await, 0);
+
+    let mut founder = Browser::new(&app);
+    founder.sign_up("founder", "", PASSWORD).await;
+    let csrf = founder.get("/account").await.csrf();
+    let refused = founder.post("/teams", &[("csrf", &csrf), ("name", "nul team"), ("description", "a\0b")]).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(refused.body.contains("description"), "{}", refused.body);
+    let refused = founder.post("/teams", &[("csrf", &csrf), ("name", "\u{202E}maet")]).await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(app.count("select count(*) from team").await, 0);
+}
+
+#[tokio::test]
+async fn team_names_are_unique_regardless_of_case() {
+    let app = TestApp::spawn().await;
+    let mut first = Browser::new(&app);
+    first.sign_up("first", "", PASSWORD).await;
+    let csrf = first.get("/account").await.csrf();
+    assert_eq!(first.post("/teams", &[("csrf", &csrf), ("name", "Crunchers")]).await.status, 303);
+
+    let mut second = Browser::new(&app);
+    second.sign_up("second", "", PASSWORD).await;
+    let csrf = second.get("/account").await.csrf();
+    let again = second.post("/teams", &[("csrf", &csrf), ("name", "CRUNCHERS")]).await;
+    assert!(again.body.contains("a team of that name exists"), "{}", again.body);
+    assert_eq!(app.count("select count(*) from team").await, 1);
+}

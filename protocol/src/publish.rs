@@ -100,6 +100,10 @@ pub struct CreateBatchRequest {
     pub app: String,
     #[serde(default)]
     pub name: String,
+    /// Show the name on the project's public status page; without it the page says
+    /// "batch N".
+    #[serde(default)]
+    pub public: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

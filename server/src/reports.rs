@@ -57,16 +57,7 @@ pub async fn apply_reports(
     }
     let ids: Vec<i64> = by_id.keys().copied().collect();
 
-    let rows: Vec<ReportedReplica> = sqlx::query_as(
-        "select r.id, r.work_unit_id, r.host_id, r.state::text as state, r.outcome::text as outcome,
-                r.uploaded_sha256, b.bytes as uploaded_bytes
-         from replica r left join blob b on b.sha256 = r.uploaded_sha256
-         where r.id = any($1)",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *connection)
-    .await?;
-    let rows: HashMap<i64, ReportedReplica> = rows.into_iter().map(|row| (row.id, row)).collect();
+    let rows = read_replicas(connection, &ids, false).await?;
     for id in &ids {
         let row = rows.get(id).ok_or_else(|| ApiError::not_found(format!("no replica {id}")))?;
         if row.host_id != Some(host.id) {
@@ -80,9 +71,18 @@ pub async fn apply_reports(
         rows.values().filter(|row| row.awaits_report()).map(|row| row.work_unit_id).collect();
     let work_unit_ids: Vec<i64> = work_unit_ids.into_iter().collect();
     state_machine::lock_work_units(connection, &work_unit_ids).await?;
+    // Read again, locked, now that the work units are: an upload may have replaced the
+    // output since, or a retry of this report may have recorded it. The upload takes the
+    // replica's lock too, so what is checked below is what is recorded.
+    let awaiting_ids: Vec<i64> = ids.iter().copied().filter(|id| rows[id].awaits_report()).collect();
+    let locked = read_replicas(connection, &awaiting_ids, true).await?;
 
-    let awaiting: Vec<(&ReportedReplica, &ReplicaReport)> =
-        ids.iter().map(|id| (&rows[id], by_id[id])).filter(|(row, _)| row.awaits_report()).collect();
+    let awaiting: Vec<(&ReportedReplica, &ReplicaReport)> = awaiting_ids
+        .iter()
+        .filter_map(|id| locked.get(id))
+        .filter(|row| row.awaits_report())
+        .map(|row| (row, by_id[&row.id]))
+        .collect();
     let recorded = record_reports(connection, &awaiting).await?;
     let mut touched = BTreeSet::new();
     for (row, report) in awaiting {
@@ -98,6 +98,29 @@ pub async fn apply_reports(
     let mut acknowledged = ids;
     acknowledged.sort_unstable();
     Ok(acknowledged)
+}
+
+/// The replicas `ids`, with the size of their uploaded output; locked for the rest of the
+/// transaction when `lock` is set.
+async fn read_replicas(
+    connection: &mut PgConnection,
+    ids: &[i64],
+    lock: bool,
+) -> sqlx::Result<HashMap<i64, ReportedReplica>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<ReportedReplica> = sqlx::query_as(&format!(
+        "select r.id, r.work_unit_id, r.host_id, r.state::text as state, r.outcome::text as outcome,
+                r.uploaded_sha256, b.bytes as uploaded_bytes
+         from replica r left join blob b on b.sha256 = r.uploaded_sha256
+         where r.id = any($1) order by r.id{}",
+        if lock { " for no key update of r" } else { "" }
+    ))
+    .bind(ids)
+    .fetch_all(connection)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.id, row)).collect())
 }
 
 /// Stores the reports of replicas that await one, in one statement, and returns the ids it

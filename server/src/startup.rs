@@ -71,12 +71,12 @@ impl App {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let App { listener, state, database, config } = self;
         let (stop_sweeps, sweeps_stopped) = tokio::sync::watch::channel(false);
-        let sweeper = tokio::spawn(sweeps::run_periodically(
-            state.pool.clone(),
-            config.sweep_interval,
-            config.scheduler.daily_quota_per_core,
-            sweeps_stopped,
-        ));
+        let sweeper = sweeps::Sweeper {
+            pool: state.pool.clone(),
+            blobs: state.blobs.clone(),
+            max_daily_quota: config.scheduler.daily_quota_per_core,
+        };
+        let sweeper = tokio::spawn(sweeps::run_periodically(sweeper, config.sweep_interval, sweeps_stopped));
         let runner =
             ValidatorRunner::new(state.sandbox.clone(), state.blobs.clone(), config.data_dir.join("validators"))?;
         let validator = tokio::spawn(comparisons::run_until_stopped(

@@ -1,14 +1,17 @@
-//! Background sweeps: missed deadlines and credit folding.
+//! Background sweeps: missed deadlines, credit folding, and outputs uploaded but never
+//! reported.
 //!
 //! Every server process runs them; they coordinate through PostgreSQL (`SKIP LOCKED`), so
 //! any number of replicas can sweep at once without doing anything twice. Each sweep loop
-//! stops when its shutdown signal fires. Tests call [`run_sweeps_once`] instead of waiting.
+//! stops when its shutdown signal fires. Tests call [`Sweeper::run_once`] instead of waiting.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
+use crate::blobs::{BlobStore, unreported};
 use crate::credit;
 use crate::state_machine;
 use crate::trust::HostEffects;
@@ -55,35 +58,46 @@ pub async fn expire_deadlines(connection: &mut PgConnection, max_daily_quota: u3
     Ok(expired.len())
 }
 
-/// Runs every sweep until there is nothing left to do. For tests and for the loop below.
-pub async fn run_sweeps_once(pool: &PgPool, max_daily_quota: u32) -> anyhow::Result<()> {
-    let mut connection = pool.acquire().await?;
-    while expire_deadlines(&mut connection, max_daily_quota).await? > 0 {}
-    loop {
-        let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
-        let folded = credit::fold_grants(&mut transaction).await?;
-        transaction.commit().await?;
-        if folded == 0 {
-            break;
+/// Uploads the sweep of unreported outputs decides about per round.
+const UPLOAD_BATCH: usize = 500;
+
+/// Everything the sweeps work on.
+#[derive(Clone)]
+pub struct Sweeper {
+    pub pool: PgPool,
+    pub blobs: Arc<dyn BlobStore>,
+    /// The per-core quota of a fully trusted host.
+    pub max_daily_quota: u32,
+}
+
+impl Sweeper {
+    /// Runs every sweep until there is nothing left to do. For tests and for the loop below.
+    pub async fn run_once(&self) -> anyhow::Result<()> {
+        let mut connection = self.pool.acquire().await?;
+        while expire_deadlines(&mut connection, self.max_daily_quota).await? > 0 {}
+        loop {
+            let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
+            let folded = credit::fold_grants(&mut transaction).await?;
+            transaction.commit().await?;
+            if folded == 0 {
+                break;
+            }
         }
+        drop(connection);
+        while unreported::sweep(&self.pool, self.blobs.as_ref(), UPLOAD_BATCH).await?.total() == UPLOAD_BATCH {}
+        Ok(())
     }
-    Ok(())
 }
 
 /// Runs the sweeps every `interval` until `shutdown` fires. A failing sweep is logged and
 /// retried next time; missed ticks are skipped rather than run in a burst.
-pub async fn run_periodically(
-    pool: PgPool,
-    interval: Duration,
-    max_daily_quota: u32,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn run_periodically(sweeper: Sweeper, interval: Duration, mut shutdown: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                if let Err(error) = run_sweeps_once(&pool, max_daily_quota).await {
+                if let Err(error) = sweeper.run_once().await {
                     tracing::warn!(error = format!("{error:#}"), "sweep failed; retrying next interval");
                 }
             }

@@ -118,6 +118,10 @@ pub struct SubmitArgs {
     /// A name for the batch.
     #[arg(long, default_value = "")]
     name: String,
+    /// Show the batch's name on the project's public status page (otherwise it is shown as
+    /// "batch N" there).
+    #[arg(long)]
+    public_name: bool,
     /// Agreeing results needed for a work unit to be validated.
     #[arg(long, default_value_t = 2)]
     quorum: u32,
@@ -254,8 +258,14 @@ pub async fn batch(connection: &Connection, command: BatchCommand) -> anyhow::Re
                 (None, Some(file)) => jobs::from_jobs_file(file)?,
                 (None, None) => bail!("pass --inputs DIR or --jobs FILE"),
             };
-            let submission =
-                submit::Submission { app: &args.app, name: &args.name, jobs: &jobs, policy, resume: args.resume };
+            let submission = submit::Submission {
+                app: &args.app,
+                name: &args.name,
+                public_name: args.public_name,
+                jobs: &jobs,
+                policy,
+                resume: args.resume,
+            };
             let submitted = submit::submit(&client, submission).await?;
             print(args.json, &submitted, || {
                 format!(

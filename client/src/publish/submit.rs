@@ -46,6 +46,8 @@ pub struct Submitted {
 pub struct Submission<'a> {
     pub app: &'a str,
     pub name: &'a str,
+    /// Whether the name shows on the public status page.
+    pub public_name: bool,
     pub jobs: &'a [Job],
     pub policy: SubmitPolicy,
     /// Continue this batch instead of opening a new one.
@@ -83,7 +85,11 @@ pub async fn submit(client: &PublisherClient, submission: Submission<'_>) -> any
             }
         }
         None => {
-            let request = CreateBatchRequest { app: submission.app.to_owned(), name: submission.name.to_owned() };
+            let request = CreateBatchRequest {
+                app: submission.app.to_owned(),
+                name: submission.name.to_owned(),
+                public: submission.public_name,
+            };
             client.create_batch(&request).await?.batch_id
         }
     };

@@ -1,5 +1,10 @@
 //! `GET /api/v1/blobs/{sha256}`: a blob never changes, so its hash is a strong ETag and it
 //! may be cached forever; ranges let clients resume large downloads.
+//!
+//! Published blobs are served to anyone with the hash; an output only once a replica
+//! reported it. Whatever the bytes, a browser is told not to guess a type for them and to
+//! open them, if at all, as a sandboxed document of no origin, so that a blob can never run
+//! as a page of this site.
 
 use axum::body::Body;
 use axum::extract::State;
@@ -23,6 +28,11 @@ pub(super) async fn get_blob(
     let etag = format!("\"{hash}\"");
     let not_found = || ApiError::not_found(format!("no blob {hash}"));
 
+    let mut connection = state.pool.acquire().await?;
+    if !super::is_public(&mut connection, hash).await? {
+        return Err(not_found());
+    }
+    drop(connection);
     let total = state.blobs.size(hash).await.map_err(internal)?.ok_or_else(not_found)?;
     if if_none_match_hits(&headers, &etag) {
         return Ok(with_cache_headers(StatusCode::NOT_MODIFIED.into_response(), &etag));
@@ -62,6 +72,8 @@ fn with_cache_headers(mut response: Response, etag: &str) -> Response {
         headers.insert(header::ETAG, value);
     }
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("sandbox; default-src 'none'"));
     response
 }
 

@@ -1,12 +1,17 @@
 //! Content-addressed files (modules, inputs, outputs): the storage interface, downloads
-//! by hash, and verified output uploads.
+//! by hash, verified output uploads, and the sweep of outputs nobody reported.
 //!
-//! A blob's bytes are stored before its `blob` row is written, so a row always names bytes
-//! that exist. Incoming bytes are spooled and hashed in a staging file and only become a
-//! blob once their size and hash are checked: a rejected upload leaves nothing behind.
+//! Incoming bytes are spooled and hashed in a staging file and only become a blob once
+//! their size and hash are checked: a rejected upload leaves nothing behind. A blob's row
+//! is written (and locked) in the transaction that stores its bytes, and the sweep deletes
+//! bytes only while it holds that lock, so a committed row always names bytes that exist.
+//!
+//! Published blobs (modules, inputs) are served to anyone with their hash; an uploaded
+//! output only once a replica reported it (see [`unreported`]).
 
 mod download;
 mod store;
+pub mod unreported;
 mod upload;
 
 use axum::Router;
@@ -93,15 +98,27 @@ fn internal(error: std::io::Error) -> ApiError {
     ApiError::Internal(error.into())
 }
 
-/// Stores spooled bytes as a blob and records it.
+/// Stores spooled bytes as a published blob and records it (in a transaction of its own,
+/// or a savepoint of the caller's).
 pub async fn store_spooled(
     connection: &mut PgConnection,
     store: &dyn BlobStore,
     spooled: Spooled,
 ) -> Result<Sha256Hash, ApiError> {
     let Spooled { hash, bytes, content } = spooled;
+    let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
+    // The row first: its lock keeps the sweep of unreported outputs from deleting these
+    // bytes (if they were an output) between the store's "already there" and the commit.
+    sqlx::query(
+        "insert into blob (sha256, bytes, origin) values ($1, $2, 'published')
+         on conflict (sha256) do update set origin = 'published'",
+    )
+    .bind(hash.to_hex())
+    .bind(bytes as i64)
+    .execute(&mut *transaction)
+    .await?;
     put_content(store, hash, content).await?;
-    record_blob(connection, hash, bytes).await?;
+    transaction.commit().await?;
     Ok(hash)
 }
 
@@ -123,13 +140,17 @@ pub async fn store_bytes(
     store_spooled(connection, store, spooled).await
 }
 
-async fn record_blob(connection: &mut PgConnection, hash: Sha256Hash, bytes: u64) -> sqlx::Result<()> {
-    sqlx::query("insert into blob (sha256, bytes) values ($1, $2) on conflict (sha256) do nothing")
-        .bind(hash.to_hex())
-        .bind(bytes as i64)
-        .execute(connection)
-        .await?;
-    Ok(())
+/// Whether a blob is served to anyone who asks for it by hash: published, or an output that
+/// a replica reported.
+pub async fn is_public(connection: &mut PgConnection, hash: Sha256Hash) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "select exists (select 1 from blob b where b.sha256 = $1
+                        and (b.origin = 'published'
+                             or exists (select 1 from replica r where r.output_sha256 = $1)))",
+    )
+    .bind(hash.to_hex())
+    .fetch_one(connection)
+    .await
 }
 
 /// A whole blob in memory (modules, validator inputs); `None` if it is not stored. Refuses

@@ -35,6 +35,9 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// The size of a stored blob, or `None`.
     fn size(&self, hash: Sha256Hash) -> BoxFuture<'_, io::Result<Option<u64>>>;
+
+    /// Deletes a blob's bytes; deleting one that is not stored succeeds.
+    fn delete(&self, hash: Sha256Hash) -> BoxFuture<'_, io::Result<()>>;
 }
 
 /// Blobs as files in a directory: `<root>/ab/abcdef…`, two hex digits of fan-out so no
@@ -122,6 +125,15 @@ impl BlobStore for DirectoryStore {
                 Ok(meta) => Ok(Some(meta.len())),
                 Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
                 Err(error) => Err(error),
+            }
+        })
+    }
+
+    fn delete(&self, hash: Sha256Hash) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async move {
+            match tokio::fs::remove_file(self.path_of(&hash)).await {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+                _ => Ok(()),
             }
         })
     }

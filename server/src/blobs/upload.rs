@@ -2,6 +2,11 @@
 //! holds, before reporting it. The size limit comes from the work unit (plus room for the
 //! output archive's headers) and the hash is checked on arrival; uploading the same output
 //! again is harmless.
+//!
+//! A replica holds at most one unreported output: a new upload replaces the one before,
+//! which the sweep of [`super::unreported`] then deletes unless another replica holds or
+//! reported the same bytes. Every upload is logged for that sweep, which also deletes what
+//! was uploaded for a replica that ended without reporting it.
 
 use axum::Json;
 use axum::body::Body;
@@ -10,6 +15,7 @@ use axum::http::{HeaderMap, header};
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::{OUTPUT_ARCHIVE_ALLOWANCE, OutputUploaded};
 
+use super::{Spooled, unreported};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiPath, VolunteerHost};
@@ -21,6 +27,13 @@ struct UploadTarget {
     outcome: Option<String>,
     output_sha256: Option<String>,
     output_limit_bytes: i64,
+}
+
+impl UploadTarget {
+    /// In progress, or past its deadline (a late result is still checked).
+    fn awaits_report(&self) -> bool {
+        self.state == "in_progress" || self.outcome.as_deref() == Some("no_reply")
+    }
 }
 
 pub(super) async fn put_output(
@@ -45,7 +58,15 @@ pub(super) async fn put_output(
     if target.host_id != Some(host.id) {
         return Err(ApiError::Forbidden(format!("replica {replica_id} is not assigned to this host")));
     }
-    accepts_output(&target, &claimed_hash, replica_id)?;
+    if !target.awaits_report() {
+        // After the report, only a retry of the output it reported is accepted: that output
+        // is stored already.
+        if target.output_sha256 != Some(claimed_hash.to_hex()) {
+            return Err(no_longer_accepts(replica_id));
+        }
+        let bytes = uploaded_bytes(&state, claimed_hash).await?;
+        return Ok(Json(OutputUploaded { sha256: claimed_hash, bytes }));
+    }
 
     let limit = (target.output_limit_bytes as u64).saturating_add(OUTPUT_ARCHIVE_ALLOWANCE);
     let declared_length = headers
@@ -61,35 +82,59 @@ pub(super) async fn put_output(
         return Err(ApiError::bad_request(format!("the uploaded bytes hash to {}, not {claimed_hash}", spooled.hash)));
     }
     let bytes = spooled.bytes;
-    super::put_content(state.blobs.as_ref(), claimed_hash, spooled.content).await?;
-    // The blob row and the replica's claim on it in one statement (atomic without a
-    // transaction). Only a replica still waiting for its report takes the upload; a report
-    // may have landed since the check above.
-    sqlx::query(
-        "with recorded as (
-             insert into blob (sha256, bytes) values ($2, $4) on conflict (sha256) do nothing
-         )
-         update replica set uploaded_sha256 = $2
-         where id = $1 and host_id = $3 and (state = 'in_progress' or outcome = 'no_reply')",
-    )
-    .bind(replica_id)
-    .bind(claimed_hash.to_hex())
-    .bind(host.id)
-    .bind(bytes as i64)
-    .execute(&state.pool)
-    .await?;
+    store_output(&state, replica_id, host.id, spooled).await?;
     Ok(Json(OutputUploaded { sha256: claimed_hash, bytes }))
 }
 
-/// A replica takes output while its report is outstanding: in progress, or past its
-/// deadline (a late result is still checked). After the report, only a retry of the same
-/// output is accepted.
-fn accepts_output(target: &UploadTarget, hash: &Sha256Hash, replica_id: i64) -> ApiResult<()> {
-    let open = target.state == "in_progress" || target.outcome.as_deref() == Some("no_reply");
-    let same_as_reported = target.output_sha256.as_deref() == Some(hash.to_hex().as_str());
-    if open || same_as_reported {
-        Ok(())
-    } else {
-        Err(ApiError::Conflict(format!("replica {replica_id} no longer accepts output")))
+fn no_longer_accepts(replica_id: i64) -> ApiError {
+    ApiError::Conflict(format!("replica {replica_id} no longer accepts output"))
+}
+
+async fn uploaded_bytes(state: &AppState, hash: Sha256Hash) -> ApiResult<u64> {
+    let bytes: i64 = sqlx::query_scalar("select bytes from blob where sha256 = $1")
+        .bind(hash.to_hex())
+        .fetch_one(&state.pool)
+        .await?;
+    Ok(bytes as u64)
+}
+
+/// Makes verified bytes the replica's unreported output, in one transaction: the replica
+/// takes it (if it still waits for its report: one may have landed since the check above),
+/// the upload is logged, the blob's row is written and locked, then the bytes are stored.
+/// A failure at any step leaves the replica as it was.
+async fn store_output(state: &AppState, replica_id: i64, host_id: i64, spooled: Spooled) -> ApiResult<()> {
+    let Spooled { hash, bytes, content } = spooled;
+    let hex = hash.to_hex();
+    let mut transaction = state.pool.begin().await?;
+    let previous: Option<Option<String>> = sqlx::query_scalar(
+        "update replica r set uploaded_sha256 = $2
+         from (select id, uploaded_sha256 from replica where id = $1 for no key update) before
+         where r.id = before.id and r.host_id = $3 and (r.state = 'in_progress' or r.outcome = 'no_reply')
+         returning before.uploaded_sha256",
+    )
+    .bind(replica_id)
+    .bind(&hex)
+    .bind(host_id)
+    .fetch_optional(&mut *transaction)
+    .await?;
+    let Some(previous) = previous else { return Err(no_longer_accepts(replica_id)) };
+    if previous.as_deref() == Some(hex.as_str()) {
+        // The same output again (a retry): it is stored and logged already.
+        return Ok(());
     }
+    unreported::log_upload(&mut transaction, replica_id, hash).await?;
+    sqlx::query(
+        "insert into blob (sha256, bytes, origin) values ($1, $2, 'output')
+         on conflict (sha256) do update set origin = blob.origin",
+    )
+    .bind(&hex)
+    .bind(bytes as i64)
+    .execute(&mut *transaction)
+    .await?;
+    super::put_content(state.blobs.as_ref(), hash, content).await?;
+    if let Some(replaced) = previous {
+        unreported::let_go(&mut transaction, replica_id, &replaced).await?;
+    }
+    transaction.commit().await?;
+    Ok(())
 }

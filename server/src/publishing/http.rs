@@ -109,6 +109,13 @@ async fn create_app(
     super::check_app_name(&request.name)?;
     let description = text::paragraph("the description", &request.description, MAX_DESCRIPTION_CHARS)?;
     if let ValidatorSpec::Wasm { module_sha256 } = &request.validator {
+        let mut connection = state.pool.acquire().await?;
+        if !super::files_unknown_to(&mut connection, publisher.id, &[module_sha256.to_hex()]).await?.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "upload the validator module {module_sha256} first (PUT /files/...)"
+            )));
+        }
+        drop(connection);
         let size = state.blobs.size(*module_sha256).await.map_err(|error| ApiError::Internal(error.into()))?;
         if size.is_some_and(|bytes| bytes > MAX_MODULE_BYTES) {
             return Err(ApiError::PayloadTooLarge(format!(
@@ -208,27 +215,27 @@ async fn publish_version(
     Ok((StatusCode::CREATED, Json(version)))
 }
 
+/// Which of the files a publisher asks about it must upload: all but those it stored itself
+/// and the public modules. So a publisher learns nothing about another's files, not even
+/// whether the server has them.
 async fn missing_files(
     State(state): State<AppState>,
-    PublisherAuth(_): PublisherAuth,
+    PublisherAuth(publisher): PublisherAuth,
     ApiJson(request): ApiJson<MissingFilesRequest>,
 ) -> ApiResult<Json<MissingFilesResponse>> {
     if request.sha256.len() > MAX_MISSING_QUERY {
         return Err(ApiError::bad_request(format!("ask about at most {MAX_MISSING_QUERY} files at once")));
     }
     let hashes: Vec<String> = request.sha256.iter().map(Sha256Hash::to_hex).collect();
-    let stored: Vec<String> = sqlx::query_scalar("select sha256 from blob where sha256 = any($1)")
-        .bind(&hashes)
-        .fetch_all(&state.pool)
-        .await?;
-    let stored: std::collections::HashSet<String> = stored.into_iter().collect();
-    let missing = request.sha256.into_iter().filter(|hash| !stored.contains(&hash.to_hex())).collect();
+    let mut connection = state.pool.acquire().await?;
+    let unknown = super::files_unknown_to(&mut connection, publisher.id, &hashes).await?;
+    let missing = request.sha256.into_iter().filter(|hash| unknown.contains(&hash.to_hex())).collect();
     Ok(Json(MissingFilesResponse { missing }))
 }
 
 async fn put_file(
     State(state): State<AppState>,
-    PublisherAuth(_): PublisherAuth,
+    PublisherAuth(publisher): PublisherAuth,
     ApiPath(claimed): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
@@ -239,8 +246,10 @@ async fn put_file(
         return Err(ApiError::bad_request(format!("the uploaded bytes hash to {}, not {claimed}", spooled.hash)));
     }
     let bytes = spooled.bytes;
-    let mut connection = state.pool.acquire().await?;
-    blobs::store_spooled(&mut connection, state.blobs.as_ref(), spooled).await?;
+    let mut transaction = state.pool.begin().await?;
+    blobs::store_spooled(&mut transaction, state.blobs.as_ref(), spooled).await?;
+    super::record_publisher_file(&mut transaction, publisher.id, claimed).await?;
+    transaction.commit().await?;
     Ok(Json(FileStored { sha256: claimed, bytes }))
 }
 
@@ -253,7 +262,7 @@ async fn create_batch(
         if request.name.trim().is_empty() { String::new() } else { text::label("the batch name", &request.name, 200)? };
     let mut connection = state.pool.acquire().await?;
     let app = find_app(&mut connection, publisher.id, &request.app).await?;
-    let batch_id = super::open_batch(&mut connection, app.id, &name).await?;
+    let batch_id = super::open_batch(&mut connection, app.id, &name, request.public).await?;
     tracing::info!(batch.id = batch_id, app.id = app.id, "batch opened");
     Ok((StatusCode::CREATED, Json(BatchCreated { batch_id })))
 }
@@ -281,6 +290,19 @@ async fn add_work_units(
 ) -> ApiResult<Json<WorkUnitsAdded>> {
     if request.work_units.len() > MAX_WORK_UNITS_PER_CHUNK {
         return Err(ApiError::bad_request(format!("send at most {MAX_WORK_UNITS_PER_CHUNK} work units per request")));
+    }
+    let inputs: std::collections::BTreeSet<String> = request
+        .work_units
+        .iter()
+        .flat_map(|submission| submission.stdin.iter().chain(submission.files.values()))
+        .map(Sha256Hash::to_hex)
+        .collect();
+    let inputs: Vec<String> = inputs.into_iter().collect();
+    {
+        let mut connection = state.pool.acquire().await?;
+        if let Some(unknown) = super::files_unknown_to(&mut connection, publisher.id, &inputs).await?.first() {
+            return Err(ApiError::bad_request(format!("input {unknown} was not uploaded (PUT /files/{unknown})")));
+        }
     }
     let policy = replication_policy(&request.policy);
     let specs: Vec<WorkUnitSpec> = request

@@ -152,7 +152,7 @@ pub async fn create_batch(
     name: &str,
     work_units: &[WorkUnitSpec],
 ) -> ApiResult<i64> {
-    let batch_id = open_batch(connection, app_id, name).await?;
+    let batch_id = open_batch(connection, app_id, name, false).await?;
     add_work_units(connection, batch_id, work_units).await?;
     sqlx::query("update batch set closed_at = now() where id = $1").bind(batch_id).execute(&mut *connection).await?;
     if work_units.len() >= ANALYZE_AFTER_WORK_UNITS {
@@ -162,18 +162,56 @@ pub async fn create_batch(
 }
 
 /// Creates an empty batch, open for work units, running the app's newest version (for
-/// all its work units, whatever is published while it is submitted).
-pub async fn open_batch(connection: &mut PgConnection, app_id: i64, name: &str) -> ApiResult<i64> {
+/// all its work units, whatever is published while it is submitted). Its name shows on the
+/// public status page only if `public`.
+pub async fn open_batch(connection: &mut PgConnection, app_id: i64, name: &str, public: bool) -> ApiResult<i64> {
     sqlx::query_scalar(
-        "insert into batch (app_id, name, app_version_id)
-         select $1, $2, v.id from app_version v where v.app_id = $1 order by v.version desc limit 1
+        "insert into batch (app_id, name, app_version_id, public)
+         select $1, $2, v.id, $3 from app_version v where v.app_id = $1 order by v.version desc limit 1
          returning id",
     )
     .bind(app_id)
     .bind(name)
+    .bind(public)
     .fetch_optional(&mut *connection)
     .await?
     .ok_or_else(|| ApiError::Conflict("the app has no published version yet: run `wasmgrid app publish` first".into()))
+}
+
+/// Of `hashes`, those the publisher did not store itself and that are not public modules,
+/// in the order asked.
+pub async fn files_unknown_to(
+    connection: &mut PgConnection,
+    publisher_id: i64,
+    hashes: &[String],
+) -> sqlx::Result<Vec<String>> {
+    if hashes.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "select h.sha256 from unnest($2::text[]) with ordinality as h(sha256, position)
+         where not exists (select 1 from publisher_file f where f.publisher_id = $1 and f.sha256 = h.sha256)
+           and not exists (select 1 from app_version v where v.module_sha256 = h.sha256)
+         order by h.position",
+    )
+    .bind(publisher_id)
+    .bind(hashes)
+    .fetch_all(connection)
+    .await
+}
+
+/// Notes that the publisher stored the (stored) blob `hash`.
+pub async fn record_publisher_file(
+    connection: &mut PgConnection,
+    publisher_id: i64,
+    hash: Sha256Hash,
+) -> sqlx::Result<()> {
+    sqlx::query("insert into publisher_file (publisher_id, sha256) values ($1, $2) on conflict do nothing")
+        .bind(publisher_id)
+        .bind(hash.to_hex())
+        .execute(connection)
+        .await?;
+    Ok(())
 }
 
 /// Batches at least this large refresh the planner's statistics of the queue when they are

@@ -533,14 +533,14 @@ pub async fn status(connection: &mut PgConnection, uptime: Duration) -> ApiResul
     .fetch_all(&mut *connection)
     .await?;
     let batches: Vec<(i64, String, String, i64, i64, i64)> = sqlx::query_as(
-        "select b.id, b.name, a.name,
+        "select b.id, case when b.public then b.name else '' end, a.name,
                 count(w.id) filter (where w.state = 'active'),
                 count(w.id) filter (where w.state = 'validated'),
                 count(w.id) filter (where w.state = 'failed')
          from (select * from batch order by id desc limit 20) b
          join app a on a.id = b.app_id
          left join work_unit w on w.batch_id = b.id
-         group by b.id, b.name, a.name order by b.id desc",
+         group by b.id, b.name, b.public, a.name order by b.id desc",
     )
     .fetch_all(&mut *connection)
     .await?;

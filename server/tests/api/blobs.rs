@@ -6,11 +6,12 @@ use wasmgrid_protocol::api::blob_path;
 
 use crate::helpers::{TestApp, policy};
 
+/// An output uploaded and reported (outputs are served only once reported).
 async fn stored_output(app: &TestApp, bytes: &[u8]) -> Sha256Hash {
     app.publish(1, policy(1, 1)).await;
     let alice = app.volunteer("alice").await;
     let replica = alice.fetch(1).await[0].replica_id;
-    alice.upload(replica, bytes).await.unwrap();
+    alice.succeed(replica, bytes).await;
     Sha256Hash::of(bytes)
 }
 

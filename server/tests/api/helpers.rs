@@ -29,6 +29,8 @@ pub struct TestApp {
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     daily_quota_per_core: u32,
+    /// The server's blob store.
+    pub blobs: std::sync::Arc<dyn wasmgrid_server::blobs::BlobStore>,
 }
 
 impl TestApp {
@@ -63,6 +65,7 @@ impl TestApp {
         let app = wasmgrid_server::build(config).await.expect("server starts");
         let address = format!("http://{}", app.local_addr());
         let pool = app.state().pool.clone();
+        let blobs = app.state().blobs.clone();
         let (shutdown, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
@@ -75,6 +78,7 @@ impl TestApp {
             shutdown: Some(shutdown),
             server: Some(server),
             daily_quota_per_core,
+            blobs,
         }
     }
 
@@ -90,7 +94,12 @@ impl TestApp {
 
     /// Runs the background sweeps (deadlines, credit) until they have nothing left to do.
     pub async fn sweep(&self) {
-        wasmgrid_server::sweeps::run_sweeps_once(&self.pool, self.daily_quota_per_core).await.expect("sweeps run");
+        let sweeper = wasmgrid_server::sweeps::Sweeper {
+            pool: self.pool.clone(),
+            blobs: self.blobs.clone(),
+            max_daily_quota: self.daily_quota_per_core,
+        };
+        sweeper.run_once().await.expect("sweeps run");
     }
 
     /// A new account with one host.

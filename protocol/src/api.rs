@@ -73,7 +73,16 @@ pub struct SchedulerRequest {
     /// How many new replicas the host wants; 0 only reports.
     #[serde(default)]
     pub want_replicas: u32,
+    /// Every replica of this project the host holds (waiting, running, or finished and not
+    /// yet acknowledged), or `None` to say nothing about them. With the list, the server
+    /// sends again any replica it handed this host that is not on it (a reply lost after
+    /// the server committed it), and aborts any on it the host should not run.
+    #[serde(default)]
+    pub held_replicas: Option<Vec<i64>>,
 }
+
+/// The most replicas a scheduler request may list as held.
+pub const MAX_HELD_REPLICAS: usize = 10_000;
 
 /// What a host says about one replica it ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,7 +118,8 @@ pub enum ReportedOutcome {
 pub struct SchedulerReply {
     /// Replica ids whose reports are now safely stored; the host may forget them.
     pub acknowledged: Vec<i64>,
-    /// New work, at most one replica per work unit.
+    /// New work, at most one replica per work unit, and replicas sent again because the
+    /// host's list of what it holds lacked them.
     pub assignments: Vec<Assignment>,
     /// Replicas the host holds that are no longer needed and should be abandoned.
     pub abort: Vec<i64>,

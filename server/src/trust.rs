@@ -48,6 +48,16 @@ impl HostEffects {
         self.by_host.is_empty()
     }
 
+    /// The per-core quota `host_id` will have once these effects are applied, given the one
+    /// it has now: so a request whose reports are validated may take work by its new quota
+    /// at once. The same rule as [`HostEffects::apply`] writes.
+    pub fn quota_after(&self, host_id: i64, current: i32, max_daily_quota: u32) -> i64 {
+        let Some(effect) = self.by_host.get(&host_id) else { return i64::from(current) };
+        let exponent = f64::from(effect.valid - effect.invalid - effect.errors);
+        let quota = (f64::from(current) * exponent.exp2()).floor();
+        (quota.max(1.0) as i64).min(i64::from(max_daily_quota))
+    }
+
     /// Writes the collected effects. `max_daily_quota` is the per-core quota of a fully
     /// trusted host.
     pub async fn apply(self, connection: &mut PgConnection, max_daily_quota: u32) -> sqlx::Result<()> {

@@ -6,15 +6,20 @@
 //! giving a replica twice. The hosts of one account are serialised by an advisory lock, so
 //! that they cannot be handed two replicas of one work unit at the same moment; a unique
 //! index backs that rule up.
+//!
+//! A host lists the replicas it holds, so a reply lost after the server committed it
+//! costs nothing: the replicas it carried go out again with the next one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
-use wasmgrid_protocol::api::{Assignment, BlobRef, InputFile, RunLimits, SchedulerReply, SchedulerRequest};
+use wasmgrid_protocol::api::{
+    Assignment, BlobRef, InputFile, MAX_HELD_REPLICAS, RunLimits, SchedulerReply, SchedulerRequest,
+};
 use wasmgrid_protocol::{API_PREFIX, Sha256Hash};
 
 use crate::accounts::Host;
@@ -40,14 +45,34 @@ async fn scheduler_request(
     if request.reports.len() > MAX_REPORTS_PER_REQUEST {
         return Err(ApiError::bad_request(format!("at most {MAX_REPORTS_PER_REQUEST} reports per request")));
     }
+    if request.held_replicas.as_ref().is_some_and(|held| held.len() > MAX_HELD_REPLICAS) {
+        return Err(ApiError::bad_request(format!("list at most {MAX_HELD_REPLICAS} held replicas")));
+    }
     let want = request.want_replicas.min(state.scheduler.max_replicas_per_request);
 
     let mut transaction = state.pool.begin().await?;
     let mut effects = HostEffects::default();
     let acknowledged = reports::apply_reports(&mut transaction, &host, &request.reports, &mut effects).await?;
-    let assignments =
-        if want > 0 { claim_replicas(&mut transaction, &host, want, &state.scheduler).await? } else { Vec::new() };
-    let abort = abandon_unneeded_replicas(&mut transaction, host.id).await?;
+    let mut reconciled = match &request.held_replicas {
+        Some(held) => {
+            let reported: HashSet<i64> = request.reports.iter().map(|report| report.replica_id).collect();
+            reconcile_held(&mut transaction, &host, held, &reported).await?
+        }
+        None => Reconciled::default(),
+    };
+    let mut assignments = if want > 0 {
+        claim_replicas(&mut transaction, &host, want, &state.scheduler, &effects).await?
+    } else {
+        Vec::new()
+    };
+    let mut abort = abandon_unneeded_replicas(&mut transaction, host.id).await?;
+    if !reconciled.lost.is_empty() {
+        tracing::info!(host.id = host.id, replicas = reconciled.lost.len(), "sending lost replicas again");
+    }
+    assignments.append(&mut reconciled.lost);
+    abort.append(&mut reconciled.unwanted);
+    abort.sort_unstable();
+    abort.dedup();
     effects.contacted(host.id, assignments.len() as i32);
     effects.apply(&mut transaction, state.scheduler.daily_quota_per_core).await?;
     transaction.commit().await?;
@@ -84,6 +109,7 @@ async fn remaining_allowance(
     connection: &mut PgConnection,
     host: &Host,
     scheduler: &SchedulerConfig,
+    effects: &HostEffects,
 ) -> sqlx::Result<i64> {
     let allowance: HostAllowance = sqlx::query_as(
         "select daily_quota, replicas_today, quota_day = current_date as quota_day_is_today,
@@ -95,7 +121,8 @@ async fn remaining_allowance(
     .await?;
     let cores = scheduler.believed_cores(host.cores);
     let used_today = if allowance.quota_day_is_today { allowance.replicas_today } else { 0 };
-    let left_today = i64::from(allowance.daily_quota) * cores - i64::from(used_today);
+    let daily_quota = effects.quota_after(host.id, allowance.daily_quota, scheduler.daily_quota_per_core);
+    let left_today = daily_quota * cores - i64::from(used_today);
     let room_to_hold = i64::from(scheduler.max_in_progress_per_core) * cores - allowance.in_progress;
     Ok(left_today.min(room_to_hold))
 }
@@ -133,19 +160,21 @@ struct WorkUnitFileRow {
 
 /// Hands up to `want` unsent replicas to `host`: at most one per work unit, none of a work
 /// unit its account already holds, none that needs more memory than the host has, no more
-/// than its daily quota and no more than it may hold at once. The caller records the number
-/// sent (through [`HostEffects::contacted`]) before it commits.
+/// than its daily quota (as `effects`, the request's reports so far, will leave it) and no
+/// more than it may hold at once. The caller records the number sent (through
+/// [`HostEffects::contacted`]) before it commits.
 pub async fn claim_replicas(
     connection: &mut PgConnection,
     host: &Host,
     want: u32,
     scheduler: &SchedulerConfig,
+    effects: &HostEffects,
 ) -> ApiResult<Vec<Assignment>> {
     // Hosts of one account queue here, so the `not exists` below sees every replica the
     // account was handed before, and the allowance below every replica this host was sent:
     // checking it and counting what is taken are one step.
     sqlx::query("select pg_advisory_xact_lock($1)").bind(host.account_id).execute(&mut *connection).await?;
-    let allowed = remaining_allowance(connection, host, scheduler).await?.min(i64::from(want));
+    let allowed = remaining_allowance(connection, host, scheduler, effects).await?.min(i64::from(want));
     if allowed <= 0 {
         return Ok(Vec::new());
     }
@@ -265,6 +294,66 @@ fn blob_ref(hash: &str, bytes: i64) -> ApiResult<BlobRef> {
     let hash: Sha256Hash =
         hash.parse().map_err(|_| ApiError::Internal(anyhow::anyhow!("stored hash {hash:?} is malformed")))?;
     Ok(BlobRef::new(hash, bytes as u64))
+}
+
+/// What comparing a host's list of the replicas it holds with what the server believes
+/// found.
+#[derive(Default)]
+struct Reconciled {
+    /// Replicas handed to the host that it does not list: the reply that carried them was
+    /// lost after the server committed it. They go out again, with their deadlines.
+    lost: Vec<Assignment>,
+    /// Replicas the host lists that it should not run: never its own, or over (not needed,
+    /// or given up after their deadline... unless a late result would still count).
+    unwanted: Vec<i64>,
+}
+
+/// BOINC's "resend lost results": compares the replicas a host says it holds (with those it
+/// reports in this request) with those the server handed it.
+async fn reconcile_held(
+    connection: &mut PgConnection,
+    host: &Host,
+    held: &[i64],
+    reported: &HashSet<i64>,
+) -> ApiResult<Reconciled> {
+    let held: HashSet<i64> = held.iter().copied().collect();
+    let handed: Vec<Claimed> = sqlx::query_as(
+        "select id as replica_id, work_unit_id, deadline_at from replica
+         where host_id = $1 and state = 'in_progress' and deadline_at > now()
+         order by id",
+    )
+    .bind(host.id)
+    .fetch_all(&mut *connection)
+    .await?;
+    let handed_ids: HashSet<i64> = handed.iter().map(|claim| claim.replica_id).collect();
+    let lost: Vec<Claimed> = handed
+        .into_iter()
+        .filter(|claim| !held.contains(&claim.replica_id) && !reported.contains(&claim.replica_id))
+        .collect();
+    let lost = if lost.is_empty() { Vec::new() } else { describe_assignments(connection, lost).await? };
+
+    let unknown: Vec<i64> =
+        held.iter().copied().filter(|id| !handed_ids.contains(id) && !reported.contains(id)).collect();
+    let unwanted = if unknown.is_empty() {
+        Vec::new()
+    } else {
+        // A replica past its deadline may still be reported (a late result counts), so the
+        // host may finish it; anything else it lists is not its to run.
+        let may_finish: HashSet<i64> = sqlx::query_scalar(
+            "select id from replica
+             where id = any($1) and host_id = $2 and (state = 'in_progress' or outcome = 'no_reply')",
+        )
+        .bind(&unknown)
+        .bind(host.id)
+        .fetch_all(&mut *connection)
+        .await?
+        .into_iter()
+        .collect();
+        let mut unwanted: Vec<i64> = unknown.into_iter().filter(|id| !may_finish.contains(id)).collect();
+        unwanted.sort_unstable();
+        unwanted
+    };
+    Ok(Reconciled { lost, unwanted })
 }
 
 /// Replicas the host still runs for work units that have failed: nobody needs them now.

@@ -410,7 +410,12 @@ impl Daemon {
             _ => None,
         });
         let reports = report_batch(ready, MAX_REPORTS, MAX_REPORT_BYTES);
-        let request = SchedulerRequest { reports: reports.clone(), want_replicas: want };
+        // Every task of this project, so that the server sends again what a lost reply
+        // carried, and says which of them to abort.
+        let held =
+            self.state.tasks.values().filter(|task| task.project_url == url).map(|task| task.assignment.replica_id);
+        let request =
+            SchedulerRequest { reports: reports.clone(), want_replicas: want, held_replicas: Some(held.collect()) };
         let contact = &self.contacts[index];
         match contact.server.scheduler(&contact.project.host_token, &request).await {
             Ok(reply) => self.apply_reply(index, want, reply),
@@ -452,12 +457,28 @@ impl Daemon {
                     return Ok(false);
                 }
                 Err(error) => {
-                    tracing::error!(replica.id = replica_id, error = %error, "the server refused the output; dropping the task");
-                    self.forget(&[id])?;
+                    // Reported as a failed run rather than dropped: the server learns it, and
+                    // does not send the replica again as one this host lost.
+                    tracing::error!(replica.id = replica_id, error = %error, "the server refused the output; reporting the task as failed");
+                    self.refused_output(&id, &error)?;
                 }
             }
         }
         Ok(true)
+    }
+
+    /// Turns a finished task whose output the server refused into a failed run's report.
+    fn refused_output(&mut self, id: &TaskId, error: &ApiError) -> anyhow::Result<()> {
+        let Some(Task { phase: Phase::Finished { report, .. }, .. }) = self.state.tasks.get(id) else {
+            return Ok(());
+        };
+        let report = ReplicaReport {
+            outcome: wasmgrid_protocol::api::ReportedOutcome::Error {
+                reason: format!("the server refused the output: {error}"),
+            },
+            ..report.clone()
+        };
+        self.state.record_phase(&self.data_dir, id, Phase::Finished { report, output: None, uploaded: false })
     }
 
     fn apply_reply(&mut self, index: usize, want: u32, reply: SchedulerReply) -> anyhow::Result<()> {
@@ -521,7 +542,7 @@ impl Daemon {
         let url = self.contacts[index].project.url.clone();
         for report in reports {
             let replica_id = report.replica_id;
-            let request = SchedulerRequest { reports: vec![report], want_replicas: 0 };
+            let request = SchedulerRequest { reports: vec![report], ..SchedulerRequest::default() };
             let contact = &self.contacts[index];
             match contact.server.scheduler(&contact.project.host_token, &request).await {
                 Ok(reply) => {

@@ -280,7 +280,9 @@ pub struct Volunteer {
 
 impl Volunteer {
     pub async fn request(&self, reports: Vec<ReplicaReport>, want: u32) -> ApiResult<SchedulerReply> {
-        self.client.scheduler(&self.token, &SchedulerRequest { reports, want_replicas: want }).await
+        self.client
+            .scheduler(&self.token, &SchedulerRequest { reports, want_replicas: want, ..SchedulerRequest::default() })
+            .await
     }
 
     pub async fn fetch(&self, want: u32) -> Vec<Assignment> {

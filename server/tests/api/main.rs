@@ -10,6 +10,7 @@ mod credit;
 mod embedded;
 mod helpers;
 mod idempotency;
+mod lost_replies;
 mod publishers;
 mod quotas;
 mod registration;

@@ -1,7 +1,7 @@
 //! What a host may take: its daily quota and what it may hold at once, however many
 //! requests it sends at the same moment and however many cores it claims to have.
 
-use super::helpers::{TestApp, Volunteer, policy};
+use super::helpers::{TestApp, Volunteer, policy, success};
 
 /// Sends `requests` scheduler requests at once, each asking for `want`; returns how many
 /// replicas they got in all.
@@ -134,4 +134,25 @@ async fn a_new_host_starts_with_a_small_quota_that_grows_with_valid_results() {
     }
     assert_eq!(app.host(alice.host_id).await.daily_quota, 16);
     assert_eq!(alice.fetch(64).await.len(), 60, "16 x 4 cores, of which 4 were taken");
+}
+
+#[tokio::test]
+async fn results_validated_by_a_request_raise_the_quota_it_claims_by() {
+    let app = TestApp::spawn_with(|config| {
+        config.scheduler.initial_daily_quota_per_core = 1;
+        config.scheduler.daily_quota_per_core = 100;
+    })
+    .await;
+    app.publish(100, policy(1, 1)).await;
+    let alice = app.volunteer("alice").await; // 4 cores: 4 today
+    let first = alice.fetch(64).await;
+    let mut reports = Vec::new();
+    for assignment in &first {
+        alice.upload(assignment.replica_id, b"valid").await.unwrap();
+        reports.push(success(assignment.replica_id, b"valid"));
+    }
+
+    let reply = alice.request(reports, 64).await.unwrap();
+
+    assert_eq!(reply.assignments.len(), 60, "four valid results make the quota 16 per core, in this very request");
 }

@@ -234,7 +234,11 @@ async fn volunteer_loop(
         if done && reports.is_empty() {
             return Ok(());
         }
-        let request = SchedulerRequest { reports: std::mem::take(&mut reports), want_replicas: want };
+        let request = SchedulerRequest {
+            reports: std::mem::take(&mut reports),
+            want_replicas: want,
+            ..SchedulerRequest::default()
+        };
         let sent = Instant::now();
         let reply = match client.scheduler(&token, &request).await {
             Ok(reply) => reply,

@@ -127,3 +127,27 @@ async fn status_shows_the_running_task_with_its_progress_fuel_and_time_so_far() 
     signal(&daemon, libc::SIGTERM);
     daemon.wait().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_daemon_that_lost_the_reply_with_its_tasks_gets_them_back() {
+    let server = Server::start().await;
+    server.publish(&workunit("probes/spin.wat"), 3, policy(1, 1)).await;
+    let volunteer = Volunteer::attach(&server, "forgetful").await;
+    let mut daemon = volunteer.start();
+    volunteer.wait_for_task_state("running", TIMEOUT).await;
+
+    // As if the reply that handed out the tasks never reached the disk: the server has
+    // them down as this host's, the host knows nothing of them.
+    signal(&daemon, libc::SIGKILL);
+    daemon.wait().await.unwrap();
+    let in_progress = "select count(*) from replica where state = 'in_progress'";
+    assert!(server.count(in_progress).await > 0);
+    for state in ["state.json", "state.journal"] {
+        let _ = std::fs::remove_file(volunteer.data_dir.path().join(state));
+    }
+    let _ = std::fs::remove_dir_all(volunteer.data_dir.path().join("tasks"));
+    volunteer.run_until_idle(TIMEOUT).await;
+
+    assert_eq!(server.count(VALIDATED).await, 3, "the lost tasks came back, long before their deadline");
+    assert_eq!(server.count("select count(*) from replica").await, 3, "the same replicas, not new ones");
+}

@@ -49,8 +49,11 @@ impl ScriptedHost {
 
     /// Takes one replica and returns `archive` as its output, whatever it holds.
     async fn run_returning_archive(&self, archive: Vec<u8>) {
-        let reply =
-            self.client.scheduler(&self.token, &SchedulerRequest { reports: vec![], want_replicas: 1 }).await.unwrap();
+        let reply = self
+            .client
+            .scheduler(&self.token, &SchedulerRequest { want_replicas: 1, ..SchedulerRequest::default() })
+            .await
+            .unwrap();
         let replica = reply.assignments.first().expect("a replica for this host").replica_id;
         let (hash, bytes) = (wasmgrid_protocol::Sha256Hash::of(&archive), archive.len() as u64);
         self.client.upload_output_as(&self.token, replica, hash, Bytes::from(archive)).await.unwrap();
@@ -64,7 +67,7 @@ impl ScriptedHost {
         };
         let reply = self
             .client
-            .scheduler(&self.token, &SchedulerRequest { reports: vec![report], want_replicas: 0 })
+            .scheduler(&self.token, &SchedulerRequest { reports: vec![report], ..SchedulerRequest::default() })
             .await
             .unwrap();
         assert_eq!(reply.acknowledged, [replica]);

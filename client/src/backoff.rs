@@ -33,6 +33,14 @@ impl Backoff {
     }
 }
 
+/// A wait the server advised, spread over up to half as long again, so that volunteers told
+/// the same thing at the same moment do not all come back in the same second; never less
+/// than a second.
+pub fn spread(advised: Duration) -> Duration {
+    use rand::Rng;
+    advised.max(Duration::from_secs(1)).mul_f64(rand::rng().random_range(1.0..1.5))
+}
+
 /// Uniform in [0.5, 1.0).
 fn rand_factor() -> f64 {
     use rand::Rng;
@@ -54,6 +62,15 @@ mod tests {
         }
         backoff.succeeded();
         assert!(backoff.failed() <= Duration::from_secs(60));
+    }
+
+    #[test]
+    fn advised_waits_are_kept_and_spread() {
+        for _ in 0..20 {
+            let wait = spread(Duration::from_secs(2));
+            assert!((Duration::from_secs(2)..Duration::from_secs(3)).contains(&wait), "{wait:?}");
+        }
+        assert!(spread(Duration::ZERO) >= Duration::from_secs(1));
     }
 
     #[test]

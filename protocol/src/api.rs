@@ -24,9 +24,16 @@ pub struct ErrorDetail {
 /// `GET /healthz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
-    /// "ok" when the server can reach its database, "unavailable" otherwise (with a 503).
+    /// "ok" when the server can reach its database and has room for uploads,
+    /// "unavailable" otherwise (with a 503).
     pub status: String,
     pub version: String,
+    /// "ok", or "unavailable" while the server cannot reach its database.
+    #[serde(default)]
+    pub database: String,
+    /// "ok", or "full" while uploads find no room.
+    #[serde(default)]
+    pub blob_store: String,
 }
 
 /// `POST /api/v1/accounts`: create a volunteer account.

@@ -7,6 +7,8 @@
 //! - [`startup`]: `build(config) -> App`, and running it until shutdown.
 //! - [`config`]: settings of a server process.
 //! - [`database`]: the pool, migrations, the embedded PostgreSQL and test databases.
+//! - [`availability`]: whether the database and the blob store are usable, for `/healthz`
+//!   and the `Retry-After` of every 503.
 //! - [`http`]: shared state, the router, the error type and the extractors.
 //! - [`accounts`]: volunteer accounts and hosts, their secrets and authentication.
 //! - [`publishers`]: the scientists who own apps and batches, and their tokens.
@@ -21,11 +23,14 @@
 //! - [`trust`]: per-host quotas that shrink on errors and grow on valid results.
 //! - [`blobs`]: content-addressed modules, inputs and outputs.
 //! - [`publishing`]: apps, versions, batches and work units, and the publishing API.
-//! - [`sweeps`]: background work: missed deadlines, credit folding.
+//! - [`sweeps`]: background work: missed deadlines, credit folding, unreported uploads.
+//! - [`background`]: what every background loop shares: backoff and quiet failures.
 //! - [`stats`]: the public statistics (leaderboards, users, teams, hosts, status), as JSON.
 //! - [`web`]: the public web pages built on them.
 
 pub mod accounts;
+pub mod availability;
+pub mod background;
 pub mod blobs;
 pub mod config;
 pub mod credit;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::availability;
 use crate::blobs::DirectoryStore;
 use crate::config::ServerConfig;
 use crate::database::Database;
@@ -49,6 +50,7 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
         )),
         started_at: Instant::now(),
         site: Arc::new(config.site.clone()),
+        availability: Arc::default(),
     };
     Ok(App { listener, state, database, config })
 }
@@ -77,6 +79,15 @@ impl App {
             max_daily_quota: config.scheduler.daily_quota_per_core,
         };
         let sweeper = tokio::spawn(sweeps::run_periodically(sweeper, config.sweep_interval, sweeps_stopped));
+        let supervisor = database.embedded.clone().map(|embedded| {
+            let stop = stop_sweeps.subscribe();
+            tokio::spawn(async move { embedded.supervise(stop).await })
+        });
+        let probe = tokio::spawn(availability::probe_database(
+            (*state.pool.connect_options()).clone(),
+            state.availability.clone(),
+            stop_sweeps.subscribe(),
+        ));
         let runner =
             ValidatorRunner::new(state.sandbox.clone(), state.blobs.clone(), config.data_dir.join("validators"))?;
         let validator = tokio::spawn(comparisons::run_until_stopped(
@@ -94,6 +105,10 @@ impl App {
         let background = async {
             let _ = sweeper.await;
             let _ = validator.await;
+            let _ = probe.await;
+            if let Some(supervisor) = supervisor {
+                let _ = supervisor.await;
+            }
         };
         if tokio::time::timeout(SWEEP_STOP_TIMEOUT, background).await.is_err() {
             tracing::warn!("background sweeps did not stop within {SWEEP_STOP_TIMEOUT:?}");

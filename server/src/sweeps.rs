@@ -11,6 +11,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 
+use crate::background;
 use crate::blobs::{BlobStore, unreported};
 use crate::credit;
 use crate::state_machine;
@@ -89,19 +90,30 @@ impl Sweeper {
     }
 }
 
-/// Runs the sweeps every `interval` until `shutdown` fires. A failing sweep is logged and
-/// retried next time; missed ticks are skipped rather than run in a burst.
+/// Runs the sweeps every `interval` until `shutdown` fires, which also cuts a sweep short
+/// (its transaction rolls back). A failing sweep backs off (see [`crate::background`]);
+/// missed ticks are skipped rather than run in a burst.
 pub async fn run_periodically(sweeper: Sweeper, interval: Duration, mut shutdown: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut failures = background::Failures::new("the background sweeps", interval);
     loop {
         tokio::select! {
-            _ = ticker.tick() => {
-                if let Err(error) = sweeper.run_once().await {
-                    tracing::warn!(error = format!("{error:#}"), "sweep failed; retrying next interval");
-                }
-            }
+            _ = ticker.tick() => {}
             _ = shutdown.changed() => break,
+        }
+        let swept = tokio::select! {
+            swept = sweeper.run_once() => swept,
+            _ = shutdown.changed() => break,
+        };
+        match swept {
+            Ok(()) => failures.succeeded(),
+            Err(error) => {
+                if !background::pause(failures.failed(&error), &mut shutdown).await {
+                    break;
+                }
+                ticker.reset();
+            }
         }
     }
 }

@@ -566,12 +566,16 @@ impl Daemon {
         Ok(())
     }
 
+    /// Waits before contacting project `index` again after `error`: as long as the server
+    /// advised (its `Retry-After` follows the outage: a blip asks for a second), spread
+    /// with jitter; or, with no advice (unreachable, say), the exponential backoff.
     fn back_off(&mut self, index: usize, error: &ApiError) {
         let contact = &mut self.contacts[index];
-        let mut wait = contact.backoff.failed();
-        if let ApiError::Server { retry_after: Some(retry_after), .. } = error {
-            wait = wait.max(*retry_after);
-        }
+        let backoff = contact.backoff.failed();
+        let wait = match error {
+            ApiError::Server { retry_after: Some(advised), .. } => crate::backoff::spread(*advised),
+            _ => backoff,
+        };
         tracing::warn!(project = %contact.project.url, error = %error, wait_seconds = wait.as_secs(), "backing off");
         contact.next_contact = Instant::now() + wait;
     }

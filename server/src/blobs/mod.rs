@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use wasmgrid_protocol::hash::Sha256Hasher;
 use wasmgrid_protocol::{API_PREFIX, Sha256Hash};
 
-pub use store::{BlobReader, BlobStore, DirectoryStore};
+pub use store::{BlobReader, BlobStore, DirectoryStore, Space};
 
 use crate::http::AppState;
 use crate::http::error::ApiError;
@@ -75,18 +75,18 @@ pub async fn spool(store: &dyn BlobStore, body: Body, limit: u64) -> Result<Spoo
             Some(open) => open,
             None => {
                 let (staging, path) =
-                    tempfile::NamedTempFile::new_in(store.staging_dir()).map_err(internal)?.into_parts();
+                    tempfile::NamedTempFile::new_in(store.staging_dir()).map_err(storage_error)?.into_parts();
                 let mut staging = tokio::fs::File::from_std(staging);
-                staging.write_all(&memory).await.map_err(internal)?;
+                staging.write_all(&memory).await.map_err(storage_error)?;
                 memory = BytesMut::new();
                 file.insert((staging, path))
             }
         };
-        staging.write_all(&chunk).await.map_err(internal)?;
+        staging.write_all(&chunk).await.map_err(storage_error)?;
     }
     let content = match file {
         Some((mut staging, path)) => {
-            staging.flush().await.map_err(internal)?;
+            staging.flush().await.map_err(storage_error)?;
             SpooledContent::File(path)
         }
         None => SpooledContent::Memory(memory.freeze()),
@@ -94,8 +94,21 @@ pub async fn spool(store: &dyn BlobStore, body: Body, limit: u64) -> Result<Spoo
     Ok(Spooled { hash: hasher.finish(), bytes, content })
 }
 
-fn internal(error: std::io::Error) -> ApiError {
-    ApiError::Internal(error.into())
+/// A failure to store bytes: a full disk (or quota) is the server's, and temporary, so the
+/// client is asked to come back later; anything else is an internal error.
+fn storage_error(error: std::io::Error) -> ApiError {
+    if is_out_of_space(&error) {
+        tracing::warn!(%error, "the blob store is full; refusing uploads until there is room");
+        ApiError::InsufficientStorage
+    } else {
+        ApiError::Internal(error.into())
+    }
+}
+
+/// Whether `error` says the disk (or the user's quota) is full.
+pub fn is_out_of_space(error: &std::io::Error) -> bool {
+    matches!(error.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+        || matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 /// Stores spooled bytes as a published blob and records it (in a transaction of its own,
@@ -125,8 +138,8 @@ pub async fn store_spooled(
 /// Hands spooled bytes to the store (which keeps what it has already).
 pub async fn put_content(store: &dyn BlobStore, hash: Sha256Hash, content: SpooledContent) -> Result<(), ApiError> {
     match content {
-        SpooledContent::Memory(bytes) => store.put_bytes(hash, bytes).await.map_err(internal),
-        SpooledContent::File(path) => store.put_file(hash, path).await.map_err(internal),
+        SpooledContent::Memory(bytes) => store.put_bytes(hash, bytes).await.map_err(storage_error),
+        SpooledContent::File(path) => store.put_file(hash, path).await.map_err(storage_error),
     }
 }
 

@@ -38,6 +38,24 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// Deletes a blob's bytes; deleting one that is not stored succeeds.
     fn delete(&self, hash: Sha256Hash) -> BoxFuture<'_, io::Result<()>>;
+
+    /// How much room the store has, if it can tell.
+    fn space(&self) -> io::Result<Option<Space>>;
+}
+
+/// A store's room, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub available: u64,
+    pub total: u64,
+}
+
+impl Space {
+    /// Too little left for uploads: less than 64 MiB (an upload may need its output limit's
+    /// worth), or than a twentieth of a smaller disk.
+    pub fn is_full(&self) -> bool {
+        self.available < (64 << 20u64).min(self.total / 20)
+    }
 }
 
 /// Blobs as files in a directory: `<root>/ab/abcdef…`, two hex digits of fan-out so no
@@ -127,6 +145,22 @@ impl BlobStore for DirectoryStore {
                 Err(error) => Err(error),
             }
         })
+    }
+
+    #[allow(clippy::useless_conversion, reason = "statvfs's field widths differ between platforms")]
+    fn space(&self) -> io::Result<Option<Space>> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.root.as_os_str().as_bytes())?;
+        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is a valid C string and `stats` is writable storage of the right type.
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let block = u64::from(stats.f_frsize);
+        Ok(Some(Space {
+            available: u64::from(stats.f_bavail).saturating_mul(block),
+            total: u64::from(stats.f_blocks).saturating_mul(block),
+        }))
     }
 
     fn delete(&self, hash: Sha256Hash) -> BoxFuture<'_, io::Result<()>> {

@@ -9,14 +9,21 @@
 //! The postmaster is a direct child of this process and is told by the kernel to shut down
 //! when this process dies (`PR_SET_PDEATHSIG`), so a crashed server leaves no orphan behind;
 //! a stale `postmaster.pid` left by a crash is recognised and removed before starting.
+//!
+//! While the server runs, [`EmbeddedPostgres::supervise`] restarts the cluster if it dies
+//! (with a capped backoff), or adopts one that someone restarted by hand (`pg_ctl`); when
+//! the server stops, it stops whichever postmaster runs its cluster. Signals go only to a
+//! process known to be that postmaster: its own child, not yet reaped, or the pid in
+//! `postmaster.pid`, checked through a pidfd so that a reused pid is never signalled.
 
 use std::fs;
+use std::os::fd::FromRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -147,6 +154,9 @@ fn lookup_user(name: &str) -> Option<ClusterUser> {
 #[derive(Debug)]
 pub struct EmbeddedPostgres {
     cluster_dir: PathBuf,
+    binaries: PostgresBinaries,
+    user: Option<ClusterUser>,
+    durability: Durability,
     postmaster: Mutex<Option<Postmaster>>,
 }
 
@@ -156,16 +166,44 @@ pub struct EmbeddedPostgres {
 #[derive(Debug)]
 struct Postmaster {
     pid: u32,
+    /// Set, under its lock, just before the waiter reaps the child: until then the pid is
+    /// the child's (alive, or a zombie) and cannot belong to anything else.
+    reaped: Arc<Mutex<bool>>,
     waiter: JoinHandle<std::io::Result<ExitStatus>>,
 }
 
 impl Postmaster {
+    /// Sends `signal` to the child unless it has been reaped; whether it was sent.
+    fn signal(&self, signal: libc::c_int) -> bool {
+        let reaped = self.reaped.lock().expect("postmaster state poisoned");
+        if *reaped {
+            return false;
+        }
+        // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
+        unsafe { libc::kill(self.pid as libc::pid_t, signal) == 0 }
+    }
+
+    fn has_exited(&self) -> bool {
+        self.waiter.is_finished() || *self.reaped.lock().expect("postmaster state poisoned")
+    }
+
+    /// Fast shutdown, then waits for the child to exit.
     fn shut_down(self) -> anyhow::Result<ExitStatus> {
-        signal(self.pid, libc::SIGINT);
+        self.signal(libc::SIGINT);
+        self.join()
+    }
+
+    /// Waits for the child to exit (it has, or is exiting) and returns how it ended.
+    fn join(self) -> anyhow::Result<ExitStatus> {
         let status = self.waiter.join().map_err(|_| anyhow::anyhow!("postmaster waiter panicked"))??;
         Ok(status)
     }
 }
+
+/// The longest wait between attempts to restart a cluster that died.
+const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(30);
+/// How often the supervisor looks at the cluster.
+const SUPERVISION_INTERVAL: Duration = Duration::from_millis(250);
 
 impl EmbeddedPostgres {
     /// The cluster directory for a server data directory.
@@ -203,7 +241,7 @@ impl EmbeddedPostgres {
         remove_stale_pid_file(&cluster_dir)?;
 
         let postmaster = spawn_postmaster(&binaries, &cluster_dir, user, durability)?;
-        let this = Self { cluster_dir, postmaster: Mutex::new(Some(postmaster)) };
+        let this = Self { cluster_dir, binaries, user, durability, postmaster: Mutex::new(Some(postmaster)) };
         this.wait_until_ready(Duration::from_secs(60)).await?;
         this.create_database_if_missing(DATABASE).await?;
         Ok(this)
@@ -253,7 +291,70 @@ impl EmbeddedPostgres {
 
     fn postmaster_exited(&self) -> bool {
         let guard = self.postmaster.lock().expect("postmaster handle poisoned");
-        guard.as_ref().is_none_or(|postmaster| postmaster.waiter.is_finished())
+        guard.as_ref().is_none_or(Postmaster::has_exited)
+    }
+
+    /// Keeps the cluster running until `shutdown` fires. If the postmaster dies, it is
+    /// restarted after a backoff (1 s, doubling up to 30 s), unless by then another one runs
+    /// the cluster (restarted by hand with `pg_ctl`): that one is adopted, and stopped with
+    /// the server. Meanwhile the server answers 503; it recovers by itself.
+    pub async fn supervise(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut backoff = Duration::from_secs(1);
+        let mut down = false;
+        loop {
+            if !crate::background::pause(SUPERVISION_INTERVAL, &mut shutdown).await {
+                return;
+            }
+            if !self.postmaster_exited() || running_postmaster(&self.cluster_dir).is_some() {
+                continue;
+            }
+            if !down {
+                let exited = self.postmaster.lock().expect("postmaster handle poisoned").take().map(Postmaster::join);
+                let status = match exited {
+                    Some(Ok(status)) => status.to_string(),
+                    Some(Err(error)) => format!("{error:#}"),
+                    None => "stopped outside the server".to_owned(),
+                };
+                tracing::error!(status, "the embedded PostgreSQL exited; restarting it");
+                down = true;
+            }
+            if !crate::background::pause(backoff, &mut shutdown).await {
+                return;
+            }
+            if let Some(pid) = running_postmaster(&self.cluster_dir) {
+                tracing::warn!(pid, "the embedded PostgreSQL was restarted outside the server; using it");
+                (down, backoff) = (false, Duration::from_secs(1));
+                continue;
+            }
+            match self.restart().await {
+                Ok(()) => {
+                    tracing::info!("the embedded PostgreSQL is running again");
+                    (down, backoff) = (false, Duration::from_secs(1));
+                }
+                Err(error) => {
+                    backoff = (backoff * 2).min(MAX_RESTART_BACKOFF);
+                    tracing::warn!(
+                        error = format!("{error:#}"),
+                        retry_in_seconds = backoff.as_secs(),
+                        "cannot restart the embedded PostgreSQL yet"
+                    );
+                }
+            }
+        }
+    }
+
+    async fn restart(&self) -> anyhow::Result<()> {
+        let (binaries, cluster_dir, user, durability) =
+            (self.binaries.clone(), self.cluster_dir.clone(), self.user, self.durability);
+        let postmaster = tokio::task::spawn_blocking(move || {
+            remove_stale_pid_file(&cluster_dir)?;
+            spawn_postmaster(&binaries, &cluster_dir, user, durability)
+        })
+        .await??;
+        if let Some(earlier) = self.postmaster.lock().expect("postmaster handle poisoned").replace(postmaster) {
+            let _ = earlier.join();
+        }
+        self.wait_until_ready(Duration::from_secs(30)).await
     }
 
     /// Creates `name` unless it exists, optionally as a copy of `template`.
@@ -283,23 +384,32 @@ impl EmbeddedPostgres {
     }
 
     /// Fast shutdown: disconnects clients, writes a checkpoint and waits for PostgreSQL to
-    /// exit.
+    /// exit; whoever started the postmaster that runs the cluster now.
     pub async fn stop(&self) -> anyhow::Result<()> {
         let postmaster = self.postmaster.lock().expect("postmaster handle poisoned").take();
-        let Some(postmaster) = postmaster else { return Ok(()) };
-        let exited = tokio::task::spawn_blocking(move || postmaster.shut_down()).await??;
-        tracing::info!(%exited, "embedded PostgreSQL stopped");
-        Ok(())
+        let cluster_dir = self.cluster_dir.clone();
+        tokio::task::spawn_blocking(move || stop_cluster(postmaster, &cluster_dir)).await?
     }
+}
+
+/// Stops our own postmaster, if it still runs, then any other that runs the cluster (one
+/// restarted by hand).
+fn stop_cluster(postmaster: Option<Postmaster>, cluster_dir: &Path) -> anyhow::Result<()> {
+    if let Some(postmaster) = postmaster {
+        let exited = postmaster.shut_down()?;
+        tracing::info!(%exited, "embedded PostgreSQL stopped");
+    }
+    if let Some(pid) = running_postmaster(cluster_dir) {
+        tracing::info!(pid, "stopping the PostgreSQL that was started outside the server on its cluster");
+        stop_foreign_postmaster(pid, cluster_dir)?;
+    }
+    Ok(())
 }
 
 impl Drop for EmbeddedPostgres {
     fn drop(&mut self) {
-        if let Ok(mut guard) = self.postmaster.lock()
-            && let Some(postmaster) = guard.take()
-        {
-            let _ = postmaster.shut_down();
-        }
+        let postmaster = self.postmaster.lock().ok().and_then(|mut guard| guard.take());
+        let _ = stop_cluster(postmaster, &self.cluster_dir);
     }
 }
 
@@ -329,11 +439,45 @@ fn quote_identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-fn signal(pid: u32, signal: libc::c_int) {
-    // SAFETY: kill has no memory-safety preconditions; a stale pid yields ESRCH, ignored.
-    unsafe {
-        libc::kill(pid as libc::pid_t, signal);
+/// Signals the postmaster `pid` of `cluster_dir`, which is not our child: through a pidfd
+/// opened before checking that the pid is that postmaster, so that a pid reused by another
+/// process in between is never signalled. Whether it was sent.
+fn signal_foreign_postmaster(pid: u32, cluster_dir: &Path, signal: libc::c_int) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if pidfd < 0 {
+        return false;
     }
+    // SAFETY: the descriptor was just opened and is owned here alone.
+    let pidfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(pidfd as std::os::fd::RawFd) };
+    if !is_postmaster_of(pid, cluster_dir) {
+        return false;
+    }
+    // SAFETY: pidfd_send_signal takes a live descriptor, a signal, no siginfo and no flags.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    sent == 0
+}
+
+/// Fast shutdown of a postmaster that is not our child, and a wait of up to a minute for it
+/// to exit.
+fn stop_foreign_postmaster(pid: u32, cluster_dir: &Path) -> anyhow::Result<()> {
+    signal_foreign_postmaster(pid, cluster_dir, libc::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while is_postmaster_of(pid, cluster_dir) {
+        if Instant::now() > deadline {
+            bail!("PostgreSQL (pid {pid}) on {} does not stop", cluster_dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// PostgreSQL running as `user` must be able to reach its directory: every ancestor of the
@@ -415,14 +559,7 @@ fn remove_stale_pid_file(cluster_dir: &Path) -> anyhow::Result<()> {
     };
     if is_postmaster_of(pid, cluster_dir) {
         tracing::warn!(pid, "stopping a PostgreSQL left running by an earlier server");
-        signal(pid, libc::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while is_postmaster_of(pid, cluster_dir) {
-            if Instant::now() > deadline {
-                bail!("an earlier PostgreSQL (pid {pid}) on {} does not stop", cluster_dir.display());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        stop_foreign_postmaster(pid, cluster_dir)?;
     } else {
         tracing::info!(pid, "removing a stale postmaster.pid");
         fs::remove_file(&pid_file)?;
@@ -489,12 +626,23 @@ fn spawn_postmaster(
             Ok(())
         });
     }
+    spawn_waited(command).with_context(|| format!("cannot start {}", binaries.postgres.display()))
+}
+
+/// Spawns `command` on a thread of its own that waits for it: the thread notes, under the
+/// child's `reaped` lock, that the child is about to be reaped, so that a signal sent under
+/// that lock reaches the child or nothing.
+fn spawn_waited(mut command: Command) -> anyhow::Result<Postmaster> {
+    let reaped = Arc::new(Mutex::new(false));
+    let reaped_by_waiter = reaped.clone();
     let (started, pid) = std::sync::mpsc::channel();
     let waiter = std::thread::Builder::new()
         .name("postmaster".into())
         .spawn(move || match command.spawn() {
             Ok(mut child) => {
                 let _ = started.send(Ok(child.id()));
+                wait_without_reaping(child.id())?;
+                *reaped_by_waiter.lock().expect("postmaster state poisoned") = true;
                 child.wait()
             }
             Err(error) => {
@@ -504,9 +652,64 @@ fn spawn_postmaster(
             }
         })
         .context("cannot start the postmaster thread")?;
-    let pid = pid
-        .recv()
-        .context("the postmaster thread ended early")?
-        .with_context(|| format!("cannot start {}", binaries.postgres.display()))?;
-    Ok(Postmaster { pid, waiter })
+    let pid = pid.recv().context("the postmaster thread ended early")??;
+    Ok(Postmaster { pid, reaped, waiter })
+}
+
+/// Waits until child `pid` has exited, leaving it to be reaped (`WNOWAIT`).
+fn wait_without_reaping(pid: u32) -> std::io::Result<()> {
+    loop {
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `info` is writable storage of the right type; the pid is our own child.
+        let waited = unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if waited == 0 {
+            return Ok(());
+        }
+        let error = std::io::Error::last_os_error();
+        if error.kind() != std::io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spawned(program: &str, args: &[&str]) -> Postmaster {
+        let mut command = Command::new(program);
+        command.args(args);
+        spawn_waited(command).unwrap()
+    }
+
+    #[test]
+    fn a_running_child_is_signalled() {
+        let child = spawned("sleep", &["30"]);
+        assert!(!child.has_exited());
+        assert!(child.signal(libc::SIGTERM));
+        let status = child.join().unwrap();
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGTERM));
+    }
+
+    #[test]
+    fn a_reaped_child_is_never_signalled_since_its_pid_may_be_someone_elses() {
+        let child = spawned("true", &[]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !child.waiter.is_finished() {
+            assert!(Instant::now() < deadline, "`true` did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(child.has_exited());
+        assert!(!child.signal(libc::SIGINT), "the pid of a reaped child is not ours to signal");
+        assert!(child.join().unwrap().success());
+    }
+
+    #[test]
+    fn a_process_that_is_not_the_clusters_postmaster_is_not_signalled() {
+        let child = spawned("sleep", &["30"]);
+        let elsewhere = Path::new("/nonexistent/cluster");
+        assert!(!signal_foreign_postmaster(child.pid, elsewhere, libc::SIGTERM));
+        assert!(!child.has_exited());
+        child.shut_down().unwrap();
+    }
 }

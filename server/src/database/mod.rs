@@ -34,7 +34,7 @@ pub enum DatabaseLocation {
 /// A connection pool, plus the embedded cluster behind it when the server owns one.
 pub struct Database {
     pub pool: PgPool,
-    pub embedded: Option<EmbeddedPostgres>,
+    pub embedded: Option<std::sync::Arc<EmbeddedPostgres>>,
 }
 
 impl Database {
@@ -47,7 +47,7 @@ impl Database {
             }
             DatabaseLocation::Embedded => {
                 let embedded = EmbeddedPostgres::start(data_dir, Durability::Durable).await?;
-                (embedded.server_database(), Some(embedded))
+                (embedded.server_database(), Some(std::sync::Arc::new(embedded)))
             }
         };
         let pool = pool_options(max_connections).connect_with(options).await.context("cannot connect to PostgreSQL")?;

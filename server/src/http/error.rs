@@ -8,6 +8,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use wasmgrid_protocol::api::{ErrorBody, ErrorDetail};
 
+use crate::availability;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -30,7 +32,14 @@ pub enum ApiError {
     /// A rate limit was reached: try again later.
     #[error("{0}")]
     TooManyRequests(String),
-    /// The database is overloaded or unreachable: try again later.
+    /// The blob store is full: try again later.
+    #[error("the server has no room for this upload now; retry later")]
+    InsufficientStorage,
+    /// The database is known to be unreachable (see [`crate::availability`]).
+    #[error("the server's database is unavailable; retry later")]
+    DatabaseDown,
+    /// The server is too busy for this request now (a wait for a turn ran out): try again
+    /// shortly.
     #[error("the server is busy; retry later")]
     Unavailable,
     #[error(transparent)]
@@ -64,30 +73,59 @@ impl ApiError {
             Self::RangeNotSatisfiable(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"),
             Self::Unprocessable(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unprocessable"),
             Self::TooManyRequests(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
-            Self::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            Self::Database(sqlx::Error::PoolTimedOut) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Unavailable | Self::DatabaseDown => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::InsufficientStorage => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage"),
             Self::Database(error) if is_data_exception(error) => (StatusCode::BAD_REQUEST, "bad_request"),
+            _ if self.database_unreachable().is_some() => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Database(_) | Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
+
+    /// The database error behind this one, if it says the database cannot be reached (or
+    /// is overloaded): wherever it came from, that is a 503, not a 500.
+    fn database_unreachable(&self) -> Option<&sqlx::Error> {
+        let database = match self {
+            Self::Database(error) => Some(error),
+            Self::Internal(error) => error.chain().find_map(|cause| cause.downcast_ref::<sqlx::Error>()),
+            _ => None,
+        };
+        database.filter(|error| availability::is_unreachable(error))
+    }
 }
 
-/// Seconds a client is asked to wait after a 503.
-const RETRY_AFTER_UNAVAILABLE: &str = "30";
+/// A dependency that failed a request, left in the response for the layer that advises
+/// `Retry-After` from how long it has been failing (see [`crate::availability`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailedDependency {
+    /// The database could not be reached.
+    Database,
+    /// Nothing failed, but the server is busy (no database connection free, no turn to
+    /// hash a password): no outage, a short wait.
+    Busy,
+    /// The blob store's disk is full.
+    BlobStore,
+}
+
 /// Seconds a rate-limited client is asked to wait: the limits' window.
 const RETRY_AFTER_RATE_LIMITED: &str = "900";
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
+        let mut failed = None;
         let message = match &self {
-            Self::Database(sqlx::Error::PoolTimedOut) => {
-                tracing::warn!("database pool exhausted; answering 503");
-                "the server is busy; retry later".to_owned()
-            }
             Self::Database(error) if is_data_exception(error) => {
                 tracing::warn!(error = %error, "a value in a request could not be stored; answering 400");
                 "the request holds a value the server cannot store".to_owned()
+            }
+            _ if let Some(error) = self.database_unreachable() => {
+                // Logged once per outage by the layer that reads `failed`, not per request.
+                failed = Some(match error {
+                    sqlx::Error::PoolTimedOut => FailedDependency::Busy,
+                    _ => FailedDependency::Database,
+                });
+                tracing::debug!(%error, "database unavailable; answering 503");
+                "the server's database is unavailable; retry later".to_owned()
             }
             Self::Database(error) => {
                 tracing::error!(error = %error, "database error");
@@ -97,14 +135,28 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = format!("{error:#}"), "internal error");
                 "internal server error".to_owned()
             }
+            Self::InsufficientStorage => {
+                failed = Some(FailedDependency::BlobStore);
+                self.to_string()
+            }
+            Self::Unavailable => {
+                failed = Some(FailedDependency::Busy);
+                self.to_string()
+            }
+            Self::DatabaseDown => {
+                failed = Some(FailedDependency::Database);
+                self.to_string()
+            }
             other => other.to_string(),
         };
         let body = ErrorBody { error: ErrorDetail { code: code.to_owned(), message } };
         let mut response = (status, Json(body)).into_response();
+        if let Some(failed) = failed {
+            // A default the retry layer replaces with advice that matches the outage.
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response.extensions_mut().insert(failed);
+        }
         match &self {
-            Self::Unavailable | Self::Database(sqlx::Error::PoolTimedOut) => {
-                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_UNAVAILABLE));
-            }
             Self::TooManyRequests(_) => {
                 response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_RATE_LIMITED));
             }

@@ -18,9 +18,10 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use wasmgrid_protocol::api::Health;
 
+use crate::availability::{self, Availability};
 use crate::blobs::BlobStore;
 use crate::config::{RegistrationLimits, SchedulerConfig};
-use error::ApiError;
+use error::{ApiError, FailedDependency};
 
 /// Everything a handler may need; cheap to clone.
 #[derive(Clone)]
@@ -40,6 +41,8 @@ pub struct AppState {
     pub started_at: Instant,
     /// How the site is reached: its public URL and the proxies in front of it.
     pub site: Arc<visitor::SiteConfig>,
+    /// Whether the database and the blob store are usable, and since when not.
+    pub availability: Arc<Availability>,
 }
 
 /// JSON request bodies are small; uploads have their own, per-work-unit limit.
@@ -60,9 +63,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), visitor::resolve))
         .layer(axum::middleware::from_fn(refuse_nul_in_url))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), advise_retry))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().on_failure(log_failure))
         .with_state(state)
 }
 
@@ -77,18 +81,73 @@ async fn refuse_nul_in_url(request: axum::extract::Request, next: axum::middlewa
     next.run(request).await
 }
 
+/// While the database is down, refuses at once what needs it (all but `/healthz` and the
+/// stylesheet), rather than letting each request wait out the pool's timeout; and gives
+/// every 503 and 507 a `Retry-After` that matches how long its cause has lasted.
+async fn advise_retry(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path();
+    let needs_database = path != "/healthz" && !path.starts_with("/static/");
+    let is_upload = request.method() == axum::http::Method::PUT;
+    let mut response = if needs_database && state.availability.database.is_down() {
+        ApiError::DatabaseDown.into_response()
+    } else {
+        next.run(request).await
+    };
+    let advice = match response.extensions().get::<FailedDependency>().copied() {
+        Some(FailedDependency::Database) => {
+            state.availability.database.failed(&"a request could not reach it");
+            state.availability.database.retry_after()
+        }
+        Some(FailedDependency::BlobStore) => {
+            state.availability.blob_store.failed(&"no space left for an upload");
+            state.availability.blob_store.retry_after()
+        }
+        Some(FailedDependency::Busy) => availability::MIN_RETRY_AFTER,
+        None => {
+            if is_upload && response.status().is_success() {
+                state.availability.blob_store.recovered();
+            }
+            return response;
+        }
+    };
+    response.headers_mut().insert(axum::http::header::RETRY_AFTER, advice.as_secs().max(1).into());
+    response
+}
+
+/// Logs a failed response, except the 503s and 507s of an outage: [`crate::availability`]
+/// logs an outage once, where a line per refused request would flood the log.
+fn log_failure(failure: tower_http::classify::ServerErrorsFailureClass, latency: Duration, _span: &tracing::Span) {
+    use tower_http::classify::ServerErrorsFailureClass;
+    if let ServerErrorsFailureClass::StatusCode(StatusCode::SERVICE_UNAVAILABLE | StatusCode::INSUFFICIENT_STORAGE) =
+        failure
+    {
+        return;
+    }
+    tracing::error!(classification = %failure, latency_ms = latency.as_millis() as u64, "response failed");
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
 
-/// Liveness and readiness: 200 when the database answers, 503 otherwise.
+/// Liveness and readiness, at once and without a database query: 200 while the database's
+/// probe answers (see [`crate::availability`]) and the blob store has room, 503 otherwise.
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let version = env!("CARGO_PKG_VERSION").to_owned();
-    match sqlx::query("select 1").execute(&state.pool).await {
-        Ok(_) => (StatusCode::OK, axum::Json(Health { status: "ok".into(), version })),
-        Err(error) => {
-            tracing::warn!(%error, "health check: database unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(Health { status: "unavailable".into(), version }))
-        }
-    }
+    let database_up = !state.availability.database.is_down();
+    let room = !state.blobs.space().ok().flatten().is_some_and(|space| space.is_full());
+    let blob_store_ok = room && !state.availability.blob_store.is_down();
+    let word = |ok: bool, bad: &str| if ok { "ok".to_owned() } else { bad.to_owned() };
+    let health = Health {
+        status: word(database_up && blob_store_ok, "unavailable"),
+        version,
+        database: word(database_up, "unavailable"),
+        blob_store: word(blob_store_ok, "full"),
+    };
+    let status = if database_up && blob_store_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(health))
 }

@@ -17,6 +17,7 @@ use wasmgrid_protocol::Sha256Hash;
 
 use super::wasm::{Comparison, ValidatorRunner};
 use super::{Candidate, Validator};
+use crate::background;
 use crate::state_machine;
 use crate::trust::HostEffects;
 
@@ -261,22 +262,35 @@ pub async fn run_until_stopped(
     };
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut failures = background::Failures::new("validation with validator modules", interval);
     loop {
+        // A listener that cannot reconnect fails at once, every time: that is a failure to
+        // back off from, not a notification.
         let notified = async {
             match listener.as_mut() {
-                Some(listener) => {
-                    let _ = listener.recv().await;
-                }
+                Some(listener) => listener.recv().await.map(drop).map_err(anyhow::Error::from),
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = notified => {}
+        let woken = tokio::select! {
+            _ = ticker.tick() => Ok(()),
+            notified = notified => notified,
             _ = shutdown.changed() => break,
-        }
-        if let Err(error) = compare_waiting(&pool, &runner, max_daily_quota).await {
-            tracing::warn!(error = format!("{error:#}"), "validation with a validator module failed; retrying");
+        };
+        let compared = match woken {
+            Ok(()) => tokio::select! {
+                compared = compare_waiting(&pool, &runner, max_daily_quota) => compared.map(drop),
+                _ = shutdown.changed() => break,
+            },
+            Err(error) => Err(error),
+        };
+        match compared {
+            Ok(()) => failures.succeeded(),
+            Err(error) => {
+                if !background::pause(failures.failed(&error), &mut shutdown).await {
+                    break;
+                }
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! and started again.
 
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -189,4 +190,96 @@ async fn publisher_tokens_are_created_beside_a_running_server_and_while_it_is_st
         assert_eq!(publisher.apps().await.unwrap(), vec![], "the token is accepted");
     }
     assert!(server.terminate().await.success());
+}
+
+/// The pid in the cluster's `postmaster.pid`, once the file names one.
+async fn postmaster_pid(data_dir: &Path) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(pid_file(data_dir))
+            .ok()
+            .and_then(|text| text.lines().next().and_then(|line| line.trim().parse().ok()))
+        {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "no postmaster.pid");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn is_running(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| !cmdline.is_empty())
+}
+
+/// Waits until the server answers `/healthz` with 200 and creates an account again.
+async fn wait_until_serving(server: &RunningServer) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let healthy =
+            server.client.request(reqwest::Method::GET, "/healthz").send().await.is_ok_and(|r| r.status() == 200);
+        if healthy && server.client.create_account("after the outage").await.is_ok() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the server did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_killed_postmaster_is_restarted_and_the_server_recovers_by_itself() {
+    let dir = data_dir();
+    let server = start(dir.path()).await;
+    let first = postmaster_pid(dir.path()).await;
+
+    // SAFETY: signalling the test's own server's PostgreSQL.
+    unsafe { libc::kill(first as libc::pid_t, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while postmaster_pid(dir.path()).await == first || !is_running(postmaster_pid(dir.path()).await) {
+        assert!(Instant::now() < deadline, "the server did not restart its PostgreSQL");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_until_serving(&server).await;
+
+    assert!(server.terminate().await.success());
+    assert!(!pid_file(dir.path()).exists(), "the restarted cluster stopped with the server");
+}
+
+#[tokio::test]
+async fn a_cluster_restarted_by_hand_is_used_and_stopped_with_the_server() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = data_dir();
+    let server = start(dir.path()).await;
+    let first = postmaster_pid(dir.path()).await;
+    let cluster = dir.path().join("postgres");
+    let binaries = wasmgrid_server::database::embedded::PostgresBinaries::find().unwrap();
+    let pg_ctl = binaries.postgres.with_file_name("pg_ctl");
+    // As its owner (PostgreSQL refuses root), with the options it was started with.
+    let owner = std::fs::metadata(&cluster).unwrap();
+    // Its log goes to a file: a postmaster left holding pg_ctl's output would keep it open.
+    let restarted = std::process::Command::new(pg_ctl)
+        .args(["restart", "--mode", "fast", "--wait", "--silent", "--pgdata"])
+        .arg(&cluster)
+        .arg("--log")
+        .arg(cluster.join("restarted-by-hand.log"))
+        .uid(owner.uid())
+        .gid(owner.gid())
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(restarted.success(), "pg_ctl restart failed: see {}", cluster.join("restarted-by-hand.log").display());
+    let by_hand = postmaster_pid(dir.path()).await;
+    assert_ne!(by_hand, first);
+    wait_until_serving(&server).await;
+    assert_eq!(postmaster_pid(dir.path()).await, by_hand, "the server used the cluster started by hand");
+
+    assert!(server.terminate().await.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while is_running(by_hand) {
+        assert!(Instant::now() < deadline, "the server left the PostgreSQL started by hand running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!pid_file(dir.path()).exists());
 }

@@ -54,7 +54,13 @@ impl Server {
     /// A server with `serve` flags of its own (replacing the harness's defaults).
     pub async fn start_with(extra_args: &[&str]) -> Self {
         let database_url = test_cluster::fresh_database_url().await;
-        let data_dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), database_url, extra_args).await
+    }
+
+    /// A server on `database_url` with its data in `data_dir` (prepared by the test: a
+    /// small disk mounted in it, say). Its log goes to `server.log` there, for tests that
+    /// read it, instead of the test's output.
+    pub async fn start_in(data_dir: tempfile::TempDir, database_url: String, extra_args: &[&str]) -> Self {
         let extra_args: Vec<String> = extra_args.iter().map(|arg| arg.to_string()).collect();
         let (child, port) = spawn_server(&database_url, data_dir.path(), 0, &extra_args).await;
         let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
@@ -67,6 +73,26 @@ impl Server {
             pool,
             extra_args,
         }
+    }
+
+    /// The server process's id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// The server's log, when it has one (see [`Self::start_in`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Sends the server `signal` and waits for it to exit; returns how long that took.
+    pub async fn stop_with(&mut self, signal_number: libc::c_int, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        if let Some(mut child) = self.child.take() {
+            signal(&child, signal_number);
+            tokio::time::timeout(timeout, child.wait()).await.expect("the server stops in time").unwrap();
+        }
+        started.elapsed()
     }
 
     /// Stops the server (SIGTERM) and waits for it.
@@ -180,7 +206,8 @@ async fn spawn_server(database_url: &str, data_dir: &Path, port: u16, extra_args
         .into_iter()
         .filter(|(flag, _)| !extra_args.iter().any(|arg| arg == flag))
         .flat_map(|(flag, value)| [flag, value]);
-    let mut child = Command::new(binary("wasmgrid-server"))
+    let mut command = Command::new(binary("wasmgrid-server"));
+    command
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .args(defaults)
         .args(extra_args)
@@ -189,9 +216,13 @@ async fn spawn_server(database_url: &str, data_dir: &Path, port: u16, extra_args
         .env("DATABASE_URL", database_url)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the server binary starts");
+        .kill_on_drop(true);
+    // A data directory the test prepared (one with a server.log in it) keeps the log there.
+    let log = data_dir.join("server.log");
+    if log.exists() {
+        command.stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap());
+    }
+    let mut child = command.spawn().expect("the server binary starts");
     let stdout = child.stdout.take().unwrap();
     let line = tokio::time::timeout(Duration::from_secs(60), BufReader::new(stdout).lines().next_line())
         .await
@@ -415,4 +446,46 @@ pub fn test_artifact_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
     std::fs::create_dir_all(&dir).unwrap_or_else(|error| panic!("{}: {error}", dir.display()));
     dir
+}
+
+/// A small tmpfs mounted at a directory for as long as it lives: a disk that fills up.
+/// Mounting needs root, as CI has.
+pub struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    pub fn mount(path: &Path, bytes: u64) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes},mode=0755"), "tmpfs"])
+            .arg(path)
+            .status()
+            .expect("mount runs");
+        assert!(mounted.success(), "cannot mount a tmpfs at {} (the test needs root)", path.display());
+        Self { path: path.to_owned() }
+    }
+
+    /// Fills the disk with one file, until no byte is left; returns its path.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        loop {
+            match file.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(error) if error.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(error) => panic!("filling {}: {error}", self.path.display()),
+            }
+        }
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.path).status();
+    }
 }

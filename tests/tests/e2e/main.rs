@@ -8,6 +8,7 @@ mod checkpoints;
 mod contact;
 mod daemon;
 mod demo;
+mod faults;
 mod harness;
 mod projects;
 mod publishing;

@@ -20,6 +20,26 @@ pub struct ServerConfig {
     pub site: SiteConfig,
     /// How many accounts and hosts one address may create.
     pub registration: RegistrationLimits,
+    /// How HTTP connections are limited.
+    pub connections: ConnectionSettings,
+}
+
+/// How HTTP connections are limited (see [`crate::http::connections`]).
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    /// Time a request's headers have to arrive, from the connection's start or the end of
+    /// the previous response (so also how long a kept-alive connection may sit idle).
+    pub header_timeout: Duration,
+    /// Connections held at once; `None`: as many as the open-file limit leaves room for.
+    pub max_connections: Option<usize>,
+    /// Connections held at once from one address (trusted proxies excepted).
+    pub max_per_address: usize,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self { header_timeout: Duration::from_secs(10), max_connections: None, max_per_address: 256 }
+    }
 }
 
 impl ServerConfig {
@@ -34,6 +54,7 @@ impl ServerConfig {
             sweep_interval: Duration::from_secs(5),
             site: SiteConfig::default(),
             registration: RegistrationLimits::default(),
+            connections: ConnectionSettings::default(),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 use wasmgrid_server::ServerConfig;
-use wasmgrid_server::config::RegistrationLimits;
+use wasmgrid_server::config::{ConnectionSettings, RegistrationLimits};
 use wasmgrid_server::database::{Database, DatabaseLocation};
 use wasmgrid_server::http::visitor::{PublicUrl, SiteConfig, parse_network};
 use wasmgrid_server::publishers;
@@ -68,6 +68,19 @@ enum Command {
         /// Hosts one address may register per 15 minutes.
         #[arg(long, default_value_t = 20)]
         hosts_per_address: i64,
+        /// Seconds a request's headers have to arrive, counted from the connection's start
+        /// or the end of the previous response (so also how long a kept-alive connection
+        /// may sit idle).
+        #[arg(long, default_value_t = 10)]
+        header_timeout: u64,
+        /// HTTP connections held at once [default: as many as the open-file limit leaves
+        /// room for]. Over the cap, the connection waiting longest for its request makes
+        /// room.
+        #[arg(long)]
+        max_http_connections: Option<usize>,
+        /// HTTP connections held at once from one address (trusted proxies excepted).
+        #[arg(long, default_value_t = 256)]
+        max_connections_per_address: usize,
         /// The URL volunteers and browsers reach the site at, such as
         /// https://grid.example.org: the attach command names it, and forms are accepted
         /// only from it. Without it, each request's Host header is believed.
@@ -152,6 +165,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_host_memory,
             accounts_per_address,
             hosts_per_address,
+            header_timeout,
+            max_http_connections,
+            max_connections_per_address,
             public_url,
             trusted_proxies,
         } => {
@@ -170,6 +186,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.scheduler.max_host_cores = max_host_cores;
             config.scheduler.max_host_memory_bytes = max_host_memory;
             config.registration = RegistrationLimits { accounts_per_address, hosts_per_address };
+            config.connections = ConnectionSettings {
+                header_timeout: Duration::from_secs(header_timeout.max(1)),
+                max_connections: max_http_connections,
+                max_per_address: max_connections_per_address.max(1),
+            };
             config.site = SiteConfig { public_url, trusted_proxies };
             let app = wasmgrid_server::build(config).await?;
             // Scripts and tests read this line to learn the port (useful with port 0).

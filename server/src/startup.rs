@@ -13,7 +13,7 @@ use crate::availability;
 use crate::blobs::DirectoryStore;
 use crate::config::ServerConfig;
 use crate::database::Database;
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, connections};
 use crate::sweeps;
 use crate::validator::comparisons;
 use crate::validator::wasm::ValidatorRunner;
@@ -23,6 +23,7 @@ const SWEEP_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct App {
     listener: TcpListener,
+    connection_limits: connections::Limits,
     state: AppState,
     database: Database,
     config: ServerConfig,
@@ -35,6 +36,7 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
     let blobs = DirectoryStore::open(config.data_dir.join("blobs")).context("cannot open the blob store")?;
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let connection_limits = connection_limits(&config)?;
     let sandbox = wasmgrid_sandbox::Sandbox::new(&config.data_dir.join("compiled"))
         .context("cannot set up the sandbox for validator modules")?;
     let state = AppState {
@@ -52,7 +54,22 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
         site: Arc::new(config.site.clone()),
         availability: Arc::default(),
     };
-    Ok(App { listener, state, database, config })
+    Ok(App { listener, connection_limits, state, database, config })
+}
+
+/// The connection limits for `config`, after raising the open-file limit as far as it goes.
+fn connection_limits(config: &ServerConfig) -> anyhow::Result<connections::Limits> {
+    let open_files = connections::raise_open_file_limit().context("cannot read the open-file limit")?;
+    let mut limits = connections::Limits::for_open_files(open_files, config.max_database_connections);
+    let settings = &config.connections;
+    limits.header_timeout = settings.header_timeout;
+    limits.max_per_address = settings.max_per_address;
+    if let Some(max) = settings.max_connections {
+        limits.max_connections = max.min(limits.max_connections);
+    }
+    limits.trusted_proxies = config.site.trusted_proxies.clone();
+    tracing::info!(open_files, max_connections = limits.max_connections, "connection limits");
+    Ok(limits)
 }
 
 impl App {
@@ -71,7 +88,7 @@ impl App {
     /// Serves until `shutdown` completes, then drains in-flight requests, stops the sweeps
     /// and closes the database (stopping the embedded cluster, if any).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let App { listener, state, database, config } = self;
+        let App { listener, connection_limits, state, database, config } = self;
         let (stop_sweeps, sweeps_stopped) = tokio::sync::watch::channel(false);
         let sweeper = sweeps::Sweeper {
             pool: state.pool.clone(),
@@ -97,10 +114,7 @@ impl App {
             config.scheduler.daily_quota_per_core,
             stop_sweeps.subscribe(),
         ));
-        // Handlers may ask who connected (sign-in attempts are limited per address; see
-        // `http::visitor`).
-        let service = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(listener, service).with_graceful_shutdown(shutdown).await;
+        connections::serve(listener, http::router(state), connection_limits, shutdown).await;
         let _ = stop_sweeps.send(true);
         let background = async {
             let _ = sweeper.await;
@@ -113,8 +127,6 @@ impl App {
         if tokio::time::timeout(SWEEP_STOP_TIMEOUT, background).await.is_err() {
             tracing::warn!("background sweeps did not stop within {SWEEP_STOP_TIMEOUT:?}");
         }
-        let closed = database.close().await;
-        served.context("the HTTP server failed")?;
-        closed
+        database.close().await
     }
 }

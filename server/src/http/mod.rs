@@ -1,6 +1,7 @@
 //! The HTTP surface: shared state, the router that merges every feature's routes, and the
 //! layers around them (body limits, timeouts, tracing).
 
+pub mod connections;
 pub mod error;
 pub mod extract;
 pub mod visitor;

@@ -44,6 +44,7 @@ pub struct Server {
     pub database_url: String,
     pub pool: sqlx::PgPool,
     extra_args: Vec<String>,
+    open_files: Option<(u64, u64)>,
 }
 
 impl Server {
@@ -61,8 +62,19 @@ impl Server {
     /// small disk mounted in it, say). Its log goes to `server.log` there, for tests that
     /// read it, instead of the test's output.
     pub async fn start_in(data_dir: tempfile::TempDir, database_url: String, extra_args: &[&str]) -> Self {
+        Self::start_limited(data_dir, database_url, extra_args, None).await
+    }
+
+    /// [`Self::start_in`], the server started with its open-file limit at `open_files`
+    /// (soft, hard), as a service manager may start it.
+    pub async fn start_limited(
+        data_dir: tempfile::TempDir,
+        database_url: String,
+        extra_args: &[&str],
+        open_files: Option<(u64, u64)>,
+    ) -> Self {
         let extra_args: Vec<String> = extra_args.iter().map(|arg| arg.to_string()).collect();
-        let (child, port) = spawn_server(&database_url, data_dir.path(), 0, &extra_args).await;
+        let (child, port) = spawn_server(&database_url, data_dir.path(), 0, &extra_args, open_files).await;
         let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
         Self {
             child: Some(child),
@@ -72,6 +84,7 @@ impl Server {
             database_url,
             pool,
             extra_args,
+            open_files,
         }
     }
 
@@ -106,14 +119,16 @@ impl Server {
     /// Starts it again on the same port, database and data directory.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let (child, _) = spawn_server(&self.database_url, self.data_dir.path(), self.port, &self.extra_args).await;
+        let (child, _) =
+            spawn_server(&self.database_url, self.data_dir.path(), self.port, &self.extra_args, self.open_files).await;
         self.child = Some(child);
     }
 
     /// A second server process on the same database and data directory (so the same blob
     /// store), as a project with several server replicas runs them. Returns it and its URL.
     pub async fn start_twin(&self) -> (Child, String) {
-        let (child, port) = spawn_server(&self.database_url, self.data_dir.path(), 0, &self.extra_args).await;
+        let (child, port) =
+            spawn_server(&self.database_url, self.data_dir.path(), 0, &self.extra_args, self.open_files).await;
         (child, format!("http://127.0.0.1:{port}"))
     }
 
@@ -201,7 +216,13 @@ const DEFAULT_SERVER_ARGS: [(&str, &str); 4] = [
     ("--hosts-per-address", "100000"),
 ];
 
-async fn spawn_server(database_url: &str, data_dir: &Path, port: u16, extra_args: &[String]) -> (Child, u16) {
+async fn spawn_server(
+    database_url: &str,
+    data_dir: &Path,
+    port: u16,
+    extra_args: &[String],
+    open_files: Option<(u64, u64)>,
+) -> (Child, u16) {
     let defaults = DEFAULT_SERVER_ARGS
         .into_iter()
         .filter(|(flag, _)| !extra_args.iter().any(|arg| arg == flag))
@@ -221,6 +242,19 @@ async fn spawn_server(database_url: &str, data_dir: &Path, port: u16, extra_args
     let log = data_dir.join("server.log");
     if log.exists() {
         command.stderr(std::fs::OpenOptions::new().append(true).open(&log).unwrap());
+    }
+    if let Some((soft, hard)) = open_files {
+        // SAFETY: runs in the child before exec and only calls setrlimit, which is
+        // async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
     }
     let mut child = command.spawn().expect("the server binary starts");
     let stdout = child.stdout.take().unwrap();

@@ -5,6 +5,7 @@ mod browser;
 mod browser_flow;
 mod cache;
 mod checkpoints;
+mod connections;
 mod contact;
 mod daemon;
 mod demo;

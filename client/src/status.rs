@@ -178,10 +178,16 @@ pub fn bind(data_dir: &DataDir) -> anyhow::Result<UnixListener> {
     Ok(UnixListener::bind(&path)?)
 }
 
-pub async fn answer(mut stream: UnixStream, report: &StatusReport) {
-    if let Ok(json) = serde_json::to_vec(report) {
-        let _ = stream.write_all(&json).await;
-        let _ = stream.shutdown().await;
+/// How long a status reader has to take its answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn answer(mut stream: UnixStream, report: StatusReport) {
+    if let Ok(json) = serde_json::to_vec(&report) {
+        let sent = async {
+            stream.write_all(&json).await?;
+            stream.shutdown().await
+        };
+        let _ = tokio::time::timeout(ANSWER_TIMEOUT, sent).await;
     }
 }
 

@@ -183,7 +183,8 @@ impl Daemon {
                 _ = tokio::time::sleep_until(wake.into()) => {}
                 accepted = status_socket.accept() => {
                     if let Ok((stream, _)) = accepted {
-                        status::answer(stream, &self.status_report()).await;
+                        // Off the loop: a reader that never reads must not stall the daemon.
+                        tokio::spawn(status::answer(stream, self.status_report()));
                     }
                 }
                 () = &mut shutdown => {

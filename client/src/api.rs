@@ -81,6 +81,10 @@ impl ServerClient {
             .user_agent(concat!("wasmgrid/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
             .timeout(Duration::from_secs(600))
+            // Servers close kept-alive connections that sit idle (wasmgrid's after its
+            // header timeout, 10 s by default); reusing one just as it closes fails the
+            // request, so idle connections are given up first.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()?;
         Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned() })
     }

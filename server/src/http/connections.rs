@@ -8,10 +8,11 @@
 //!   connection's start or the end of the previous response, so the same deadline closes a
 //!   kept-alive connection that sits idle that long;
 //! - holds at most [`Limits::max_connections`] connections (by default as many as the
-//!   open-file limit leaves room for). A new connection over the cap takes the place of the
-//!   one that has been waiting longest for its request's headers; connections with a
-//!   request in flight are never closed this way, and only when all are busy is the new
-//!   one refused;
+//!   open-file limit leaves room for). A new connection over the cap takes the place of one
+//!   from the address that holds the most: the one that has been waiting longest for its
+//!   request's headers or, failing that, the one whose request has been receiving its body
+//!   longest (a body can be trickled as well as headers). A connection whose request has arrived whole is never closed this way; only
+//!   when every one is is the new connection refused;
 //! - holds at most [`Limits::max_per_address`] connections from one address (trusted
 //!   proxies excepted), so that one client filling its share only closes its own;
 //! - raises the soft open-file limit to the hard one at start ([`raise_open_file_limit`]).
@@ -20,6 +21,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -27,6 +29,8 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
+use axum::http::{HeaderValue, header};
+use http_body::Body as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use ipnet::IpNet;
@@ -101,10 +105,30 @@ struct Registry {
 struct Entry {
     /// The address as counted for `max_per_address` (`None` for a trusted proxy).
     counted_as: Option<IpAddr>,
+    /// Requests whose headers arrived and whose response is not sent yet.
     in_flight: u32,
+    /// Of those, requests whose body is still arriving.
+    receiving: u32,
     /// When it began waiting for a request: its start, or the end of its last response.
     waiting_since: Instant,
+    /// When its oldest request still receiving its body began.
+    receiving_since: Instant,
     close: Arc<Notify>,
+}
+
+impl Entry {
+    /// How much room it would make, and how soon: waiting for a request comes before
+    /// receiving a body, then the longest at it first. `None`: a request arrived whole and
+    /// is being answered.
+    fn eviction_rank(&self) -> Option<(u8, Instant)> {
+        if self.in_flight == 0 {
+            Some((0, self.waiting_since))
+        } else if self.receiving == self.in_flight {
+            Some((1, self.receiving_since))
+        } else {
+            None
+        }
+    }
 }
 
 /// What a connection that was let in holds: its entry leaves the registry when it drops.
@@ -135,15 +159,24 @@ impl Registry {
         }
     }
 
-    /// Closes the connection that has waited longest for its request, among those `among`
-    /// accepts; whether there was one.
+    /// Closes one connection, among those `among` accepts, to make room; whether there was
+    /// one. It comes from the address holding the most connections, so that a flood from a
+    /// few addresses displaces its own connections rather than everyone else's (a
+    /// connection cannot be pushed out by others' churn before its headers are read); and
+    /// of those, the one that has waited longest for its request (or, failing that, has been
+    /// receiving a body longest).
     fn evict_longest_waiting(&mut self, among: impl Fn(&Entry) -> bool) -> bool {
+        let share = |entry: &Entry| entry.counted_as.and_then(|address| self.per_address.get(&address)).copied();
         let victim = self
             .open
             .iter()
-            .filter(|(_, entry)| entry.in_flight == 0 && among(entry))
-            .min_by_key(|(_, entry)| entry.waiting_since)
-            .map(|(id, _)| *id);
+            .filter(|(_, entry)| among(entry))
+            .filter_map(|(id, entry)| {
+                let held = share(entry).unwrap_or(1);
+                entry.eviction_rank().map(|rank| (std::cmp::Reverse(held), rank, *id))
+            })
+            .min()
+            .map(|(.., id)| id);
         let Some(victim) = victim else { return false };
         if let Some(entry) = self.open.remove(&victim) {
             entry.close.notify_one();
@@ -182,7 +215,16 @@ fn admit(registry: &Arc<Mutex<Registry>>, peer: IpAddr) -> Option<Admitted> {
     let id = guard.next_id;
     guard.next_id += 1;
     let close = Arc::new(Notify::new());
-    guard.open.insert(id, Entry { counted_as, in_flight: 0, waiting_since: Instant::now(), close: close.clone() });
+    let now = Instant::now();
+    let entry = Entry {
+        counted_as,
+        in_flight: 0,
+        receiving: 0,
+        waiting_since: now,
+        receiving_since: now,
+        close: close.clone(),
+    };
+    guard.open.insert(id, entry);
     if let Some(address) = counted_as {
         *guard.per_address.entry(address).or_default() += 1;
     }
@@ -202,6 +244,76 @@ impl InFlight {
             entry.in_flight += 1;
         }
         Self { registry: registry.clone(), id }
+    }
+}
+
+/// Marks a request as still receiving its body until the body has arrived whole (or is
+/// dropped unread).
+struct Receiving {
+    registry: Arc<Mutex<Registry>>,
+    id: u64,
+    done: bool,
+}
+
+impl Receiving {
+    fn start(registry: &Arc<Mutex<Registry>>, id: u64) -> Self {
+        if let Some(entry) = registry.lock().expect("connection registry poisoned").open.get_mut(&id) {
+            if entry.receiving == 0 {
+                entry.receiving_since = Instant::now();
+            }
+            entry.receiving += 1;
+        }
+        Self { registry: registry.clone(), id, done: false }
+    }
+
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        if let Some(entry) = self.registry.lock().expect("connection registry poisoned").open.get_mut(&self.id) {
+            entry.receiving = entry.receiving.saturating_sub(1);
+        }
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// A request body that says when it has arrived whole.
+struct ReceivingBody {
+    inner: hyper::body::Incoming,
+    receiving: Receiving,
+    /// Set once the last of it has been read (not when it is dropped unread).
+    arrived_whole: Arc<AtomicBool>,
+}
+
+impl http_body::Body for ReceivingBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.arrived_whole.store(true, Ordering::Relaxed);
+        }
+        if matches!(frame, Poll::Ready(None | Some(Err(_)))) || self.inner.is_end_stream() {
+            self.receiving.finish();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -318,16 +430,29 @@ struct Connection {
 impl Connection {
     async fn serve(mut self) {
         let (peer, registry, id) = (self.peer, self.registry.clone(), self.admitted.id);
-        let service =
-            self.router.clone().map_request(move |mut request: axum::http::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(ConnectInfo(peer));
-                request.map(Body::new)
-            });
-        let service = tower::service_fn(move |request| {
+        let router = self.router.clone();
+        let service = tower::service_fn(move |mut request: axum::http::Request<hyper::body::Incoming>| {
             let in_flight = InFlight::start(&registry, id);
-            let response = service.clone().oneshot(request);
+            request.extensions_mut().insert(ConnectInfo(peer));
+            let arrived_whole = Arc::new(AtomicBool::new(true));
+            let request = request.map(|inner| {
+                if inner.is_end_stream() {
+                    Body::new(inner)
+                } else {
+                    arrived_whole.store(false, Ordering::Relaxed);
+                    let receiving = Receiving::start(&registry, id);
+                    Body::new(ReceivingBody { inner, receiving, arrived_whole: arrived_whole.clone() })
+                }
+            });
+            let response = router.clone().oneshot(request);
             async move {
-                let response = response.await?;
+                let mut response = response.await?;
+                // Answered before its body was read (a refused upload, say): hyper closes
+                // the connection rather than read the rest, so the client is told not to
+                // send its next request on it.
+                if !arrived_whole.load(Ordering::Relaxed) {
+                    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 Ok::<_, Infallible>(response.map(|inner| Body::new(TrackedBody { inner, _in_flight: in_flight })))
             }
         });
@@ -403,6 +528,23 @@ mod tests {
     }
 
     #[test]
+    fn a_request_still_receiving_its_body_makes_room_after_those_waiting_for_one() {
+        let registry = registry(3, 10);
+        let trickling = admit(&registry, ip("192.0.2.1")).unwrap();
+        let _trickled = (InFlight::start(&registry, trickling.id), Receiving::start(&registry, trickling.id));
+        let answering = admit(&registry, ip("192.0.2.2")).unwrap();
+        let _answered = InFlight::start(&registry, answering.id);
+        let idle = admit(&registry, ip("192.0.2.3")).unwrap();
+
+        let fourth = admit(&registry, ip("192.0.2.4")).unwrap();
+        assert!(!is_open(&registry, &idle), "the idle one goes first, though it is the youngest");
+        let _answering_too = InFlight::start(&registry, fourth.id);
+        let _fifth = admit(&registry, ip("192.0.2.5")).unwrap();
+        assert!(!is_open(&registry, &trickling), "then the one still receiving its body");
+        assert!(is_open(&registry, &answering), "a request that arrived whole is never cut");
+    }
+
+    #[test]
     fn one_address_over_its_share_closes_only_its_own() {
         let registry = registry(100, 2);
         let other = admit(&registry, ip("198.51.100.9")).unwrap();
@@ -415,6 +557,17 @@ mod tests {
         // A trusted proxy carries everyone and is not held to one address's share.
         let proxied: Vec<_> = (0..5).map(|_| admit(&registry, ip("10.0.0.1")).unwrap()).collect();
         assert!(proxied.iter().all(|connection| is_open(&registry, connection)));
+    }
+
+    #[test]
+    fn over_the_cap_the_address_holding_most_makes_room_first() {
+        let registry = registry(4, 10);
+        let lone = admit(&registry, ip("192.0.2.1")).unwrap();
+        let flood: Vec<_> = (0..3).map(|_| admit(&registry, ip("203.0.113.7")).unwrap()).collect();
+        let newcomer = admit(&registry, ip("192.0.2.2")).unwrap();
+        assert!(is_open(&registry, &lone), "the oldest, but its address holds one connection");
+        assert!(!is_open(&registry, &flood[0]) && is_open(&registry, &flood[1]), "the flood's oldest made room");
+        assert!(is_open(&registry, &newcomer));
     }
 
     #[test]

@@ -33,12 +33,15 @@ impl Backoff {
     }
 }
 
-/// A wait the server advised, spread over up to half as long again, so that volunteers told
-/// the same thing at the same moment do not all come back in the same second; never less
-/// than a second.
-pub fn spread(advised: Duration) -> Duration {
+/// The wait after the `failures`-th failure in a row that came with a server's advice: the
+/// advice, but at least 2^(failures - 1) seconds (up to an hour), so that a server that keeps
+/// asking for a second while it is overloaded still sees its volunteers back off; spread
+/// over up to half as long again, so that volunteers told the same thing at the same
+/// moment do not all come back in the same second.
+pub fn after_advice(advised: Duration, failures: u32) -> Duration {
     use rand::Rng;
-    advised.max(Duration::from_secs(1)).mul_f64(rand::rng().random_range(1.0..1.5))
+    let growing = Duration::from_secs(1u64 << failures.saturating_sub(1).min(12)).min(Duration::from_secs(3600));
+    advised.max(growing).mul_f64(rand::rng().random_range(1.0..1.5))
 }
 
 /// Uniform in [0.5, 1.0).
@@ -65,12 +68,15 @@ mod tests {
     }
 
     #[test]
-    fn advised_waits_are_kept_and_spread() {
+    fn advised_waits_are_kept_spread_and_grow_while_failures_go_on() {
         for _ in 0..20 {
-            let wait = spread(Duration::from_secs(2));
+            let wait = after_advice(Duration::from_secs(2), 1);
             assert!((Duration::from_secs(2)..Duration::from_secs(3)).contains(&wait), "{wait:?}");
         }
-        assert!(spread(Duration::ZERO) >= Duration::from_secs(1));
+        assert!(after_advice(Duration::ZERO, 1) >= Duration::from_secs(1));
+        let tenth = after_advice(Duration::from_secs(1), 10);
+        assert!((Duration::from_secs(512)..Duration::from_secs(768)).contains(&tenth), "{tenth:?}");
+        assert!(after_advice(Duration::from_secs(1), 40) < Duration::from_secs(5400));
     }
 
     #[test]

@@ -69,11 +69,32 @@ impl Outage {
 pub struct Availability {
     pub database: Outage,
     pub blob_store: Outage,
+    /// When a request was last refused for want of a database connection or a turn.
+    busy_logged: Mutex<Option<Instant>>,
 }
+
+/// At most one line a minute says the server is turning requests away for being busy.
+const BUSY_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Default for Availability {
     fn default() -> Self {
-        Self { database: Outage::new("the database"), blob_store: Outage::new("the blob store (disk full)") }
+        Self {
+            database: Outage::new("the database"),
+            blob_store: Outage::new("the blob store (disk full)"),
+            busy_logged: Mutex::new(None),
+        }
+    }
+}
+
+impl Availability {
+    /// A request was refused with a 503 because the server is busy (no database connection
+    /// free, no turn to hash a password); logged at most once a minute.
+    pub fn note_busy(&self) {
+        let mut logged = self.busy_logged.lock().expect("busy state poisoned");
+        if logged.is_none_or(|at| at.elapsed() >= BUSY_LOG_INTERVAL) {
+            tracing::warn!("the server is busy: answering some requests 503 (no database connection or turn free)");
+            *logged = Some(Instant::now());
+        }
     }
 }
 

@@ -569,12 +569,15 @@ impl Daemon {
 
     /// Waits before contacting project `index` again after `error`: as long as the server
     /// advised (its `Retry-After` follows the outage: a blip asks for a second), spread
-    /// with jitter; or, with no advice (unreachable, say), the exponential backoff.
+    /// with jitter, and longer as failures go on (see [`crate::backoff::after_advice`]); or,
+    /// with no advice (unreachable, say), the exponential backoff.
     fn back_off(&mut self, index: usize, error: &ApiError) {
         let contact = &mut self.contacts[index];
         let backoff = contact.backoff.failed();
         let wait = match error {
-            ApiError::Server { retry_after: Some(advised), .. } => crate::backoff::spread(*advised),
+            ApiError::Server { retry_after: Some(advised), .. } => {
+                crate::backoff::after_advice(*advised, contact.backoff.failures())
+            }
             _ => backoff,
         };
         tracing::warn!(project = %contact.project.url, error = %error, wait_seconds = wait.as_secs(), "backing off");

@@ -300,7 +300,7 @@ impl EmbeddedPostgres {
     /// the server. Meanwhile the server answers 503; it recovers by itself.
     pub async fn supervise(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut backoff = Duration::from_secs(1);
-        let mut down = false;
+        let (mut down, mut failed_restarts) = (false, 0u32);
         loop {
             if !crate::background::pause(SUPERVISION_INTERVAL, &mut shutdown).await {
                 return;
@@ -326,18 +326,26 @@ impl EmbeddedPostgres {
                 (down, backoff) = (false, Duration::from_secs(1));
                 continue;
             }
-            match self.restart().await {
+            let restarted = tokio::select! {
+                restarted = self.restart() => restarted,
+                _ = shutdown.changed() => return,
+            };
+            match restarted {
                 Ok(()) => {
-                    tracing::info!("the embedded PostgreSQL is running again");
-                    (down, backoff) = (false, Duration::from_secs(1));
+                    tracing::info!(attempts = failed_restarts + 1, "the embedded PostgreSQL is running again");
+                    (down, backoff, failed_restarts) = (false, Duration::from_secs(1), 0);
                 }
                 Err(error) => {
-                    backoff = (backoff * 2).min(MAX_RESTART_BACKOFF);
-                    tracing::warn!(
-                        error = format!("{error:#}"),
-                        retry_in_seconds = backoff.as_secs(),
-                        "cannot restart the embedded PostgreSQL yet"
-                    );
+                    if failed_restarts == 0 {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            "cannot restart the embedded PostgreSQL yet; retrying"
+                        );
+                    }
+                    failed_restarts += 1;
+                    // Doubling, with jitter: backends of a killed postmaster may need a
+                    // moment to exit before PostgreSQL agrees to start again.
+                    backoff = (backoff * 2).min(MAX_RESTART_BACKOFF).mul_f64(rand::random_range(0.75..1.0));
                 }
             }
         }
@@ -544,10 +552,15 @@ async fn init_cluster(
     Ok(())
 }
 
-/// A `postmaster.pid` whose process is gone, or is no longer a PostgreSQL (the pid was
-/// reused after a crash or reboot), would stop PostgreSQL from starting; remove it. A live
-/// postmaster on this cluster was left by a server that died without its child noticing:
-/// stop it first.
+/// Clears the way for a postmaster to start on `cluster_dir`:
+/// - a live postmaster on this cluster was left by a server that died without its child
+///   noticing: it is stopped;
+/// - a pid file naming a live process that is not one (the pid was reused, after a reboot
+///   say) would stop PostgreSQL from starting: it is removed;
+/// - a pid file naming no live process is left for PostgreSQL, which replaces it itself,
+///   after checking that no backend of the dead postmaster still uses the cluster's shared
+///   memory (removing it would skip that check, and could start a postmaster beside such
+///   a backend).
 fn remove_stale_pid_file(cluster_dir: &Path) -> anyhow::Result<()> {
     let pid_file = cluster_dir.join("postmaster.pid");
     let Ok(contents) = fs::read_to_string(&pid_file) else {
@@ -560,8 +573,8 @@ fn remove_stale_pid_file(cluster_dir: &Path) -> anyhow::Result<()> {
     if is_postmaster_of(pid, cluster_dir) {
         tracing::warn!(pid, "stopping a PostgreSQL left running by an earlier server");
         stop_foreign_postmaster(pid, cluster_dir)?;
-    } else {
-        tracing::info!(pid, "removing a stale postmaster.pid");
+    } else if Path::new(&format!("/proc/{pid}")).exists() {
+        tracing::info!(pid, "removing a postmaster.pid whose pid now belongs to another process");
         fs::remove_file(&pid_file)?;
     }
     Ok(())

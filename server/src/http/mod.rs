@@ -107,7 +107,10 @@ async fn advise_retry(
             state.availability.blob_store.failed(&"no space left for an upload");
             state.availability.blob_store.retry_after()
         }
-        Some(FailedDependency::Busy) => availability::MIN_RETRY_AFTER,
+        Some(FailedDependency::Busy) => {
+            state.availability.note_busy();
+            availability::MIN_RETRY_AFTER
+        }
         None => {
             if is_upload && response.status().is_success() {
                 state.availability.blob_store.recovered();
@@ -137,11 +140,20 @@ async fn not_found() -> ApiError {
 
 /// Liveness and readiness, at once and without a database query: 200 while the database's
 /// probe answers (see [`crate::availability`]) and the blob store has room, 503 otherwise.
-async fn health(State(state): State<AppState>) -> impl IntoResponse {
+async fn health(State(state): State<AppState>) -> axum::response::Response {
     let version = env!("CARGO_PKG_VERSION").to_owned();
     let database_up = !state.availability.database.is_down();
-    let room = !state.blobs.space().ok().flatten().is_some_and(|space| space.is_full());
-    let blob_store_ok = room && !state.availability.blob_store.is_down();
+    // The disk's own figures decide where the store can tell, so that the state clears
+    // by itself once room returns (no upload need succeed first); otherwise the last
+    // upload's failure does.
+    let blob_store_ok = match state.blobs.space().ok().flatten() {
+        Some(space) if !space.is_full() => {
+            state.availability.blob_store.recovered();
+            true
+        }
+        Some(_) => false,
+        None => !state.availability.blob_store.is_down(),
+    };
     let word = |ok: bool, bad: &str| if ok { "ok".to_owned() } else { bad.to_owned() };
     let health = Health {
         status: word(database_up && blob_store_ok, "unavailable"),
@@ -149,6 +161,11 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
         database: word(database_up, "unavailable"),
         blob_store: word(blob_store_ok, "full"),
     };
-    let status = if database_up && blob_store_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(health))
+    if database_up && blob_store_ok {
+        return (StatusCode::OK, axum::Json(health)).into_response();
+    }
+    let outage = if database_up { &state.availability.blob_store } else { &state.availability.database };
+    let retry_after = outage.retry_after().as_secs().max(1);
+    (StatusCode::SERVICE_UNAVAILABLE, [(axum::http::header::RETRY_AFTER, retry_after.to_string())], axum::Json(health))
+        .into_response()
 }

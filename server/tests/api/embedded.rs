@@ -283,3 +283,21 @@ async fn a_cluster_restarted_by_hand_is_used_and_stopped_with_the_server() {
     }
     assert!(!pid_file(dir.path()).exists());
 }
+
+#[tokio::test]
+async fn a_server_stopped_while_its_postmaster_is_down_stops_promptly_and_leaves_none_running() {
+    let dir = data_dir();
+    let server = start(dir.path()).await;
+    let first = postmaster_pid(dir.path()).await;
+
+    // SAFETY: signalling the test's own server's PostgreSQL.
+    unsafe { libc::kill(first as libc::pid_t, libc::SIGKILL) };
+    let status = server.terminate().await;
+
+    assert!(status.success(), "{status}");
+    let cluster = dir.path().join("postgres");
+    assert!(
+        wasmgrid_server::database::embedded::running_postmaster(&cluster).is_none(),
+        "no PostgreSQL is left running on the cluster"
+    );
+}

@@ -136,7 +136,8 @@ async fn with_postgres_stopped_every_route_answers_503_and_the_server_stays_quie
         let (status, took, body) = health(&client).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["database"], "unavailable");
-        assert!(took < Duration::from_secs(1), "/healthz answers at once, not after a pool timeout: {took:?}");
+        // Generous bounds, far from what a pool timeout (5 s) or a spinning loop would give.
+        assert!(took < Duration::from_secs(2), "/healthz answers at once, not after a pool timeout: {took:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let (log_during, cpu_during) = (server.log().lines().count() - log_before, cpu_time(pid) - cpu_before);
@@ -145,7 +146,7 @@ async fn with_postgres_stopped_every_route_answers_503_and_the_server_stays_quie
     assert!(first_advice.unwrap() <= 2, "a fresh outage asks for a short wait: {first_advice:?}");
     assert!(last_advice >= 5, "eight seconds in, a longer one: {last_advice}");
     // No loop spins on the dead connection, none logs a line per try.
-    assert!(cpu_during < Duration::from_secs(2), "the server used {cpu_during:?} of CPU in 8 s of outage");
+    assert!(cpu_during < Duration::from_secs(3), "the server used {cpu_during:?} of CPU in 8 s of outage");
     assert!(log_during < 30, "{log_during} log lines in 8 s of outage:\n{}", server.log());
 
     postgres.restart().await;
@@ -156,7 +157,7 @@ async fn with_postgres_stopped_every_route_answers_503_and_the_server_stays_quie
     // A shutdown with the database gone does not wait for it.
     postgres.stop().await;
     let took = server.stop_with(libc::SIGTERM, Duration::from_secs(60)).await;
-    assert!(took < Duration::from_secs(5), "shutting down took {took:?} with the database gone");
+    assert!(took < Duration::from_secs(8), "shutting down took {took:?} with the database gone");
 }
 
 #[tokio::test]
@@ -187,7 +188,8 @@ async fn after_a_short_outage_volunteers_come_back_soon() {
 
     let took = back.elapsed();
     assert_eq!(server.count("select count(*) from work_unit where state = 'validated'").await, ids.len() as i64);
-    assert!(took < Duration::from_secs(20), "after a blip of 2 s, the work took {took:?} to finish");
+    // Without following the advice, the daemon would wait its own backoff: 300 s or more.
+    assert!(took < Duration::from_secs(45), "after a blip of 2 s, the work took {took:?} to finish");
 }
 
 /// Every file under `dir`, but the filler.
@@ -233,11 +235,26 @@ async fn with_the_blob_disk_full_uploads_wait_and_nothing_is_lost() {
         assert_eq!(refused.status(), Some(StatusCode::INSUFFICIENT_STORAGE), "{size} bytes");
         assert!(matches!(refused, wasmgrid_client::api::ApiError::Server { retry_after: Some(_), .. }));
     }
+    // Refused before its body was read, so the connection cannot carry another request:
+    // the client is told, rather than find out from a reset on its next request.
+    let refused = client
+        .request(Method::PUT, &format!("/api/v1/replicas/{replica}/output/{}", "0".repeat(64)))
+        .bearer_auth(&token)
+        .body(vec![7u8; 3 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::INSUFFICIENT_STORAGE);
+    assert_eq!(refused.headers().get("connection").map(|value| value.as_bytes()), Some(&b"close"[..]));
     assert_eq!(files_under(&blobs), stored_before, "no partial file is left behind");
     assert_eq!(server.count("select count(*) from replica where uploaded_sha256 is not null").await, 0);
     assert_eq!(server.count("select count(*) from output_upload").await, 0, "nothing recorded");
     let (status, _, body) = health(&client).await;
     assert_eq!((status, body["blob_store"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("full")));
+    // Room returns: /healthz says so at once, before any upload has succeeded.
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(health(&client).await.0, StatusCode::OK);
+    let filler = disk.fill();
 
     // A volunteer's daemon runs the other work unit meanwhile, and keeps its result.
     let volunteer = Volunteer::attach(&server, "patient").await;

@@ -89,7 +89,7 @@ pub struct SchedulerRequest {
 }
 
 /// The most replicas a scheduler request may list as held.
-pub const MAX_HELD_REPLICAS: usize = 10_000;
+pub const MAX_HELD_REPLICAS: usize = 50_000;
 
 /// What a host says about one replica it ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

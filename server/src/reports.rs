@@ -13,7 +13,7 @@ use wasmgrid_protocol::api::{MAX_STDERR_BYTES, ReplicaReport, ReportedOutcome};
 
 use crate::accounts::Host;
 use crate::http::error::{ApiError, ApiResult};
-use crate::state_machine;
+use crate::state_machine::{self, AWAITS_REPORT};
 use crate::trust::HostEffects;
 
 /// How much of an error reason is kept.
@@ -24,16 +24,15 @@ struct ReportedReplica {
     id: i64,
     work_unit_id: i64,
     host_id: Option<i64>,
-    state: String,
-    outcome: Option<String>,
+    /// See [`state_machine::AWAITS_REPORT`].
+    awaits_report: bool,
     uploaded_sha256: Option<String>,
     uploaded_bytes: Option<i64>,
 }
 
 impl ReportedReplica {
-    /// Waiting for this report: running, or past its deadline (a late result still counts).
     fn awaits_report(&self) -> bool {
-        self.state == "in_progress" || self.outcome.as_deref() == Some("no_reply")
+        self.awaits_report
     }
 }
 
@@ -111,10 +110,11 @@ async fn read_replicas(
         return Ok(HashMap::new());
     }
     let rows: Vec<ReportedReplica> = sqlx::query_as(&format!(
-        "select r.id, r.work_unit_id, r.host_id, r.state::text as state, r.outcome::text as outcome,
+        "select r.id, r.work_unit_id, r.host_id, {} as awaits_report,
                 r.uploaded_sha256, b.bytes as uploaded_bytes
          from replica r left join blob b on b.sha256 = r.uploaded_sha256
          where r.id = any($1) order by r.id{}",
+        state_machine::AWAITS_REPORT,
         if lock { " for no key update of r" } else { "" }
     ))
     .bind(ids)
@@ -162,7 +162,7 @@ async fn record_reports(
     }
     // The state is re-checked here, under the work unit's lock; a success must still match
     // the output that was uploaded for it.
-    let recorded: Vec<i64> = sqlx::query_scalar(
+    let recorded: Vec<i64> = sqlx::query_scalar(&format!(
         "update replica r
          set state = 'over', outcome = u.outcome::replica_outcome, received_at = now(),
              validate_state = 'pending', output_sha256 = u.output_sha256, output_bytes = u.output_bytes,
@@ -174,10 +174,10 @@ async fn record_reports(
                        error_reason),
               work_unit w
          where r.id = u.id and w.id = r.work_unit_id
-           and (r.state = 'in_progress' or r.outcome = 'no_reply')
+           and {AWAITS_REPORT}
            and (u.output_sha256 is null or r.uploaded_sha256 = u.output_sha256)
-         returning r.id",
-    )
+         returning r.id"
+    ))
     .bind(columns.id)
     .bind(columns.outcome)
     .bind(columns.output_sha256)

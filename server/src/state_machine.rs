@@ -27,6 +27,14 @@ use crate::trust::HostEffects;
 use crate::validator::comparisons::{self, KnownComparisons};
 use crate::validator::{self, Bitwise, Candidate, Validator, Verdict};
 
+/// Whether replica `r` (a SQL alias) still waits for its report: it runs, or it missed its
+/// deadline while its work unit still needs an answer, so that a late result counts. Once
+/// its work unit has ended without it, a late report changes nothing and what it uploaded
+/// is let go. Reports, uploads, the scheduler and the sweeps all ask this one question.
+pub const AWAITS_REPORT: &str = "(r.state = 'in_progress'
+     or (r.outcome = 'no_reply'
+         and exists (select 1 from work_unit aw where aw.id = r.work_unit_id and aw.state = 'active')))";
+
 /// Retries go ahead of first copies in the queue so that work units finish.
 const RETRY_PRIORITY: i32 = 1;
 

@@ -28,6 +28,7 @@ use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, VolunteerHost};
 use crate::reports;
+use crate::state_machine::AWAITS_REPORT;
 use crate::trust::HostEffects;
 
 /// The most reports one request may carry; a client with more sends several requests.
@@ -69,11 +70,12 @@ async fn scheduler_request(
     if !reconciled.lost.is_empty() {
         tracing::info!(host.id = host.id, replicas = reconciled.lost.len(), "sending lost replicas again");
     }
+    // Only new replicas count against the quota: the lost ones were counted when claimed.
+    effects.contacted(host.id, assignments.len() as i32);
     assignments.append(&mut reconciled.lost);
     abort.append(&mut reconciled.unwanted);
     abort.sort_unstable();
     abort.dedup();
-    effects.contacted(host.id, assignments.len() as i32);
     effects.apply(&mut transaction, state.scheduler.daily_quota_per_core).await?;
     transaction.commit().await?;
 
@@ -339,10 +341,9 @@ async fn reconcile_held(
     } else {
         // A replica past its deadline may still be reported (a late result counts), so the
         // host may finish it; anything else it lists is not its to run.
-        let may_finish: HashSet<i64> = sqlx::query_scalar(
-            "select id from replica
-             where id = any($1) and host_id = $2 and (state = 'in_progress' or outcome = 'no_reply')",
-        )
+        let may_finish: HashSet<i64> = sqlx::query_scalar(&format!(
+            "select r.id from replica r where r.id = any($1) and r.host_id = $2 and {AWAITS_REPORT}"
+        ))
         .bind(&unknown)
         .bind(host.id)
         .fetch_all(&mut *connection)

@@ -5,10 +5,10 @@
 //!
 //! Every upload is logged in `output_upload`. The sweep takes each logged upload once it is
 //! due and decides:
-//! - its replica may still report it: look again later;
-//! - another upload of the same bytes is logged: that one decides, this one is dropped;
+//! - a replica may still report the bytes (see [`AWAITS_REPORT`]): look again later;
 //! - the bytes are published, or a replica reported them: they stay, the log is dropped;
-//! - otherwise the blob's bytes and row are deleted, with its log.
+//! - otherwise the blob's bytes and row are deleted, with the log (other logs of the same
+//!   bytes then find them gone).
 //!
 //! The sweep deletes a blob only while it holds the blob row's lock, which every upload
 //! and every publisher's store of the same bytes takes before storing them: one of them
@@ -21,8 +21,9 @@ use sqlx::{PgConnection, PgPool};
 use wasmgrid_protocol::Sha256Hash;
 
 use super::BlobStore;
+use crate::state_machine::AWAITS_REPORT;
 
-/// When the sweep first looks at an upload, and again while its replica may still report
+/// When the sweep first looks at an upload, and again while a replica may still report
 /// it. An upload replaced by another is looked at at once.
 pub const RECHECK: Duration = Duration::from_secs(600);
 
@@ -86,15 +87,15 @@ pub async fn sweep(pool: &PgPool, store: &dyn BlobStore, limit: usize) -> anyhow
     let mut swept = Swept::default();
     while swept.total() < limit {
         let mut transaction = pool.begin().await?;
-        let due: Option<(i64, i64, String)> = sqlx::query_as(
-            "select id, replica_id, sha256 from output_upload
+        let due: Option<(i64, String)> = sqlx::query_as(
+            "select id, sha256 from output_upload
              where check_after <= now() order by check_after limit 1
              for update skip locked",
         )
         .fetch_optional(&mut *transaction)
         .await?;
-        let Some((log_id, replica_id, hash)) = due else { break };
-        match decide(&mut transaction, log_id, replica_id, &hash).await? {
+        let Some((log_id, hash)) = due else { break };
+        match decide(&mut transaction, &hash).await? {
             Decision::LookAgain(after) => {
                 sqlx::query("update output_upload set check_after = now() + make_interval(secs => $2) where id = $1")
                     .bind(log_id)
@@ -125,29 +126,17 @@ pub async fn sweep(pool: &PgPool, store: &dyn BlobStore, limit: usize) -> anyhow
     Ok(swept)
 }
 
-async fn decide(connection: &mut PgConnection, log_id: i64, replica_id: i64, hash: &str) -> anyhow::Result<Decision> {
-    let may_still_report: bool = sqlx::query_scalar(
-        "select exists (select 1 from replica where id = $1 and uploaded_sha256 = $2
-                        and (state = 'in_progress' or outcome = 'no_reply'))",
-    )
-    .bind(replica_id)
+async fn decide(connection: &mut PgConnection, hash: &str) -> anyhow::Result<Decision> {
+    // Any replica that may still report these bytes keeps them, whichever upload this log
+    // is of: every sweeper sees the same holders, so none deletes what another waits on.
+    let held: bool = sqlx::query_scalar(&format!(
+        "select exists (select 1 from replica r where r.uploaded_sha256 = $1 and {AWAITS_REPORT})"
+    ))
     .bind(hash)
     .fetch_one(&mut *connection)
     .await?;
-    if may_still_report {
+    if held {
         return Ok(Decision::LookAgain(RECHECK));
-    }
-    // Another logged upload of these bytes decides instead, unless another sweeper is
-    // deciding about it right now (locked): then both could leave it to the other.
-    let other: Option<i64> = sqlx::query_scalar(
-        "select id from output_upload where sha256 = $1 and id <> $2 limit 1 for update skip locked",
-    )
-    .bind(hash)
-    .bind(log_id)
-    .fetch_optional(&mut *connection)
-    .await?;
-    if other.is_some() {
-        return Ok(Decision::Keep);
     }
     let blob: Option<String> = sqlx::query_scalar("select origin from blob where sha256 = $1 for update skip locked")
         .bind(hash)

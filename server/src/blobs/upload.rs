@@ -3,7 +3,9 @@
 //! output archive's headers) and the hash is checked on arrival; uploading the same output
 //! again is harmless.
 //!
-//! A replica holds at most one unreported output: a new upload replaces the one before,
+//! A replica takes uploads while it may still report them: while it runs, or after its
+//! deadline while its work unit still needs an answer. It holds at most one unreported
+//! output: a new upload replaces the one before,
 //! which the sweep of [`super::unreported`] then deletes unless another replica holds or
 //! reported the same bytes. Every upload is logged for that sweep, which also deletes what
 //! was uploaded for a replica that ended without reporting it.
@@ -19,21 +21,14 @@ use super::{Spooled, unreported};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiPath, VolunteerHost};
+use crate::state_machine::AWAITS_REPORT;
 
 #[derive(sqlx::FromRow)]
 struct UploadTarget {
     host_id: Option<i64>,
-    state: String,
-    outcome: Option<String>,
+    may_still_report: bool,
     output_sha256: Option<String>,
     output_limit_bytes: i64,
-}
-
-impl UploadTarget {
-    /// In progress, or past its deadline (a late result is still checked).
-    fn awaits_report(&self) -> bool {
-        self.state == "in_progress" || self.outcome.as_deref() == Some("no_reply")
-    }
 }
 
 pub(super) async fn put_output(
@@ -45,12 +40,12 @@ pub(super) async fn put_output(
 ) -> ApiResult<Json<OutputUploaded>> {
     let claimed_hash: Sha256Hash = claimed_hash.parse().map_err(|error| ApiError::bad_request(format!("{error}")))?;
 
-    let target: Option<UploadTarget> = sqlx::query_as(
-        "select r.host_id, r.state::text as state, r.outcome::text as outcome, r.output_sha256,
-                w.output_limit_bytes
-         from replica r join work_unit w on w.id = r.work_unit_id
-         where r.id = $1",
-    )
+    let target: Option<UploadTarget> = sqlx::query_as(&format!(
+        "select r.host_id, {AWAITS_REPORT} as may_still_report, r.output_sha256,
+                (select output_limit_bytes from work_unit where id = r.work_unit_id) as output_limit_bytes
+         from replica r
+         where r.id = $1"
+    ))
     .bind(replica_id)
     .fetch_optional(&state.pool)
     .await?;
@@ -58,7 +53,7 @@ pub(super) async fn put_output(
     if target.host_id != Some(host.id) {
         return Err(ApiError::Forbidden(format!("replica {replica_id} is not assigned to this host")));
     }
-    if !target.awaits_report() {
+    if !target.may_still_report {
         // After the report, only a retry of the output it reported is accepted: that output
         // is stored already.
         if target.output_sha256 != Some(claimed_hash.to_hex()) {
@@ -106,12 +101,12 @@ async fn store_output(state: &AppState, replica_id: i64, host_id: i64, spooled: 
     let Spooled { hash, bytes, content } = spooled;
     let hex = hash.to_hex();
     let mut transaction = state.pool.begin().await?;
-    let previous: Option<Option<String>> = sqlx::query_scalar(
+    let previous: Option<Option<String>> = sqlx::query_scalar(&format!(
         "update replica r set uploaded_sha256 = $2
          from (select id, uploaded_sha256 from replica where id = $1 for no key update) before
-         where r.id = before.id and r.host_id = $3 and (r.state = 'in_progress' or r.outcome = 'no_reply')
-         returning before.uploaded_sha256",
-    )
+         where r.id = before.id and r.host_id = $3 and {AWAITS_REPORT}
+         returning before.uploaded_sha256"
+    ))
     .bind(replica_id)
     .bind(&hex)
     .bind(host_id)

@@ -167,3 +167,62 @@ async fn blobs_are_never_sniffed_or_run_as_pages() {
     let policy = response.headers()["content-security-policy"].to_str().unwrap();
     assert!(policy.split(';').any(|directive| directive.trim() == "sandbox"), "{policy}");
 }
+
+#[tokio::test]
+async fn an_upload_left_by_a_replica_whose_work_unit_ended_without_it_is_deleted() {
+    let app = TestApp::spawn().await;
+    app.publish(1, policy(1, 1)).await;
+    let (late, punctual) = (app.volunteer("late").await, app.volunteer("punctual").await);
+    let replica = late.fetch(1).await[0].replica_id;
+    late.upload(replica, b"too late").await.unwrap();
+    app.expire(replica).await;
+    app.sweep().await;
+    // The work unit is done by another volunteer meanwhile.
+    let second = punctual.fetch(1).await[0].replica_id;
+    punctual.succeed(second, b"on time").await;
+    sqlx::query("update output_upload set check_after = now()").execute(&app.pool).await.unwrap();
+    app.sweep().await;
+
+    assert!(!stored(&app, Sha256Hash::of(b"too late")).await, "nobody can report it any more");
+    let refused = late.upload(replica, b"too late, again").await.unwrap_err();
+    assert_eq!(refused.status(), Some(StatusCode::CONFLICT));
+    // A late report now changes nothing, and is acknowledged.
+    let reply = late.request(vec![success(replica, b"too late")], 0).await.unwrap();
+    assert_eq!(reply.acknowledged, [replica]);
+    let outcome: Option<String> = sqlx::query_scalar("select outcome::text from replica where id = $1")
+        .bind(replica)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(outcome.as_deref(), Some("no_reply"));
+}
+
+#[tokio::test]
+async fn bytes_a_replica_still_holds_stay_while_another_sweeper_looks_at_its_upload() {
+    let app = TestApp::spawn().await;
+    app.publish(2, policy(1, 1)).await;
+    let (alice, bob) = (app.volunteer("alice").await, app.volunteer("bob").await);
+    let (a, b) = (alice.fetch(1).await[0].replica_id, bob.fetch(1).await[0].replica_id);
+    let shared = b"identical small output".as_slice();
+    alice.upload(a, shared).await.unwrap();
+    bob.upload(b, shared).await.unwrap();
+    alice.fail(a, "gave up").await;
+    sqlx::query("update output_upload set check_after = now() where replica_id = $1")
+        .bind(a)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    // Another server's sweeper holds Bob's upload log (deciding to look again later).
+    let mut other_sweeper = app.pool.begin().await.unwrap();
+    sqlx::query("select id from output_upload where replica_id = $1 for update")
+        .bind(b)
+        .execute(&mut *other_sweeper)
+        .await
+        .unwrap();
+    app.sweep().await;
+    other_sweeper.rollback().await.unwrap();
+
+    assert!(stored(&app, Sha256Hash::of(shared)).await, "Bob may still report these bytes");
+    bob.request(vec![success(b, shared)], 0).await.expect("Bob's report is recorded");
+}

@@ -10,20 +10,30 @@
 use crate::http::error::{ApiError, ApiResult};
 
 /// Characters that reorder the text around them (bidirectional embeddings, overrides,
-/// isolates and marks), take no space (zero-width spaces and joiners, word joiners, the
-/// byte-order mark, invisible operators, the soft hyphen), or break a line outside the
-/// control characters (the line and paragraph separators).
+/// isolates and marks), take no space or show nothing (zero-width spaces and joiners, word
+/// joiners, the byte-order mark, invisible operators, the soft hyphen, the combining
+/// grapheme joiner, Hangul and Khmer fillers, tag characters), or break a line outside the
+/// control characters (the line and paragraph separators). Variation selectors stay: emoji
+/// need them.
 fn hides_or_reorders(c: char) -> bool {
     matches!(
         c,
         '\u{00AD}'
+            | '\u{034F}'
             | '\u{061C}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
             | '\u{180E}'
             | '\u{200B}'..='\u{200F}'
             | '\u{2028}'..='\u{202E}'
             | '\u{2060}'..='\u{2064}'
             | '\u{2066}'..='\u{2069}'
+            | '\u{3164}'
             | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{E0000}'..='\u{E007F}'
     )
 }
 
@@ -95,9 +105,20 @@ mod tests {
     fn labels_are_single_visible_lines() {
         assert_eq!(label("name", "  Ada Lovelace ", 100).unwrap(), "Ada Lovelace");
         assert_eq!(label("name", "Émile 🚀 中文", 100).unwrap(), "Émile 🚀 中文");
-        for bad in
-            ["", "   ", "a\0b", "a\nb", "a\u{7f}b", "admin\u{202E}nimda", "ad\u{200B}min", "\u{FEFF}x", "a\u{2028}b"]
-        {
+        assert!(label("name", "I \u{2764}\u{FE0F} Wasm", 100).is_ok(), "emoji keep their variation selectors");
+        for bad in [
+            "",
+            "   ",
+            "a\0b",
+            "a\nb",
+            "a\u{7f}b",
+            "admin\u{202E}nimda",
+            "ad\u{200B}min",
+            "\u{FEFF}x",
+            "a\u{2028}b",
+            "\u{3164}",
+            "x\u{E0041}",
+        ] {
             let message = refused(label("team name", bad, 100));
             assert!(message.starts_with("team name "), "{message}");
         }

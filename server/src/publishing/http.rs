@@ -260,6 +260,7 @@ async fn create_batch(
 ) -> ApiResult<(StatusCode, Json<BatchCreated>)> {
     let name =
         if request.name.trim().is_empty() { String::new() } else { text::label("the batch name", &request.name, 200)? };
+    super::check_app_name(&request.app)?;
     let mut connection = state.pool.acquire().await?;
     let app = find_app(&mut connection, publisher.id, &request.app).await?;
     let batch_id = super::open_batch(&mut connection, app.id, &name, request.public).await?;

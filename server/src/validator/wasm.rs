@@ -98,7 +98,16 @@ impl ValidatorRunner {
             Err(unusable) => return Ok(Comparison { equivalent: false, failure: Some(unusable) }),
         };
         drop(dir);
-        let stderr = report.stderr.lines().rev().find(|line| !line.trim().is_empty()).unwrap_or_default().trim();
+        // The module's own words, which may echo the outputs (a volunteer's bytes): kept
+        // short, and free of control characters (PostgreSQL refuses NUL; a terminal would
+        // obey escapes).
+        let stderr = report
+            .stderr
+            .lines()
+            .rev()
+            .map(|line| printable_text(line).trim().to_owned())
+            .find(|line| !line.is_empty())
+            .unwrap_or_default();
         let with_stderr = |what: String| if stderr.is_empty() { what } else { format!("{what}: {stderr}") };
         Ok(match report.outcome {
             RunOutcome::Success => Comparison { equivalent: true, failure: None },
@@ -145,8 +154,13 @@ impl ValidatorRunner {
 /// An error about hostile bytes, fit to show the publisher: the tar reader may quote the
 /// bytes themselves, so control characters go and the length is capped.
 fn printable(error: &std::io::Error) -> String {
+    printable_text(&error.to_string())
+}
+
+/// `text` without control characters, at most 120 characters of it.
+fn printable_text(text: &str) -> String {
     const MAX_CHARS: usize = 120;
-    let text: String = error.to_string().chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let text: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     match text.char_indices().nth(MAX_CHARS) {
         Some((cut, _)) => format!("{}...", &text[..cut]),
         None => text,

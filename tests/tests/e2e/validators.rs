@@ -183,6 +183,25 @@ async fn a_validator_that_traps_is_reported_and_counts_as_disagreement() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_validator_that_writes_nul_and_escapes_to_stderr_is_reported_without_them() {
+    let server = Server::start().await;
+    let scientist = server.publisher("alice").await;
+    let validator = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(validator.path(), workunit("hostile/validator_nul_stderr.wat")).unwrap();
+    let batch = app_with_validator(&scientist, validator.path(), 1, &["--max-total", "2"]).await;
+
+    let (first, second) = (ScriptedHost::register(&server, "one").await, ScriptedHost::register(&server, "two").await);
+    first.run_returning("1.0\n").await;
+    second.run_returning("1.0000000001\n").await;
+
+    let status = wait_for_status(&scientist, &batch, |status| status["state"] == "done").await;
+    let reason = status["recent_validator_failures"][0]["reason"].as_str().unwrap();
+    assert!(reason.ends_with(": bad byte [2J here"), "{reason:?}");
+    assert!(!reason.chars().any(char::is_control), "{reason:?}");
+    assert_eq!(status["work_units"]["failed"], 1, "the work unit moved on: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_output_that_is_not_an_archive_cannot_stall_validation() {
     let server = Server::start().await;
     let scientist = server.publisher("alice").await;

@@ -7,18 +7,16 @@
 -- exist already as an output become published.
 alter table blob add column origin text not null default 'published'
     check (origin in ('published', 'output'));
--- Before this, publishers stored only modules and inputs, and anything else came from an
--- upload (one no replica references any more included).
 update blob b set origin = 'output'
 where not exists (select 1 from app_version v where v.module_sha256 = b.sha256)
   and not exists (select 1 from app a where a.validator_module_sha256 = b.sha256)
   and not exists (select 1 from work_unit w where w.stdin_sha256 = b.sha256)
-  and not exists (select 1 from work_unit_file f where f.sha256 = b.sha256);
+  and not exists (select 1 from work_unit_file f where f.sha256 = b.sha256)
+  and exists (select 1 from replica r where r.output_sha256 = b.sha256 or r.uploaded_sha256 = b.sha256);
 
 -- Serving an output, and deciding whether one may be deleted, ask whether any replica
--- reported it, or holds it unreported.
+-- reported it.
 create index replica_output_sha256 on replica (output_sha256) where output_sha256 is not null;
-create index replica_uploaded_sha256 on replica (uploaded_sha256) where uploaded_sha256 is not null;
 
 -- Every output upload, until the sweep has decided what becomes of its blob: kept while
 -- its replica may still report it or once a replica has reported it, deleted otherwise
@@ -27,19 +25,13 @@ create index replica_uploaded_sha256 on replica (uploaded_sha256) where uploaded
 -- these rows in one transaction.
 create table output_upload (
     id bigint generated always as identity primary key,
-    -- Null for an output uploaded before this log existed that no replica holds now.
-    replica_id bigint references replica (id),
+    replica_id bigint not null references replica (id),
     sha256 text not null,
     check_after timestamptz not null,
     created_at timestamptz not null default now()
 );
 create index output_upload_check_after on output_upload (check_after);
-create index output_upload_replica_id on output_upload (replica_id, sha256);
--- Every unreported output stored before this log existed, for the sweep to decide about.
-insert into output_upload (replica_id, sha256, check_after)
-select (select r.id from replica r where r.uploaded_sha256 = b.sha256 order by r.id limit 1), b.sha256, now()
-from blob b
-where b.origin = 'output' and not exists (select 1 from replica r where r.output_sha256 = b.sha256);
+create index output_upload_sha256 on output_upload (sha256);
 
 -- The files each publisher stored, so that a publisher learns only about its own files
 -- whether the server has them (or about modules, which are public), and names only its

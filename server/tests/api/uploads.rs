@@ -226,3 +226,43 @@ async fn bytes_a_replica_still_holds_stay_while_another_sweeper_looks_at_its_upl
     assert!(stored(&app, Sha256Hash::of(shared)).await, "Bob may still report these bytes");
     bob.request(vec![success(b, shared)], 0).await.expect("Bob's report is recorded");
 }
+
+/// What the two migrations that brought the upload log and blob visibility added, undone:
+/// a database as it was before them.
+const BEFORE_THE_UPLOAD_LOG: &str = "
+    drop table output_upload;
+    drop table publisher_file;
+    drop index replica_output_sha256;
+    drop index replica_uploaded_sha256;
+    drop index app_version_module_sha256;
+    alter table blob drop column origin;
+    alter table batch drop column public;
+    delete from _sqlx_migrations where version >= 20261201000002;
+";
+
+#[tokio::test]
+async fn outputs_stored_before_the_upload_log_are_hidden_and_swept_by_the_migrations() {
+    let app = TestApp::spawn().await;
+    let alice = app.volunteer("alice").await;
+    let replica = one_replica(&app, &alice).await;
+    // Before the log, a replaced upload stayed behind, unreferenced and served to anyone.
+    let (replaced, held) = (output(1), output(2));
+    alice.upload(replica, &replaced).await.unwrap();
+    alice.upload(replica, &held).await.unwrap();
+    assert!(stored(&app, Sha256Hash::of(&replaced)).await, "left for the sweep");
+    sqlx::raw_sql(BEFORE_THE_UPLOAD_LOG).execute(&app.pool).await.unwrap();
+
+    wasmgrid_server::database::MIGRATOR.run(&app.pool).await.expect("the migrations apply to an old database");
+
+    let origins: Vec<(String, String)> =
+        sqlx::query_as("select sha256, origin from blob order by origin, sha256").fetch_all(&app.pool).await.unwrap();
+    assert_eq!(origins.iter().filter(|(_, origin)| origin == "published").count(), 1, "the module: {origins:?}");
+    for bytes in [&replaced, &held] {
+        assert_eq!(download_status(&app, Sha256Hash::of(bytes)).await, StatusCode::NOT_FOUND);
+    }
+    app.sweep().await;
+    assert!(!stored(&app, Sha256Hash::of(&replaced)).await, "nobody holds the replaced upload");
+    assert!(stored(&app, Sha256Hash::of(&held)).await, "its replica may still report this one");
+    alice.request(vec![success(replica, &held)], 0).await.unwrap();
+    assert_eq!(download_status(&app, Sha256Hash::of(&held)).await, StatusCode::OK);
+}

@@ -28,12 +28,18 @@ use crate::validator::comparisons::{self, KnownComparisons};
 use crate::validator::{self, Bitwise, Candidate, Validator, Verdict};
 
 /// Whether replica `r` (a SQL alias) still waits for its report: it runs, or it missed its
-/// deadline while its work unit still needs an answer, so that a late result counts. Once
-/// its work unit has ended without it, a late report changes nothing and what it uploaded
-/// is let go. Reports, uploads, the scheduler and the sweeps all ask this one question.
+/// deadline while its work unit still needs an answer, or after the work unit was validated
+/// but by no more than its deadline's length again, so that a late result counts (checked
+/// against the canonical one, and credited if it agrees). Past that, or once its work unit
+/// failed or was cancelled, a late report changes nothing and what it uploaded is let go,
+/// so nothing waits on a volunteer who never returns. Reports, uploads, the scheduler and
+/// the sweeps all ask this one question.
 pub const AWAITS_REPORT: &str = "(r.state = 'in_progress'
      or (r.outcome = 'no_reply'
-         and exists (select 1 from work_unit aw where aw.id = r.work_unit_id and aw.state = 'active')))";
+         and exists (select 1 from work_unit aw
+                     where aw.id = r.work_unit_id
+                       and (aw.state = 'active'
+                            or (aw.state = 'validated' and now() < r.deadline_at + aw.delay_bound)))))";
 
 /// Retries go ahead of first copies in the queue so that work units finish.
 const RETRY_PRIORITY: i32 = 1;

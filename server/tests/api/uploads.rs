@@ -169,7 +169,7 @@ async fn blobs_are_never_sniffed_or_run_as_pages() {
 }
 
 #[tokio::test]
-async fn an_upload_left_by_a_replica_whose_work_unit_ended_without_it_is_deleted() {
+async fn an_upload_left_by_a_replica_too_late_to_count_is_deleted() {
     let app = TestApp::spawn().await;
     app.publish(1, policy(1, 1)).await;
     let (late, punctual) = (app.volunteer("late").await, app.volunteer("punctual").await);
@@ -180,6 +180,19 @@ async fn an_upload_left_by_a_replica_whose_work_unit_ended_without_it_is_deleted
     // The work unit is done by another volunteer meanwhile.
     let second = punctual.fetch(1).await[0].replica_id;
     punctual.succeed(second, b"on time").await;
+    sqlx::query("update output_upload set check_after = now()").execute(&app.pool).await.unwrap();
+    app.sweep().await;
+    assert!(stored(&app, Sha256Hash::of(b"too late")).await, "a late result may still count for a while");
+
+    // Late by more than its deadline's length again.
+    sqlx::query(
+        "update replica r set deadline_at = now() - w.delay_bound - interval '1 second'
+         from work_unit w where w.id = r.work_unit_id and r.id = $1",
+    )
+    .bind(replica)
+    .execute(&app.pool)
+    .await
+    .unwrap();
     sqlx::query("update output_upload set check_after = now()").execute(&app.pool).await.unwrap();
     app.sweep().await;
 

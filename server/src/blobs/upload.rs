@@ -95,7 +95,8 @@ async fn uploaded_bytes(state: &AppState, hash: Sha256Hash) -> ApiResult<u64> {
 
 /// Makes verified bytes the replica's unreported output, in one transaction: the replica
 /// takes it (if it still waits for its report: one may have landed since the check above),
-/// the upload is logged, the blob's row is written and locked, then the bytes are stored.
+/// the upload is logged, the blob's row is written or share-locked, then new bytes are
+/// stored.
 /// A failure at any step leaves the replica as it was.
 async fn store_output(state: &AppState, replica_id: i64, host_id: i64, spooled: Spooled) -> ApiResult<()> {
     let Spooled { hash, bytes, content } = spooled;
@@ -118,18 +119,46 @@ async fn store_output(state: &AppState, replica_id: i64, host_id: i64, spooled: 
         return Ok(());
     }
     unreported::log_upload(&mut transaction, replica_id, hash).await?;
-    sqlx::query(
-        "insert into blob (sha256, bytes, origin) values ($1, $2, 'output')
-         on conflict (sha256) do update set origin = blob.origin",
-    )
-    .bind(&hex)
-    .bind(bytes as i64)
-    .execute(&mut *transaction)
-    .await?;
-    super::put_content(state.blobs.as_ref(), hash, content).await?;
+    if hold_blob_row(&mut transaction, &hex, bytes).await? {
+        super::put_content(state.blobs.as_ref(), hash, content).await?;
+    }
     if let Some(replaced) = previous {
         unreported::let_go(&mut transaction, replica_id, &replaced).await?;
     }
     transaction.commit().await?;
     Ok(())
+}
+
+/// Makes sure the blob row for `hex` exists until the transaction ends, and holds it against
+/// the sweep of unreported outputs, which deletes only rows it can lock for update (skipping
+/// locked ones). Whether the row is new, so that its bytes must be stored: a committed row's
+/// bytes are stored already.
+///
+/// An existing row is only share-locked, so uploads of the same bytes (every replica of a
+/// quorum that agrees, or the common "nothing found" output of a search) do not queue behind
+/// each other's commits.
+async fn hold_blob_row(transaction: &mut sqlx::PgConnection, hex: &str, bytes: u64) -> ApiResult<bool> {
+    // A row can vanish between the two statements (the sweep deleted it) or appear (another
+    // upload committed it); each turn of the loop sees one of them settle.
+    for _ in 0..3 {
+        let existing: Option<i32> = sqlx::query_scalar("select 1 from blob where sha256 = $1 for key share")
+            .bind(hex)
+            .fetch_optional(&mut *transaction)
+            .await?;
+        if existing.is_some() {
+            return Ok(false);
+        }
+        let inserted: Option<i32> = sqlx::query_scalar(
+            "insert into blob (sha256, bytes, origin) values ($1, $2, 'output')
+             on conflict (sha256) do nothing returning 1",
+        )
+        .bind(hex)
+        .bind(bytes as i64)
+        .fetch_optional(&mut *transaction)
+        .await?;
+        if inserted.is_some() {
+            return Ok(true);
+        }
+    }
+    Err(ApiError::Unavailable)
 }

@@ -113,15 +113,22 @@ async fn claimed_cores_beyond_the_cap_earn_no_quota() {
     assert_eq!(taken, 16, "8 believed cores x a quota of 2");
 }
 
-#[tokio::test]
-async fn a_new_host_starts_with_a_small_quota_that_grows_with_valid_results() {
+/// A server whose hosts start at 1 replica per core a day and may earn 100, with 100 work
+/// units of quorum 1, and a new 4-core host: 4 replicas today.
+async fn a_new_host_on_100_work_units() -> (TestApp, Volunteer) {
     let app = TestApp::spawn_with(|config| {
         config.scheduler.initial_daily_quota_per_core = 1;
         config.scheduler.daily_quota_per_core = 100;
     })
     .await;
     app.publish(100, policy(1, 1)).await;
-    let alice = app.volunteer("alice").await; // 4 cores: 4 today
+    let alice = app.volunteer("alice").await;
+    (app, alice)
+}
+
+#[tokio::test]
+async fn a_new_host_starts_with_a_small_quota_that_grows_with_valid_results() {
+    let (app, alice) = a_new_host_on_100_work_units().await;
     assert_eq!(app.host(alice.host_id).await.daily_quota, 1);
 
     let first = alice.fetch(64).await;
@@ -138,13 +145,7 @@ async fn a_new_host_starts_with_a_small_quota_that_grows_with_valid_results() {
 
 #[tokio::test]
 async fn results_validated_by_a_request_raise_the_quota_it_claims_by() {
-    let app = TestApp::spawn_with(|config| {
-        config.scheduler.initial_daily_quota_per_core = 1;
-        config.scheduler.daily_quota_per_core = 100;
-    })
-    .await;
-    app.publish(100, policy(1, 1)).await;
-    let alice = app.volunteer("alice").await; // 4 cores: 4 today
+    let (_app, alice) = a_new_host_on_100_work_units().await;
     let first = alice.fetch(64).await;
     let mut reports = Vec::new();
     for assignment in &first {

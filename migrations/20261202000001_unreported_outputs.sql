@@ -1,8 +1,10 @@
 -- Follows 20261201000002: what it left out about outputs stored before the upload log.
 
--- Before that migration publishers stored only modules and inputs, so anything else came
--- from an upload, including one that no replica references any more: that is an output
--- too, never to be served, and for the sweep to delete.
+-- A blob that no app, work unit or publisher's file list names came from an upload, which
+-- no replica may reference any more: that is an output too, never to be served, and for the
+-- sweep to delete. So is a file a publisher stored before 20261201000002 and has not used
+-- in a work unit yet: since then the server tells that publisher it is missing, and the
+-- publish command uploads it again.
 update blob b set origin = 'output'
 where b.origin = 'published'
   and not exists (select 1 from app_version v where v.module_sha256 = b.sha256)

@@ -127,17 +127,9 @@ pub async fn sweep(pool: &PgPool, store: &dyn BlobStore, limit: usize) -> anyhow
 }
 
 async fn decide(connection: &mut PgConnection, hash: &str) -> anyhow::Result<Decision> {
-    // Any replica that may still report these bytes keeps them, whichever upload this log
-    // is of: every sweeper sees the same holders, so none deletes what another waits on.
-    let held: bool = sqlx::query_scalar(&format!(
-        "select exists (select 1 from replica r where r.uploaded_sha256 = $1 and {AWAITS_REPORT})"
-    ))
-    .bind(hash)
-    .fetch_one(&mut *connection)
-    .await?;
-    if held {
-        return Ok(Decision::LookAgain(RECHECK));
-    }
+    // The blob row's lock first: an upload or a store of these bytes holds it (shared, or
+    // as the writer) until it commits, so once it is ours, the questions below see every
+    // replica that names these bytes, and whoever comes next waits and finds the row gone.
     let blob: Option<String> = sqlx::query_scalar("select origin from blob where sha256 = $1 for update skip locked")
         .bind(hash)
         .fetch_optional(&mut *connection)
@@ -150,6 +142,17 @@ async fn decide(connection: &mut PgConnection, hash: &str) -> anyhow::Result<Dec
         // Locked: someone is storing these bytes right now.
         return Ok(if exists { Decision::LookAgain(BUSY_RETRY) } else { Decision::Keep });
     };
+    // Any replica that may still report these bytes keeps them, whichever upload this log
+    // is of: every sweeper sees the same holders, so none deletes what another waits on.
+    let held: bool = sqlx::query_scalar(&format!(
+        "select exists (select 1 from replica r where r.uploaded_sha256 = $1 and {AWAITS_REPORT})"
+    ))
+    .bind(hash)
+    .fetch_one(&mut *connection)
+    .await?;
+    if held {
+        return Ok(Decision::LookAgain(RECHECK));
+    }
     let reported: bool = sqlx::query_scalar("select exists (select 1 from replica where output_sha256 = $1)")
         .bind(hash)
         .fetch_one(&mut *connection)

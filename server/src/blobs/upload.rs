@@ -95,7 +95,7 @@ async fn uploaded_bytes(state: &AppState, hash: Sha256Hash) -> ApiResult<u64> {
 
 /// Makes verified bytes the replica's unreported output, in one transaction: the replica
 /// takes it (if it still waits for its report: one may have landed since the check above),
-/// the upload is logged, the blob's row is written or share-locked, then new bytes are
+/// the upload is logged, the blob's row is written or share-locked, then the bytes are
 /// stored.
 /// A failure at any step leaves the replica as it was.
 async fn store_output(state: &AppState, replica_id: i64, host_id: i64, spooled: Spooled) -> ApiResult<()> {
@@ -119,9 +119,10 @@ async fn store_output(state: &AppState, replica_id: i64, host_id: i64, spooled: 
         return Ok(());
     }
     unreported::log_upload(&mut transaction, replica_id, hash).await?;
-    if hold_blob_row(&mut transaction, &hex, bytes).await? {
-        super::put_content(state.blobs.as_ref(), hash, content).await?;
-    }
+    hold_blob_row(&mut transaction, &hex, bytes).await?;
+    // Even under an existing row: the store keeps what it has, and puts back bytes a sweep
+    // interrupted between deleting them and deleting their row.
+    super::put_content(state.blobs.as_ref(), hash, content).await?;
     if let Some(replaced) = previous {
         unreported::let_go(&mut transaction, replica_id, &replaced).await?;
     }
@@ -131,13 +132,12 @@ async fn store_output(state: &AppState, replica_id: i64, host_id: i64, spooled: 
 
 /// Makes sure the blob row for `hex` exists until the transaction ends, and holds it against
 /// the sweep of unreported outputs, which deletes only rows it can lock for update (skipping
-/// locked ones). Whether the row is new, so that its bytes must be stored: a committed row's
-/// bytes are stored already.
+/// locked ones).
 ///
 /// An existing row is only share-locked, so uploads of the same bytes (every replica of a
 /// quorum that agrees, or the common "nothing found" output of a search) do not queue behind
 /// each other's commits.
-async fn hold_blob_row(transaction: &mut sqlx::PgConnection, hex: &str, bytes: u64) -> ApiResult<bool> {
+async fn hold_blob_row(transaction: &mut sqlx::PgConnection, hex: &str, bytes: u64) -> ApiResult<()> {
     // A row can vanish between the two statements (the sweep deleted it) or appear (another
     // upload committed it); each turn of the loop sees one of them settle.
     for _ in 0..3 {
@@ -146,7 +146,7 @@ async fn hold_blob_row(transaction: &mut sqlx::PgConnection, hex: &str, bytes: u
             .fetch_optional(&mut *transaction)
             .await?;
         if existing.is_some() {
-            return Ok(false);
+            return Ok(());
         }
         let inserted: Option<i32> = sqlx::query_scalar(
             "insert into blob (sha256, bytes, origin) values ($1, $2, 'output')
@@ -157,7 +157,7 @@ async fn hold_blob_row(transaction: &mut sqlx::PgConnection, hex: &str, bytes: u
         .fetch_optional(&mut *transaction)
         .await?;
         if inserted.is_some() {
-            return Ok(true);
+            return Ok(());
         }
     }
     Err(ApiError::Unavailable)

@@ -9,9 +9,9 @@
 //!   kept-alive connection that sits idle that long;
 //! - holds at most [`Limits::max_connections`] connections (by default as many as the
 //!   open-file limit leaves room for). A new connection over the cap takes the place of one
-//!   from the address that holds the most: the one that has been waiting longest for its
-//!   request's headers or, failing that, the one whose request has been receiving its body
-//!   longest (a body can be trickled as well as headers). A connection whose request has arrived whole is never closed this way; only
+//!   waiting for its request's headers or, failing that, of one whose request is receiving
+//!   its body (a body can be trickled as well as headers): of the address that holds the
+//!   most, the longest at it. A connection whose request has arrived whole is never closed this way; only
 //!   when every one is is the new connection refused;
 //! - holds at most [`Limits::max_per_address`] connections from one address (trusted
 //!   proxies excepted), so that one client filling its share only closes its own;
@@ -160,11 +160,11 @@ impl Registry {
     }
 
     /// Closes one connection, among those `among` accepts, to make room; whether there was
-    /// one. It comes from the address holding the most connections, so that a flood from a
-    /// few addresses displaces its own connections rather than everyone else's (a
-    /// connection cannot be pushed out by others' churn before its headers are read); and
-    /// of those, the one that has waited longest for its request (or, failing that, has been
-    /// receiving a body longest).
+    /// one. Connections waiting for a request go before those receiving a body; within
+    /// each, one of the address holding the most connections, so that a flood from a few
+    /// addresses displaces its own connections rather than everyone else's (a connection
+    /// cannot be pushed out by others' churn before its headers are read); and of those,
+    /// the one that has waited (or received) longest.
     fn evict_longest_waiting(&mut self, among: impl Fn(&Entry) -> bool) -> bool {
         let share = |entry: &Entry| entry.counted_as.and_then(|address| self.per_address.get(&address)).copied();
         let victim = self
@@ -173,7 +173,7 @@ impl Registry {
             .filter(|(_, entry)| among(entry))
             .filter_map(|(id, entry)| {
                 let held = share(entry).unwrap_or(1);
-                entry.eviction_rank().map(|rank| (std::cmp::Reverse(held), rank, *id))
+                entry.eviction_rank().map(|(class, since)| (class, std::cmp::Reverse(held), since, *id))
             })
             .min()
             .map(|(.., id)| id);
@@ -568,6 +568,20 @@ mod tests {
         assert!(is_open(&registry, &lone), "the oldest, but its address holds one connection");
         assert!(!is_open(&registry, &flood[0]) && is_open(&registry, &flood[1]), "the flood's oldest made room");
         assert!(is_open(&registry, &newcomer));
+    }
+
+    #[test]
+    fn an_idle_connection_goes_before_a_body_whatever_its_address_holds() {
+        let registry = registry(3, 10);
+        let idle = admit(&registry, ip("192.0.2.1")).unwrap();
+        let uploading: Vec<_> = (0..2).map(|_| admit(&registry, ip("203.0.113.7")).unwrap()).collect();
+        let _bodies: Vec<_> = uploading
+            .iter()
+            .map(|connection| (InFlight::start(&registry, connection.id), Receiving::start(&registry, connection.id)))
+            .collect();
+        let _newcomer = admit(&registry, ip("198.51.100.1")).unwrap();
+        assert!(!is_open(&registry, &idle), "waiting for a request, so the first to go");
+        assert!(uploading.iter().all(|connection| is_open(&registry, connection)));
     }
 
     #[test]

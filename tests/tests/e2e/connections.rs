@@ -122,8 +122,10 @@ async fn connections_that_trickle_their_headers_or_bodies_cannot_keep_healthz_ou
     let still_open = attack.await.unwrap();
 
     assert!(failures.is_empty(), "{} of {probes} health checks failed during the attack: {failures:?}", failures.len());
+    // A server without header deadlines closes none. How many more than half the attack it
+    // closes in the time depends on how fast this machine lets the attack reconnect.
     assert!(
-        closed_by_server.load(Ordering::Relaxed) > ATTACK_CONNECTIONS,
+        closed_by_server.load(Ordering::Relaxed) > ATTACK_CONNECTIONS / 2,
         "the server closes connections that never finish their headers ({} closed, {still_open} open at the end)",
         closed_by_server.load(Ordering::Relaxed)
     );

@@ -247,6 +247,15 @@ impl InFlight {
     }
 }
 
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(entry) = self.registry.lock().expect("connection registry poisoned").open.get_mut(&self.id) {
+            entry.in_flight = entry.in_flight.saturating_sub(1);
+            entry.waiting_since = Instant::now();
+        }
+    }
+}
+
 /// Marks a request as still receiving its body until the body has arrived whole (or is
 /// dropped unread).
 struct Receiving {
@@ -299,10 +308,11 @@ impl http_body::Body for ReceivingBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let frame = Pin::new(&mut self.inner).poll_frame(cx);
-        if matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream() {
+        let ended = matches!(frame, Poll::Ready(None)) || self.inner.is_end_stream();
+        if ended {
             self.arrived_whole.store(true, Ordering::Relaxed);
         }
-        if matches!(frame, Poll::Ready(None | Some(Err(_)))) || self.inner.is_end_stream() {
+        if ended || matches!(frame, Poll::Ready(Some(Err(_)))) {
             self.receiving.finish();
         }
         frame
@@ -314,15 +324,6 @@ impl http_body::Body for ReceivingBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if let Some(entry) = self.registry.lock().expect("connection registry poisoned").open.get_mut(&self.id) {
-            entry.in_flight = entry.in_flight.saturating_sub(1);
-            entry.waiting_since = Instant::now();
-        }
     }
 }
 

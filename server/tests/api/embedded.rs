@@ -193,6 +193,15 @@ async fn publisher_tokens_are_created_beside_a_running_server_and_while_it_is_st
 }
 
 /// The pid in the cluster's `postmaster.pid`, once the file names one.
+/// Kills the postmaster of the cluster in `data_dir` outright, as the OOM killer would;
+/// its pid.
+async fn kill_postmaster(data_dir: &Path) -> u32 {
+    let pid = postmaster_pid(data_dir).await;
+    // SAFETY: signalling the test's own server's PostgreSQL.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    pid
+}
+
 async fn postmaster_pid(data_dir: &Path) -> u32 {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -229,10 +238,7 @@ async fn wait_until_serving(server: &RunningServer) {
 async fn a_killed_postmaster_is_restarted_and_the_server_recovers_by_itself() {
     let dir = data_dir();
     let server = start(dir.path()).await;
-    let first = postmaster_pid(dir.path()).await;
-
-    // SAFETY: signalling the test's own server's PostgreSQL.
-    unsafe { libc::kill(first as libc::pid_t, libc::SIGKILL) };
+    let first = kill_postmaster(dir.path()).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while postmaster_pid(dir.path()).await == first || !is_running(postmaster_pid(dir.path()).await) {
         assert!(Instant::now() < deadline, "the server did not restart its PostgreSQL");
@@ -288,10 +294,7 @@ async fn a_cluster_restarted_by_hand_is_used_and_stopped_with_the_server() {
 async fn a_server_stopped_while_its_postmaster_is_down_stops_promptly_and_leaves_none_running() {
     let dir = data_dir();
     let server = start(dir.path()).await;
-    let first = postmaster_pid(dir.path()).await;
-
-    // SAFETY: signalling the test's own server's PostgreSQL.
-    unsafe { libc::kill(first as libc::pid_t, libc::SIGKILL) };
+    kill_postmaster(dir.path()).await;
     let status = server.terminate().await;
 
     assert!(status.success(), "{status}");

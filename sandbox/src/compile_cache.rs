@@ -1,11 +1,11 @@
-//! Compiled modules cached on disk, per module hash and engine, so a module is compiled
-//! once and later tasks start at once.
+//! Compiled modules cached on disk, per module hash, instrumentation and engine, so a module
+//! is instrumented and compiled once and later tasks start at once.
 //!
 //! Loading precompiled code is only safe for code this client compiled itself: the cache
 //! lives in the client's own data directory, files are written under a temporary name and
-//! renamed when complete, and their name binds them to the module's hash and to the
-//! engine's compatibility hash (wasmtime version and settings). Precompiled code never
-//! comes from the network.
+//! renamed when complete, and their name binds them to the module's hash, to the
+//! instrumentation pass's version and options, and to the engine's compatibility hash
+//! (wasmtime version and settings). Precompiled code never comes from the network.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -20,11 +20,14 @@ pub struct CompileCache {
 }
 
 impl CompileCache {
-    pub fn open(dir: impl Into<PathBuf>, engine: &Engine) -> std::io::Result<Self> {
+    /// The cache in `dir` for code compiled by `engine` from modules instrumented with
+    /// `instrumentation` (a description of the pass's version and options).
+    pub fn open(dir: impl Into<PathBuf>, engine: &Engine, instrumentation: &str) -> std::io::Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
         let mut hasher = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
+        instrumentation.hash(&mut hasher);
         let cache = Self { dir, engine_tag: format!("{:016x}", hasher.finish()) };
         cache.remove_other_engines_code();
         Ok(cache)
@@ -47,9 +50,14 @@ impl CompileCache {
         self.dir.join(format!("{module_hash}-{}.cwasm", self.engine_tag))
     }
 
-    /// The compiled module for `wasm`, whose hash the caller has verified: from the cache
-    /// when present and loadable, otherwise compiled now and stored.
-    pub fn load_or_compile(&self, engine: &Engine, module_hash: &Sha256Hash, wasm: &Path) -> anyhow::Result<Module> {
+    /// The compiled module whose hash is `module_hash` (verified by the caller): from the
+    /// cache when present and loadable, otherwise made by `compile` now and stored.
+    pub fn load_or_compile<E>(
+        &self,
+        engine: &Engine,
+        module_hash: &Sha256Hash,
+        compile: impl FnOnce() -> Result<Module, E>,
+    ) -> Result<Module, E> {
         let cached = self.path_of(module_hash);
         if cached.exists() {
             // SAFETY: the file was produced by `Module::serialize` in `store` below, by
@@ -62,7 +70,7 @@ impl CompileCache {
                 }
             }
         }
-        let module = Module::from_file(engine, wasm)?;
+        let module = compile()?;
         // A cache that cannot be written only costs a recompilation next time.
         let _ = self.store(&module, &cached);
         Ok(module)

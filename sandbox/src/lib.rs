@@ -2,9 +2,10 @@
 //! arguments, its standard input, a read-only input directory and a scratch directory,
 //! within hard limits, deterministically.
 //!
-//! - [`engine`]: the deterministic, fuel-metered engine.
+//! - [`engine`]: the engine, and the instrumentation pass every module goes through first.
+//! - [`meter`]: the instrumented module's fuel counter and limit, shared with the sandbox.
 //! - [`watch`]: the wall-clock limit, stop requests, scratch quota and progress, checked
-//!   whenever the module gets back to the sandbox.
+//!   from a thread of the run's own and whenever the module gets back to the sandbox.
 //! - [`limits`]: memory and table caps, and the names of the limits a run can break.
 //! - [`capture`]: standard output and error, size-limited, in memory.
 //! - [`determinism`]: seeded random numbers and clocks that cannot leak into outputs.
@@ -13,18 +14,21 @@
 //! - [`output`]: a run's output as one deterministic archive, packed and unpacked.
 //!
 //! A run ends with an outcome: success, an error that names its cause (a broken limit, a
-//! trap, a non-zero exit, a missing import, an invalid module), or stopped from outside
-//! (shutdown or abort), in which case it is not a result at all and will run again.
+//! trap, a non-zero exit, a missing import, an invalid module), an error of the host (this
+//! host cannot compile the module), or stopped from outside (shutdown or abort), in which
+//! case it is not a result at all and will run again.
 //!
 //! Runs are blocking and CPU-bound: call [`Sandbox::run`] from a thread of its own, outside
 //! any async runtime ([`Sandbox::spawn`] does that). Inside, a run is asynchronous: the
-//! module runs on a fiber of its own that yields to the sandbox as it burns fuel.
+//! module runs on a fiber of its own, so that a host call that waits (a sleep) gives the
+//! sandbox its turn.
 
 pub mod capture;
 pub mod compile_cache;
 pub mod determinism;
 pub mod engine;
 pub mod limits;
+pub mod meter;
 pub mod module_check;
 pub mod output;
 pub mod watch;
@@ -35,9 +39,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use wasmgrid_instrument::{STACK_USED_EXPORT, Target, TrapCause};
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::{MAX_STDERR_BYTES, RunLimits};
-use wasmtime::{Engine, Linker, Module, Store, Trap};
+use wasmtime::{Engine, Extern, Instance, Linker, Module, Store, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -45,9 +50,10 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use capture::CappedPipe;
 use compile_cache::CompileCache;
 use determinism::{FrozenWallClock, SeededRandom, SteppingClock};
-use engine::{EngineSettings, FUEL_YIELD_INTERVAL};
+use engine::EngineSettings;
 pub use limits::Limit;
 use limits::MemoryLimiter;
+use meter::{Meter, MeterHandle};
 pub use module_check::ModuleRejection;
 pub use watch::PROGRESS_FILE;
 use watch::{Interruption, Watch};
@@ -95,8 +101,8 @@ pub struct RunControl {
 /// How far a running module has got.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
-    /// Fuel burnt so far, as of the module's latest host call or fuel yield (so at most
-    /// [`FUEL_YIELD_INTERVAL`] behind).
+    /// Fuel burnt so far, as of the module's latest call, return or loop iteration, read at
+    /// most [`watch::HOST_WAIT_CHECK`] ago.
     pub fuel_used: u64,
     /// What the module says in its [`PROGRESS_FILE`], if it writes one.
     pub fraction_done: Option<f64>,
@@ -144,6 +150,17 @@ pub enum RunError {
     Exit(i32),
     MissingImport(String),
     InvalidModule(String),
+    /// The module is valid, but this host cannot compile it (the engine's compiler failed or
+    /// panicked). Not the module's fault: another host may run it.
+    HostCannotRun(String),
+}
+
+impl RunError {
+    /// Whether the error says something about the module (and would be the same on every
+    /// host), rather than about this host.
+    pub fn is_deterministic(&self) -> bool {
+        !matches!(self, Self::HostCannotRun(_))
+    }
 }
 
 impl fmt::Display for RunError {
@@ -154,6 +171,7 @@ impl fmt::Display for RunError {
             Self::Exit(code) => write!(f, "exited with status {code}"),
             Self::MissingImport(import) => write!(f, "the sandbox does not provide the import {import}"),
             Self::InvalidModule(reason) => write!(f, "not a valid WASI command module: {reason}"),
+            Self::HostCannotRun(reason) => write!(f, "this host cannot run this module: {reason}"),
         }
     }
 }
@@ -176,10 +194,12 @@ pub struct RunReport {
     pub exit_status: Option<i32>,
 }
 
-/// The state a store carries: the WASI context and the memory limiter.
+/// The state a store carries: the WASI context, the memory limiter and, once instantiated,
+/// the module's instance (whose counters say why a run trapped).
 struct RunState {
     wasi: WasiP1Ctx,
     limiter: MemoryLimiter,
+    instance: Option<Instance>,
 }
 
 /// The engine, the WASI imports and the compile cache; shared by every run of the process.
@@ -201,7 +221,9 @@ impl Sandbox {
         let engine = Engine::new(&engine::config(settings))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut RunState| &mut state.wasi)?;
-        let cache = CompileCache::open(cache_dir, &engine)?;
+        let instrumentation =
+            format!("wasmgrid-instrument v{} {:?}", wasmgrid_instrument::VERSION, settings.instrumentation);
+        let cache = CompileCache::open(cache_dir, &engine, &instrumentation)?;
         Ok(Arc::new(Self { settings, engine, linker, cache }))
     }
 
@@ -219,11 +241,30 @@ impl Sandbox {
         Ok(receive)
     }
 
-    /// Compiles (or loads from the cache) the module, without running it.
+    /// Instruments and compiles (or loads from the cache) the module, without running it.
     pub fn prepare(&self, module_hash: &Sha256Hash, module_path: &Path) -> Result<Module, RunError> {
-        self.cache
-            .load_or_compile(&self.engine, module_hash, module_path)
-            .map_err(|error| RunError::InvalidModule(first_line(&format!("{error:#}"))))
+        self.cache.load_or_compile(&self.engine, module_hash, || {
+            let wasm = std::fs::read(module_path)
+                .map_err(|error| RunError::HostCannotRun(format!("cannot read the module: {error}")))?;
+            self.instrument_and_compile(&wasm).map_err(|error| match error {
+                CompileError::Refused(refusal) => RunError::InvalidModule(refusal.to_string()),
+                CompileError::Compiler(reason) => RunError::HostCannotRun(reason),
+            })
+        })
+    }
+
+    /// The module `wasm`, instrumented and compiled.
+    fn instrument_and_compile(&self, wasm: &[u8]) -> Result<Module, CompileError> {
+        let instrumented = wasmgrid_instrument::instrument_with(wasm, Target::Sandbox, self.settings.instrumentation)
+            .map_err(CompileError::Refused)?;
+        let compiled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Module::new(&self.engine, &instrumented)));
+        match compiled {
+            Ok(Ok(module)) => Ok(module),
+            // The pass validated the module, so an error now is the compiler's.
+            Ok(Err(error)) => Err(CompileError::Compiler(first_line(&format!("{error:#}")))),
+            Err(panic) => Err(CompileError::Compiler(format!("the compiler panicked: {}", panic_message(&*panic)))),
+        }
     }
 
     /// Runs a module to the end. Blocking: see the module documentation.
@@ -248,24 +289,37 @@ impl Sandbox {
             Ok(wasi) => wasi,
             Err(error) => return report(RunOutcome::Failed(RunError::Trap(format!("{error:#}"))), 0, None),
         };
-        let mut store =
-            Store::new(&self.engine, RunState { wasi, limiter: MemoryLimiter::new(spec.limits.memory_bytes) });
-        store.limiter(|state| &mut state.limiter);
-        if self.settings.fuel {
-            store.set_fuel(spec.limits.fuel).expect("fuel metering is enabled");
-            store.fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL)).expect("fuel metering is enabled");
-        }
-        let mut watch = Watch::new(spec, control.clone(), started);
-        store.call_hook(watch.call_hook(self.settings.fuel.then_some(spec.limits.fuel)));
-
-        let result = match tokio::runtime::Builder::new_current_thread().enable_time().max_blocking_threads(1).build() {
-            Ok(runtime) => runtime.block_on(watch.run(self.instantiate_and_start(&mut store, &module))),
-            Err(error) => Err(wasmtime::Error::msg(format!("cannot start the run's event loop: {error}"))),
+        let state = RunState { wasi, limiter: MemoryLimiter::new(spec.limits.memory_bytes), instance: None };
+        let mut store = Store::new(&self.engine, state);
+        // Before the limiter: the meter is the sandbox's, not the module's memory.
+        let meter = match Meter::new(&mut store, spec.limits.fuel) {
+            Ok(meter) => meter,
+            Err(error) => return report(RunOutcome::Failed(RunError::HostCannotRun(format!("{error:#}"))), 0, None),
         };
-        let fuel_used = if self.settings.fuel { spec.limits.fuel - store.get_fuel().unwrap_or(0) } else { 0 };
-        let (outcome, exit_status) = match result {
-            Ok(()) => (RunOutcome::Success, Some(0)),
-            Err(error) => classify(error, &store, &stdout),
+        store.limiter(|state| &mut state.limiter);
+        let mut watch = Watch::new(spec, control.clone(), started);
+        store.call_hook(watch.call_hook(meter.handle()));
+
+        let (result, stopped_by_watch) = std::thread::scope(|scope| {
+            let watch_thread = watch.watch_from_outside(scope, meter.handle());
+            let result =
+                match tokio::runtime::Builder::new_current_thread().enable_time().max_blocking_threads(1).build() {
+                    Ok(runtime) => runtime.block_on(watch.run(self.instantiate_and_start(&mut store, &module, &meter))),
+                    Err(error) => Err(wasmtime::Error::msg(format!("cannot start the run's event loop: {error}"))),
+                };
+            let stopped_by_watch = match watch_thread {
+                Ok(thread) => thread.finish(),
+                Err(error) => {
+                    return (Err(wasmtime::Error::msg(format!("cannot start the run's watch: {error}"))), None);
+                }
+            };
+            (result, stopped_by_watch)
+        });
+        let counters = Counters::read(&mut store, meter.handle(), spec.limits.fuel);
+        let fuel_used = counters.fuel_used.clamp(0, counters.fuel_limit) as u64;
+        let (outcome, exit_status) = match (result, stopped_by_watch) {
+            (Ok(()), _) => (RunOutcome::Success, Some(0)),
+            (Err(error), stopped_by_watch) => classify(error, stopped_by_watch, &store, &stdout, counters),
         };
         let outcome = match outcome {
             RunOutcome::Success if scratch_over(&spec.scratch_dir, spec.scratch_limit_bytes) => {
@@ -276,19 +330,43 @@ impl Sandbox {
         report(outcome, fuel_used, exit_status)
     }
 
-    async fn instantiate_and_start(&self, store: &mut Store<RunState>, module: &Module) -> wasmtime::Result<()> {
+    async fn instantiate_and_start(
+        &self,
+        store: &mut Store<RunState>,
+        module: &Module,
+        meter: &Meter,
+    ) -> wasmtime::Result<()> {
+        let mut imports = Vec::new();
         for import in module.imports() {
-            if self.linker.get_by_import(&mut *store, &import).is_none() {
-                let name = format!("{}::{}", import.module(), import.name());
-                return Err(wasmtime::Error::new(MissingImportError(name)));
+            if (import.module(), import.name())
+                == (wasmgrid_instrument::IMPORT_MODULE, wasmgrid_instrument::METER_MEMORY)
+            {
+                imports.push(Extern::Memory(meter.memory));
+                continue;
+            }
+            match self.linker.get_by_import(&mut *store, &import) {
+                Some(definition) => imports.push(definition),
+                None => {
+                    let name = format!("{}::{}", import.module(), import.name());
+                    return Err(wasmtime::Error::new(MissingImportError(name)));
+                }
             }
         }
-        // Instantiation runs the module's start function, if any: it is watched too.
-        let instance = self.linker.instantiate_async(&mut *store, module).await?;
+        // Instantiation runs the module's start function, if any: it is metered and watched too.
+        let instance = Instance::new_async(&mut *store, module, &imports).await?;
+        store.data_mut().instance = Some(instance);
         let start =
             instance.get_typed_func::<(), ()>(&mut *store, "_start").map_err(|_| wasmtime::Error::new(NotACommand))?;
         start.call_async(&mut *store, ()).await
     }
+}
+
+/// Why a module could not be made ready to run.
+enum CompileError {
+    /// The module's fault: the instrumentation pass refused it (invalid, or not deterministic).
+    Refused(wasmgrid_instrument::Refusal),
+    /// This host's: the engine's compiler failed on a module the pass accepted, or panicked.
+    Compiler(String),
 }
 
 #[derive(Debug)]
@@ -313,8 +391,35 @@ impl fmt::Display for NotACommand {
 
 impl std::error::Error for NotACommand {}
 
+/// The instrumented module's counters at the end of a run.
+#[derive(Debug, Clone, Copy)]
+struct Counters {
+    fuel_used: i64,
+    /// The run's limit (not the meter's word, which the watch lowers to stop a run).
+    fuel_limit: i64,
+    stack_used: i64,
+}
+
+impl Counters {
+    fn read(store: &mut Store<RunState>, meter: MeterHandle, fuel_limit: u64) -> Self {
+        let stack_used = store
+            .data()
+            .instance
+            .and_then(|instance| instance.get_global(&mut *store, STACK_USED_EXPORT))
+            .and_then(|global| global.get(&mut *store).i64())
+            .unwrap_or(0);
+        Self { fuel_used: meter.fuel_used(), fuel_limit: i64::try_from(fuel_limit).unwrap_or(i64::MAX), stack_used }
+    }
+}
+
 /// Turns the error a run ended with into an outcome that names its cause.
-fn classify(error: wasmtime::Error, store: &Store<RunState>, stdout: &CappedPipe) -> (RunOutcome, Option<i32>) {
+fn classify(
+    error: wasmtime::Error,
+    stopped_by_watch: Option<Interruption>,
+    store: &Store<RunState>,
+    stdout: &CappedPipe,
+    counters: Counters,
+) -> (RunOutcome, Option<i32>) {
     if let Some(exit) = error.downcast_ref::<I32Exit>() {
         return if exit.0 == 0 {
             (RunOutcome::Success, Some(0))
@@ -323,10 +428,10 @@ fn classify(error: wasmtime::Error, store: &Store<RunState>, stdout: &CappedPipe
         };
     }
     let failed = |error: RunError| (RunOutcome::Failed(error), None);
-    if let Some(interruption) = error.downcast_ref::<Interruption>() {
+    if let Some(interruption) = error.downcast_ref::<Interruption>().copied().or(stopped_by_watch) {
         return match interruption {
-            Interruption::Broke(limit) => failed(RunError::Limit(*limit)),
-            Interruption::Stopped(reason) => (RunOutcome::Stopped(*reason), None),
+            Interruption::Broke(limit) => failed(RunError::Limit(limit)),
+            Interruption::Stopped(reason) => (RunOutcome::Stopped(reason), None),
         };
     }
     if stdout.exceeded() {
@@ -342,7 +447,14 @@ fn classify(error: wasmtime::Error, store: &Store<RunState>, stdout: &CappedPipe
         return failed(RunError::InvalidModule(NotACommand.to_string()));
     }
     match error.downcast_ref::<Trap>() {
-        Some(Trap::OutOfFuel) => failed(RunError::Limit(Limit::Fuel)),
+        Some(trap @ Trap::UnreachableCodeReached) => {
+            match wasmgrid_instrument::classify_trap(counters.fuel_used, counters.fuel_limit, counters.stack_used) {
+                TrapCause::FuelLimit => failed(RunError::Limit(Limit::Fuel)),
+                TrapCause::StackLimit => failed(RunError::Limit(Limit::Stack)),
+                TrapCause::Module => failed(RunError::Trap(trap.to_string())),
+            }
+        }
+        // The engine's own limit, a backstop above the pass's.
         Some(Trap::StackOverflow) => failed(RunError::Limit(Limit::Stack)),
         Some(trap) => failed(RunError::Trap(trap.to_string())),
         // Host errors come wrapped in a "wasm backtrace" context; the root cause says why.
@@ -352,6 +464,15 @@ fn classify(error: wasmtime::Error, store: &Store<RunState>, stdout: &CappedPipe
 
 fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().to_owned()
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned());
+    first_line(&message)
 }
 
 /// The WASI context of one run: nothing from the host but what the spec names.

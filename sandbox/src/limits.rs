@@ -71,7 +71,8 @@ impl ResourceLimiter for MemoryLimiter {
         16
     }
 
+    /// The module's own memory and the instrumentation's meter.
     fn memories(&self) -> usize {
-        1
+        2
     }
 }

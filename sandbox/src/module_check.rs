@@ -4,11 +4,13 @@
 
 use std::fmt;
 
-use wasmtime::{ExternType, Module, Store};
+use wasmgrid_instrument::{IMPORT_MODULE, METER_MEMORY, Refusal};
+use wasmtime::{ExternType, Store};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use super::limits::MemoryLimiter;
-use super::{RunState, Sandbox};
+use super::meter::Meter;
+use super::{CompileError, RunState, Sandbox};
 
 /// Why a module cannot be a work unit (or a validator).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +25,11 @@ pub enum ModuleRejection {
     /// Imports that the sandbox does not provide, as `module::name`.
     ForbiddenImports(Vec<String>),
     ImportMismatch(String),
+    /// Valid, but it cannot be made to compute the same on every host (threads, relaxed
+    /// SIMD), or it uses a name the instrumentation needs.
+    Nondeterministic(String),
+    /// Valid, but this server's compiler cannot compile it.
+    Uncompilable(String),
 }
 
 impl fmt::Display for ModuleRejection {
@@ -47,6 +54,7 @@ impl fmt::Display for ModuleRejection {
                 imports.join(", ")
             ),
             Self::ImportMismatch(reason) => write!(f, "an import does not match the sandbox's: {reason}"),
+            Self::Nondeterministic(reason) | Self::Uncompilable(reason) => f.write_str(reason),
         }
     }
 }
@@ -58,18 +66,19 @@ const LISTED_IMPORTS: usize = 10;
 
 impl Sandbox {
     /// Checks that `wasm` is a WASI preview 1 command module that this sandbox can run:
-    /// valid, a core module, exporting `_start` (and `memory` for WASI), importing only what the
-    /// sandbox provides, with matching types. Compiles the module, so it is CPU-bound.
+    /// valid, a core module that the instrumentation pass accepts, exporting `_start` (and
+    /// `memory` for WASI), importing only what the sandbox provides, with matching types.
+    /// Instruments and compiles the module the way volunteers will, so it is CPU-bound.
     pub fn check_command_module(&self, wasm: &[u8]) -> Result<(), ModuleRejection> {
-        if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
-            return Err(ModuleRejection::NotWasm);
-        }
-        // A core module is version 1; components use the layer field after the version.
-        if wasm[4..8] != [1, 0, 0, 0] {
-            return Err(ModuleRejection::Component);
-        }
-        let module = Module::new(&self.engine, wasm)
-            .map_err(|error| ModuleRejection::Invalid(super::first_line(&format!("{error:#}"))))?;
+        let module = self.instrument_and_compile(wasm).map_err(|error| match error {
+            CompileError::Refused(Refusal::NotWasm) => ModuleRejection::NotWasm,
+            CompileError::Refused(Refusal::Component) => ModuleRejection::Component,
+            CompileError::Refused(Refusal::Invalid(reason)) => ModuleRejection::Invalid(reason),
+            CompileError::Refused(other) => ModuleRejection::Nondeterministic(other.to_string()),
+            CompileError::Compiler(reason) => {
+                ModuleRejection::Uncompilable(format!("this server cannot compile the module: {reason}"))
+            }
+        })?;
 
         match module.get_export("_start") {
             Some(ExternType::Func(start)) => {
@@ -82,11 +91,13 @@ impl Sandbox {
         }
         // The linker answers "is this import defined?" only with a store at hand; an empty
         // WASI context is enough.
-        let state = RunState { wasi: WasiCtxBuilder::new().build_p1(), limiter: MemoryLimiter::new(0) };
+        let state = RunState { wasi: WasiCtxBuilder::new().build_p1(), limiter: MemoryLimiter::new(0), instance: None };
         let mut store = Store::new(&self.engine, state);
+        let is_meter =
+            |import: &wasmtime::ImportType<'_>| (import.module(), import.name()) == (IMPORT_MODULE, METER_MEMORY);
         let forbidden: Vec<String> = module
             .imports()
-            .filter(|import| self.linker.get_by_import(&mut store, import).is_none())
+            .filter(|import| !is_meter(import) && self.linker.get_by_import(&mut store, import).is_none())
             .map(|import| format!("{}::{}", import.module(), import.name()))
             .collect();
         if !forbidden.is_empty() {
@@ -98,11 +109,16 @@ impl Sandbox {
         }
         // WASI functions read and write the module's exported memory; a module that imports
         // none needs no memory.
-        let imports_any = module.imports().len() > 0;
+        let imports_any = module.imports().any(|import| !is_meter(&import));
         if imports_any && !matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
             return Err(ModuleRejection::NoMemory);
         }
-        self.linker
+        let meter = Meter::new(&mut store, 0).map_err(|error| ModuleRejection::Uncompilable(format!("{error:#}")))?;
+        let mut linker = self.linker.clone();
+        linker
+            .define(&store, IMPORT_MODULE, METER_MEMORY, meter.memory)
+            .map_err(|error| ModuleRejection::Uncompilable(format!("{error:#}")))?;
+        linker
             .instantiate_pre(&module)
             .map_err(|error| ModuleRejection::ImportMismatch(super::first_line(&format!("{error:#}"))))?;
         Ok(())

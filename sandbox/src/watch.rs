@@ -1,11 +1,12 @@
 //! Watching a run from outside the module: the wall-clock limit, stop requests, the
 //! scratch-disk quota and the module's progress.
 //!
-//! A module gets back to the sandbox in three ways, and each is a checkpoint:
-//! - every [`FUEL_YIELD_INTERVAL`] units of fuel its run yields (compute-bound code);
-//! - every host call returns through the call hook (code that spends its time in WASI
-//!   calls burns little fuel, so fuel yields alone would not bound its wall-clock time, nor
-//!   catch it filling the scratch directory);
+//! The checks are made in three places:
+//! - on a watch thread of the run's own, every [`HOST_WAIT_CHECK`]: compute-bound code never
+//!   comes back to the sandbox, so the watch thread stops it through its meter (the module's
+//!   next fuel check, at a function entry or loop header, then traps);
+//! - on every return from a host call, through the call hook (a module busy with WASI calls
+//!   fills the scratch directory there, and is stopped before it goes on);
 //! - while it waits inside a host call (a sleep in `poll_oneoff`), a timer wakes the run
 //!   every [`HOST_WAIT_CHECK`], so even a module that sleeps for a year is stopped in time.
 
@@ -22,6 +23,7 @@ use tokio::time::MissedTickBehavior;
 use wasmtime::{CallHook, StoreContextMut};
 
 use super::limits::Limit;
+use super::meter::MeterHandle;
 use super::{RunControl, RunSpec, StopReason};
 
 /// How often the scratch directory's size is measured (it walks the directory).
@@ -38,7 +40,7 @@ pub const PROGRESS_FILE: &str = "progress";
 const FAR_FUTURE_SECONDS: u64 = 1 << 30;
 
 /// Why a run was cut short from outside the module; recognised when the run ends.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub enum Interruption {
     Broke(Limit),
     Stopped(StopReason),
@@ -90,23 +92,17 @@ impl Watch {
     }
 
     /// The store's call hook: on every host call it records the fuel used so far (exact
-    /// there: compiled code writes its fuel counter back before calling out), and on the
-    /// way back into Wasm it makes the checks, since only host calls fill the scratch
-    /// directory and a module busy with them burns little fuel. A fuel yield is a host call
-    /// too (to wasmtime's out-of-gas routine), so the fuel figure is never more than one
-    /// yield interval behind.
+    /// there: instrumented code writes its fuel count to the meter before every call), and
+    /// on the way back into Wasm it makes the checks, since only host calls fill the scratch
+    /// directory and a module busy with them burns little fuel.
     pub fn call_hook<T>(
         &self,
-        fuel_limit: Option<u64>,
+        meter: MeterHandle,
     ) -> impl FnMut(StoreContextMut<'_, T>, CallHook) -> wasmtime::Result<()> + Send + Sync + 'static {
         let (control, checks) = (self.control.clone(), self.checks.clone());
-        move |context, hook| {
+        move |_context, hook| {
             match hook {
-                CallHook::CallingHost => {
-                    if let (Some(limit), Ok(remaining)) = (fuel_limit, context.get_fuel()) {
-                        control.record_fuel_used(limit.saturating_sub(remaining));
-                    }
-                }
+                CallHook::CallingHost => control.record_fuel_used(meter.fuel_used().max(0) as u64),
                 CallHook::ReturningFromHost => lock(&checks).run().map_err(wasmtime::Error::new)?,
                 CallHook::CallingWasm | CallHook::ReturningFromWasm => {}
             }
@@ -132,6 +128,47 @@ impl Watch {
             Poll::Pending
         })
         .await
+    }
+}
+
+/// The watch thread of one run: see [`Watch::watch_from_outside`].
+pub struct WatchThread<'scope> {
+    finished: std::sync::mpsc::Sender<()>,
+    thread: std::thread::ScopedJoinHandle<'scope, Option<Interruption>>,
+}
+
+impl WatchThread<'_> {
+    /// Ends the watch, once the run has ended; says whether the watch stopped the run.
+    pub fn finish(self) -> Option<Interruption> {
+        drop(self.finished);
+        self.thread.join().unwrap_or(None)
+    }
+}
+
+impl Watch {
+    /// Starts the watch thread: every [`HOST_WAIT_CHECK`] it records the fuel used and makes
+    /// the checks; when one fails it stops the module through its meter, and remembers why.
+    pub fn watch_from_outside<'scope>(
+        &self,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        meter: MeterHandle,
+    ) -> std::io::Result<WatchThread<'scope>> {
+        let (finished, until_finished) = std::sync::mpsc::channel::<()>();
+        let (control, checks) = (self.control.clone(), self.checks.clone());
+        let thread = std::thread::Builder::new().name("wasm-watch".into()).spawn_scoped(scope, move || {
+            let mut interruption = None;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = until_finished.recv_timeout(HOST_WAIT_CHECK) {
+                control.record_fuel_used(meter.fuel_used().max(0) as u64);
+                if interruption.is_none() {
+                    interruption = lock(&checks).run().err();
+                    if interruption.is_some() {
+                        meter.stop();
+                    }
+                }
+            }
+            interruption
+        })?;
+        Ok(WatchThread { finished, thread })
     }
 }
 

@@ -1,11 +1,12 @@
 //! `bench-client`: what the volunteer client costs on top of the work itself.
 //!
 //! 1. Sandbox speed: compute-heavy example work units from `workunits/` natively, under
-//!    plain wasmtime (the library with default settings, then with epoch interruption or
-//!    fuel metering at two operator costs: the alternatives for bounding a run), and under
-//!    the client's sandbox with everything on, then without fuel metering and without NaN
-//!    canonicalisation to show what each costs. Best of `--repeat` runs; the outputs must
-//!    be identical.
+//!    plain wasmtime (the library with default settings, then with wasmtime's own fuel
+//!    metering and NaN canonicalisation, which is how the sandbox used to make runs
+//!    deterministic), and under the client's sandbox, whose modules go through the
+//!    instrumentation pass, with everything on and then without each part of the pass, to
+//!    show what each costs. Best of `--repeat` runs; the outputs must be identical. Then the
+//!    time the pass takes per MiB of module.
 //! 2. Per-task overhead: the real `wasmgrid` daemon, one slot, runs a batch of trivial work
 //!    units from the real server (module cached after the first), and the time and CPU it
 //!    spends per task, from claim to report, are printed.
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use wasmgrid_e2e::bench::{BenchServer, build_workunits, sibling_binary};
+use wasmgrid_instrument::Options;
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::RunLimits;
 use wasmgrid_protocol::publish::ValidatorSpec;
@@ -31,7 +33,7 @@ use wasmgrid_sandbox::{RunControl, RunOutcome, RunSpec, Sandbox};
 use wasmgrid_server::blobs::{DirectoryStore, store_bytes};
 use wasmgrid_server::publishers;
 use wasmgrid_server::publishing::{self, ReplicationPolicy, WorkUnitSpec};
-use wasmtime::{Config, Engine, Linker, Module, OperatorCost, Store};
+use wasmtime::{Config, Engine, Linker, Module, Store};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
@@ -54,7 +56,7 @@ struct Workload {
     what: &'static str,
 }
 
-const WORKLOADS: [Workload; 2] = [
+const WORKLOADS: [Workload; 3] = [
     Workload {
         program: "primes",
         args: &["--count-only", "0", "1000000000"],
@@ -65,6 +67,7 @@ const WORKLOADS: [Workload; 2] = [
         args: &["8192", "8192", "2048", "1", "1", "2000"],
         what: "a 2048x2048 Mandelbrot tile (f64)",
     },
+    Workload { program: "nbody", args: &["64", "40000", "1"], what: "64 bodies for 40,000 steps (f64)" },
 ];
 
 const LIMITS: RunLimits =
@@ -118,13 +121,17 @@ fn measure_workload(
         plain.push((label, output, time));
     }
     let mut sandboxed = Vec::new();
+    let full = EngineSettings::FULL;
+    let without = |change: fn(&mut Options)| {
+        let mut settings = full;
+        change(&mut settings.instrumentation);
+        settings
+    };
     for (label, settings) in [
-        ("sandbox (fuel with yields, NaN canonicalisation)", EngineSettings::FULL),
-        ("sandbox without fuel metering", EngineSettings { fuel: false, ..EngineSettings::FULL }),
-        (
-            "sandbox without NaN canonicalisation",
-            EngineSettings { nan_canonicalization: false, ..EngineSettings::FULL },
-        ),
+        ("sandbox (instrumented: fuel, stack, NaN)", full),
+        ("sandbox, pass without fuel", without(|options| options.fuel = false)),
+        ("sandbox, pass without NaN canonicalisation", without(|options| options.nan_canonicalization = false)),
+        ("sandbox, pass without the stack count", without(|options| options.stack = false)),
     ] {
         let sandbox = Sandbox::with_settings(&scratch.join(format!("cache-{}", sandboxed.len())), settings)?;
         let spec = run_spec(&module_path, &wasm, workload.args, scratch)?;
@@ -140,8 +147,9 @@ fn measure_workload(
     }
     println!("  {:<52} {:>9.2}x", "sandbox / plain wasmtime", ratio(full, plain_default));
     println!("  {:<52} {:>9.2}x", "sandbox / native", ratio(full, native));
-    println!("  {:<52} {:>+8.1}%", "cost of fuel metering in the sandbox", percent(full, sandboxed[1].2));
+    println!("  {:<52} {:>+8.1}%", "cost of the fuel count in the sandbox", percent(full, sandboxed[1].2));
     println!("  {:<52} {:>+8.1}%", "cost of NaN canonicalisation in the sandbox", percent(full, sandboxed[2].2));
+    println!("  {:<52} {:>+8.1}%", "cost of the stack count in the sandbox", percent(full, sandboxed[3].2));
     for (label, _, time) in &plain[1..] {
         println!(
             "  {:<52} {:>+8.1}%",
@@ -154,49 +162,43 @@ fn measure_workload(
     if !identical {
         bail!("{} gave different outputs in different configurations", workload.program);
     }
+    let (instrumented, per_mib) = instrumentation_time(&wasm, repeat)?;
+    println!(
+        "  {:<52} {:>9.1} ms/MiB",
+        format!("instrumenting ({} KiB -> {} KiB)", wasm.len() / 1024, instrumented / 1024),
+        per_mib.as_secs_f64() * 1000.0
+    );
     Ok(())
 }
 
-/// Plain wasmtime as anyone would embed it, and with one of the ways to bound a run
-/// switched on: the alternatives the sandbox's choice is measured against.
-fn plain_configs() -> anyhow::Result<Vec<(&'static str, Config)>> {
-    let mut epochs = Config::default();
-    epochs.epoch_interruption(true);
-    let mut fuel = Config::default();
-    fuel.consume_fuel(true);
-    let mut coarse_fuel = Config::default();
-    coarse_fuel.consume_fuel(true).operator_cost(branch_and_call_cost()?);
-    Ok(vec![
-        ("plain wasmtime (default settings)", Config::default()),
-        ("plain wasmtime + epoch interruption", epochs),
-        ("plain wasmtime + fuel (one unit per operator)", fuel),
-        ("plain wasmtime + fuel (one unit per branch and call)", coarse_fuel),
-    ])
+/// The size of `wasm` instrumented, and the time the pass takes per MiB of it (best of
+/// `repeat` passes).
+fn instrumentation_time(wasm: &[u8], repeat: usize) -> anyhow::Result<(usize, Duration)> {
+    let mut best = Duration::MAX;
+    let mut size = 0;
+    for _ in 0..repeat.max(1) {
+        let started = Instant::now();
+        size = wasmgrid_instrument::instrument(wasm, wasmgrid_instrument::Target::Sandbox)?.len();
+        best = best.min(started.elapsed());
+    }
+    Ok((size, best.mul_f64((1 << 20) as f64 / wasm.len() as f64)))
 }
 
-/// A coarse fuel cost: straight-line operators are free, each branch and call costs one,
-/// so fewer basic blocks carry a fuel update. `OperatorCost` has a field per operator
-/// (hundreds); its serde form is the way to set them all.
-fn branch_and_call_cost() -> anyhow::Result<OperatorCost> {
-    const CHARGED: [&str; 9] = [
-        "Br",
-        "BrIf",
-        "BrTable",
-        "Call",
-        "CallIndirect",
-        "CallRef",
-        "ReturnCall",
-        "ReturnCallIndirect",
-        "ReturnCallRef",
-    ];
-    let mut table = serde_json::to_value(OperatorCost::default())?;
-    let fields = table.as_object_mut().context("OperatorCost serialises as a map")?;
-    for (operator, cost) in fields.iter_mut() {
-        if cost.is_u64() {
-            *cost = serde_json::json!(u8::from(CHARGED.contains(&operator.as_str())));
-        }
-    }
-    Ok(serde_json::from_value(table)?)
+/// Plain wasmtime as anyone would embed it, and with wasmtime's own determinism and metering
+/// switched on: the way the sandbox worked before the instrumentation pass.
+fn plain_configs() -> anyhow::Result<Vec<(&'static str, Config)>> {
+    let mut fuel = Config::default();
+    fuel.consume_fuel(true);
+    let mut nan = Config::default();
+    nan.cranelift_nan_canonicalization(true);
+    let mut old_sandbox = Config::default();
+    old_sandbox.consume_fuel(true).cranelift_nan_canonicalization(true);
+    Ok(vec![
+        ("plain wasmtime (default settings)", Config::default()),
+        ("plain wasmtime + its fuel metering", fuel),
+        ("plain wasmtime + its NaN canonicalisation", nan),
+        ("plain wasmtime + both (the old sandbox's engine)", old_sandbox),
+    ])
 }
 
 fn ratio(a: Duration, b: Duration) -> f64 {

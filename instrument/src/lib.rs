@@ -1,0 +1,124 @@
+//! The deterministic instrumentation pass: rewrites a work unit (or validator) module so that
+//! what it computes, the fuel it burns and how deep it may recurse are properties of the
+//! module itself, the same on every conforming engine and every CPU, instead of depending on
+//! one engine's settings.
+//!
+//! The pass injects three things, each described in its own module:
+//! - [`nan`]: NaN canonicalisation, only where the bits of a NaN could become observable;
+//! - [`cost`]: a fuel counter, counting the operators executed by a fixed cost model, checked
+//!   against a limit at every function entry and loop header;
+//! - a stack-height count, charged at function entry and released at exit, checked against
+//!   [`STACK_LIMIT`], so a deep recursion fails at the same depth on every engine.
+//!
+//! When the fuel or the stack limit is exceeded the module executes `unreachable`: a trap,
+//! never a call to the host, so the hot path of a loop holds no call that would clobber its
+//! registers. The host tells the trap apart from the module's own by reading the counters
+//! ([`classify_trap`]).
+//!
+//! Modules that cannot be made deterministic (threads, shared memory, relaxed SIMD) are
+//! refused with the reason ([`Refusal`]).
+//!
+//! The instrumented module comes in two flavours ([`Target`]) that count identically and
+//! differ only in where the counters live; see [`Target`].
+
+pub mod cost;
+mod features;
+mod function;
+mod meter;
+mod module;
+pub mod nan;
+
+pub use features::Refusal;
+
+/// The version of the pass. Fuel and output bits are only comparable between runs of the
+/// same version: it is part of the compile-cache key and is reported with every result.
+/// Raise it whenever a change could alter the fuel or the output of any module.
+pub const VERSION: u32 = 1;
+
+/// The import module the instrumented module's meter comes from. Modules may not import
+/// from it themselves.
+pub const IMPORT_MODULE: &str = "wasmgrid";
+/// [`Target::Sandbox`]: the imported one-page memory holding the counters.
+pub const METER_MEMORY: &str = "meter";
+/// [`Target::Portable`]: the imported immutable `i64` global holding the fuel limit.
+pub const FUEL_LIMIT_GLOBAL: &str = "fuel_limit";
+/// [`Target::Portable`]: the exported mutable `i64` global holding the fuel used so far.
+pub const FUEL_USED_EXPORT: &str = "wasmgrid_fuel_used";
+/// Both targets: the exported mutable `i64` global holding the stack height in use.
+pub const STACK_USED_EXPORT: &str = "wasmgrid_stack_used";
+
+/// [`Target::Sandbox`]: byte offset in the meter memory of the fuel used (`i64`, little endian).
+pub const METER_FUEL_USED: u64 = 0;
+/// [`Target::Sandbox`]: byte offset in the meter memory of the fuel limit (`i64`). The host may
+/// set it to a negative number while the module runs: the next check then ends the run.
+pub const METER_FUEL_LIMIT: u64 = 8;
+
+/// The most stack a run may use, in the units of [`cost::frame_cost`]: one per parameter,
+/// local and operand-stack slot of every active call, plus [`cost::FRAME_OVERHEAD`] per call.
+/// At eight bytes a unit it is one MiB, which engines must give a Wasm thread (wasmtime in
+/// the sandbox gets four; Node needs `--stack-size`). That allows 8,192 calls of the
+/// smallest functions, 2,000 to 4,000 of typical compiled code.
+pub const STACK_LIMIT: i64 = 128 * 1024;
+
+/// Where the counters of an instrumented module live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// For wasmtime in the sandbox: the fuel used and the fuel limit live in an imported
+    /// memory (`wasmgrid::meter`, one page), which the host can read and write from another
+    /// thread while the module runs. That is how a wall-clock limit or a stop request reaches
+    /// a module in a tight loop. Needs multi-memory.
+    Sandbox,
+    /// For any engine: the fuel limit is an imported immutable global (`wasmgrid::fuel_limit`)
+    /// and the fuel used an exported global ([`FUEL_USED_EXPORT`]). Needs nothing beyond
+    /// Wasm 2.0; a run is stopped from outside by killing it (a worker's `terminate()`).
+    Portable,
+}
+
+/// What to inject; everything but the default is for measuring what each part costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    pub fuel: bool,
+    pub stack: bool,
+    pub nan_canonicalization: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { fuel: true, stack: true, nan_canonicalization: true }
+    }
+}
+
+/// Rewrites `wasm` for `target`, or says why the module cannot run deterministically.
+pub fn instrument(wasm: &[u8], target: Target) -> Result<Vec<u8>, Refusal> {
+    instrument_with(wasm, target, Options::default())
+}
+
+/// [`instrument`], with parts of the pass switched off (for measurements only: the result is
+/// not deterministic without all of them).
+pub fn instrument_with(wasm: &[u8], target: Target, options: Options) -> Result<Vec<u8>, Refusal> {
+    features::check_header(wasm)?;
+    module::rewrite(wasm, target, options)
+}
+
+/// Why an instrumented run that trapped ended, read from its counters after the trap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrapCause {
+    FuelLimit,
+    StackLimit,
+    /// The module's own trap (or the engine's).
+    Module,
+}
+
+/// Tells apart a trap of the injected checks from the module's own: a run whose fuel used
+/// exceeds its limit ended by the fuel limit (even if the module's own trap came first in
+/// that straight-line stretch: the charge for a stretch is made on entering it), and one
+/// whose stack height exceeds [`STACK_LIMIT`] by the stack limit.
+pub fn classify_trap(fuel_used: i64, fuel_limit: i64, stack_used: i64) -> TrapCause {
+    if fuel_used > fuel_limit {
+        TrapCause::FuelLimit
+    } else if stack_used > STACK_LIMIT {
+        TrapCause::StackLimit
+    } else {
+        TrapCause::Module
+    }
+}

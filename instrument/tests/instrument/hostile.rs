@@ -1,0 +1,100 @@
+//! Modules that attack the instrumentation itself, and modules it must refuse.
+
+use wasmgrid_instrument::{Refusal, Target, instrument};
+use wasmtime::Val;
+
+use crate::{run_portable, wasm};
+
+#[test]
+fn threads_and_shared_memory_are_refused_with_the_reason() {
+    let shared = wasm(r#"(module (memory 1 1 shared) (func (export "_start")))"#);
+    assert!(matches!(instrument(&shared, Target::Sandbox), Err(Refusal::Threads(_))));
+    let atomics = wasm(
+        r#"(module (memory 1 1 shared)
+             (func (export "_start") (drop (i32.atomic.rmw.add (i32.const 0) (i32.const 1)))))"#,
+    );
+    let refusal = instrument(&atomics, Target::Sandbox).unwrap_err();
+    assert!(refusal.to_string().contains("threads"), "{refusal}");
+}
+
+#[test]
+fn relaxed_simd_is_refused_with_the_reason() {
+    let module = wasm(include_str!("../../../workunits/hostile/relaxed_simd.wat"));
+    let refusal = instrument(&module, Target::Sandbox).unwrap_err();
+    assert!(matches!(refusal, Refusal::RelaxedSimd(_)), "{refusal}");
+}
+
+#[test]
+fn the_meters_names_cannot_be_taken_by_the_module() {
+    let importer = wasm(r#"(module (import "wasmgrid" "meter" (memory 1)) (func (export "_start")))"#);
+    assert!(matches!(instrument(&importer, Target::Sandbox), Err(Refusal::Reserved(_))));
+    let limit_importer = wasm(r#"(module (import "wasmgrid" "fuel_limit" (global i64)) (func (export "_start")))"#);
+    assert!(matches!(instrument(&limit_importer, Target::Portable), Err(Refusal::Reserved(_))));
+    for name in ["wasmgrid_fuel_used", "wasmgrid_stack_used"] {
+        let exporter =
+            wasm(&format!(r#"(module (global (export "{name}") (mut i64) (i64.const 0)) (func (export "_start")))"#));
+        assert!(matches!(instrument(&exporter, Target::Portable), Err(Refusal::Reserved(_))), "{name}");
+    }
+}
+
+#[test]
+fn the_module_cannot_reach_the_counters_through_its_own_memory_or_globals() {
+    // It writes all over its memory and every global it has; the meter is elsewhere, so the
+    // fuel limit still stops its loop.
+    let module = wasm(
+        r#"(module (memory (export "memory") 1) (global $g (mut i64) (i64.const 0))
+             (func (export "run") (local $i i32)
+               (loop $forever
+                 (i64.store (local.get $i) (i64.const -9223372036854775808))
+                 (global.set $g (i64.const -9223372036854775808))
+                 (local.set $i (i32.and (i32.add (local.get $i) (i32.const 8)) (i32.const 65535)))
+                 (br $forever))))"#,
+    );
+    let run = run_portable(&module, "run", &[], 100_000);
+    assert!(run.results.is_err());
+    assert!(run.fuel_used > 100_000);
+}
+
+#[test]
+fn a_second_memory_of_the_modules_own_is_refused() {
+    let module = wasm(r#"(module (memory 1) (memory 1) (func (export "_start")))"#);
+    assert!(matches!(instrument(&module, Target::Sandbox), Err(Refusal::Unsupported(_))));
+}
+
+#[test]
+fn deeply_nested_and_enormous_code_is_instrumented_in_time() {
+    // 20,000 nested blocks, and a function of a million operators.
+    let depth = 20_000;
+    let nested = format!(
+        "(module (func (export \"run\") (result i32) {} (i32.const 7) {}))",
+        "(block (result i32) ".repeat(depth),
+        ")".repeat(depth)
+    );
+    let run = run_portable(&wasm(&nested), "run", &[], i64::MAX);
+    assert_eq!(format!("{:?}", run.results.unwrap()), format!("{:?}", vec![Val::I32(7)]));
+
+    let long = format!(
+        "(module (func (export \"run\") (result i32) (local $x i32) {} (local.get $x)))",
+        "(local.set $x (i32.add (local.get $x) (i32.const 1)))".repeat(250_000)
+    );
+    let run = run_portable(&wasm(&long), "run", &[], i64::MAX);
+    assert_eq!(format!("{:?}", run.results.unwrap()), format!("{:?}", vec![Val::I32(250_000)]));
+}
+
+#[test]
+fn a_function_with_the_most_locals_allowed_is_refused_not_broken() {
+    // 50,000 locals is the engines' limit: the pass needs one more for the fuel count.
+    let module = wasm(r#"(module (func (export "run") (local i32) (local f64) (local i64)))"#);
+    assert!(instrument(&module, Target::Sandbox).is_ok());
+    let crowded = wasm(&format!("(module (func (export \"run\") {}))", "(local i32)".repeat(50_000)));
+    let refusal = instrument(&crowded, Target::Sandbox);
+    assert!(matches!(refusal, Err(Refusal::TooLarge(_))), "{refusal:?}");
+}
+
+#[test]
+fn bytes_that_are_not_a_module_are_refused() {
+    assert_eq!(instrument(b"not wasm", Target::Sandbox), Err(Refusal::NotWasm));
+    assert_eq!(instrument(&[0, 0x61, 0x73, 0x6d, 0x0d, 0, 1, 0], Target::Sandbox), Err(Refusal::Component));
+    let valid = wasm(r#"(module (func (export "_start")))"#);
+    assert!(matches!(instrument(&valid[..valid.len() - 3], Target::Sandbox), Err(Refusal::Invalid(_))));
+}

@@ -1,0 +1,91 @@
+//! The instrumentation pass, run on real modules in a real engine (wasmtime, with its own
+//! fuel metering and NaN canonicalisation off, so only the pass makes runs deterministic).
+
+mod fuel;
+mod hostile;
+mod nan;
+mod stack;
+
+use wasmgrid_instrument::{FUEL_LIMIT_GLOBAL, FUEL_USED_EXPORT, IMPORT_MODULE, STACK_USED_EXPORT, Target};
+use wasmtime::{Config, Engine, Extern, Global, GlobalType, Instance, Module, Mutability, Store, Val, ValType};
+
+/// How a call of an instrumented module's export ended.
+#[derive(Debug)]
+pub struct Run {
+    pub results: Result<Vec<Val>, wasmtime::Error>,
+    pub fuel_used: i64,
+    pub stack_used: i64,
+    pub memory: Vec<u8>,
+}
+
+/// An engine with the sandbox's stack (`wasmgrid_sandbox::engine::MAX_WASM_STACK`).
+pub fn engine(configure: impl FnOnce(&mut Config)) -> Engine {
+    let mut config = Config::new();
+    config.wasm_multi_memory(true).max_wasm_stack(4 << 20).async_stack_size(5 << 20);
+    configure(&mut config);
+    Engine::new(&config).unwrap()
+}
+
+pub fn wasm(text: &str) -> Vec<u8> {
+    wat::parse_str(text).unwrap()
+}
+
+/// Instruments `wasm` for any engine and calls its export `name` with `args`, with
+/// `fuel_limit`.
+pub fn run_portable(wasm: &[u8], name: &str, args: &[Val], fuel_limit: i64) -> Run {
+    let instrumented = wasmgrid_instrument::instrument(wasm, Target::Portable).unwrap();
+    let engine = engine(|_| {});
+    let module = Module::new(&engine, &instrumented).unwrap();
+    let mut store = Store::new(&engine, ());
+    let limit =
+        Global::new(&mut store, GlobalType::new(ValType::I64, Mutability::Const), Val::I64(fuel_limit)).unwrap();
+    let imports: Vec<Extern> = module
+        .imports()
+        .map(|import| {
+            assert_eq!(
+                (import.module(), import.name()),
+                (IMPORT_MODULE, FUEL_LIMIT_GLOBAL),
+                "only the meter is imported"
+            );
+            Extern::Global(limit)
+        })
+        .collect();
+    let instance = Instance::new(&mut store, &module, &imports).unwrap();
+    let results = call(&mut store, instance, name, args);
+    let read = |store: &mut Store<()>, export: &str| {
+        instance.get_global(&mut *store, export).unwrap().get(&mut *store).i64().unwrap()
+    };
+    let memory =
+        instance.get_memory(&mut store, "memory").map(|memory| memory.data(&store).to_vec()).unwrap_or_default();
+    Run {
+        results,
+        fuel_used: read(&mut store, FUEL_USED_EXPORT),
+        stack_used: read(&mut store, STACK_USED_EXPORT),
+        memory,
+    }
+}
+
+/// Calls `name` of the module as it is, in wasmtime with its own fuel metering on; returns the
+/// results and the fuel wasmtime counted.
+pub fn run_with_wasmtime_fuel(wasm: &[u8], name: &str, args: &[Val]) -> (Result<Vec<Val>, wasmtime::Error>, u64) {
+    let engine = engine(|config| {
+        config.consume_fuel(true);
+    });
+    let module = Module::new(&engine, wasm).unwrap();
+    let mut store = Store::new(&engine, ());
+    const FUEL: u64 = 1 << 40;
+    store.set_fuel(FUEL).unwrap();
+    let instance = Instance::new(&mut store, &module, &[]).unwrap();
+    let results = call(&mut store, instance, name, args);
+    (results, FUEL - store.get_fuel().unwrap())
+}
+
+fn call(store: &mut Store<()>, instance: Instance, name: &str, args: &[Val]) -> Result<Vec<Val>, wasmtime::Error> {
+    let function = instance.get_func(&mut *store, name).unwrap();
+    let mut results = vec![Val::I32(0); function.ty(&*store).results().len()];
+    function.call(&mut *store, args, &mut results).map(|()| results)
+}
+
+pub fn trap_of(run: &Run) -> Option<wasmtime::Trap> {
+    run.results.as_ref().err().and_then(|error| error.downcast_ref::<wasmtime::Trap>().copied())
+}

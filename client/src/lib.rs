@@ -7,6 +7,7 @@
 //! - [`blob_cache`]: modules and inputs downloaded by hash, verified, evicted LRU.
 //! - [`projects`]: attached projects and their secrets.
 //! - [`publish`]: the scientist's side: apps, batches and their results.
+//! - [`local_run`]: `wasmgrid exec` and `wasmgrid instrument`, for trying a module locally.
 //! - [`settings`]: `client.toml` and the resource limits it sets.
 //! - [`status`]: what the daemon is doing, over a local socket.
 //! - [`data_dir`]: where everything lives, and atomic file replacement.
@@ -18,6 +19,7 @@ pub mod blob_cache;
 pub mod daemon;
 pub mod data_dir;
 pub mod host_info;
+pub mod local_run;
 pub mod projects;
 pub mod publish;
 pub mod settings;

@@ -8,11 +8,13 @@ use clap::{Parser, Subcommand};
 use wasmgrid_client::api::ServerClient;
 use wasmgrid_client::daemon::{self, Daemon, RunOptions};
 use wasmgrid_client::data_dir::DataDir;
+use wasmgrid_client::local_run::{self, ExecRequest};
 use wasmgrid_client::projects::{Project, Projects, check_transport, normalize_url};
 use wasmgrid_client::publish::commands::{self, AppCommand, BatchCommand, Connection};
 use wasmgrid_client::settings::{Overrides, Settings};
 use wasmgrid_client::state::{ClientState, Phase, Task};
 use wasmgrid_client::{host_info, status};
+use wasmgrid_protocol::api::RunLimits;
 
 #[derive(Parser)]
 #[command(name = "wasmgrid", version, about = "Give your spare CPU time to WebAssembly science projects")]
@@ -68,6 +70,49 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// For scientists: run a module here exactly as a volunteer's daemon would.
+    Exec {
+        module: PathBuf,
+        /// A file whose contents are the module's standard input.
+        #[arg(long)]
+        stdin: Option<PathBuf>,
+        /// The directory the module sees, read-only, as /input.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Fuel (operators executed) the run may use.
+        #[arg(long, default_value_t = 1 << 40)]
+        fuel: u64,
+        /// Linear memory the run may use, in bytes.
+        #[arg(long, default_value_t = 1 << 30)]
+        memory: u64,
+        /// Wall-clock limit, in seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
+        /// The seed of the module's random numbers (the server draws one per work unit).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Where to write the output archive.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The module's arguments.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Write a module as the sandbox runs it: deterministic NaNs, fuel and stack depth as code.
+    Instrument {
+        module: PathBuf,
+        #[arg(long, short)]
+        output: PathBuf,
+        /// `portable` runs in any engine (the fuel limit is the imported global
+        /// `wasmgrid::fuel_limit`, the fuel used the exported global `wasmgrid_fuel_used`);
+        /// `sandbox` is the form the client runs (the counters in the imported memory
+        /// `wasmgrid::meter`).
+        #[arg(long, value_enum, default_value_t = InstrumentTarget::Portable)]
+        target: InstrumentTarget,
+    },
     /// For scientists: create apps and publish their modules.
     App {
         #[command(flatten)]
@@ -102,6 +147,12 @@ fn main() -> ExitCode {
     }
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum InstrumentTarget {
+    Portable,
+    Sandbox,
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     // Publishing needs no data directory; the volunteer's commands do.
     let data_dir = || DataDir::locate(cli.data_dir.clone());
@@ -121,6 +172,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let _lock = daemon::lock(&data_dir)?;
             let daemon = Daemon::new(data_dir, settings, options)?;
             daemon.run(shutdown_signal()).await
+        }
+        Command::Exec { module, stdin, input, fuel, memory, timeout, seed, output, json, args } => {
+            let request = ExecRequest {
+                module,
+                args,
+                stdin,
+                input_dir: input,
+                limits: RunLimits { fuel, memory_bytes: memory, output_bytes: 1 << 30, wall_time_seconds: timeout },
+                scratch_limit_bytes: 1 << 30,
+                seed,
+                output,
+            };
+            let report = tokio::task::spawn_blocking(move || local_run::exec(&request)).await??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(())
+        }
+        Command::Instrument { module, output, target } => {
+            let target = match target {
+                InstrumentTarget::Portable => wasmgrid_instrument::Target::Portable,
+                InstrumentTarget::Sandbox => wasmgrid_instrument::Target::Sandbox,
+            };
+            let (before, after) = local_run::instrument(&module, &output, target)?;
+            println!(
+                "wrote {} ({before} bytes -> {after} bytes, instrumentation v{})",
+                output.display(),
+                wasmgrid_instrument::VERSION
+            );
+            Ok(())
         }
         Command::Status { json } => {
             let report = status::query(&data_dir()?).await?;

@@ -219,6 +219,7 @@ mod tests {
             run_time_ms: 1,
             exit_status: None,
             stderr: String::new(),
+            instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
         };
         Phase::Finished { report, output: None, uploaded: true }
     }

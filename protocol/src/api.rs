@@ -107,6 +107,11 @@ pub struct ReplicaReport {
     /// [`MAX_STDERR_BYTES`] of it.
     #[serde(default)]
     pub stderr: String,
+    /// The version of the instrumentation pass the module ran through (0 for clients from
+    /// before the pass, whose engine settings made runs deterministic). Outputs and fuel are
+    /// only compared between replicas of one version.
+    #[serde(default)]
+    pub instrumentation_version: u32,
 }
 
 /// How much of a replica's standard error the server keeps.

@@ -55,6 +55,8 @@ pub use limits::Limit;
 use limits::MemoryLimiter;
 use meter::{Meter, MeterHandle};
 pub use module_check::ModuleRejection;
+/// The version of the instrumentation every module runs through, reported with each result.
+pub use wasmgrid_instrument::VERSION as INSTRUMENTATION_VERSION;
 pub use watch::PROGRESS_FILE;
 use watch::{Interruption, Watch};
 

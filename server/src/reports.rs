@@ -156,6 +156,7 @@ async fn record_reports(
         columns.exit_status.push(report.exit_status);
         columns.stderr.push(truncate_to_boundary(&report.stderr, MAX_STDERR_BYTES));
         columns.error_reason.push(reason);
+        columns.instrumentation_version.push(i32::try_from(report.instrumentation_version).unwrap_or(i32::MAX));
     }
     if columns.id.is_empty() {
         return Ok(HashSet::new());
@@ -167,11 +168,12 @@ async fn record_reports(
          set state = 'over', outcome = u.outcome::replica_outcome, received_at = now(),
              validate_state = 'pending', output_sha256 = u.output_sha256, output_bytes = u.output_bytes,
              fuel_used = least(u.fuel_used, w.fuel_limit), run_time_ms = u.run_time_ms,
-             exit_status = u.exit_status, stderr = u.stderr, error_reason = u.error_reason
+             exit_status = u.exit_status, stderr = u.stderr, error_reason = u.error_reason,
+             instrumentation_version = u.instrumentation_version
          from unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
-                     $7::int[], $8::text[], $9::text[])
+                     $7::int[], $8::text[], $9::text[], $10::int[])
                   as u(id, outcome, output_sha256, output_bytes, fuel_used, run_time_ms, exit_status, stderr,
-                       error_reason),
+                       error_reason, instrumentation_version),
               work_unit w
          where r.id = u.id and w.id = r.work_unit_id
            and {AWAITS_REPORT}
@@ -187,6 +189,7 @@ async fn record_reports(
     .bind(columns.exit_status)
     .bind(columns.stderr)
     .bind(columns.error_reason)
+    .bind(columns.instrumentation_version)
     .fetch_all(connection)
     .await?;
     Ok(recorded.into_iter().collect())
@@ -204,6 +207,7 @@ struct ReportColumns {
     exit_status: Vec<Option<i32>>,
     stderr: Vec<String>,
     error_reason: Vec<Option<String>>,
+    instrumentation_version: Vec<i32>,
 }
 
 /// The last `max` bytes of `text` (the end of standard error says most), cut on a

@@ -87,6 +87,7 @@ struct ReplicaRow {
     output_sha256: Option<String>,
     fuel_used: Option<i64>,
     error_reason: Option<String>,
+    instrumentation_version: i32,
 }
 
 impl ReplicaRow {
@@ -120,6 +121,21 @@ impl ReplicaRow {
     }
 }
 
+/// The candidates that may be compared with each other: those of the one instrumentation
+/// version with the most candidates (the newest on a tie). Outputs and fuel from different
+/// versions of the client's instrumentation pass are not comparable, so a quorum is only ever
+/// made of one version.
+fn comparable_candidates(replicas: &[ReplicaRow]) -> Vec<&ReplicaRow> {
+    let mut per_version: HashMap<i32, usize> = HashMap::new();
+    for replica in replicas.iter().filter(|r| r.is_candidate()) {
+        *per_version.entry(replica.instrumentation_version).or_default() += 1;
+    }
+    let Some((version, _)) = per_version.into_iter().max_by_key(|&(version, count)| (count, version)) else {
+        return Vec::new();
+    };
+    replicas.iter().filter(|r| r.is_candidate() && r.instrumentation_version == version).collect()
+}
+
 /// Moves the work units on after an event touched them. The caller holds their locks.
 pub async fn transition_all(
     connection: &mut PgConnection,
@@ -142,7 +158,8 @@ pub async fn transition_all(
     .await?;
     let replicas: Vec<ReplicaRow> = sqlx::query_as(
         "select id, work_unit_id, state::text as state, outcome::text as outcome,
-                validate_state::text as validate_state, host_id, account_id, output_sha256, fuel_used, error_reason
+                validate_state::text as validate_state, host_id, account_id, output_sha256, fuel_used, error_reason,
+                instrumentation_version
          from replica where work_unit_id = any($1) order by id",
     )
     .bind(work_unit_ids)
@@ -198,9 +215,8 @@ fn comparisons_needed(
     match work_unit.state.as_str() {
         "active" => {
             let errors = replicas.iter().filter(|r| r.is_error()).count();
-            let candidates: Vec<Sha256Hash> = replicas
+            let candidates: Vec<Sha256Hash> = comparable_candidates(replicas)
                 .iter()
-                .filter(|r| r.is_candidate())
                 .map(|r| r.candidate().map(|c| c.output))
                 .collect::<anyhow::Result<_>>()?;
             if errors < work_unit.max_error_replicas as usize && candidates.len() >= work_unit.min_quorum as usize {
@@ -211,9 +227,8 @@ fn comparisons_needed(
         }
         "validated" => {
             if let Some(canonical) = replicas.iter().find(|r| Some(r.id) == work_unit.canonical_replica_id) {
-                let canonical = canonical.candidate()?.output;
-                for late in replicas.iter().filter(|r| r.is_success() && r.validate_state == "pending") {
-                    pairs.push((canonical, late.candidate()?.output));
+                for late in late_results(replicas, canonical) {
+                    pairs.push((canonical.candidate()?.output, late.candidate()?.output));
                 }
             }
         }
@@ -402,12 +417,18 @@ fn advance_active(
         return Ok(());
     }
 
-    let successes: Vec<&ReplicaRow> = replicas.iter().filter(|r| r.is_candidate()).collect();
+    let successes = comparable_candidates(replicas);
     let mut inconclusive = false;
     if successes.len() >= work_unit.min_quorum as usize {
         let candidates = successes.iter().map(|r| r.candidate()).collect::<anyhow::Result<Vec<_>>>()?;
         match validator::find_canonical(validator, &candidates, work_unit.min_quorum as usize)? {
-            Verdict::Canonical(agreeing) => return accept(work_unit, &successes, &agreeing, changes, effects),
+            Verdict::Canonical(agreeing) => {
+                let version = successes[0].instrumentation_version;
+                for other in replicas.iter().filter(|r| r.is_candidate() && r.instrumentation_version != version) {
+                    changes.validations.push((other.id, "incomparable", None));
+                }
+                return accept(work_unit, &successes, &agreeing, changes, effects);
+            }
             Verdict::NoConsensus => {
                 inconclusive = true;
                 for replica in &successes {
@@ -464,6 +485,15 @@ fn accept(
     Ok(())
 }
 
+/// The successes that arrived after validation and can be compared with the canonical one
+/// (they ran through the same instrumentation version).
+fn late_results<'r>(replicas: &'r [ReplicaRow], canonical: &ReplicaRow) -> impl Iterator<Item = &'r ReplicaRow> {
+    let version = canonical.instrumentation_version;
+    replicas
+        .iter()
+        .filter(move |r| r.is_success() && r.validate_state == "pending" && r.instrumentation_version == version)
+}
+
 /// After validation, successes that arrive late are compared with the canonical output.
 fn check_late_results(
     validator: &dyn Validator,
@@ -480,8 +510,16 @@ fn check_late_results(
         .find(|r| r.id == canonical_id)
         .ok_or_else(|| anyhow::anyhow!("canonical replica {canonical_id} is missing"))?
         .candidate()?;
+    let canonical_row = replicas.iter().find(|r| r.id == canonical_id).expect("found above");
+    for other in replicas.iter().filter(|r| {
+        r.is_success()
+            && r.validate_state == "pending"
+            && r.instrumentation_version != canonical_row.instrumentation_version
+    }) {
+        changes.validations.push((other.id, "incomparable", None));
+    }
     let credit = work_unit.credit.unwrap_or(0.0);
-    for replica in replicas.iter().filter(|r| r.is_success() && r.validate_state == "pending") {
+    for replica in late_results(replicas, canonical_row) {
         if validator.equivalent(&canonical, &replica.candidate()?)? {
             changes.valid(replica, credit, effects)?;
         } else {

@@ -119,6 +119,7 @@ fn failed(replica_id: i64, reason: String, run: Option<&RunReport>) -> Phase {
             run_time_ms: 0,
             exit_status: None,
             stderr: String::new(),
+            instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
         },
     };
     Phase::Finished { report, output: None, uploaded: true }
@@ -132,5 +133,6 @@ fn replica_report(replica_id: i64, outcome: ReportedOutcome, run: &RunReport) ->
         run_time_ms: run.run_time.as_millis() as u64,
         exit_status: run.exit_status,
         stderr: run.stderr.clone(),
+        instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
     }
 }

@@ -713,6 +713,7 @@ mod tests {
             run_time_ms: 1,
             exit_status: None,
             stderr: "e".repeat(stderr_bytes),
+            instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
         }
     }
 

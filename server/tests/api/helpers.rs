@@ -312,6 +312,7 @@ pub fn success(replica_id: i64, output: &[u8]) -> ReplicaReport {
         run_time_ms: 10,
         exit_status: Some(0),
         stderr: String::new(),
+        instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
     }
 }
 
@@ -323,6 +324,7 @@ pub fn failure(replica_id: i64, reason: &str) -> ReplicaReport {
         run_time_ms: 10,
         exit_status: Some(1),
         stderr: "trap".into(),
+        instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
     }
 }
 

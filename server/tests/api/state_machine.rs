@@ -232,3 +232,32 @@ async fn valid_results_restore_the_quota_that_errors_took() {
     assert_eq!(host.daily_quota, 1000, "valid results double the quota, up to the maximum");
     assert_eq!(host.consecutive_valid, 2);
 }
+
+#[tokio::test]
+async fn only_results_of_one_instrumentation_version_are_compared() {
+    let app = TestApp::spawn().await;
+    let [wu] = app.publish(1, policy(2, 2)).await[..] else { panic!() };
+    let (old, new, newer) = (app.volunteer("old").await, app.volunteer("new").await, app.volunteer("third").await);
+    let o = old.fetch(1).await[0].replica_id;
+    let n = new.fetch(1).await[0].replica_id;
+    // The same output from a client whose pass is another version: not a quorum.
+    old.upload(o, b"42").await.unwrap();
+    let mut report = crate::helpers::success(o, b"42");
+    report.instrumentation_version = wasmgrid_sandbox::INSTRUMENTATION_VERSION - 1;
+    old.request(vec![report], 0).await.unwrap();
+    new.succeed(n, b"42").await;
+    app.sweep().await;
+    assert_eq!(app.work_unit(wu).await.state, "active", "two versions never make a quorum");
+    assert_eq!(app.replicas(wu).await.len(), 3, "one more replica, for a second result of one version");
+
+    let t = newer.fetch(1).await[0].replica_id;
+    newer.succeed(t, b"42").await;
+    app.sweep().await;
+    let work_unit = app.work_unit(wu).await;
+    assert_eq!(work_unit.state, "validated");
+    assert_eq!(work_unit.canonical_replica_id, Some(n));
+    let states: Vec<_> = app.replicas(wu).await.into_iter().map(|r| (r.id, r.validate_state)).collect();
+    assert_eq!(states, vec![(o, "incomparable".into()), (n, "valid".into()), (t, "valid".into())]);
+    assert_eq!(app.host(old.host_id).await.total_credit, 0.0, "an uncompared result earns nothing");
+    assert_eq!(app.host(old.host_id).await.invalid_count, 0, "and is not held against its host");
+}

@@ -270,6 +270,7 @@ async fn volunteer_loop(
                 run_time_ms: 0,
                 exit_status: Some(0),
                 stderr: String::new(),
+                instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
             });
         }
         if reply.assignments.is_empty() && reports.is_empty() {

@@ -64,6 +64,7 @@ impl ScriptedHost {
             run_time_ms: 5,
             exit_status: Some(0),
             stderr: String::new(),
+            instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
         };
         let reply = self
             .client

@@ -1,0 +1,127 @@
+//! Running a module on this machine exactly as a volunteer's daemon would, without a server
+//! (`wasmgrid exec`), and writing the instrumented module for other engines
+//! (`wasmgrid instrument`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Serialize;
+use wasmgrid_protocol::Sha256Hash;
+use wasmgrid_protocol::api::RunLimits;
+use wasmgrid_sandbox::output::{self, PackError};
+use wasmgrid_sandbox::{RunControl, RunOutcome, RunSpec, Sandbox};
+
+/// What `wasmgrid exec` runs and with which limits.
+pub struct ExecRequest {
+    pub module: PathBuf,
+    pub args: Vec<String>,
+    pub stdin: Option<PathBuf>,
+    pub input_dir: Option<PathBuf>,
+    pub limits: RunLimits,
+    pub scratch_limit_bytes: u64,
+    pub seed: u64,
+    /// Where to leave the output archive; a temporary file when absent.
+    pub output: Option<PathBuf>,
+}
+
+/// What the run gave: the figures a volunteer's daemon would report.
+#[derive(Debug, Serialize)]
+pub struct ExecReport {
+    pub outcome: String,
+    pub error: Option<String>,
+    pub fuel_used: u64,
+    pub instrumentation_version: u32,
+    pub run_time_ms: u64,
+    pub exit_status: Option<i32>,
+    pub output_sha256: Option<String>,
+    pub output_bytes: Option<u64>,
+    pub output_archive: Option<PathBuf>,
+    pub stderr: String,
+}
+
+impl ExecReport {
+    pub fn render(&self) -> String {
+        let mut text = format!("outcome: {}\n", self.outcome);
+        if let Some(error) = &self.error {
+            text += &format!("error: {error}\n");
+        }
+        text += &format!("fuel used: {}\n", self.fuel_used);
+        text += &format!("instrumentation: v{}\n", self.instrumentation_version);
+        text += &format!("run time: {} ms\n", self.run_time_ms);
+        if let (Some(hash), Some(bytes), Some(archive)) = (&self.output_sha256, self.output_bytes, &self.output_archive)
+        {
+            text += &format!("output: {hash} ({bytes} bytes) in {}\n", archive.display());
+        }
+        text
+    }
+}
+
+/// Runs `request` in the volunteer's sandbox, in a scratch directory of its own.
+pub fn exec(request: &ExecRequest) -> anyhow::Result<ExecReport> {
+    let wasm = std::fs::read(&request.module).with_context(|| format!("cannot read {}", request.module.display()))?;
+    let work = tempfile::tempdir()?;
+    let sandbox = Sandbox::new(&work.path().join("compiled"))?;
+    let scratch_dir = work.path().join("scratch");
+    std::fs::create_dir(&scratch_dir)?;
+    let empty_input = work.path().join("input");
+    std::fs::create_dir(&empty_input)?;
+    let stdin = match &request.stdin {
+        Some(path) => std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+        None => Vec::new(),
+    };
+    let spec = RunSpec {
+        module_hash: Sha256Hash::of(&wasm),
+        module_path: request.module.clone(),
+        args: request.args.clone(),
+        stdin,
+        input_dir: request.input_dir.clone().unwrap_or(empty_input),
+        scratch_dir: scratch_dir.clone(),
+        limits: request.limits,
+        scratch_limit_bytes: request.scratch_limit_bytes,
+        seed: request.seed,
+    };
+    let run = sandbox.run(&spec, &Arc::new(RunControl::default()));
+    let mut report = ExecReport {
+        outcome: "error".into(),
+        error: None,
+        fuel_used: run.fuel_used,
+        instrumentation_version: wasmgrid_instrument::VERSION,
+        run_time_ms: run.run_time.as_millis() as u64,
+        exit_status: run.exit_status,
+        output_sha256: None,
+        output_bytes: None,
+        output_archive: None,
+        stderr: run.stderr.clone(),
+    };
+    match &run.outcome {
+        RunOutcome::Success => {
+            let archive = match &request.output {
+                Some(path) => path.clone(),
+                None => work.keep().join("output.tar"),
+            };
+            match output::pack(&run.stdout, &scratch_dir, &archive, request.limits.output_bytes) {
+                Ok((sha256, bytes)) => {
+                    report.outcome = "success".into();
+                    report.output_sha256 = Some(sha256.to_string());
+                    report.output_bytes = Some(bytes);
+                    report.output_archive = Some(archive);
+                }
+                Err(PackError::TooLarge) => report.error = Some(PackError::TooLarge.to_string()),
+                Err(PackError::Io(error)) => return Err(error).context("cannot pack the output"),
+            }
+        }
+        RunOutcome::Failed(error) => report.error = Some(error.to_string()),
+        RunOutcome::Stopped(reason) => report.error = Some(format!("stopped: {reason:?}")),
+    }
+    Ok(report)
+}
+
+/// Writes `input` instrumented for `target` to `output`; returns the sizes before and after.
+pub fn instrument(input: &Path, output: &Path, target: wasmgrid_instrument::Target) -> anyhow::Result<(usize, usize)> {
+    let wasm = std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
+    let instrumented =
+        wasmgrid_instrument::instrument(&wasm, target).map_err(|refusal| anyhow::anyhow!("{refusal}"))?;
+    std::fs::write(output, &instrumented).with_context(|| format!("cannot write {}", output.display()))?;
+    Ok((wasm.len(), instrumented.len()))
+}

@@ -1,0 +1,225 @@
+//! Differential runs: one module, the same output archive and the same fuel on every engine
+//! and CPU. Each workload (the example apps, the determinism probe and the NaN and SIMD
+//! probe) runs
+//! - in the real client, `wasmgrid exec` (wasmtime on this machine's CPU, x86_64);
+//! - in the client cross-built for aarch64, under Debian's `qemu-user` (and for riscv64 and
+//!   s390x in the fuller run, `WASMGRID_CROSS_TARGETS`; see README "Testing");
+//! - in a second engine: Node's V8, through `node:wasi`, on the module instrumented for any
+//!   engine (`wasmgrid instrument --target portable`), with `tests/node/run_portable.mjs`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use wasmgrid_e2e::bench::build_workunits;
+use wasmgrid_sandbox::output;
+
+/// A run of one module: what it was given.
+struct Workload {
+    name: &'static str,
+    module: PathBuf,
+    args: Vec<String>,
+    stdin: Vec<u8>,
+    seed: u64,
+}
+
+/// What every engine must agree on.
+#[derive(Debug, PartialEq, Eq)]
+struct Answer {
+    outcome: String,
+    output_sha256: Option<String>,
+    fuel_used: u64,
+}
+
+const FUEL: u64 = 1 << 40;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().unwrap()
+}
+
+/// `target/<profile>/wasmgrid`, which cargo builds for the client's own tests in the same run.
+fn client_binary() -> PathBuf {
+    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    let path = deps.parent().unwrap().join("wasmgrid");
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace` first", path.display());
+    path
+}
+
+fn workloads(scratch: &Path) -> Vec<Workload> {
+    let examples = build_workunits(Some("wasm32-wasip1")).expect("the example work units build");
+    let probe = |name: &'static str| {
+        let path = scratch.join(format!("{name}.wasm"));
+        let wasm = wat::parse_file(workspace().join(format!("workunits/probes/{name}.wat"))).unwrap();
+        std::fs::write(&path, wasm).unwrap();
+        path
+    };
+    let strings = |args: &[&str]| args.iter().map(|arg| arg.to_string()).collect();
+    vec![
+        Workload {
+            name: "primes",
+            module: examples.join("primes.wasm"),
+            args: strings(&["0", "300000"]),
+            stdin: Vec::new(),
+            seed: 1,
+        },
+        Workload {
+            name: "mandelbrot",
+            module: examples.join("mandelbrot.wasm"),
+            args: strings(&["1024", "1024", "128", "3", "4", "400"]),
+            stdin: Vec::new(),
+            seed: 2,
+        },
+        Workload {
+            name: "nbody",
+            module: examples.join("nbody.wasm"),
+            args: Vec::new(),
+            stdin: b"12 300 7\n".to_vec(),
+            seed: 3,
+        },
+        Workload {
+            name: "determinism probe",
+            module: probe("determinism"),
+            args: Vec::new(),
+            stdin: Vec::new(),
+            seed: 42,
+        },
+        Workload {
+            name: "NaN and SIMD probe",
+            module: probe("nan_simd"),
+            args: Vec::new(),
+            stdin: Vec::new(),
+            seed: 4,
+        },
+    ]
+}
+
+/// `wasmgrid exec --json` through `runner` (nothing, or qemu), parsed.
+fn in_client(client: &[String], workload: &Workload, scratch: &Path) -> Answer {
+    let stdin = scratch.join(format!("{}.stdin", workload.name));
+    std::fs::write(&stdin, &workload.stdin).unwrap();
+    let output = Command::new(&client[0])
+        .args(&client[1..])
+        .arg("exec")
+        .arg(&workload.module)
+        .arg("--stdin")
+        .arg(&stdin)
+        .args(["--fuel", &FUEL.to_string(), "--seed", &workload.seed.to_string(), "--json", "--"])
+        .args(&workload.args)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{client:?} exec failed: {}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    Answer {
+        outcome: report["outcome"].as_str().unwrap().to_owned(),
+        output_sha256: report["output_sha256"].as_str().map(str::to_owned),
+        fuel_used: report["fuel_used"].as_u64().unwrap(),
+    }
+}
+
+/// The module instrumented for any engine, run by Node's V8; the output packed as the
+/// client packs it.
+fn in_node(client: &Path, workload: &Workload, scratch: &Path) -> Answer {
+    let dir = scratch.join(format!("node-{}", workload.name.replace(' ', "-")));
+    let (input, run_scratch) = (dir.join("input"), dir.join("scratch"));
+    std::fs::create_dir_all(&input).unwrap();
+    std::fs::create_dir_all(&run_scratch).unwrap();
+    let portable = dir.join("portable.wasm");
+    let instrumented = Command::new(client)
+        .arg("instrument")
+        .arg(&workload.module)
+        .arg("-o")
+        .arg(&portable)
+        .args(["--target", "portable"])
+        .output()
+        .unwrap();
+    assert!(instrumented.status.success(), "{}", String::from_utf8_lossy(&instrumented.stderr));
+    let (stdin, stdout, stderr) = (dir.join("stdin"), dir.join("stdout"), dir.join("stderr"));
+    std::fs::write(&stdin, &workload.stdin).unwrap();
+    let output = Command::new("node")
+        .arg("--stack-size=4000")
+        .arg(workspace().join("tests/node/run_portable.mjs"))
+        .arg(&portable)
+        .arg(FUEL.to_string())
+        .arg(workload.seed.to_string())
+        .args([&stdin, &input, &run_scratch, &stdout, &stderr])
+        .args(&workload.args)
+        .output()
+        .expect("node runs (Debian's nodejs, version 18 or later)");
+    assert!(output.status.success(), "node failed: {}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let outcome = report["outcome"].as_str().unwrap().to_owned();
+    let fuel_used = report["fuelUsed"].as_str().unwrap().parse().unwrap();
+    let output_sha256 = (outcome == "success").then(|| {
+        let archive = dir.join("output.tar");
+        let (sha256, _) = output::pack(&std::fs::read(&stdout).unwrap(), &run_scratch, &archive, u64::MAX).unwrap();
+        sha256.to_string()
+    });
+    Answer { outcome, output_sha256, fuel_used }
+}
+
+/// The client for `target`, cross-built with Debian's cross compiler in a target directory
+/// of its own (so this build never waits on the one running the tests).
+fn cross_client(target: &str) -> PathBuf {
+    let target_dir = workspace().join("target/cross");
+    let linker = format!("CARGO_TARGET_{}_LINKER", target.to_uppercase().replace('-', "_"));
+    let gcc = format!("{}-gcc", gnu_triple(target));
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(workspace())
+        .args(["build", "--quiet", "-p", "wasmgrid-client", "--target", target])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env(linker, &gcc)
+        .env(format!("CC_{}", target.replace('-', "_")), &gcc)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "cross-building the client for {target} failed: it needs `rustup target add {target}` and Debian's {gcc}"
+    );
+    target_dir.join(target).join("debug/wasmgrid")
+}
+
+fn gnu_triple(target: &str) -> String {
+    let arch = target.split('-').next().unwrap();
+    let arch = if arch == "riscv64gc" { "riscv64" } else { arch };
+    format!("{arch}-linux-gnu")
+}
+
+/// How to run a binary for `target` here: Debian's qemu-user, with the target's libraries.
+fn under_qemu(target: &str, binary: PathBuf) -> Vec<String> {
+    let triple = gnu_triple(target);
+    let arch = triple.split('-').next().unwrap();
+    vec![format!("qemu-{arch}"), "-L".into(), format!("/usr/{triple}"), binary.to_string_lossy().into_owned()]
+}
+
+/// The targets besides this machine's: aarch64 always, more when `WASMGRID_CROSS_TARGETS`
+/// names them (comma-separated Rust target triples).
+fn cross_targets() -> Vec<String> {
+    let mut targets = vec!["aarch64-unknown-linux-gnu".to_owned()];
+    if let Ok(more) = std::env::var("WASMGRID_CROSS_TARGETS") {
+        targets.extend(more.split(',').map(str::trim).filter(|target| !target.is_empty()).map(str::to_owned));
+        targets.dedup();
+    }
+    targets
+}
+
+#[test]
+fn every_engine_and_cpu_computes_the_same_archive_and_fuel() {
+    let scratch = tempfile::tempdir().unwrap();
+    let client = client_binary();
+    let mut engines: Vec<(String, Vec<String>)> =
+        vec![("wasmtime, x86_64".into(), vec![client.to_string_lossy().into_owned()])];
+    for target in cross_targets() {
+        engines.push((format!("wasmtime, {target} under qemu"), under_qemu(&target, cross_client(&target))));
+    }
+    for workload in workloads(scratch.path()) {
+        let reference = in_client(&engines[0].1, &workload, scratch.path());
+        assert_eq!(reference.outcome, "success", "{}: {reference:?}", workload.name);
+        assert!(reference.fuel_used > 0);
+        for (engine, command) in &engines[1..] {
+            let answer = in_client(command, &workload, scratch.path());
+            assert_eq!(answer, reference, "{} under {engine}", workload.name);
+        }
+        let node = in_node(&client, &workload, scratch.path());
+        assert_eq!(node, reference, "{} under V8 (node:wasi)", workload.name);
+    }
+}

@@ -84,3 +84,18 @@ fn a_wasi_import_with_the_wrong_type_is_refused() {
     let rejection = check(&wrong).unwrap_err();
     assert!(matches!(rejection, ModuleRejection::ImportMismatch(_)), "{rejection}");
 }
+
+#[test]
+fn modules_that_cannot_be_deterministic_are_refused_with_the_reason() {
+    let relaxed = check(&wat("hostile/relaxed_simd.wat")).unwrap_err();
+    assert!(matches!(relaxed, ModuleRejection::Nondeterministic(_)), "{relaxed}");
+    assert!(relaxed.to_string().contains("relaxed SIMD"), "{relaxed}");
+    let shared = wat::parse_str(r#"(module (memory (export "memory") 1 1 shared) (func (export "_start")))"#).unwrap();
+    let threads = check(&shared).unwrap_err();
+    assert!(matches!(threads, ModuleRejection::Nondeterministic(_)), "{threads}");
+    assert!(threads.to_string().contains("threads"), "{threads}");
+    let meter_thief =
+        wat::parse_str(r#"(module (import "wasmgrid" "meter" (memory 1)) (func (export "_start")))"#).unwrap();
+    let reserved = check(&meter_thief).unwrap_err();
+    assert!(reserved.to_string().contains("reserved"), "{reserved}");
+}

@@ -81,6 +81,9 @@ impl StatusReport {
                         let outcome = match &report.outcome {
                             wasmgrid_protocol::api::ReportedOutcome::Success { .. } => "success".to_owned(),
                             wasmgrid_protocol::api::ReportedOutcome::Error { reason } => format!("error: {reason}"),
+                            wasmgrid_protocol::api::ReportedOutcome::HostError { reason } => {
+                                format!("this host cannot run it: {reason}")
+                            }
                         };
                         let elapsed = report.run_time_ms as f64 / 1000.0;
                         ("finished", Some(report.fuel_used), Some(1.0), elapsed, Some(outcome))

@@ -124,6 +124,10 @@ pub enum ReportedOutcome {
     Success { output_hash: Sha256Hash, output_bytes: u64 },
     /// The run failed on the host: a trap, a broken limit, a non-zero exit...
     Error { reason: String },
+    /// This host cannot run the module (the engine's compiler failed or panicked on it).
+    /// That says nothing about the work unit or the module: the replica goes to another host
+    /// as if this one had never answered.
+    HostError { reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

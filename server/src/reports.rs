@@ -146,6 +146,10 @@ async fn record_reports(
             ReportedOutcome::Error { reason } => {
                 ("client_error", None, None, Some(truncate_to_boundary(reason, MAX_REASON_BYTES)))
             }
+            // Like a host that never answered: another replica, and no error counted.
+            ReportedOutcome::HostError { reason } => {
+                ("no_reply", None, None, Some(truncate_to_boundary(reason, MAX_REASON_BYTES)))
+            }
         };
         columns.id.push(row.id);
         columns.outcome.push(outcome);

@@ -82,6 +82,11 @@ async fn run_task(
     let report = context.sandbox.spawn(spec, control)?.await?;
     let phase = match &report.outcome {
         RunOutcome::Stopped(reason) => return Ok(End::Stopped(*reason)),
+        RunOutcome::Failed(error) if !error.is_deterministic() => Phase::Finished {
+            report: replica_report(replica_id, ReportedOutcome::HostError { reason: error.to_string() }, &report),
+            output: None,
+            uploaded: true,
+        },
         RunOutcome::Failed(error) => failed(replica_id, error.to_string(), Some(&report)),
         RunOutcome::Success => {
             let stdout = report.stdout.clone();

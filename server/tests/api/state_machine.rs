@@ -261,3 +261,26 @@ async fn only_results_of_one_instrumentation_version_are_compared() {
     assert_eq!(app.host(old.host_id).await.total_credit, 0.0, "an uncompared result earns nothing");
     assert_eq!(app.host(old.host_id).await.invalid_count, 0, "and is not held against its host");
 }
+
+#[tokio::test]
+async fn a_host_that_cannot_run_the_module_costs_the_work_unit_no_error() {
+    let app = TestApp::spawn().await;
+    let [wu] = app.publish(1, policy(1, 1)).await[..] else { panic!() };
+    let (riscv, other) = (app.volunteer("riscv").await, app.volunteer("other").await);
+    let r = riscv.fetch(1).await[0].replica_id;
+    let mut report = crate::helpers::failure(r, "");
+    report.outcome = wasmgrid_protocol::api::ReportedOutcome::HostError {
+        reason: "this host cannot run this module: the compiler panicked".into(),
+    };
+    riscv.request(vec![report], 0).await.unwrap();
+
+    let replicas = app.replicas(wu).await;
+    assert_eq!(replicas.len(), 2, "the work unit goes to another host");
+    assert_eq!(replicas[0].outcome.as_deref(), Some("no_reply"), "not an error of the work unit");
+    assert_eq!(app.host(riscv.host_id).await.error_count, 0, "nor of the host");
+    assert!(riscv.fetch(1).await.is_empty(), "and the host that cannot run it is not asked again");
+    let o = other.fetch(1).await[0].replica_id;
+    other.succeed(o, b"42").await;
+    app.sweep().await;
+    assert_eq!(app.work_unit(wu).await.state, "validated");
+}

@@ -44,8 +44,12 @@ const ERRNO_SUCCESS = 0, ERRNO_INVAL = 28;
 let monotonicReadings = 0n;
 const deterministic = {
   random_get(pointer, length) {
+    // wasmtime-wasi draws a u32 for each byte and keeps its low byte: so must we.
     const bytes = new Uint8Array(memory.buffer, pointer, length);
-    for (let i = 0; i < length; i++) bytes[i] = randomByte();
+    for (let i = 0; i < length; i++) {
+      bytes[i] = randomByte();
+      randomByte(); randomByte(); randomByte();
+    }
     return ERRNO_SUCCESS;
   },
   // Realtime frozen at the epoch (resolution 1 s); monotonic one microsecond per reading.

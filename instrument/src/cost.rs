@@ -12,8 +12,10 @@
 //! - **Charged on entry to a straight-line stretch.** The code is cut at every operator that
 //!   can transfer control (`loop`, `if`, `else`, `end`, the branches, `return`, the tail
 //!   calls, `unreachable`); each stretch's whole cost is added when it is entered. A run that
-//!   completes is therefore charged exactly once for every operator it executed. A run that
-//!   traps halfway through a stretch is charged for all of it, the same on every engine.
+//!   completes is therefore charged exactly once for every operator it executed. The count
+//!   is written where the host can read it before every call and `unreachable`, at every
+//!   loop header and on return; a run that traps otherwise (a division by zero, an access
+//!   out of bounds) shows the count as of the last of those, the same on every engine.
 //! - **Checked at every function entry and loop header**, the only places from which a run
 //!   can go on indefinitely. Between checks a run executes at most one function body's worth
 //!   of straight-line code, so it can overshoot its limit by that much before it is stopped;

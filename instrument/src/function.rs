@@ -157,7 +157,8 @@ fn encoded(ty: ValType) -> EncodedValType {
         ValType::F32 => EncodedValType::F32,
         ValType::F64 => EncodedValType::F64,
         ValType::V128 => EncodedValType::V128,
-        // Only funcref is allowed (see `features::allowed`).
+        // Only funcref can occur: `features::allowed` leaves out GC types, which externref
+        // and every other reference type need.
         ValType::Ref(_) => EncodedValType::FUNCREF,
     }
 }
@@ -329,8 +330,11 @@ impl<'a, 'w> Walk<'a, 'w> {
                 return Ok(());
             }
         }
-        // Not settled: assume the worst of every local and label, which cannot change again.
-        self.dirty_locals.iter_mut().for_each(|dirty| *dirty = true);
+        // Not settled: assume the worst of every float local and label, which cannot change
+        // again (only floats can be dirty).
+        for (dirty, &ty) in self.dirty_locals.iter_mut().zip(&self.local_types) {
+            *dirty = is_float(ty);
+        }
         self.labels.iter_mut().flatten().for_each(|dirty| *dirty = true);
         self.walk(shift)
     }
@@ -342,6 +346,8 @@ impl<'a, 'w> Walk<'a, 'w> {
         self.targeted.clear();
         self.code.clear();
         self.tail_calls.clear();
+        // Scratch locals of an earlier walk are not kept: only the final walk's are declared.
+        self.scratch = Scratch::new(self.local_types.len() as u32);
         self.next_label = 0;
         self.loop_header = false;
         self.max_height = 0;
@@ -441,25 +447,25 @@ impl<'a, 'w> Walk<'a, 'w> {
                 self.code.push(translated);
             }
             Operator::Br { relative_depth } => {
-                self.branch(relative_depth);
+                self.branch(relative_depth, &[]);
                 self.code.push(translated);
                 self.become_unreachable();
             }
             Operator::BrIf { relative_depth } => {
+                self.branch(relative_depth, &[ValType::I32]);
                 self.pop(1);
-                self.branch(relative_depth);
                 self.code.push(translated);
             }
             Operator::BrTable { ref targets } => {
-                self.pop(1);
                 let depths: Vec<u32> = targets
                     .targets()
                     .chain(std::iter::once(Ok(targets.default())))
                     .collect::<Result<_, _>>()
                     .map_err(|error| Refusal::Invalid(error.to_string()))?;
                 for depth in depths {
-                    self.branch(depth);
+                    self.branch(depth, &[ValType::I32]);
                 }
+                self.pop(1);
                 self.code.push(translated);
                 self.become_unreachable();
             }
@@ -489,7 +495,7 @@ impl<'a, 'w> Walk<'a, 'w> {
             Operator::LocalGet { local_index } => {
                 let dirty = self.dirty_locals[local_index as usize];
                 let ty = self.local_types[local_index as usize];
-                self.stack.push(dirty.then_some(ty));
+                self.stack.push((dirty && is_float(ty)).then_some(ty));
                 self.code.push(translated);
             }
             Operator::LocalSet { local_index } | Operator::LocalTee { local_index } => {
@@ -621,17 +627,19 @@ impl<'a, 'w> Walk<'a, 'w> {
         }
     }
 
-    /// A branch to the label `relative_depth` out, with its values on top of the stack.
-    fn branch(&mut self, relative_depth: u32) {
+    /// A branch to the label `relative_depth` out, with its values on the stack below the
+    /// `skipped` ones (the condition or index of `br_if` and `br_table`).
+    fn branch(&mut self, relative_depth: u32, skipped: &[ValType]) {
         let target = self.frames.len() - 1 - relative_depth as usize;
         if target == 0 {
             // Leaving the function: its results are observed.
             let results = self.results.clone();
-            self.observe(&results, &[]);
+            self.observe(&results, skipped);
             return;
         }
         let (label, count) = (self.frames[target].label, self.frames[target].label_types.len());
-        let values = self.stack[self.stack.len() - count..].to_vec();
+        let below = self.stack.len() - skipped.len();
+        let values = self.stack[below - count..below].to_vec();
         self.merge(label, &values);
         self.targeted[label] = true;
     }
@@ -641,7 +649,10 @@ impl<'a, 'w> Walk<'a, 'w> {
         if !frame.dead {
             if frame.reachable {
                 let values = self.stack[self.stack.len() - frame.result_types.len()..].to_vec();
-                self.merge(frame.label, &values);
+                let label = frame.label;
+                self.merge(label, &values);
+                // The then-branch falls through to the code after the `end`.
+                self.targeted[label] = true;
             }
             let frame = self.frames.last_mut().expect("an if frame");
             frame.kind = FrameKind::Else;

@@ -36,10 +36,15 @@
 //! **Where the analysis is conservative:** it is flow-insensitive for locals (a local is dirty
 //! if any write to it anywhere in the function may be dirty), and merges at control-flow joins
 //! (a block's result is dirty if any branch to it, or its fallthrough, carries a dirty value;
-//! a loop's parameter if its entry or any branch back does). That is a fixpoint, computed
-//! by repeating the walk over the function; a function that has not settled after
-//! [`MAX_ANALYSIS_PASSES`] walks (only contrived code takes more than two or three) is
-//! treated as if every float local and block value were dirty, which is always safe.
+//! a loop's parameter if its entry or any branch back does; `select`'s result if either
+//! operand is). That is a fixpoint, computed by repeating the walk over the function; a
+//! function that has not settled after [`MAX_ANALYSIS_PASSES`] walks (only contrived code
+//! takes more than two or three) is treated as if every float local and block value were
+//! dirty. Both are deterministic, but have a price: a value that may come from arithmetic on
+//! one path and from a load on another (a local used for both, a `select` of both) is
+//! canonicalised when observed, so a NaN that was loaded, and should keep its payload, loses
+//! it there. A NaN-boxing interpreter keeps its boxed values out of locals that also hold
+//! arithmetic results (flow-sensitive locals would lift most of this).
 
 use wasm_encoder::Instruction;
 use wasmparser::{Operator, ValType};

@@ -40,7 +40,7 @@ impl Meter {
     pub fn new(mut store: impl AsContextMut, fuel_limit: u64) -> wasmtime::Result<Self> {
         let memory = Memory::new(&mut store, MemoryType::new(1, Some(1)))?;
         let handle = MeterHandle { base: memory.data_ptr(&store) };
-        handle.word(METER_FUEL_LIMIT).store(i64::try_from(fuel_limit).unwrap_or(i64::MAX), Ordering::Relaxed);
+        handle.store(METER_FUEL_LIMIT, i64::try_from(fuel_limit).unwrap_or(i64::MAX));
         Ok(Self { memory, handle })
     }
 
@@ -56,17 +56,26 @@ impl MeterHandle {
         unsafe { AtomicI64::from_ptr(self.base.add(offset as usize).cast()) }
     }
 
+    /// Wasm memory is little-endian whatever the host is (s390x is not).
+    fn load(&self, offset: u64) -> i64 {
+        i64::from_le(self.word(offset).load(Ordering::Relaxed))
+    }
+
+    fn store(&self, offset: u64, value: i64) {
+        self.word(offset).store(value.to_le(), Ordering::Relaxed);
+    }
+
     /// The fuel the module has used, as of its latest call, return or loop iteration.
     pub fn fuel_used(&self) -> i64 {
-        self.word(METER_FUEL_USED).load(Ordering::Relaxed)
+        self.load(METER_FUEL_USED)
     }
 
     pub fn fuel_limit(&self) -> i64 {
-        self.word(METER_FUEL_LIMIT).load(Ordering::Relaxed)
+        self.load(METER_FUEL_LIMIT)
     }
 
     /// Makes the module's next fuel check end the run.
     pub fn stop(&self) {
-        self.word(METER_FUEL_LIMIT).store(STOP, Ordering::Relaxed);
+        self.store(METER_FUEL_LIMIT, STOP);
     }
 }

@@ -149,3 +149,61 @@ fn uses_f64_ne(wasm: &[u8]) -> bool {
         _ => false,
     })
 }
+
+#[test]
+fn code_after_an_if_whose_else_returns_is_instrumented() {
+    // The then-branch falls through: what follows the `if` runs, and must be canonicalised
+    // and metered like any code.
+    let module = wasm(
+        r#"(module (memory (export "memory") 1)
+          (func (export "run") (param i32)
+            (if (local.get 0) (then) (else (return)))
+            (f64.store (i32.const 0) (f64.div (f64.const 0) (f64.const 0)))
+            (loop $forever (br $forever))))"#,
+    );
+    let run = run_portable(&module, "run", &[wasmtime::Val::I32(1)], 100_000);
+    assert!(run.results.is_err(), "the loop is stopped by the fuel limit");
+    assert!(run.fuel_used > 100_000);
+    assert_eq!(u64::from_le_bytes(run.memory[..8].try_into().unwrap()), CANONICAL_F64);
+}
+
+#[test]
+fn a_conditional_branch_out_of_the_function_canonicalises_below_its_condition() {
+    let module = wasm(
+        r#"(module
+          (func (export "run") (param f64 i32) (result f64)
+            (br_if 0 (f64.div (local.get 0) (local.get 0)) (local.get 1))
+            drop (f64.const 0))
+          (func (export "table") (param f64 i32) (result f64)
+            (f64.div (local.get 0) (local.get 0))
+            (br_table 0 0 (local.get 1))))"#,
+    );
+    for export in ["run", "table"] {
+        let run = run_portable(&module, export, &[wasmtime::Val::F64(0), wasmtime::Val::I32(1)], i64::MAX);
+        let results = run.results.unwrap();
+        assert_eq!(results[0].unwrap_f64().to_bits(), CANONICAL_F64, "{export}");
+    }
+}
+
+#[test]
+fn a_function_that_never_settles_keeps_its_integer_and_vector_locals_intact() {
+    // Each local is copied from the next, written later: the fixpoint gives up and treats
+    // every float local as dirty, but an i64x2 of all ones must still reach the call as is.
+    let module = wasm(
+        r#"(module (memory (export "memory") 1)
+          (func $keep (param v128) (v128.store (i32.const 0) (local.get 0)))
+          (func (export "run") (local $v v128) (local $i i64)
+            (local $a f32) (local $b f32) (local $c f32) (local $d f32) (local $e f32) (local $f f32) (local $g f32)
+            (local.set $v (i64x2.splat (i64.const -1)))
+            (local.set $i (i64.const -1))
+            (local.set $a (local.get $b)) (local.set $b (local.get $c)) (local.set $c (local.get $d))
+            (local.set $d (local.get $e)) (local.set $e (local.get $f)) (local.set $f (local.get $g))
+            (local.set $g (f32.sqrt (f32.const -1)))
+            (call $keep (local.get $v))
+            (i64.store (i32.const 16) (local.get $i))
+            (f32.store (i32.const 24) (local.get $a))))"#,
+    );
+    let run = run_portable(&module, "run", &[], i64::MAX);
+    run.results.as_ref().unwrap();
+    assert!(run.memory[..24].iter().all(|&byte| byte == 0xff), "{:x?}", &run.memory[..24]);
+}

@@ -240,9 +240,10 @@ async fn bytes_a_replica_still_holds_stay_while_another_sweeper_looks_at_its_upl
     bob.request(vec![success(b, shared)], 0).await.expect("Bob's report is recorded");
 }
 
-/// What the two migrations that brought the upload log and blob visibility added, undone:
-/// a database as it was before them.
+/// What the two migrations that brought the upload log and blob visibility added, and those
+/// after them, undone: a database as it was before them.
 const BEFORE_THE_UPLOAD_LOG: &str = "
+    alter table replica drop column instrumentation_version;
     drop table output_upload;
     drop table publisher_file;
     drop index replica_output_sha256;

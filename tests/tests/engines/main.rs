@@ -92,8 +92,9 @@ fn workloads(scratch: &Path) -> Vec<Workload> {
     ]
 }
 
-/// `wasmgrid exec --json` through `runner` (nothing, or qemu), parsed.
-fn in_client(client: &[String], workload: &Workload, scratch: &Path) -> Answer {
+/// `wasmgrid exec --json` through `runner` (nothing, or qemu), parsed; with the error the
+/// run ended with, if any, to say why when answers differ.
+fn in_client(client: &[String], workload: &Workload, scratch: &Path) -> (Answer, String) {
     let stdin = scratch.join(format!("{}.stdin", workload.name));
     std::fs::write(&stdin, &workload.stdin).unwrap();
     let output = Command::new(&client[0])
@@ -108,11 +109,12 @@ fn in_client(client: &[String], workload: &Workload, scratch: &Path) -> Answer {
         .unwrap();
     assert!(output.status.success(), "{client:?} exec failed: {}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    Answer {
+    let answer = Answer {
         outcome: report["outcome"].as_str().unwrap().to_owned(),
         output_sha256: report["output_sha256"].as_str().map(str::to_owned),
         fuel_used: report["fuel_used"].as_u64().unwrap(),
-    }
+    };
+    (answer, report["error"].as_str().unwrap_or_default().to_owned())
 }
 
 /// The module instrumented for any engine, run by Node's V8; the output packed as the
@@ -212,12 +214,12 @@ fn every_engine_and_cpu_computes_the_same_archive_and_fuel() {
         engines.push((format!("wasmtime, {target} under qemu"), under_qemu(&target, cross_client(&target))));
     }
     for workload in workloads(scratch.path()) {
-        let reference = in_client(&engines[0].1, &workload, scratch.path());
-        assert_eq!(reference.outcome, "success", "{}: {reference:?}", workload.name);
+        let (reference, error) = in_client(&engines[0].1, &workload, scratch.path());
+        assert_eq!(reference.outcome, "success", "{}: {reference:?} {error}", workload.name);
         assert!(reference.fuel_used > 0);
         for (engine, command) in &engines[1..] {
-            let answer = in_client(command, &workload, scratch.path());
-            assert_eq!(answer, reference, "{} under {engine}", workload.name);
+            let (answer, error) = in_client(command, &workload, scratch.path());
+            assert_eq!(answer, reference, "{} under {engine}: {error}", workload.name);
         }
         let node = in_node(&client, &workload, scratch.path());
         assert_eq!(node, reference, "{} under V8 (node:wasi)", workload.name);

@@ -109,10 +109,13 @@ pub enum TrapCause {
     Module,
 }
 
-/// Tells apart a trap of the injected checks from the module's own: a run whose fuel used
-/// exceeds its limit ended by the fuel limit (even if the module's own trap came first in
-/// that straight-line stretch: the charge for a stretch is made on entering it), and one
-/// whose stack height exceeds [`STACK_LIMIT`] by the stack limit.
+/// Tells apart a trap of the injected checks from the module's own, from the counters as the
+/// module last wrote them: a run whose fuel used exceeds its limit ended by the fuel limit,
+/// and one whose stack height exceeds [`STACK_LIMIT`] by the stack limit. The checks write the
+/// count before they trap, and so does the module's own `unreachable`: an `unreachable` in a
+/// stretch whose charge took the count over the limit counts as the fuel limit, on every
+/// engine alike. Other traps (a division by zero) leave the count as of the last call, loop
+/// header or return.
 pub fn classify_trap(fuel_used: i64, fuel_limit: i64, stack_used: i64) -> TrapCause {
     if fuel_used > fuel_limit {
         TrapCause::FuelLimit

@@ -32,6 +32,9 @@ pub struct ExecReport {
     pub error: Option<String>,
     pub fuel_used: u64,
     pub instrumentation_version: u32,
+    /// The back end that ran the module: `cranelift`, or `pulley` where Cranelift cannot
+    /// compile the module on this CPU.
+    pub backend: Option<&'static str>,
     pub run_time_ms: u64,
     pub exit_status: Option<i32>,
     pub output_sha256: Option<String>,
@@ -48,6 +51,9 @@ impl ExecReport {
         }
         text += &format!("fuel used: {}\n", self.fuel_used);
         text += &format!("instrumentation: v{}\n", self.instrumentation_version);
+        if let Some(backend) = self.backend {
+            text += &format!("back end: {backend}\n");
+        }
         text += &format!("run time: {} ms\n", self.run_time_ms);
         if let (Some(hash), Some(bytes), Some(archive)) = (&self.output_sha256, self.output_bytes, &self.output_archive)
         {
@@ -87,6 +93,7 @@ pub fn exec(request: &ExecRequest) -> anyhow::Result<ExecReport> {
         error: None,
         fuel_used: run.fuel_used,
         instrumentation_version: wasmgrid_instrument::VERSION,
+        backend: run.backend.map(|backend| backend.name()),
         run_time_ms: run.run_time.as_millis() as u64,
         exit_status: run.exit_status,
         output_sha256: None,

@@ -6,6 +6,9 @@
 //! renamed when complete, and their name binds them to the module's hash, to the
 //! instrumentation pass's version and options, and to the engine's compatibility hash
 //! (wasmtime version and settings). Precompiled code never comes from the network.
+//!
+//! The cache also remembers which modules this engine cannot compile at all, so that a
+//! module that crashes the compiler is not compiled again before each of its tasks.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -13,6 +16,10 @@ use std::path::{Path, PathBuf};
 
 use wasmgrid_protocol::Sha256Hash;
 use wasmtime::{Engine, Module};
+
+/// File name endings: compiled code, and the reason a module cannot be compiled.
+const CODE: &str = "cwasm";
+const UNCOMPILABLE: &str = "uncompilable";
 
 pub struct CompileCache {
     dir: PathBuf,
@@ -36,18 +43,31 @@ impl CompileCache {
     /// Compiled code from an earlier client version or other settings can never be loaded
     /// again: clear it out rather than let it pile up over the client's upgrades.
     fn remove_other_engines_code(&self) {
-        let suffix = format!("-{}.cwasm", self.engine_tag);
         for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.ends_with(".cwasm") && !name.ends_with(&suffix) {
+            let stale = [CODE, UNCOMPILABLE].iter().any(|kind| {
+                name.ends_with(&format!(".{kind}")) && !name.ends_with(&format!("-{}.{kind}", self.engine_tag))
+            });
+            if stale {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
     }
 
-    fn path_of(&self, module_hash: &Sha256Hash) -> PathBuf {
-        self.dir.join(format!("{module_hash}-{}.cwasm", self.engine_tag))
+    fn path_of(&self, module_hash: &Sha256Hash, kind: &str) -> PathBuf {
+        self.dir.join(format!("{module_hash}-{}.{kind}", self.engine_tag))
+    }
+
+    /// Why this engine could not compile the module, if an earlier attempt found it could not.
+    pub fn known_uncompilable(&self, module_hash: &Sha256Hash) -> Option<String> {
+        std::fs::read_to_string(self.path_of(module_hash, UNCOMPILABLE)).ok()
+    }
+
+    /// Remembers that this engine cannot compile the module, and why.
+    pub fn mark_uncompilable(&self, module_hash: &Sha256Hash, reason: &str) {
+        // Forgetting it only costs one more failed compilation.
+        let _ = self.write_atomically(&self.path_of(module_hash, UNCOMPILABLE), reason.as_bytes());
     }
 
     /// The compiled module whose hash is `module_hash` (verified by the caller): from the
@@ -58,7 +78,7 @@ impl CompileCache {
         module_hash: &Sha256Hash,
         compile: impl FnOnce() -> Result<Module, E>,
     ) -> Result<Module, E> {
-        let cached = self.path_of(module_hash);
+        let cached = self.path_of(module_hash, CODE);
         if cached.exists() {
             // SAFETY: the file was produced by `Module::serialize` in `store` below, by
             // this client, for an engine with the same compatibility hash; wasmtime also
@@ -77,9 +97,12 @@ impl CompileCache {
     }
 
     fn store(&self, module: &Module, path: &Path) -> anyhow::Result<()> {
-        let bytes = module.serialize()?;
+        self.write_atomically(path, &module.serialize()?)
+    }
+
+    fn write_atomically(&self, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         let mut temporary = tempfile::NamedTempFile::new_in(&self.dir)?;
-        std::io::Write::write_all(&mut temporary, &bytes)?;
+        std::io::Write::write_all(&mut temporary, bytes)?;
         temporary.persist(path)?;
         Ok(())
     }

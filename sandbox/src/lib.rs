@@ -35,8 +35,8 @@ pub mod watch;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmgrid_instrument::{STACK_USED_EXPORT, Target, TrapCause};
@@ -50,6 +50,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 use capture::CappedPipe;
 use compile_cache::CompileCache;
 use determinism::{FrozenWallClock, SeededRandom, SteppingClock};
+pub use engine::Backend;
 use engine::EngineSettings;
 pub use limits::Limit;
 use limits::MemoryLimiter;
@@ -189,6 +190,8 @@ pub enum RunOutcome {
 pub struct RunReport {
     pub outcome: RunOutcome,
     pub fuel_used: u64,
+    /// The back end that ran the module, once it was compiled.
+    pub backend: Option<Backend>,
     pub run_time: Duration,
     pub stdout: Vec<u8>,
     /// The end of standard error, lossily decoded.
@@ -204,132 +207,38 @@ struct RunState {
     instance: Option<Instance>,
 }
 
-/// The engine, the WASI imports and the compile cache; shared by every run of the process.
-pub struct Sandbox {
-    settings: EngineSettings,
+/// One of wasmtime's back ends, ready to compile and run modules: its engine, the WASI
+/// imports for that engine and its compile cache.
+struct Compiler {
+    backend: Backend,
     engine: Engine,
     linker: Linker<RunState>,
     cache: CompileCache,
 }
 
-impl Sandbox {
-    /// A sandbox whose compiled modules are cached in `cache_dir`.
-    pub fn new(cache_dir: &Path) -> anyhow::Result<Arc<Self>> {
-        Self::with_settings(cache_dir, EngineSettings::FULL)
-    }
-
-    /// A sandbox with some determinism or metering switched off, for measuring their cost.
-    pub fn with_settings(cache_dir: &Path, settings: EngineSettings) -> anyhow::Result<Arc<Self>> {
-        let engine = Engine::new(&engine::config(settings))?;
+impl Compiler {
+    /// The compiler for `backend`, caching its code under `cache_dir`.
+    fn new(settings: EngineSettings, backend: Backend, cache_dir: &Path) -> anyhow::Result<Self> {
+        let engine = Engine::new(&engine::config(settings, backend)?)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |state: &mut RunState| &mut state.wasi)?;
         let instrumentation =
             format!("wasmgrid-instrument v{} {:?}", wasmgrid_instrument::VERSION, settings.instrumentation);
         let cache = CompileCache::open(cache_dir, &engine, &instrumentation)?;
-        Ok(Arc::new(Self { settings, engine, linker, cache }))
+        Ok(Self { backend, engine, linker, cache })
     }
 
-    /// Runs `spec` on a thread of its own; the report arrives on the returned channel.
-    pub fn spawn(
-        self: &Arc<Self>,
-        spec: RunSpec,
-        control: Arc<RunControl>,
-    ) -> std::io::Result<tokio::sync::oneshot::Receiver<RunReport>> {
-        let (send, receive) = tokio::sync::oneshot::channel();
-        let sandbox = self.clone();
-        std::thread::Builder::new().name("wasm-run".into()).spawn(move || {
-            let _ = send.send(sandbox.run(&spec, &control));
-        })?;
-        Ok(receive)
-    }
-
-    /// Instruments and compiles (or loads from the cache) the module, without running it.
-    pub fn prepare(&self, module_hash: &Sha256Hash, module_path: &Path) -> Result<Module, RunError> {
-        self.cache.load_or_compile(&self.engine, module_hash, || {
-            let wasm = std::fs::read(module_path)
-                .map_err(|error| RunError::HostCannotRun(format!("cannot read the module: {error}")))?;
-            self.instrument_and_compile(&wasm).map_err(|error| match error {
-                CompileError::Refused(refusal) => RunError::InvalidModule(refusal.to_string()),
-                CompileError::Compiler(reason) => RunError::HostCannotRun(reason),
-            })
-        })
-    }
-
-    /// The module `wasm`, instrumented and compiled.
-    fn instrument_and_compile(&self, wasm: &[u8]) -> Result<Module, CompileError> {
-        let instrumented = wasmgrid_instrument::instrument_with(wasm, Target::Sandbox, self.settings.instrumentation)
-            .map_err(CompileError::Refused)?;
+    /// The instrumented module `instrumented`, compiled; a compiler panic is an error too.
+    fn compile(&self, instrumented: &[u8]) -> Result<Module, CompileError> {
         let compiled =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Module::new(&self.engine, &instrumented)));
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Module::new(&self.engine, instrumented)));
+        let name = self.backend.name();
         match compiled {
             Ok(Ok(module)) => Ok(module),
             // The pass validated the module, so an error now is the compiler's.
-            Ok(Err(error)) => Err(CompileError::Compiler(first_line(&format!("{error:#}")))),
-            Err(panic) => Err(CompileError::Compiler(format!("the compiler panicked: {}", panic_message(&*panic)))),
+            Ok(Err(error)) => Err(CompileError::Compiler(format!("{name}: {}", first_line(&format!("{error:#}"))))),
+            Err(panic) => Err(CompileError::Compiler(format!("{name} panicked: {}", panic_message(&*panic)))),
         }
-    }
-
-    /// Runs a module to the end. Blocking: see the module documentation.
-    pub fn run(&self, spec: &RunSpec, control: &Arc<RunControl>) -> RunReport {
-        let started = Instant::now();
-        let stdout = CappedPipe::failing_after(spec.limits.output_bytes);
-        let stderr = CappedPipe::keeping_tail(MAX_STDERR_BYTES as u64);
-        let report = |outcome: RunOutcome, fuel_used: u64, exit_status: Option<i32>| RunReport {
-            outcome,
-            fuel_used,
-            run_time: started.elapsed(),
-            stdout: stdout.contents(),
-            stderr: String::from_utf8_lossy(&stderr.contents()).into_owned(),
-            exit_status,
-        };
-
-        let module = match self.prepare(&spec.module_hash, &spec.module_path) {
-            Ok(module) => module,
-            Err(error) => return report(RunOutcome::Failed(error), 0, None),
-        };
-        let wasi = match build_wasi(spec, &stdout, &stderr) {
-            Ok(wasi) => wasi,
-            Err(error) => return report(RunOutcome::Failed(RunError::Trap(format!("{error:#}"))), 0, None),
-        };
-        let state = RunState { wasi, limiter: MemoryLimiter::new(spec.limits.memory_bytes), instance: None };
-        let mut store = Store::new(&self.engine, state);
-        // Before the limiter: the meter is the sandbox's, not the module's memory.
-        let meter = match Meter::new(&mut store, spec.limits.fuel) {
-            Ok(meter) => meter,
-            Err(error) => return report(RunOutcome::Failed(RunError::HostCannotRun(format!("{error:#}"))), 0, None),
-        };
-        store.limiter(|state| &mut state.limiter);
-        let mut watch = Watch::new(spec, control.clone(), started);
-        store.call_hook(watch.call_hook(meter.handle()));
-
-        let (result, stopped_by_watch) = std::thread::scope(|scope| {
-            let watch_thread = watch.watch_from_outside(scope, meter.handle());
-            let result =
-                match tokio::runtime::Builder::new_current_thread().enable_time().max_blocking_threads(1).build() {
-                    Ok(runtime) => runtime.block_on(watch.run(self.instantiate_and_start(&mut store, &module, &meter))),
-                    Err(error) => Err(wasmtime::Error::msg(format!("cannot start the run's event loop: {error}"))),
-                };
-            let stopped_by_watch = match watch_thread {
-                Ok(thread) => thread.finish(),
-                Err(error) => {
-                    return (Err(wasmtime::Error::msg(format!("cannot start the run's watch: {error}"))), None);
-                }
-            };
-            (result, stopped_by_watch)
-        });
-        let counters = Counters::read(&mut store, meter.handle(), spec.limits.fuel);
-        let fuel_used = counters.fuel_used.clamp(0, counters.fuel_limit) as u64;
-        let (outcome, exit_status) = match (result, stopped_by_watch) {
-            (Ok(()), _) => (RunOutcome::Success, Some(0)),
-            (Err(error), stopped_by_watch) => classify(error, stopped_by_watch, &store, &stdout, counters),
-        };
-        let outcome = match outcome {
-            RunOutcome::Success if scratch_over(&spec.scratch_dir, spec.scratch_limit_bytes) => {
-                RunOutcome::Failed(RunError::Limit(Limit::ScratchDisk))
-            }
-            other => other,
-        };
-        report(outcome, fuel_used, exit_status)
     }
 
     async fn instantiate_and_start(
@@ -363,12 +272,213 @@ impl Sandbox {
     }
 }
 
+/// A module compiled and ready to run, and the back end that compiled it.
+pub struct Prepared<'a> {
+    pub module: Module,
+    compiler: &'a Compiler,
+}
+
+impl Prepared<'_> {
+    /// The back end the module runs on.
+    pub fn backend(&self) -> Backend {
+        self.compiler.backend
+    }
+}
+
+/// The engines, the WASI imports and the compile caches; shared by every run of the process.
+pub struct Sandbox {
+    settings: EngineSettings,
+    /// The back end the settings name.
+    primary: Compiler,
+    /// Pulley, for modules Cranelift cannot compile on this CPU: made when first needed, in
+    /// a cache directory of its own. `None` when the primary is Pulley already.
+    fallback: Option<OnceLock<Result<Compiler, String>>>,
+    fallback_cache_dir: PathBuf,
+}
+
+impl Sandbox {
+    /// A sandbox whose compiled modules are cached in `cache_dir`.
+    pub fn new(cache_dir: &Path) -> anyhow::Result<Arc<Self>> {
+        Self::with_settings(cache_dir, EngineSettings::FULL)
+    }
+
+    /// A sandbox with other settings: some determinism or metering switched off, for
+    /// measuring their cost, or Pulley for everything.
+    pub fn with_settings(cache_dir: &Path, settings: EngineSettings) -> anyhow::Result<Arc<Self>> {
+        let primary = Compiler::new(settings, settings.backend, cache_dir)?;
+        let fallback = (settings.backend != Backend::Pulley).then(OnceLock::new);
+        let fallback_cache_dir = cache_dir.join(Backend::Pulley.name());
+        Ok(Arc::new(Self { settings, primary, fallback, fallback_cache_dir }))
+    }
+
+    /// Runs `spec` on a thread of its own; the report arrives on the returned channel.
+    pub fn spawn(
+        self: &Arc<Self>,
+        spec: RunSpec,
+        control: Arc<RunControl>,
+    ) -> std::io::Result<tokio::sync::oneshot::Receiver<RunReport>> {
+        let (send, receive) = tokio::sync::oneshot::channel();
+        let sandbox = self.clone();
+        std::thread::Builder::new().name("wasm-run".into()).spawn(move || {
+            let _ = send.send(sandbox.run(&spec, &control));
+        })?;
+        Ok(receive)
+    }
+
+    /// The fallback back end, made on first use.
+    fn fallback(&self) -> Option<Result<&Compiler, String>> {
+        let fallback = self.fallback.as_ref()?.get_or_init(|| {
+            Compiler::new(self.settings, Backend::Pulley, &self.fallback_cache_dir)
+                .map_err(|error| format!("{error:#}"))
+        });
+        Some(fallback.as_ref().map_err(Clone::clone))
+    }
+
+    /// Instruments and compiles (or loads from the cache) the module, without running it:
+    /// with the primary back end, or with the fallback where the primary's compiler fails
+    /// on this module.
+    pub fn prepare(&self, module_hash: &Sha256Hash, module_path: &Path) -> Result<Prepared<'_>, RunError> {
+        let compile_with = |compiler: &Compiler| {
+            compiler.cache.load_or_compile(&compiler.engine, module_hash, || {
+                let wasm = std::fs::read(module_path)
+                    .map_err(|error| CompileError::Unreadable(format!("cannot read the module: {error}")))?;
+                compiler.compile(&self.instrument(&wasm)?)
+            })
+        };
+        let primary_failure = match self.primary.cache.known_uncompilable(module_hash) {
+            Some(reason) => reason,
+            None => match compile_with(&self.primary) {
+                Ok(module) => return Ok(Prepared { module, compiler: &self.primary }),
+                Err(CompileError::Compiler(reason)) => {
+                    self.primary.cache.mark_uncompilable(module_hash, &reason);
+                    reason
+                }
+                Err(other) => return Err(other.into()),
+            },
+        };
+        let Some(fallback) = self.fallback() else { return Err(RunError::HostCannotRun(primary_failure)) };
+        let fallback = fallback.map_err(|error| RunError::HostCannotRun(format!("{primary_failure}; {error}")))?;
+        match compile_with(fallback) {
+            Ok(module) => Ok(Prepared { module, compiler: fallback }),
+            Err(CompileError::Compiler(reason)) => Err(RunError::HostCannotRun(format!("{primary_failure}; {reason}"))),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// The module `wasm`, instrumented for this sandbox.
+    fn instrument(&self, wasm: &[u8]) -> Result<Vec<u8>, CompileError> {
+        wasmgrid_instrument::instrument_with(wasm, Target::Sandbox, self.settings.instrumentation)
+            .map_err(CompileError::Refused)
+    }
+
+    /// The module `wasm`, instrumented and compiled, bypassing the cache: with the primary
+    /// back end, or the fallback where the primary's compiler fails.
+    fn instrument_and_compile(&self, wasm: &[u8]) -> Result<Prepared<'_>, CompileError> {
+        let instrumented = self.instrument(wasm)?;
+        let primary_failure = match self.primary.compile(&instrumented) {
+            Ok(module) => return Ok(Prepared { module, compiler: &self.primary }),
+            Err(CompileError::Compiler(reason)) => reason,
+            Err(other) => return Err(other),
+        };
+        match self.fallback() {
+            None => Err(CompileError::Compiler(primary_failure)),
+            Some(Err(error)) => Err(CompileError::Compiler(format!("{primary_failure}; {error}"))),
+            Some(Ok(fallback)) => fallback
+                .compile(&instrumented)
+                .map(|module| Prepared { module, compiler: fallback })
+                .map_err(|error| match error {
+                    CompileError::Compiler(reason) => CompileError::Compiler(format!("{primary_failure}; {reason}")),
+                    other => other,
+                }),
+        }
+    }
+
+    /// Runs a module to the end. Blocking: see the module documentation.
+    pub fn run(&self, spec: &RunSpec, control: &Arc<RunControl>) -> RunReport {
+        let started = Instant::now();
+        let stdout = CappedPipe::failing_after(spec.limits.output_bytes);
+        let stderr = CappedPipe::keeping_tail(MAX_STDERR_BYTES as u64);
+        let backend = std::cell::Cell::new(None);
+        let report = |outcome: RunOutcome, fuel_used: u64, exit_status: Option<i32>| RunReport {
+            outcome,
+            fuel_used,
+            backend: backend.get(),
+            run_time: started.elapsed(),
+            stdout: stdout.contents(),
+            stderr: String::from_utf8_lossy(&stderr.contents()).into_owned(),
+            exit_status,
+        };
+
+        let Prepared { module, compiler } = match self.prepare(&spec.module_hash, &spec.module_path) {
+            Ok(prepared) => prepared,
+            Err(error) => return report(RunOutcome::Failed(error), 0, None),
+        };
+        backend.set(Some(compiler.backend));
+        let wasi = match build_wasi(spec, &stdout, &stderr) {
+            Ok(wasi) => wasi,
+            Err(error) => return report(RunOutcome::Failed(RunError::Trap(format!("{error:#}"))), 0, None),
+        };
+        let state = RunState { wasi, limiter: MemoryLimiter::new(spec.limits.memory_bytes), instance: None };
+        let mut store = Store::new(&compiler.engine, state);
+        // Before the limiter: the meter is the sandbox's, not the module's memory.
+        let meter = match Meter::new(&mut store, spec.limits.fuel) {
+            Ok(meter) => meter,
+            Err(error) => return report(RunOutcome::Failed(RunError::HostCannotRun(format!("{error:#}"))), 0, None),
+        };
+        store.limiter(|state| &mut state.limiter);
+        let mut watch = Watch::new(spec, control.clone(), started);
+        store.call_hook(watch.call_hook(meter.handle()));
+
+        let (result, stopped_by_watch) = std::thread::scope(|scope| {
+            let watch_thread = watch.watch_from_outside(scope, meter.handle());
+            let result =
+                match tokio::runtime::Builder::new_current_thread().enable_time().max_blocking_threads(1).build() {
+                    Ok(runtime) => {
+                        runtime.block_on(watch.run(compiler.instantiate_and_start(&mut store, &module, &meter)))
+                    }
+                    Err(error) => Err(wasmtime::Error::msg(format!("cannot start the run's event loop: {error}"))),
+                };
+            let stopped_by_watch = match watch_thread {
+                Ok(thread) => thread.finish(),
+                Err(error) => {
+                    return (Err(wasmtime::Error::msg(format!("cannot start the run's watch: {error}"))), None);
+                }
+            };
+            (result, stopped_by_watch)
+        });
+        let counters = Counters::read(&mut store, meter.handle(), spec.limits.fuel);
+        let fuel_used = counters.fuel_used.clamp(0, counters.fuel_limit) as u64;
+        let (outcome, exit_status) = match (result, stopped_by_watch) {
+            (Ok(()), _) => (RunOutcome::Success, Some(0)),
+            (Err(error), stopped_by_watch) => classify(error, stopped_by_watch, &store, &stdout, counters),
+        };
+        let outcome = match outcome {
+            RunOutcome::Success if scratch_over(&spec.scratch_dir, spec.scratch_limit_bytes) => {
+                RunOutcome::Failed(RunError::Limit(Limit::ScratchDisk))
+            }
+            other => other,
+        };
+        report(outcome, fuel_used, exit_status)
+    }
+}
+
 /// Why a module could not be made ready to run.
 enum CompileError {
     /// The module's fault: the instrumentation pass refused it (invalid, or not deterministic).
     Refused(wasmgrid_instrument::Refusal),
     /// This host's: the engine's compiler failed on a module the pass accepted, or panicked.
     Compiler(String),
+    /// This host's: the module's file could not be read.
+    Unreadable(String),
+}
+
+impl From<CompileError> for RunError {
+    fn from(error: CompileError) -> Self {
+        match error {
+            CompileError::Refused(refusal) => Self::InvalidModule(refusal.to_string()),
+            CompileError::Compiler(reason) | CompileError::Unreadable(reason) => Self::HostCannotRun(reason),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -539,4 +649,57 @@ fn tree_bytes(dir: &Path, depth: usize, entries_left: &mut usize) -> Option<u64>
 /// Whether the scratch directory holds more than `limit` bytes, or cannot be measured.
 fn scratch_over(dir: &Path, limit: u64) -> bool {
     scratch_bytes(dir).is_none_or(|bytes| bytes > limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe_spec(dir: &Path) -> RunSpec {
+        let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workunits/probes/determinism.wat");
+        let wasm = wat::parse_file(probe).unwrap();
+        let module_path = dir.join("probe.wasm");
+        std::fs::write(&module_path, &wasm).unwrap();
+        let (input_dir, scratch_dir) = (dir.join("input"), dir.join("scratch"));
+        std::fs::create_dir_all(&input_dir).unwrap();
+        std::fs::create_dir_all(&scratch_dir).unwrap();
+        RunSpec {
+            module_hash: Sha256Hash::of(&wasm),
+            module_path,
+            args: Vec::new(),
+            stdin: Vec::new(),
+            input_dir,
+            scratch_dir,
+            limits: RunLimits { fuel: 1 << 30, memory_bytes: 64 << 20, output_bytes: 1 << 20, wall_time_seconds: 30 },
+            scratch_limit_bytes: 1 << 20,
+            seed: 42,
+        }
+    }
+
+    /// Where Cranelift has failed on a module (as it panics on some float stores on riscv64),
+    /// the module runs on Pulley with the same answer, and later runs, in later processes
+    /// too, go to Pulley at once instead of crashing the compiler again.
+    #[test]
+    fn a_module_cranelift_cannot_compile_runs_on_pulley() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = probe_spec(dir.path());
+        let control = Arc::new(RunControl::default());
+        let native = Sandbox::new(&dir.path().join("native-cache")).unwrap().run(&spec, &control);
+        assert_eq!(native.outcome, RunOutcome::Success, "{}", native.stderr);
+        assert_eq!(native.backend, Some(Backend::Cranelift));
+
+        let cache = dir.path().join("cache");
+        let sandbox = Sandbox::new(&cache).unwrap();
+        // What `prepare` records when Cranelift's compilation fails or panics.
+        sandbox.primary.cache.mark_uncompilable(&spec.module_hash, "cranelift panicked: not implemented here");
+        let fallback = sandbox.run(&spec, &control);
+        assert_eq!(fallback.outcome, RunOutcome::Success, "{}", fallback.stderr);
+        assert_eq!(fallback.backend, Some(Backend::Pulley));
+        assert_eq!((&fallback.stdout, fallback.fuel_used), (&native.stdout, native.fuel_used));
+        assert!(cache.join("pulley").read_dir().unwrap().count() > 0, "Pulley's code is cached apart");
+
+        let later = Sandbox::new(&cache).unwrap().run(&spec, &control);
+        assert_eq!(later.backend, Some(Backend::Pulley));
+        assert_eq!(later.stdout, native.stdout);
+    }
 }

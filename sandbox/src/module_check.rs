@@ -10,7 +10,7 @@ use wasmtime_wasi::WasiCtxBuilder;
 
 use super::limits::MemoryLimiter;
 use super::meter::Meter;
-use super::{CompileError, RunState, Sandbox};
+use super::{CompileError, Prepared, RunState, Sandbox};
 
 /// Why a module cannot be a work unit (or a validator).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,12 +70,12 @@ impl Sandbox {
     /// `memory` for WASI), importing only what the sandbox provides, with matching types.
     /// Instruments and compiles the module the way volunteers will, so it is CPU-bound.
     pub fn check_command_module(&self, wasm: &[u8]) -> Result<(), ModuleRejection> {
-        let module = self.instrument_and_compile(wasm).map_err(|error| match error {
+        let Prepared { module, compiler } = self.instrument_and_compile(wasm).map_err(|error| match error {
             CompileError::Refused(Refusal::NotWasm) => ModuleRejection::NotWasm,
             CompileError::Refused(Refusal::Component) => ModuleRejection::Component,
             CompileError::Refused(Refusal::Invalid(reason)) => ModuleRejection::Invalid(reason),
             CompileError::Refused(other) => ModuleRejection::Nondeterministic(other.to_string()),
-            CompileError::Compiler(reason) => {
+            CompileError::Compiler(reason) | CompileError::Unreadable(reason) => {
                 ModuleRejection::Uncompilable(format!("this server cannot compile the module: {reason}"))
             }
         })?;
@@ -92,12 +92,12 @@ impl Sandbox {
         // The linker answers "is this import defined?" only with a store at hand; an empty
         // WASI context is enough.
         let state = RunState { wasi: WasiCtxBuilder::new().build_p1(), limiter: MemoryLimiter::new(0), instance: None };
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(&compiler.engine, state);
         let is_meter =
             |import: &wasmtime::ImportType<'_>| (import.module(), import.name()) == (IMPORT_MODULE, METER_MEMORY);
         let forbidden: Vec<String> = module
             .imports()
-            .filter(|import| !is_meter(import) && self.linker.get_by_import(&mut store, import).is_none())
+            .filter(|import| !is_meter(import) && compiler.linker.get_by_import(&mut store, import).is_none())
             .map(|import| format!("{}::{}", import.module(), import.name()))
             .collect();
         if !forbidden.is_empty() {
@@ -114,7 +114,7 @@ impl Sandbox {
             return Err(ModuleRejection::NoMemory);
         }
         let meter = Meter::new(&mut store, 0).map_err(|error| ModuleRejection::Uncompilable(format!("{error:#}")))?;
-        let mut linker = self.linker.clone();
+        let mut linker = compiler.linker.clone();
         linker
             .define(&store, IMPORT_MODULE, METER_MEMORY, meter.memory)
             .map_err(|error| ModuleRejection::Uncompilable(format!("{error:#}")))?;

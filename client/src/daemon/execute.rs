@@ -109,7 +109,8 @@ async fn run_task(
             }
         }
     };
-    tracing::info!(replica.id = replica_id, outcome = ?report.outcome, fuel = report.fuel_used, "task finished");
+    let backend = report.backend.map(|backend| backend.name());
+    tracing::info!(replica.id = replica_id, outcome = ?report.outcome, fuel = report.fuel_used, backend, "task finished");
     Ok(End::Finished(phase))
 }
 

@@ -1,8 +1,9 @@
 //! The same module and inputs give the same bytes and the same fuel: twice, and with
 //! another engine configuration.
 
-use wasmgrid_sandbox::RunOutcome;
+use wasmgrid_protocol::api::RunLimits;
 use wasmgrid_sandbox::engine::EngineSettings;
+use wasmgrid_sandbox::{Backend, Limit, RunError, RunOutcome};
 
 use crate::{Harness, LIMITS, wat};
 
@@ -72,4 +73,31 @@ fn code_compiled_for_other_engine_settings_is_cleared_out() {
     // As after an upgrade to a client whose engine differs: the old code is unusable.
     wasmgrid_sandbox::Sandbox::with_settings(&cache, EngineSettings::FULL).unwrap();
     assert_eq!(compiled(), 0);
+}
+
+/// Pulley, the fallback where Cranelift cannot compile a module, computes exactly what
+/// Cranelift computes: the probes' bytes, and the fuel and the limit where runs break one.
+#[test]
+fn pulley_computes_the_same_bytes_and_fuel_as_cranelift() {
+    let cranelift = Harness::default();
+    let pulley = Harness::with_settings(EngineSettings { backend: Backend::Pulley, ..EngineSettings::FULL });
+    let limits = RunLimits { fuel: 20_000_000, ..LIMITS };
+    let cases = [
+        ("probes/determinism.wat", RunOutcome::Success),
+        ("probes/nan_simd.wat", RunOutcome::Success),
+        ("hostile/infinite_loop.wat", RunOutcome::Failed(RunError::Limit(Limit::Fuel))),
+        ("hostile/recursion.wat", RunOutcome::Failed(RunError::Limit(Limit::Stack))),
+    ];
+    for (module, outcome) in cases {
+        let wasm = wat(module);
+        let native = cranelift.run(cranelift.spec(&wasm, limits));
+        let interpreted = pulley.run(pulley.spec(&wasm, limits));
+        assert_eq!(native.backend, Some(Backend::Cranelift), "{module}");
+        assert_eq!(interpreted.backend, Some(Backend::Pulley), "{module}");
+        assert_eq!(native.outcome, outcome, "{module}: {}", native.stderr);
+        assert_eq!(interpreted.outcome, outcome, "{module} on Pulley: {}", interpreted.stderr);
+        assert_eq!(interpreted.stdout, native.stdout, "{module}");
+        assert_eq!(interpreted.fuel_used, native.fuel_used, "{module}");
+        assert!(native.fuel_used > 0, "{module}");
+    }
 }

@@ -5,6 +5,7 @@ mod determinism;
 mod hostile;
 mod module_check;
 mod progress;
+mod random_modules;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -114,6 +114,11 @@ fn in_client(client: &[String], workload: &Workload, scratch: &Path) -> (Answer,
         output_sha256: report["output_sha256"].as_str().map(str::to_owned),
         fuel_used: report["fuel_used"].as_u64().unwrap(),
     };
+    // Which of wasmtime's back ends ran (Pulley where Cranelift cannot compile the module on
+    // that CPU), for the log of the fuller run.
+    let backend = report["backend"].as_str().unwrap_or("none");
+    let runner = Path::new(&client[0]).file_name().unwrap_or_default().to_string_lossy();
+    eprintln!("{}: {} on {backend}, run by {runner}", workload.name, answer.outcome);
     (answer, report["error"].as_str().unwrap_or_default().to_owned())
 }
 

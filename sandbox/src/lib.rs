@@ -278,13 +278,6 @@ pub struct Prepared<'a> {
     compiler: &'a Compiler,
 }
 
-impl Prepared<'_> {
-    /// The back end the module runs on.
-    pub fn backend(&self) -> Backend {
-        self.compiler.backend
-    }
-}
-
 /// The engines, the WASI imports and the compile caches; shared by every run of the process.
 pub struct Sandbox {
     settings: EngineSettings,
@@ -336,32 +329,56 @@ impl Sandbox {
 
     /// Instruments and compiles (or loads from the cache) the module, without running it:
     /// with the primary back end, or with the fallback where the primary's compiler fails
-    /// on this module.
+    /// on this module (now, or in an earlier attempt that the cache remembers).
     pub fn prepare(&self, module_hash: &Sha256Hash, module_path: &Path) -> Result<Prepared<'_>, RunError> {
-        let compile_with = |compiler: &Compiler| {
+        let known_failure = self.primary.cache.known_uncompilable(module_hash);
+        let record_failure = |reason: &str| self.primary.cache.mark_uncompilable(module_hash, reason);
+        let prepared = self.with_fallback(known_failure, record_failure, |compiler| {
             compiler.cache.load_or_compile(&compiler.engine, module_hash, || {
                 let wasm = std::fs::read(module_path)
                     .map_err(|error| CompileError::Unreadable(format!("cannot read the module: {error}")))?;
                 compiler.compile(&self.instrument(&wasm)?)
             })
-        };
-        let primary_failure = match self.primary.cache.known_uncompilable(module_hash) {
+        })?;
+        Ok(prepared)
+    }
+
+    /// The module `wasm`, instrumented and compiled, bypassing the cache: with the primary
+    /// back end, or the fallback where the primary's compiler fails.
+    fn instrument_and_compile(&self, wasm: &[u8]) -> Result<Prepared<'_>, CompileError> {
+        let instrumented = self.instrument(wasm)?;
+        self.with_fallback(None, |_| {}, |compiler| compiler.compile(&instrumented))
+    }
+
+    /// The module `compile` makes with the primary back end or, where the primary's compiler
+    /// fails (or `known_failure` says it did before, which is then not tried again), with
+    /// the fallback. A new failure of the primary is passed to `record_failure`.
+    fn with_fallback(
+        &self,
+        known_failure: Option<String>,
+        record_failure: impl FnOnce(&str),
+        compile: impl Fn(&Compiler) -> Result<Module, CompileError>,
+    ) -> Result<Prepared<'_>, CompileError> {
+        let primary_failure = match known_failure {
             Some(reason) => reason,
-            None => match compile_with(&self.primary) {
+            None => match compile(&self.primary) {
                 Ok(module) => return Ok(Prepared { module, compiler: &self.primary }),
                 Err(CompileError::Compiler(reason)) => {
-                    self.primary.cache.mark_uncompilable(module_hash, &reason);
+                    record_failure(&reason);
                     reason
                 }
-                Err(other) => return Err(other.into()),
+                Err(other) => return Err(other),
             },
         };
-        let Some(fallback) = self.fallback() else { return Err(RunError::HostCannotRun(primary_failure)) };
-        let fallback = fallback.map_err(|error| RunError::HostCannotRun(format!("{primary_failure}; {error}")))?;
-        match compile_with(fallback) {
+        let both_failed = |reason: String| CompileError::Compiler(format!("{primary_failure}; {reason}"));
+        let fallback = match self.fallback() {
+            None => return Err(CompileError::Compiler(primary_failure)),
+            Some(fallback) => fallback.map_err(both_failed)?,
+        };
+        match compile(fallback) {
             Ok(module) => Ok(Prepared { module, compiler: fallback }),
-            Err(CompileError::Compiler(reason)) => Err(RunError::HostCannotRun(format!("{primary_failure}; {reason}"))),
-            Err(other) => Err(other.into()),
+            Err(CompileError::Compiler(reason)) => Err(both_failed(reason)),
+            Err(other) => Err(other),
         }
     }
 
@@ -369,28 +386,6 @@ impl Sandbox {
     fn instrument(&self, wasm: &[u8]) -> Result<Vec<u8>, CompileError> {
         wasmgrid_instrument::instrument_with(wasm, Target::Sandbox, self.settings.instrumentation)
             .map_err(CompileError::Refused)
-    }
-
-    /// The module `wasm`, instrumented and compiled, bypassing the cache: with the primary
-    /// back end, or the fallback where the primary's compiler fails.
-    fn instrument_and_compile(&self, wasm: &[u8]) -> Result<Prepared<'_>, CompileError> {
-        let instrumented = self.instrument(wasm)?;
-        let primary_failure = match self.primary.compile(&instrumented) {
-            Ok(module) => return Ok(Prepared { module, compiler: &self.primary }),
-            Err(CompileError::Compiler(reason)) => reason,
-            Err(other) => return Err(other),
-        };
-        match self.fallback() {
-            None => Err(CompileError::Compiler(primary_failure)),
-            Some(Err(error)) => Err(CompileError::Compiler(format!("{primary_failure}; {error}"))),
-            Some(Ok(fallback)) => fallback
-                .compile(&instrumented)
-                .map(|module| Prepared { module, compiler: fallback })
-                .map_err(|error| match error {
-                    CompileError::Compiler(reason) => CompileError::Compiler(format!("{primary_failure}; {reason}")),
-                    other => other,
-                }),
-        }
     }
 
     /// Runs a module to the end. Blocking: see the module documentation.

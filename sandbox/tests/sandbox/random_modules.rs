@@ -17,8 +17,8 @@ use std::convert::Infallible;
 use arbitrary::Unstructured;
 use wasm_encoder::reencode::{self, Reencode};
 use wasm_encoder::{
-    CodeSection, ElementSection, EntityType, ExportKind, ExportSection, Function, FunctionSection, GlobalSection,
-    HeapType, Ieee32, Ieee64, ImportSection, Instruction, MemArg, MemorySection, MemoryType, Module, RawSection,
+    CodeSection, DataCountSection, ElementSection, EntityType, ExportKind, ExportSection, Function, FunctionSection,
+    GlobalSection, HeapType, Ieee32, Ieee64, ImportSection, Instruction, MemArg, MemorySection, MemoryType, Module,
     StartSection, TableSection, TypeSection, ValType,
 };
 use wasmgrid_protocol::api::RunLimits;
@@ -299,26 +299,13 @@ fn into_command(wasm: &[u8], seed: u64) -> Vec<u8> {
         module.section(elements);
     }
     if let Some(count) = data_count {
-        module.section(&RawSection { id: 12, data: &leb128(count) });
+        module.section(&DataCountSection { count });
     }
     module.section(&code);
     if let Some(data) = &data {
         module.section(data);
     }
     module.finish()
-}
-
-fn leb128(mut value: u32) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    loop {
-        let byte = (value & 0x7F) as u8;
-        value >>= 7;
-        if value == 0 {
-            bytes.push(byte);
-            return bytes;
-        }
-        bytes.push(byte | 0x80);
-    }
 }
 
 /// Argument values: zeros, extremes, and NaNs with payloads and signs.

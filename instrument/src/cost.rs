@@ -13,25 +13,15 @@
 //!   can transfer control (`loop`, `if`, `else`, `end`, the branches, `return`, the tail
 //!   calls, `unreachable`); each stretch's whole cost is added when it is entered. A run that
 //!   completes is therefore charged exactly once for every operator it executed. The count
-//!   is written where the host can read it before every call and `unreachable`, on return
-//!   and when the limit is hit; a run that traps otherwise (a division by zero, an access out
-//!   of bounds) shows the count as of the last of those, the same on every engine. (Version 1
-//!   also wrote it at every loop header, a store on every iteration of every loop.)
+//!   is written where the host can read it before every call and `unreachable`, at every
+//!   loop header and on return; a run that traps otherwise (a division by zero, an access
+//!   out of bounds) shows the count as of the last of those, the same on every engine.
 //! - **Checked at every function entry and loop header**, the only places from which a run
 //!   can go on indefinitely. Between checks a run executes at most one function body's worth
 //!   of straight-line code, so it can overshoot its limit by that much before it is stopped;
 //!   a run stopped by the fuel limit reports the limit as its fuel.
-//! - **Counted down in chunks** of [`FUEL_CHUNK`] units: the code subtracts each stretch's
-//!   cost from a budget and a check only compares the budget with zero. Where the chunks
-//!   end changes nothing above (the run still traps at the first check whose count exceeds
-//!   the limit); it is how often the count is published and a lowered limit is seen.
 
 use wasmparser::Operator;
-
-/// The fuel units in one chunk of the budget. At a few hundred million units a second, a
-/// module in a loop sees a stop request (a lowered limit) and publishes its count about every
-/// millisecond; each chunk's end costs a dozen instructions.
-pub const FUEL_CHUNK: i64 = 1 << 20;
 
 /// The fuel a function call costs, on top of its operators.
 pub const CALL_COST: u64 = 1;

@@ -4,12 +4,12 @@
 //! The instrumented body is
 //!
 //! ```text
-//! prologue: load the fuel budget into a local, charge the first stretch, check it;
+//! prologue: load the fuel count into a local, charge the first stretch, check it;
 //!           add this function's frame to the stack height, check it
 //! block (result <the function's results>)      ;; stands for the function's own label
 //!   <the original body, `return` turned into a branch to this block>
 //! end
-//! epilogue: store the fuel budget, take the frame off the stack height
+//! epilogue: store the fuel count, take the frame off the stack height
 //! end
 //! ```
 //!
@@ -25,7 +25,7 @@ use wasmparser::{BlockType, FuncValidator, FunctionBody, Operator, ValType, Vali
 use crate::Options;
 use crate::cost::{CALL_COST, ends_stretch, frame_cost, operator_cost};
 use crate::features::Refusal;
-use crate::meter::{FuelLocals, Meter};
+use crate::meter::Meter;
 use crate::module::IndexShift;
 use crate::nan::{self, Effect, MAX_ANALYSIS_PASSES};
 
@@ -108,9 +108,10 @@ pub(crate) fn instrument<'a>(
     let mut prologue = Vec::new();
     let fuel = walk.scratch.fuel;
     if module.options.fuel {
-        module.meter.load_budget(&mut prologue);
-        prologue.push(Instruction::LocalSet(fuel.budget));
-        charge(fuel.budget, walk.stretch_cost[0], &mut prologue);
+        module.meter.load_fuel(&mut prologue);
+        prologue.push(Instruction::LocalSet(fuel));
+        charge(fuel, walk.stretch_cost[0], &mut prologue);
+        module.meter.store_fuel(fuel, &mut prologue);
         module.meter.check_fuel(fuel, &mut prologue);
     }
     if module.options.stack {
@@ -137,7 +138,7 @@ pub(crate) fn instrument<'a>(
     // The original body's last `end` closed the wrapper block; now the epilogue.
     let mut epilogue = Vec::new();
     if module.options.fuel {
-        module.meter.store_budget(fuel.budget, &mut epilogue);
+        module.meter.store_fuel(fuel, &mut epilogue);
     }
     if module.options.stack {
         module.meter.leave_frame(frame_units, &mut epilogue);
@@ -170,14 +171,13 @@ fn wrapper_block_type(results: &[ValType], wrapper_types: &HashMap<Vec<ValType>,
     }
 }
 
-/// Takes `units` off the budget in the local `budget`.
-fn charge(budget: u32, units: u64, out: &mut Vec<Instruction<'_>>) {
+fn charge(fuel: u32, units: u64, out: &mut Vec<Instruction<'_>>) {
     if units > 0 {
         out.extend([
-            Instruction::LocalGet(budget),
+            Instruction::LocalGet(fuel),
             Instruction::I64Const(units as i64),
-            Instruction::I64Sub,
-            Instruction::LocalSet(budget),
+            Instruction::I64Add,
+            Instruction::LocalSet(fuel),
         ]);
     }
 }
@@ -217,21 +217,16 @@ struct Frame {
 struct Scratch {
     next: u32,
     added: Vec<ValType>,
-    fuel: FuelLocals,
+    fuel: u32,
     canonicalize: HashMap<ValType, u32>,
     spill: HashMap<(ValType, usize), u32>,
 }
 
 impl Scratch {
     fn new(first: u32) -> Self {
-        let mut scratch = Self {
-            next: first,
-            added: Vec::new(),
-            fuel: FuelLocals { budget: 0, spent: 0 },
-            canonicalize: HashMap::new(),
-            spill: HashMap::new(),
-        };
-        scratch.fuel = FuelLocals { budget: scratch.add(ValType::I64), spent: scratch.add(ValType::I64) };
+        let mut scratch =
+            Self { next: first, added: Vec::new(), fuel: 0, canonicalize: HashMap::new(), spill: HashMap::new() };
+        scratch.fuel = scratch.add(ValType::I64);
         scratch
     }
 
@@ -425,9 +420,10 @@ impl<'a, 'w> Walk<'a, 'w> {
         }
 
         if index > 0 && self.fuel_on() {
-            charge(self.scratch.fuel.budget, self.stretch_cost[index], &mut self.code);
+            charge(self.scratch.fuel, self.stretch_cost[index], &mut self.code);
         }
         if std::mem::take(&mut self.loop_header) && self.fuel_on() {
+            self.module.meter.store_fuel(self.scratch.fuel, &mut self.code);
             self.module.meter.check_fuel(self.scratch.fuel, &mut self.code);
         }
 
@@ -491,7 +487,7 @@ impl<'a, 'w> Walk<'a, 'w> {
             Operator::ReturnCallIndirect { type_index, .. } => self.call(type_index, true, translated, true),
             Operator::Unreachable => {
                 if self.fuel_on() {
-                    self.module.meter.store_budget(self.scratch.fuel.budget, &mut self.code);
+                    self.module.meter.store_fuel(self.scratch.fuel, &mut self.code);
                 }
                 self.code.push(translated);
                 self.become_unreachable();
@@ -722,7 +718,7 @@ impl<'a, 'w> Walk<'a, 'w> {
         let skipped: &[ValType] = if indirect { &[ValType::I32] } else { &[] };
         self.observe(&params, skipped);
         if self.fuel_on() {
-            self.module.meter.store_budget(self.scratch.fuel.budget, &mut self.code);
+            self.module.meter.store_fuel(self.scratch.fuel, &mut self.code);
         }
         if tail {
             // The callee's frame replaces this one, which is left now. The frame's size is only
@@ -737,8 +733,8 @@ impl<'a, 'w> Walk<'a, 'w> {
         self.stack.extend(std::iter::repeat_n(None, results.len()));
         self.code.push(translated);
         if self.fuel_on() {
-            self.module.meter.load_budget(&mut self.code);
-            self.code.push(Instruction::LocalSet(self.scratch.fuel.budget));
+            self.module.meter.load_fuel(&mut self.code);
+            self.code.push(Instruction::LocalSet(self.scratch.fuel));
         }
     }
 

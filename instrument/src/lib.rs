@@ -33,7 +33,7 @@ pub use features::Refusal;
 /// The version of the pass. Fuel and output bits are only comparable between runs of the
 /// same version: it is part of the compile-cache key and is reported with every result.
 /// Raise it whenever a change could alter the fuel or the output of any module.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 1;
 
 /// The import module the instrumented module's meter comes from. Modules may not import
 /// from it themselves.
@@ -47,21 +47,11 @@ pub const FUEL_USED_EXPORT: &str = "wasmgrid_fuel_used";
 /// Both targets: the exported mutable `i64` global holding the stack height in use.
 pub const STACK_USED_EXPORT: &str = "wasmgrid_stack_used";
 
-/// [`Target::Sandbox`]: byte offsets of the meter's words, each an `i64`, little endian. The
-/// module counts fuel down, in a budget that ends at a count (see [`cost::FUEL_CHUNK`]): the
-/// fuel used is `end - budget`, as of the module's latest call, return, `unreachable` or
-/// fuel-limit trap, points that are the same on every engine, so the count a trapped run
-/// shows is too. Read the two words only when the module is not running (in a host call, or
-/// after the run); while it runs, [`METER_FUEL_SEEN`] is the count to show.
-pub const METER_FUEL_BUDGET: u64 = 0;
-/// [`Target::Sandbox`]: the fuel limit. The host may set it to a negative number while the
-/// module runs: the check that ends the current chunk then ends the run.
+/// [`Target::Sandbox`]: byte offset in the meter memory of the fuel used (`i64`, little endian).
+pub const METER_FUEL_USED: u64 = 0;
+/// [`Target::Sandbox`]: byte offset in the meter memory of the fuel limit (`i64`). The host may
+/// set it to a negative number while the module runs: the next check then ends the run.
 pub const METER_FUEL_LIMIT: u64 = 8;
-/// [`Target::Sandbox`]: the count at which the current budget ends; see [`METER_FUEL_BUDGET`].
-pub const METER_FUEL_END: u64 = 16;
-/// [`Target::Sandbox`]: the count as of the latest chunk's end, for progress (at most
-/// [`cost::FUEL_CHUNK`] behind).
-pub const METER_FUEL_SEEN: u64 = 24;
 
 /// The most stack a run may use, in the units of [`cost::frame_cost`]: one per parameter,
 /// local and operand-stack slot of every active call, plus [`cost::FRAME_OVERHEAD`] per call.
@@ -124,8 +114,8 @@ pub enum TrapCause {
 /// and one whose stack height exceeds [`STACK_LIMIT`] by the stack limit. The checks write the
 /// count before they trap, and so does the module's own `unreachable`: an `unreachable` in a
 /// stretch whose charge took the count over the limit counts as the fuel limit, on every
-/// engine alike. Other traps (a division by zero) leave the count as of the last call or
-/// return.
+/// engine alike. Other traps (a division by zero) leave the count as of the last call, loop
+/// header or return.
 pub fn classify_trap(fuel_used: i64, fuel_limit: i64, stack_used: i64) -> TrapCause {
     if fuel_used > fuel_limit {
         TrapCause::FuelLimit

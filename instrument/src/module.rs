@@ -270,7 +270,6 @@ impl Rewrite {
             fuel_limit_global: 0,
             stack_global: first_added,
             fuel_used_global: first_added + 1,
-            fuel_end_global: first_added + 2,
         }
     }
 
@@ -299,8 +298,6 @@ impl Rewrite {
         let counter = GlobalType { val_type: wasm_encoder::ValType::I64, mutable: true, shared: false };
         globals.global(counter, &ConstExpr::i64_const(0));
         if self.target == Target::Portable {
-            // The fuel used, and the count at which the budget ends.
-            globals.global(counter, &ConstExpr::i64_const(0));
             globals.global(counter, &ConstExpr::i64_const(0));
         }
     }

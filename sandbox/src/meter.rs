@@ -1,19 +1,17 @@
 //! The instrumented module's meter: a one-page memory the sandbox creates for each run and
 //! the module imports (`wasmgrid::meter`), holding the fuel used and the fuel limit.
 //!
-//! The module counts its fuel down in chunks, in a register, and reaches the meter only at
-//! calls and returns and at the end of each chunk (about every millisecond): there it
-//! publishes its count and reads the limit. So the sandbox reads progress from any thread,
-//! and stops a run from any thread by lowering the limit below zero, which the module sees at
-//! its next chunk's end and traps. Nothing on the module's hot path calls the host or
-//! touches the meter.
+//! The module reads the limit at every function entry and loop header. The sandbox reads the
+//! fuel used from any thread (for progress), and stops a run from any thread by lowering the
+//! limit below zero, so the module's next check traps. Nothing on the module's hot path calls
+//! the host.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 
-use wasmgrid_instrument::{METER_FUEL_BUDGET, METER_FUEL_END, METER_FUEL_LIMIT, METER_FUEL_SEEN};
+use wasmgrid_instrument::{METER_FUEL_LIMIT, METER_FUEL_USED};
 use wasmtime::{AsContextMut, Memory, MemoryType};
 
-/// The limit that makes the next chunk's end fail, whatever the fuel used.
+/// The limit that makes the next check fail, whatever the fuel used.
 const STOP: i64 = -1;
 
 /// A run's meter memory and a handle on its words.
@@ -42,7 +40,6 @@ impl Meter {
     pub fn new(mut store: impl AsContextMut, fuel_limit: u64) -> wasmtime::Result<Self> {
         let memory = Memory::new(&mut store, MemoryType::new(1, Some(1)))?;
         let handle = MeterHandle { base: memory.data_ptr(&store) };
-        // The budget and its end start at zero (a fresh page): the first check starts a chunk.
         handle.store(METER_FUEL_LIMIT, i64::try_from(fuel_limit).unwrap_or(i64::MAX));
         Ok(Self { memory, handle })
     }
@@ -68,19 +65,16 @@ impl MeterHandle {
         self.word(offset).store(value.to_le(), Ordering::Relaxed);
     }
 
-    /// The fuel the module has used, as of its latest call, return or `unreachable`: the count
-    /// a trapped run reports, the same on every engine. Only meaningful while the module is
-    /// not running (in a host call, or after the run), when the two words agree.
+    /// The fuel the module has used, as of its latest call, return or loop iteration.
     pub fn fuel_used(&self) -> i64 {
-        self.load(METER_FUEL_END).wrapping_sub(self.load(METER_FUEL_BUDGET))
+        self.load(METER_FUEL_USED)
     }
 
-    /// The count as of the module's latest chunk end, readable while it runs: for progress.
-    pub fn fuel_so_far(&self) -> i64 {
-        self.load(METER_FUEL_SEEN)
+    pub fn fuel_limit(&self) -> i64 {
+        self.load(METER_FUEL_LIMIT)
     }
 
-    /// Makes the module's next chunk end (or function entry past one) end the run.
+    /// Makes the module's next fuel check end the run.
     pub fn stop(&self) {
         self.store(METER_FUEL_LIMIT, STOP);
     }

@@ -3,8 +3,8 @@
 //!
 //! The checks are made in three places:
 //! - on a watch thread of the run's own, every [`HOST_WAIT_CHECK`]: compute-bound code never
-//!   comes back to the sandbox, so the watch thread stops it through its meter (the module
-//!   sees the lowered limit at the end of its current fuel chunk, and traps);
+//!   comes back to the sandbox, so the watch thread stops it through its meter (the module's
+//!   next fuel check, at a function entry or loop header, then traps);
 //! - on every return from a host call, through the call hook (a module busy with WASI calls
 //!   fills the scratch directory there, and is stopped before it goes on);
 //! - while it waits inside a host call (a sleep in `poll_oneoff`), a timer wakes the run
@@ -146,8 +146,8 @@ impl WatchThread<'_> {
 }
 
 impl Watch {
-    /// Starts the watch thread: every [`HOST_WAIT_CHECK`] it records the fuel used so far and
-    /// makes the checks; when one fails it stops the module through its meter, and remembers why.
+    /// Starts the watch thread: every [`HOST_WAIT_CHECK`] it records the fuel used and makes
+    /// the checks; when one fails it stops the module through its meter, and remembers why.
     pub fn watch_from_outside<'scope>(
         &self,
         scope: &'scope std::thread::Scope<'scope, '_>,
@@ -158,7 +158,7 @@ impl Watch {
         let thread = std::thread::Builder::new().name("wasm-watch".into()).spawn_scoped(scope, move || {
             let mut interruption = None;
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = until_finished.recv_timeout(HOST_WAIT_CHECK) {
-                control.record_fuel_used(meter.fuel_so_far().max(0) as u64);
+                control.record_fuel_used(meter.fuel_used().max(0) as u64);
                 if interruption.is_none() {
                     interruption = lock(&checks).run().err();
                     if interruption.is_some() {

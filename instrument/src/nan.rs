@@ -105,49 +105,43 @@ pub(crate) fn effect(operator: &Operator<'_>) -> Effect {
 /// and a `select`: Cranelift turns that `select` into two jumps, both taken for every number,
 /// and builds the canonical NaN in a register up front, where `>=` (false only for a NaN,
 /// as it is an ordered comparison) becomes one compare and one jump, with the constant built
-/// only on the NaN path. (nbody stores six canonicalised numbers per pair of bodies; the
-/// difference is measured in README.md.)
+/// only on the NaN path.
 pub(crate) fn canonicalize(ty: ValType, lanes: ValType, scratch: u32, out: &mut Vec<Instruction<'_>>) {
     use wasm_encoder::{BlockType, Ieee32, Ieee64, ValType as EncodedValType};
-    let vector = |lane: &[u8]| Instruction::V128Const(i128::from_le_bytes(splat(lane)));
-    let (canonical, not_equal, greater_or_equal) = match (ty, lanes) {
-        (ValType::F32, _) => {
-            (Instruction::F32Const(Ieee32::new(CANONICAL_F32)), Instruction::F32Ne, Instruction::F32Ge)
-        }
-        (ValType::F64, _) => {
-            (Instruction::F64Const(Ieee64::new(CANONICAL_F64)), Instruction::F64Ne, Instruction::F64Ge)
-        }
-        (_, ValType::F32) => (vector(&CANONICAL_F32.to_le_bytes()), Instruction::F32x4Ne, Instruction::F32x4Ge),
-        _ => (vector(&CANONICAL_F64.to_le_bytes()), Instruction::F64x2Ne, Instruction::F64x2Ge),
+    let (canonical, greater_or_equal, result) = match ty {
+        ValType::F32 => (Instruction::F32Const(Ieee32::new(CANONICAL_F32)), Instruction::F32Ge, EncodedValType::F32),
+        ValType::F64 => (Instruction::F64Const(Ieee64::new(CANONICAL_F64)), Instruction::F64Ge, EncodedValType::F64),
+        _ => return canonicalize_lanes(lanes, scratch, out),
     };
-    if ty == ValType::V128 {
-        // Lane by lane: `x != x` holds exactly for NaNs; the canonical NaN there, the lane
-        // elsewhere.
-        out.extend([
-            Instruction::LocalSet(scratch),
-            canonical,
-            Instruction::LocalGet(scratch),
-            Instruction::LocalGet(scratch),
-            Instruction::LocalGet(scratch),
-            not_equal,
-            Instruction::V128Bitselect,
-        ]);
-    } else {
-        out.extend([
-            Instruction::LocalTee(scratch),
-            Instruction::LocalGet(scratch),
-            greater_or_equal,
-            Instruction::If(BlockType::Result(if ty == ValType::F32 {
-                EncodedValType::F32
-            } else {
-                EncodedValType::F64
-            })),
-            Instruction::LocalGet(scratch),
-            Instruction::Else,
-            canonical,
-            Instruction::End,
-        ]);
-    }
+    out.extend([
+        Instruction::LocalTee(scratch),
+        Instruction::LocalGet(scratch),
+        greater_or_equal,
+        Instruction::If(BlockType::Result(result)),
+        Instruction::LocalGet(scratch),
+        Instruction::Else,
+        canonical,
+        Instruction::End,
+    ]);
+}
+
+/// [`canonicalize`] for a vector: lane by lane, `x != x` holds exactly for NaNs, and a
+/// bit-select takes the canonical NaN there and the lane elsewhere.
+fn canonicalize_lanes(lanes: ValType, scratch: u32, out: &mut Vec<Instruction<'_>>) {
+    let vector = |lane: &[u8]| Instruction::V128Const(i128::from_le_bytes(splat(lane)));
+    let (canonical, not_equal) = match lanes {
+        ValType::F32 => (vector(&CANONICAL_F32.to_le_bytes()), Instruction::F32x4Ne),
+        _ => (vector(&CANONICAL_F64.to_le_bytes()), Instruction::F64x2Ne),
+    };
+    out.extend([
+        Instruction::LocalSet(scratch),
+        canonical,
+        Instruction::LocalGet(scratch),
+        Instruction::LocalGet(scratch),
+        Instruction::LocalGet(scratch),
+        not_equal,
+        Instruction::V128Bitselect,
+    ]);
 }
 
 /// A lane repeated across 16 bytes.

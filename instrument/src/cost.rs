@@ -19,7 +19,10 @@
 //! - **Checked at every function entry and loop header**, the only places from which a run
 //!   can go on indefinitely. Between checks a run executes at most one function body's worth
 //!   of straight-line code, so it can overshoot its limit by that much before it is stopped;
-//!   a run stopped by the fuel limit reports the limit as its fuel.
+//!   a run stopped by the fuel limit reports the limit as its fuel. A bounded loop
+//!   ([`crate::bounded_loop`]) is checked once on entry instead, and may add up to
+//!   [`crate::bounded_loop::UNCHECKED_FUEL`] to the overshoot. Where the checks are does not
+//!   change the count of a run that completes.
 
 use wasmparser::Operator;
 

@@ -23,6 +23,7 @@ use wasm_encoder::{BlockType as EncodedBlockType, Function, Instruction, ValType
 use wasmparser::{BlockType, FuncValidator, FunctionBody, Operator, ValType, ValidatorResources};
 
 use crate::Options;
+use crate::bounded_loop::{self, BoundedLoop};
 use crate::cost::{CALL_COST, ends_stretch, frame_cost, operator_cost};
 use crate::features::Refusal;
 use crate::meter::Meter;
@@ -262,6 +263,8 @@ struct Walk<'a, 'w> {
     results: Vec<ValType>,
     /// The fuel of the straight-line stretch starting at each operator (0 where none starts).
     stretch_cost: Vec<u64>,
+    /// The loops that get an unchecked copy, by the index of their `loop` operator.
+    bounded_loops: HashMap<usize, BoundedLoop>,
 
     // The analysis, kept from one walk to the next until it settles.
     dirty_locals: Vec<bool>,
@@ -277,6 +280,11 @@ struct Walk<'a, 'w> {
     targeted: Vec<bool>,
     next_label: usize,
     loop_header: bool,
+    /// Inside either copy of a bounded loop: the number of frames outside it. Branches that
+    /// leave the loop cross the `if` around the copies, one label more.
+    versioned_at: Option<usize>,
+    /// Inside the unchecked copy of a bounded loop: its header goes without the fuel check.
+    unchecked: bool,
     max_height: usize,
     scratch: Scratch,
     code: Vec<Instruction<'a>>,
@@ -300,10 +308,21 @@ impl<'a, 'w> Walk<'a, 'w> {
                 start = index + 1;
             }
         }
+        let bounded_loops = if module.options.fuel && module.options.bounded_loops {
+            let plain: Vec<&Operator<'a>> = operators.iter().map(|recorded| &recorded.operator).collect();
+            (0..plain.len())
+                .filter_map(|start| bounded_loop::analyse(&plain, start, &stretch_cost).map(|found| (start, found)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         let locals = local_types.len();
         Self {
             module,
             operators,
+            bounded_loops,
+            versioned_at: None,
+            unchecked: false,
             dirty_locals: vec![false; locals],
             scratch: Scratch::new(locals as u32),
             local_types,
@@ -362,10 +381,67 @@ impl<'a, 'w> Walk<'a, 'w> {
             reachable: true,
             dead: false,
         });
-        for index in 0..self.operators.len() {
-            self.step(index, shift)?;
+        let mut index = 0;
+        while index < self.operators.len() {
+            if self.reachable()
+                && let Some(bounded) = self.bounded_loops.get(&index)
+            {
+                let (end, guard) = (bounded.end, bounded.guard.clone());
+                self.version_loop(index, end, guard, shift)?;
+                index = end + 1;
+            } else {
+                self.step(index, shift)?;
+                index += 1;
+            }
         }
         Ok(())
+    }
+
+    /// Writes the bounded loop `operators[start..=end]` twice, without and with its header
+    /// check, behind its guard (see [`bounded_loop`]).
+    fn version_loop(
+        &mut self,
+        start: usize,
+        end: usize,
+        guard: Vec<Instruction<'static>>,
+        shift: &mut IndexShift,
+    ) -> Result<(), Refusal> {
+        // The stretch before the loop was charged where it began; a loop directly inside a
+        // loop has its outer header's check pending, which the entry check below makes.
+        self.loop_header = false;
+        self.module.meter.store_fuel(self.scratch.fuel, &mut self.code);
+        self.module.meter.check_fuel(self.scratch.fuel, &mut self.code);
+        self.code.extend(guard);
+        // The guard's operands, on top of whatever the enclosing code has on the stack.
+        self.max_height = self.max_height.max(self.stack.len() + 3);
+        self.code.push(Instruction::If(EncodedBlockType::Empty));
+
+        let (stack, reachable) = (self.stack.clone(), self.frame().reachable);
+        self.versioned_at = Some(self.frames.len());
+        self.unchecked = true;
+        for index in start..=end {
+            self.step(index, shift)?;
+        }
+        self.unchecked = false;
+        self.code.push(Instruction::Else);
+        // The second copy starts from where the first did.
+        self.stack = stack;
+        self.frames.last_mut().expect("the enclosing frame").reachable = reachable;
+        for index in start..=end {
+            self.step(index, shift)?;
+        }
+        self.versioned_at = None;
+        self.code.push(Instruction::End);
+        Ok(())
+    }
+
+    /// The depth to write for a branch `relative_depth` out: one more if it leaves a bounded
+    /// loop, whose copies sit inside an `if` that the original does not have.
+    fn branch_depth(&self, relative_depth: u32) -> u32 {
+        match self.versioned_at {
+            Some(outside) if self.frames.len() - 1 - (relative_depth as usize) < outside => relative_depth + 1,
+            _ => relative_depth,
+        }
     }
 
     fn new_label(&mut self, arity: usize) -> usize {
@@ -422,7 +498,7 @@ impl<'a, 'w> Walk<'a, 'w> {
         if index > 0 && self.fuel_on() {
             charge(self.scratch.fuel, self.stretch_cost[index], &mut self.code);
         }
-        if std::mem::take(&mut self.loop_header) && self.fuel_on() {
+        if std::mem::take(&mut self.loop_header) && self.fuel_on() && !self.unchecked {
             self.module.meter.store_fuel(self.scratch.fuel, &mut self.code);
             self.module.meter.check_fuel(self.scratch.fuel, &mut self.code);
         }
@@ -448,13 +524,13 @@ impl<'a, 'w> Walk<'a, 'w> {
             }
             Operator::Br { relative_depth } => {
                 self.branch(relative_depth, &[]);
-                self.code.push(translated);
+                self.code.push(Instruction::Br(self.branch_depth(relative_depth)));
                 self.become_unreachable();
             }
             Operator::BrIf { relative_depth } => {
                 self.branch(relative_depth, &[ValType::I32]);
                 self.pop(1);
-                self.code.push(translated);
+                self.code.push(Instruction::BrIf(self.branch_depth(relative_depth)));
             }
             Operator::BrTable { ref targets } => {
                 let depths: Vec<u32> = targets
@@ -462,17 +538,19 @@ impl<'a, 'w> Walk<'a, 'w> {
                     .chain(std::iter::once(Ok(targets.default())))
                     .collect::<Result<_, _>>()
                     .map_err(|error| Refusal::Invalid(error.to_string()))?;
-                for depth in depths {
+                for &depth in &depths {
                     self.branch(depth, &[ValType::I32]);
                 }
                 self.pop(1);
-                self.code.push(translated);
+                let (&default, targets) = depths.split_last().expect("br_table has a default");
+                let targets: Vec<u32> = targets.iter().map(|&depth| self.branch_depth(depth)).collect();
+                self.code.push(Instruction::BrTable(targets.into(), self.branch_depth(default)));
                 self.become_unreachable();
             }
             Operator::Return => {
                 let results = self.results.clone();
                 self.observe(&results, &[]);
-                self.code.push(Instruction::Br(self.frames.len() as u32 - 1));
+                self.code.push(Instruction::Br(self.branch_depth(self.frames.len() as u32 - 1)));
                 self.become_unreachable();
             }
             Operator::Call { function_index } => {

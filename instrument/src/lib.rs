@@ -6,7 +6,8 @@
 //! The pass injects three things, each described in its own module:
 //! - [`nan`]: NaN canonicalisation, only where the bits of a NaN could become observable;
 //! - [`cost`]: a fuel counter, counting the operators executed by a fixed cost model, checked
-//!   against a limit at every function entry and loop header;
+//!   against a limit at every function entry and loop header (a small counted loop that is
+//!   sure to stop soon only on entry: [`bounded_loop`]);
 //! - a stack-height count, charged at function entry and released at exit, checked against
 //!   [`STACK_LIMIT`], so a deep recursion fails at the same depth on every engine.
 //!
@@ -21,6 +22,7 @@
 //! The instrumented module comes in two flavours ([`Target`]) that count identically and
 //! differ only in where the counters live; see [`Target`].
 
+pub mod bounded_loop;
 pub mod cost;
 mod features;
 mod function;
@@ -33,7 +35,7 @@ pub use features::Refusal;
 /// The version of the pass. Fuel and output bits are only comparable between runs of the
 /// same version: it is part of the compile-cache key and is reported with every result.
 /// Raise it whenever a change could alter the fuel or the output of any module.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The import module the instrumented module's meter comes from. Modules may not import
 /// from it themselves.
@@ -78,13 +80,15 @@ pub enum Target {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
     pub fuel: bool,
+    /// With `fuel`: run bounded loops without their header check ([`bounded_loop`]).
+    pub bounded_loops: bool,
     pub stack: bool,
     pub nan_canonicalization: bool,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { fuel: true, stack: true, nan_canonicalization: true }
+        Self { fuel: true, bounded_loops: true, stack: true, nan_canonicalization: true }
     }
 }
 

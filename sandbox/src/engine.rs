@@ -70,7 +70,7 @@ pub struct EngineSettings {
 
 impl EngineSettings {
     pub const FULL: Self = Self {
-        instrumentation: Options { fuel: true, stack: true, nan_canonicalization: true },
+        instrumentation: Options { fuel: true, bounded_loops: true, stack: true, nan_canonicalization: true },
         optimize: true,
         backend: Backend::Cranelift,
     };

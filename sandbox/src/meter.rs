@@ -1,7 +1,8 @@
 //! The instrumented module's meter: a one-page memory the sandbox creates for each run and
 //! the module imports (`wasmgrid::meter`), holding the fuel used and the fuel limit.
 //!
-//! The module reads the limit at every function entry and loop header. The sandbox reads the
+//! The module reads the limit at every function entry and loop header (a bounded loop's only
+//! on entry: it stops within 2^20 units of fuel). The sandbox reads the
 //! fuel used from any thread (for progress), and stops a run from any thread by lowering the
 //! limit below zero, so the module's next check traps. Nothing on the module's hot path calls
 //! the host.

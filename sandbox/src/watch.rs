@@ -4,7 +4,8 @@
 //! The checks are made in three places:
 //! - on a watch thread of the run's own, every [`HOST_WAIT_CHECK`]: compute-bound code never
 //!   comes back to the sandbox, so the watch thread stops it through its meter (the module's
-//!   next fuel check, at a function entry or loop header, then traps);
+//!   next fuel check, at a function entry or loop header, then traps; a bounded loop is
+//!   checked on entry, and ends within 2^20 units of fuel);
 //! - on every return from a host call, through the call hook (a module busy with WASI calls
 //!   fills the scratch directory there, and is stopped before it goes on);
 //! - while it waits inside a host call (a sleep in `poll_oneoff`), a timer wakes the run

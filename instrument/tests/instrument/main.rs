@@ -1,6 +1,7 @@
 //! The instrumentation pass, run on real modules in a real engine (wasmtime, with its own
 //! fuel metering and NaN canonicalisation off, so only the pass makes runs deterministic).
 
+mod bounded_loop;
 mod fuel;
 mod hostile;
 mod nan;

@@ -138,6 +138,7 @@ fn measure_workload(
         ("sandbox, pass without fuel", without(|options| options.fuel = false)),
         ("sandbox, pass without NaN canonicalisation", without(|options| options.nan_canonicalization = false)),
         ("sandbox, pass without the stack count", without(|options| options.stack = false)),
+        ("sandbox, every loop header checked", without(|options| options.bounded_loops = false)),
     ];
     let mut sandboxes = Vec::new();
     for (index, (label, settings)) in sandbox_settings.into_iter().enumerate() {
@@ -180,6 +181,7 @@ fn measure_workload(
     println!("  {:<52} {:>+8.1}%", "cost of the fuel count in the sandbox", percent(full, sandboxed[1].2));
     println!("  {:<52} {:>+8.1}%", "cost of NaN canonicalisation in the sandbox", percent(full, sandboxed[2].2));
     println!("  {:<52} {:>+8.1}%", "cost of the stack count in the sandbox", percent(full, sandboxed[3].2));
+    println!("  {:<52} {:>+8.1}%", "cost of checking bounded loops at every header", percent(sandboxed[4].2, full));
     for (label, _, time) in &plain[1..] {
         println!(
             "  {:<52} {:>+8.1}%",

@@ -215,6 +215,12 @@ pub async fn app(connection: &Connection, command: AppCommand) -> anyhow::Result
         }
         AppCommand::Publish { name, module, json } => {
             let bytes = std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
+            // The server refuses it too, but may close the connection before the upload
+            // ends, and then the client sees a broken pipe instead of the reason.
+            let limit = wasmgrid_protocol::publish::MAX_MODULE_BYTES;
+            if bytes.len() as u64 > limit {
+                bail!("{} is larger than the limit of {limit} bytes for a module", module.display());
+            }
             let version = client.publish_version(&name, Bytes::from(bytes)).await?;
             #[derive(Serialize)]
             struct Published<'a> {

@@ -193,9 +193,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             config.site = SiteConfig { public_url, trusted_proxies };
             let app = wasmgrid_server::build(config).await?;
+            // Before the line below: whoever reads it may send SIGTERM at once, and a signal
+            // that arrives before its handler is installed kills the process outright.
+            let shutdown = shutdown_signal()?;
             // Scripts and tests read this line to learn the port (useful with port 0).
             println!("wasmgrid-server listening on http://{}", app.local_addr());
-            app.run_until_stopped(shutdown_signal()).await
+            app.run_until_stopped(shutdown).await
         }
         Command::Token {
             command: TokenCommand::Create { scope: TokenScope::Publish, name, data_dir, database_url, json },
@@ -235,24 +238,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+/// Completes on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when
+/// the future is first polled.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
-    }
-    tracing::info!("shutting down");
+        tracing::info!("shutting down");
+    })
 }

@@ -47,13 +47,17 @@ pub struct TaskStatus {
     pub deadline: chrono::DateTime<chrono::Utc>,
     /// For finished tasks: success, or the error.
     pub outcome: Option<String>,
+    /// For running tasks: the CPU and I/O priority of the thread that runs it.
+    #[serde(default)]
+    pub priority: Option<String>,
 }
 
 /// A task the daemon is running right now.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RunningTask {
     pub elapsed: Duration,
     pub progress: Progress,
+    pub priority: Option<String>,
 }
 
 impl StatusReport {
@@ -68,7 +72,8 @@ impl StatusReport {
             .tasks
             .values()
             .map(|task| {
-                let (state, fuel_used, fraction_done, elapsed, outcome) = match (&task.phase, running.get(&task.id())) {
+                let run = running.get(&task.id());
+                let (state, fuel_used, fraction_done, elapsed, outcome) = match (&task.phase, run) {
                     (Phase::Pending, Some(run)) => (
                         "running",
                         Some(run.progress.fuel_used),
@@ -100,6 +105,7 @@ impl StatusReport {
                     elapsed_seconds: elapsed,
                     deadline: task.assignment.deadline,
                     outcome,
+                    priority: run.and_then(|run| run.priority.clone()),
                 }
             })
             .collect();
@@ -165,6 +171,10 @@ impl StatusReport {
                 task.elapsed_seconds,
                 task.outcome.as_deref().unwrap_or("")
             ));
+        }
+        // Every task runs at the same priority; a refused step shows here.
+        if let Some(priority) = self.tasks.iter().find_map(|task| task.priority.as_deref()) {
+            out.push_str(&format!("tasks run at {priority}\n"));
         }
         out
     }

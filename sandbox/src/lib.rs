@@ -31,6 +31,7 @@ pub mod limits;
 pub mod meter;
 pub mod module_check;
 pub mod output;
+pub mod priority;
 pub mod watch;
 
 use std::fmt;
@@ -99,6 +100,8 @@ pub struct RunControl {
     fuel_used: AtomicU64,
     /// The module's fraction done as `f64` bits, plus one (0: not reported).
     fraction_done: AtomicU64,
+    /// The priority the run's thread got, once it is lowered.
+    background: OnceLock<priority::Background>,
 }
 
 /// How far a running module has got.
@@ -126,6 +129,11 @@ impl RunControl {
 
     fn record_fraction_done(&self, fraction: f64) {
         self.fraction_done.store(fraction.to_bits() + 1, Ordering::Relaxed);
+    }
+
+    /// The priority the run's thread runs at, if [`Sandbox::spawn_in_background`] started it.
+    pub fn background(&self) -> Option<&priority::Background> {
+        self.background.get()
     }
 
     pub fn stop(&self, reason: StopReason) {
@@ -313,6 +321,22 @@ impl Sandbox {
         let (send, receive) = tokio::sync::oneshot::channel();
         let sandbox = self.clone();
         std::thread::Builder::new().name("wasm-run".into()).spawn(move || {
+            let _ = send.send(sandbox.run(&spec, &control));
+        })?;
+        Ok(receive)
+    }
+
+    /// [`Sandbox::spawn`], on a thread at the lowest CPU and I/O priority the system offers
+    /// (see [`priority`]): how a volunteer's machine runs work units.
+    pub fn spawn_in_background(
+        self: &Arc<Self>,
+        spec: RunSpec,
+        control: Arc<RunControl>,
+    ) -> std::io::Result<tokio::sync::oneshot::Receiver<RunReport>> {
+        let (send, receive) = tokio::sync::oneshot::channel();
+        let sandbox = self.clone();
+        std::thread::Builder::new().name("wasm-run".into()).spawn(move || {
+            let _ = control.background.set(priority::enter_background());
             let _ = send.send(sandbox.run(&spec, &control));
         })?;
         Ok(receive)

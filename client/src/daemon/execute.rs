@@ -79,7 +79,7 @@ async fn run_task(
         scratch_limit_bytes: context.scratch_limit_bytes,
         seed: assignment.seed,
     };
-    let report = context.sandbox.spawn(spec, control)?.await?;
+    let report = context.sandbox.spawn_in_background(spec, control)?.await?;
     let phase = match &report.outcome {
         RunOutcome::Stopped(reason) => return Ok(End::Stopped(*reason)),
         RunOutcome::Failed(error) if !error.is_deterministic() => Phase::Finished {

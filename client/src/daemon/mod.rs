@@ -615,8 +615,11 @@ impl Daemon {
             .running
             .iter()
             .map(|(id, running)| {
-                let task =
-                    status::RunningTask { elapsed: running.started.elapsed(), progress: running.control.progress() };
+                let task = status::RunningTask {
+                    elapsed: running.started.elapsed(),
+                    progress: running.control.progress(),
+                    priority: running.control.background().map(ToString::to_string),
+                };
                 (id.clone(), task)
             })
             .collect();

@@ -11,6 +11,7 @@ mod daemon;
 mod demo;
 mod faults;
 mod harness;
+mod packaging;
 mod projects;
 mod publishing;
 mod settings;

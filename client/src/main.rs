@@ -170,8 +170,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let options =
                 RunOptions { exit_when_idle: settings.exit_when_idle, allow_insecure: settings.allow_insecure };
             let _lock = daemon::lock(&data_dir)?;
+            // Installed before anything else: a SIGTERM that came before its handler would
+            // kill the daemon outright instead of stopping its tasks cleanly.
+            let shutdown = shutdown_signal()?;
             let daemon = Daemon::new(data_dir, settings, options)?;
-            daemon.run(shutdown_signal()).await
+            daemon.run(shutdown).await
         }
         Command::Exec { module, stdin, input, fuel, memory, timeout, seed, output, json, args } => {
             let request = ExecRequest {
@@ -295,19 +298,17 @@ fn detach(data_dir: &DataDir, server_url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Completes on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when
+/// the future is first polled.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    tracing::info!("stopping: running tasks are kept for the next start");
+        tracing::info!("stopping: running tasks are kept for the next start");
+    })
 }

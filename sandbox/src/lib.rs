@@ -318,12 +318,7 @@ impl Sandbox {
         spec: RunSpec,
         control: Arc<RunControl>,
     ) -> std::io::Result<tokio::sync::oneshot::Receiver<RunReport>> {
-        let (send, receive) = tokio::sync::oneshot::channel();
-        let sandbox = self.clone();
-        std::thread::Builder::new().name("wasm-run".into()).spawn(move || {
-            let _ = send.send(sandbox.run(&spec, &control));
-        })?;
-        Ok(receive)
+        self.spawn_thread(spec, control, false)
     }
 
     /// [`Sandbox::spawn`], on a thread at the lowest CPU and I/O priority the system offers
@@ -333,10 +328,21 @@ impl Sandbox {
         spec: RunSpec,
         control: Arc<RunControl>,
     ) -> std::io::Result<tokio::sync::oneshot::Receiver<RunReport>> {
+        self.spawn_thread(spec, control, true)
+    }
+
+    fn spawn_thread(
+        self: &Arc<Self>,
+        spec: RunSpec,
+        control: Arc<RunControl>,
+        background: bool,
+    ) -> std::io::Result<tokio::sync::oneshot::Receiver<RunReport>> {
         let (send, receive) = tokio::sync::oneshot::channel();
         let sandbox = self.clone();
         std::thread::Builder::new().name("wasm-run".into()).spawn(move || {
-            let _ = control.background.set(priority::enter_background());
+            if background {
+                let _ = control.background.set(priority::enter_background());
+            }
             let _ = send.send(sandbox.run(&spec, &control));
         })?;
         Ok(receive)

@@ -173,8 +173,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // Installed before anything else: a SIGTERM that came before its handler would
             // kill the daemon outright instead of stopping its tasks cleanly.
             let shutdown = shutdown_signal()?;
+            let reloads = reload_on_hangup(data_dir.clone(), flags)?;
             let daemon = Daemon::new(data_dir, settings, options)?;
-            daemon.run(shutdown).await
+            daemon.run(shutdown, reloads).await
         }
         Command::Exec { module, stdin, input, fuel, memory, timeout, seed, output, json, args } => {
             let request = ExecRequest {
@@ -296,6 +297,23 @@ fn detach(data_dir: &DataDir, server_url: &str) -> anyhow::Result<()> {
         println!("detached from {url}, abandoning {} tasks ({unreported} finished but not reported)", abandoned.len());
     }
     Ok(())
+}
+
+/// Reads `client.toml` again (with the flags over it) on every SIGHUP, as service managers
+/// expect of a daemon (`systemctl reload`).
+fn reload_on_hangup(data_dir: DataDir, flags: Overrides) -> std::io::Result<daemon::Reloads> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())?;
+    let (send, receive) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reading {} again", data_dir.settings_file().display());
+            if send.send(Settings::load(&data_dir).map(|settings| settings.overridden_by(&flags))).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(receive)
 }
 
 /// Completes on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when

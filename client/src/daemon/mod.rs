@@ -89,6 +89,9 @@ impl Contact {
     }
 }
 
+/// Settings read again while the daemon runs (on SIGHUP), or why they could not be.
+pub type Reloads = mpsc::UnboundedReceiver<anyhow::Result<Settings>>;
+
 /// An upload started right after a run: the task, and whether its output arrived.
 type UploadDone = (TaskId, bool);
 
@@ -158,8 +161,13 @@ impl Daemon {
         })
     }
 
-    /// Runs until shutdown (or, with `exit_when_idle`, until there is nothing left to do).
-    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    /// Runs until shutdown (or, with `exit_when_idle`, until there is nothing left to do),
+    /// taking the settings that arrive on `reloads`.
+    pub async fn run(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()>,
+        mut reloads: Reloads,
+    ) -> anyhow::Result<()> {
         let status_socket = status::bind(&self.data_dir)?;
         tokio::pin!(shutdown);
         loop {
@@ -180,6 +188,10 @@ impl Daemon {
             tokio::select! {
                 Some(completion) = self.completions.1.recv() => self.apply(completion)?,
                 Some((id, uploaded)) = self.uploads.1.recv() => self.uploaded(id, uploaded),
+                Some(reloaded) = reloads.recv() => match reloaded {
+                    Ok(settings) => self.take_settings(settings),
+                    Err(error) => tracing::error!("keeping the settings in force: {error:#}"),
+                },
                 _ = tokio::time::sleep_until(wake.into()) => {}
                 accepted = status_socket.accept() => {
                     if let Ok((stream, _)) = accepted {
@@ -195,6 +207,35 @@ impl Daemon {
         }
         let _ = std::fs::remove_file(self.data_dir.status_socket());
         Ok(())
+    }
+
+    /// New settings, while running. The slots, the memory budget, the work buffer and
+    /// `exit_when_idle` change at once (running tasks over a smaller slot count finish first);
+    /// the rest was used to set the daemon up and waits for the next start.
+    fn take_settings(&mut self, new: Settings) {
+        let old = &self.settings;
+        let at_next_start: Vec<&str> = [
+            ("disk", new.disk != old.disk),
+            ("allow_insecure", new.allow_insecure != old.allow_insecure),
+            ("backoff_min_seconds", new.backoff_min_seconds != old.backoff_min_seconds),
+            ("backoff_max_seconds", new.backoff_max_seconds != old.backoff_max_seconds),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect();
+        if !at_next_start.is_empty() {
+            tracing::warn!(settings = ?at_next_start, "these settings take effect when the daemon next starts");
+        }
+        let settings = Settings {
+            disk: old.disk,
+            allow_insecure: old.allow_insecure,
+            backoff_min_seconds: old.backoff_min_seconds,
+            backoff_max_seconds: old.backoff_max_seconds,
+            ..new
+        };
+        self.options.exit_when_idle = settings.exit_when_idle;
+        tracing::info!(cores = settings.cores(), memory = settings.memory(), "settings reloaded");
+        self.settings = settings;
     }
 
     fn is_idle(&self) -> bool {

@@ -52,3 +52,50 @@ async fn a_flag_overrides_the_settings_file() {
     signal(&daemon, libc::SIGTERM);
     daemon.wait_with_output().await.unwrap();
 }
+
+/// How many tasks the daemon's status shows running.
+async fn running(volunteer: &Volunteer) -> usize {
+    let status = volunteer.status().await;
+    status["tasks"].as_array().unwrap().iter().filter(|task| task["state"] == "running").count()
+}
+
+async fn wait_for_running(volunteer: &Volunteer, expected: usize) {
+    let give_up = Instant::now() + TIMEOUT;
+    while running(volunteer).await != expected {
+        assert!(Instant::now() < give_up, "never {expected} tasks running: {}", volunteer.status().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn sighup_reads_the_settings_file_again_and_a_broken_one_changes_nothing() {
+    let server = Server::start().await;
+    server.publish(&workunit("hostile/infinite_loop.wat"), 2, single()).await;
+    let volunteer = Volunteer::attach(&server, "reloaded").await;
+    write_settings(&volunteer, "cores = 1\n");
+    let daemon = volunteer.command(&["run"]).spawn().unwrap();
+    wait_for_running(&volunteer, 1).await;
+    // Both tasks are here (one waits for a slot), and a second never starts by itself.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(running(&volunteer).await, 1);
+    assert_eq!(volunteer.status().await["tasks"].as_array().unwrap().len(), 2);
+
+    write_settings(&volunteer, "cores = 2\n");
+    let mut daemon = daemon;
+    signal(&daemon, libc::SIGHUP);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if let Some(status) = daemon.try_wait().unwrap() {
+        let output = daemon.wait_with_output().await.unwrap();
+        panic!("the daemon exited on SIGHUP ({status}): {}", String::from_utf8_lossy(&output.stderr));
+    }
+    wait_for_running(&volunteer, 2).await;
+
+    write_settings(&volunteer, "cores = \"many\"\n");
+    signal(&daemon, libc::SIGHUP);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(running(&volunteer).await, 2, "a broken file leaves the settings in force");
+
+    signal(&daemon, libc::SIGTERM);
+    let output = daemon.wait_with_output().await.unwrap();
+    assert!(output.status.success(), "the daemon survived the broken file and stopped cleanly");
+}

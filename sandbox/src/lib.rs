@@ -31,6 +31,7 @@ pub mod limits;
 pub mod meter;
 pub mod module_check;
 pub mod output;
+pub mod pause;
 pub mod priority;
 pub mod watch;
 
@@ -102,6 +103,7 @@ pub struct RunControl {
     fraction_done: AtomicU64,
     /// The priority the run's thread got, once it is lowered.
     background: OnceLock<priority::Background>,
+    pause: pause::PauseGate,
 }
 
 /// How far a running module has got.
@@ -141,11 +143,44 @@ impl RunControl {
             StopReason::Shutdown => 1,
             StopReason::Aborted => 2,
         };
-        self.stop.store(code, Ordering::Relaxed);
+        self.stop.store(code, Ordering::SeqCst);
+        // A paused run must wake to stop.
+        self.pause.wake_up();
+    }
+
+    /// Pauses the run where it is, keeping its memory (see [`pause`]): at once where it is in
+    /// compiled code on a platform where [`pause::PAUSES_ANYWHERE`], else at its next host
+    /// call. A run not started yet pauses as soon as it reaches Wasm.
+    pub fn pause(&self) {
+        self.pause.pause();
+    }
+
+    pub fn resume(&self) {
+        self.pause.resume();
+    }
+
+    /// Whether a pause is asked for (it may not be in effect yet: see [`Self::is_paused`]).
+    pub fn is_pause_requested(&self) -> bool {
+        self.pause.is_requested()
+    }
+
+    /// Whether the run is held now, using no CPU.
+    pub fn is_paused(&self) -> bool {
+        self.pause.is_held()
+    }
+
+    /// Time the run has spent paused, which its wall-clock limit does not count.
+    pub fn paused_for(&self) -> Duration {
+        self.pause.paused_for()
+    }
+
+    /// Whether the run's thread must stay held: paused, and not asked to stop.
+    fn must_hold(&self) -> bool {
+        self.pause.is_requested() && self.stop_reason().is_none()
     }
 
     fn stop_reason(&self) -> Option<StopReason> {
-        match self.stop.load(Ordering::Relaxed) {
+        match self.stop.load(Ordering::SeqCst) {
             1 => Some(StopReason::Shutdown),
             2 => Some(StopReason::Aborted),
             _ => None,
@@ -428,7 +463,7 @@ impl Sandbox {
             outcome,
             fuel_used,
             backend: backend.get(),
-            run_time: started.elapsed(),
+            run_time: started.elapsed().saturating_sub(control.paused_for()),
             stdout: stdout.contents(),
             stderr: String::from_utf8_lossy(&stderr.contents()).into_owned(),
             exit_status,
@@ -454,8 +489,15 @@ impl Sandbox {
         let mut watch = Watch::new(spec, control.clone(), started);
         store.call_hook(watch.call_hook(meter.handle()));
 
+        // Pulley's code is data for its interpreter: the interpreter is what a signal would
+        // interrupt, so those runs pause at host calls only.
+        let code = (compiler.backend == Backend::Cranelift).then(|| {
+            let image = module.image_range();
+            image.start as usize..image.end as usize
+        });
         let (result, stopped_by_watch) = std::thread::scope(|scope| {
             let watch_thread = watch.watch_from_outside(scope, meter.handle());
+            let _in_wasm = pause::InWasm::enter(control, code);
             let result =
                 match tokio::runtime::Builder::new_current_thread().enable_time().max_blocking_threads(1).build() {
                     Ok(runtime) => {

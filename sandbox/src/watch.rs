@@ -33,6 +33,8 @@ const SCRATCH_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 const PROGRESS_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// How often a run waiting inside a host call is woken to check its limits.
 pub const HOST_WAIT_CHECK: Duration = Duration::from_millis(50);
+/// How soon the pause signal is sent again when it found the run outside compiled code.
+const PAUSE_RETRY: Duration = Duration::from_millis(5);
 /// A module may report how far it has got by writing its fraction done, a decimal number
 /// from 0 to 1 (such as `0.25`), to this file in its scratch directory. It is not output.
 pub const PROGRESS_FILE: &str = "progress";
@@ -95,7 +97,8 @@ impl Watch {
     /// The store's call hook: on every host call it records the fuel used so far (exact
     /// there: instrumented code writes its fuel count to the meter before every call), and
     /// on the way back into Wasm it makes the checks, since only host calls fill the scratch
-    /// directory and a module busy with them burns little fuel.
+    /// directory and a module busy with them burns little fuel. Every crossing is also where
+    /// a paused run is held (see [`crate::pause`]).
     pub fn call_hook<T>(
         &self,
         meter: MeterHandle,
@@ -103,9 +106,17 @@ impl Watch {
         let (control, checks) = (self.control.clone(), self.checks.clone());
         move |_context, hook| {
             match hook {
-                CallHook::CallingHost => control.record_fuel_used(meter.fuel_used().max(0) as u64),
-                CallHook::ReturningFromHost => lock(&checks).run().map_err(wasmtime::Error::new)?,
-                CallHook::CallingWasm | CallHook::ReturningFromWasm => {}
+                CallHook::CallingHost => {
+                    control.record_fuel_used(meter.fuel_used().max(0) as u64);
+                    control.pause.hold_at_host_call(|| control.must_hold());
+                }
+                CallHook::ReturningFromHost => {
+                    control.pause.hold_at_host_call(|| control.must_hold());
+                    lock(&checks).run().map_err(wasmtime::Error::new)?;
+                }
+                // A run paused before it starts is held before its first instruction.
+                CallHook::CallingWasm => control.pause.hold_at_host_call(|| control.must_hold()),
+                CallHook::ReturningFromWasm => {}
             }
             Ok(())
         }
@@ -158,7 +169,10 @@ impl Watch {
         let (control, checks) = (self.control.clone(), self.checks.clone());
         let thread = std::thread::Builder::new().name("wasm-watch".into()).spawn_scoped(scope, move || {
             let mut interruption = None;
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = until_finished.recv_timeout(HOST_WAIT_CHECK) {
+            let tick =
+                || if control.pause.is_requested() && !control.pause.is_held() { PAUSE_RETRY } else { HOST_WAIT_CHECK };
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = until_finished.recv_timeout(tick()) {
+                control.pause.retry();
                 control.record_fuel_used(meter.fuel_used().max(0) as u64);
                 if interruption.is_none() {
                     interruption = lock(&checks).run().err();
@@ -203,7 +217,8 @@ fn stop_or_deadline(control: &RunControl, deadline: Instant) -> Result<(), Inter
     if let Some(reason) = control.stop_reason() {
         return Err(Interruption::Stopped(reason));
     }
-    if Instant::now() > deadline {
+    // Time spent paused is the owner's, not the module's.
+    if Instant::now() > deadline + control.paused_for() {
         return Err(Interruption::Broke(Limit::WallTime));
     }
     Ok(())

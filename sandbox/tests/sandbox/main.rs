@@ -4,6 +4,7 @@
 mod determinism;
 mod hostile;
 mod module_check;
+mod pause;
 mod priority;
 mod progress;
 mod random_modules;

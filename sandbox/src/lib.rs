@@ -174,9 +174,14 @@ impl RunControl {
         self.pause.paused_for()
     }
 
-    /// Whether the run's thread must stay held: paused, and not asked to stop.
+    /// Caps the run at `percent` of one core, as a duty cycle (see [`pause`]); 100: no cap.
+    pub fn limit_cpu(&self, percent: u8) {
+        self.pause.limit_cpu(percent);
+    }
+
+    /// Whether the run's thread must stay held: paused or throttled, and not asked to stop.
     fn must_hold(&self) -> bool {
-        self.pause.is_requested() && self.stop_reason().is_none()
+        self.pause.is_closed() && self.stop_reason().is_none()
     }
 
     fn stop_reason(&self) -> Option<StopReason> {

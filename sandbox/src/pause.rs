@@ -19,9 +19,13 @@
 //! compute-bound module pauses only at its next host call: [`PAUSES_ANYWHERE`] says which,
 //! and a daemon on such a platform stops tasks instead (they resume from their checkpoint).
 //!
+//! A cap on a run's share of the CPU ([`PauseGate::limit_cpu`]) is the same pause, on a duty
+//! cycle: for a cool laptop or a quiet fan rather than for the owner's programs, which idle
+//! priority already serves.
+//!
 //! Paused time does not count against the run's wall-clock limit.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -31,11 +35,20 @@ pub const PAUSES_ANYWHERE: bool = signal::SUPPORTED;
 /// How often a run waiting at a host call re-reads its pause, as a backstop for a wake-up
 /// that was missed.
 const HELD_RECHECK: Duration = Duration::from_millis(200);
+/// How soon the pause signal is sent again when it found the run outside compiled code.
+const PAUSE_RETRY: Duration = Duration::from_millis(5);
+/// The period of a CPU cap's duty cycle (BOINC's throttle works in seconds too).
+const DUTY_CYCLE: Duration = Duration::from_secs(1);
 
 /// The pause state of one run, part of its [`crate::RunControl`].
 #[derive(Debug, Default)]
 pub struct PauseGate {
+    /// A pause asked for, until a resume.
     requested: AtomicBool,
+    /// The run's share of the CPU is capped, and this is the off part of its duty cycle.
+    throttled: AtomicBool,
+    /// The cap, in percent of one core (0: none).
+    cpu_limit_percent: AtomicU8,
     /// The run's thread is being held (in the signal handler or at a host call).
     held: AtomicBool,
     time: Mutex<PausedTime>,
@@ -56,32 +69,31 @@ struct PausedTime {
 impl PauseGate {
     /// Asks the run to pause; it is held within a few milliseconds of entering Wasm code.
     pub fn pause(&self) {
-        {
-            let mut time = lock(&self.time);
-            if self.requested.swap(true, Ordering::SeqCst) {
-                return;
-            }
-            time.since = Some(Instant::now());
-        }
-        self.signal();
+        self.set(&self.requested, true);
     }
 
     /// Lets a paused run go on.
     pub fn resume(&self) {
-        {
-            let mut time = lock(&self.time);
-            if !self.requested.swap(false, Ordering::SeqCst) {
-                return;
-            }
-            if let Some(since) = time.since.take() {
-                time.total += since.elapsed();
-            }
+        self.set(&self.requested, false);
+    }
+
+    /// Caps the run at `percent` of one core (100 or more, or 0: no cap), as a duty cycle of
+    /// one second: running for `percent` of it, paused for the rest.
+    pub fn limit_cpu(&self, percent: u8) {
+        let percent = if percent >= 100 { 0 } else { percent };
+        self.cpu_limit_percent.store(percent, Ordering::SeqCst);
+        if percent == 0 {
+            self.set(&self.throttled, false);
         }
-        self.wake_up();
     }
 
     pub fn is_requested(&self) -> bool {
         self.requested.load(Ordering::SeqCst)
+    }
+
+    /// Whether the run must be held now: paused, or in the off part of its duty cycle.
+    pub fn is_closed(&self) -> bool {
+        self.is_requested() || self.throttled.load(Ordering::SeqCst)
     }
 
     /// Whether the run's thread is being held now: the pause is in effect.
@@ -89,26 +101,65 @@ impl PauseGate {
         self.held.load(Ordering::SeqCst)
     }
 
-    /// Time spent paused so far, the pause in force included.
+    /// Time spent paused or throttled so far, the pause in force included.
     pub fn paused_for(&self) -> Duration {
         let time = lock(&self.time);
         time.total + time.since.map_or(Duration::ZERO, |since| since.elapsed())
     }
 
-    /// Wakes a held run so that it looks again at whether it must stay held (after a resume,
-    /// or a stop request).
+    /// Sets one of the reasons to hold the run, keeping the paused time, and signals the
+    /// run when that closes or opens the gate.
+    fn set(&self, reason: &AtomicBool, value: bool) {
+        let changed = {
+            let mut time = lock(&self.time);
+            let was_closed = self.is_closed();
+            reason.store(value, Ordering::SeqCst);
+            let closed = self.is_closed();
+            match (was_closed, closed) {
+                (false, true) => time.since = Some(Instant::now()),
+                (true, false) => {
+                    if let Some(since) = time.since.take() {
+                        time.total += since.elapsed();
+                    }
+                }
+                _ => {}
+            }
+            was_closed != closed
+        };
+        if changed {
+            self.wake.notify_all();
+            self.signal();
+        }
+    }
+
+    /// Wakes a held run so that it looks again at whether it must stay held (after a stop
+    /// request).
     pub(crate) fn wake_up(&self) {
         drop(lock(&self.time));
         self.wake.notify_all();
         self.signal();
     }
 
-    /// Called by the run's watch thread on each tick: sends the signal again while a pause
-    /// is requested but the thread was interrupted outside compiled code.
-    pub(crate) fn retry(&self) {
-        if self.is_requested() && !self.is_held() {
-            self.signal();
+    /// Called by the run's watch thread on each tick, `run_time` after the run started:
+    /// moves the duty cycle on, and sends the signal again while the run must be held but
+    /// was interrupted outside compiled code. Returns how long the watch may sleep before
+    /// the next tick is due.
+    pub(crate) fn tick(&self, run_time: Duration, longest: Duration) -> Duration {
+        let mut sleep = longest;
+        let percent = self.cpu_limit_percent.load(Ordering::SeqCst);
+        if percent > 0 {
+            let into_cycle = Duration::from_nanos((run_time.as_nanos() % DUTY_CYCLE.as_nanos()) as u64);
+            let on_part = DUTY_CYCLE * u32::from(percent) / 100;
+            let off = into_cycle >= on_part;
+            self.set(&self.throttled, off);
+            let next_change = if off { DUTY_CYCLE - into_cycle } else { on_part - into_cycle };
+            sleep = sleep.min(next_change);
         }
+        if self.is_closed() && !self.is_held() {
+            self.signal();
+            sleep = sleep.min(PAUSE_RETRY);
+        }
+        sleep
     }
 
     /// Holds the run at a host call while `must_hold` says so (a pause is requested and no

@@ -33,8 +33,6 @@ const SCRATCH_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 const PROGRESS_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// How often a run waiting inside a host call is woken to check its limits.
 pub const HOST_WAIT_CHECK: Duration = Duration::from_millis(50);
-/// How soon the pause signal is sent again when it found the run outside compiled code.
-const PAUSE_RETRY: Duration = Duration::from_millis(5);
 /// A module may report how far it has got by writing its fraction done, a decimal number
 /// from 0 to 1 (such as `0.25`), to this file in its scratch directory. It is not output.
 pub const PROGRESS_FILE: &str = "progress";
@@ -169,10 +167,10 @@ impl Watch {
         let (control, checks) = (self.control.clone(), self.checks.clone());
         let thread = std::thread::Builder::new().name("wasm-watch".into()).spawn_scoped(scope, move || {
             let mut interruption = None;
-            let tick =
-                || if control.pause.is_requested() && !control.pause.is_held() { PAUSE_RETRY } else { HOST_WAIT_CHECK };
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = until_finished.recv_timeout(tick()) {
-                control.pause.retry();
+            let started = Instant::now();
+            let mut sleep = HOST_WAIT_CHECK;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = until_finished.recv_timeout(sleep) {
+                sleep = control.pause.tick(started.elapsed(), HOST_WAIT_CHECK);
                 control.record_fuel_used(meter.fuel_used().max(0) as u64);
                 if interruption.is_none() {
                     interruption = lock(&checks).run().err();

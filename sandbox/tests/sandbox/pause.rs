@@ -168,3 +168,21 @@ fn a_pulley_run_pauses_at_a_host_call() {
         (&uninterrupted.outcome, &uninterrupted.stdout, uninterrupted.fuel_used)
     );
 }
+
+/// A CPU cap is a duty cycle: a run capped at 30% of a core is held about 70% of the time,
+/// and computes the same.
+#[test]
+fn a_cpu_cap_holds_the_run_for_the_rest_of_each_second() {
+    let harness = Harness::default();
+    let wasm = wat("probes/spin.wat");
+    let uninterrupted = harness.run(harness.spec(&wasm, LIMITS));
+    let control = Arc::new(RunControl::default());
+    control.limit_cpu(30);
+    let finished = harness.sandbox.spawn(harness.spec(&wasm, LIMITS), control.clone()).unwrap();
+    let report = finished.blocking_recv().unwrap();
+
+    assert_eq!((&report.stdout, report.fuel_used), (&uninterrupted.stdout, uninterrupted.fuel_used));
+    let held = control.paused_for().as_secs_f64();
+    let share = report.run_time.as_secs_f64() / (report.run_time.as_secs_f64() + held);
+    assert!((0.15..0.5).contains(&share), "ran {share:.2} of the time, held {held:.2} s");
+}

@@ -6,7 +6,7 @@
 //! state.json       tasks and unreported results, replaced atomically at each exchange
 //! state.journal    tasks finished since state.json was written
 //! daemon.lock      held by the running daemon
-//! daemon.sock      the running daemon's status socket
+//! daemon.sock      the running daemon's control socket (`wasmgrid status`, `suspend`, ...)
 //! blobs/           downloaded modules and inputs, by SHA-256
 //! compiled/        compiled modules, by module hash and engine
 //! tasks/<project>/<replica id>/
@@ -75,7 +75,9 @@ impl DataDir {
         self.root.join("daemon.lock")
     }
 
-    pub fn status_socket(&self) -> PathBuf {
+    /// Where the running daemon takes requests (see [`crate::control`]): a Unix socket, or
+    /// on Windows a file naming the loopback port and the token.
+    pub fn control_socket(&self) -> PathBuf {
         self.root.join("daemon.sock")
     }
 

@@ -16,10 +16,13 @@
 pub mod api;
 pub mod backoff;
 pub mod blob_cache;
+pub mod compute_hours;
+pub mod control;
 pub mod daemon;
 pub mod data_dir;
 pub mod host_info;
 pub mod local_run;
+pub mod machine;
 pub mod projects;
 pub mod publish;
 pub mod settings;

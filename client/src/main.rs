@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wasmgrid_client::api::ServerClient;
+use wasmgrid_client::control::{self, Reply, Request};
 use wasmgrid_client::daemon::{self, Daemon, RunOptions};
 use wasmgrid_client::data_dir::DataDir;
 use wasmgrid_client::local_run::{self, ExecRequest};
@@ -44,8 +45,23 @@ enum Command {
         #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
         allow_insecure: Option<bool>,
     },
-    /// Detach from a project, abandoning its tasks (the daemon must be stopped).
+    /// Detach from a project, abandoning its tasks (through the daemon, if it runs).
     Detach { server_url: String },
+    /// Suspend computing on the running daemon: tasks pause where they are.
+    Suspend {
+        /// Resume by itself after this long (90s, 15m, 2h, 1d) [default: until `wasmgrid resume`].
+        #[arg(long = "for", value_parser = wasmgrid_client::publish::units::parse_duration)]
+        duration: Option<std::time::Duration>,
+    },
+    /// End a suspension made by `wasmgrid suspend`.
+    Resume,
+    /// Change a setting of client.toml, at once if the daemon runs (`default` removes it).
+    Set {
+        /// A key of client.toml, such as cores, max_cpu_percent or compute_hours.
+        key: String,
+        /// A TOML value: 2, true, "text", ["mon-fri 18:00-08:00"]; else taken as text.
+        value: String,
+    },
     /// Run the volunteer daemon.
     Run {
         /// Tasks to run at once [default: every core].
@@ -63,6 +79,8 @@ enum Command {
         /// Allow plain http to servers that are not on this machine.
         #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
         allow_insecure: Option<bool>,
+        #[command(flatten)]
+        preferences: PreferenceFlags,
     },
     /// Show the attached projects and the tasks.
     Status {
@@ -129,6 +147,26 @@ enum Command {
     },
 }
 
+/// The computing preferences, as flags of `run` (each wins over client.toml).
+#[derive(clap::Args)]
+struct PreferenceFlags {
+    /// Suspend computing while other programs use more than this share of all CPUs, in percent.
+    #[arg(long)]
+    suspend_when_cpu_above: Option<f64>,
+    /// Suspend computing while on battery [default: true].
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    suspend_on_battery: Option<bool>,
+    /// Stop tasks while less memory than this is free (bytes, or 512MiB, 2GiB).
+    #[arg(long, value_parser = wasmgrid_client::publish::units::parse_bytes)]
+    suspend_when_memory_below: Option<u64>,
+    /// Compute only in this window of local time ("mon-fri 18:00-08:00"); may be repeated.
+    #[arg(long)]
+    compute_hours: Vec<wasmgrid_client::compute_hours::HoursWindow>,
+    /// Let each task use at most this share of a core, in percent.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+    max_cpu_percent: Option<u8>,
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -162,19 +200,55 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Attach { server_url, account_key, name, resource_share, allow_insecure } => {
             attach(&data_dir()?, &server_url, account_key, name, resource_share, allow_insecure).await
         }
-        Command::Detach { server_url } => detach(&data_dir()?, &server_url),
-        Command::Run { cores, memory, disk, exit_when_idle, allow_insecure } => {
+        Command::Detach { server_url } => {
             let data_dir = data_dir()?;
-            let flags = Overrides { cores, memory, disk, exit_when_idle, allow_insecure };
+            let request = Request::Detach { project_url: server_url.clone() };
+            match control::send(&data_dir, &request).await? {
+                Some(reply) => print_reply(reply),
+                None => detach(&data_dir, &server_url),
+            }
+        }
+        Command::Suspend { duration } => {
+            let request = Request::Suspend { for_seconds: duration.map(|duration| duration.as_secs()) };
+            daemon_request(&data_dir()?, request).await
+        }
+        Command::Resume => daemon_request(&data_dir()?, Request::Resume).await,
+        Command::Set { key, value } => {
+            let data_dir = data_dir()?;
+            let request = Request::Set { key: key.clone(), value: value.clone() };
+            match control::send(&data_dir, &request).await? {
+                Some(reply) => print_reply(reply),
+                None => {
+                    Settings::set_in_file(&data_dir, &key, &value)?;
+                    println!("{key} = {value} saved in {}", data_dir.settings_file().display());
+                    Ok(())
+                }
+            }
+        }
+        Command::Run { cores, memory, disk, exit_when_idle, allow_insecure, preferences } => {
+            let data_dir = data_dir()?;
+            let flags = Overrides {
+                cores,
+                memory,
+                disk,
+                exit_when_idle,
+                allow_insecure,
+                suspend_when_cpu_above: preferences.suspend_when_cpu_above,
+                suspend_on_battery: preferences.suspend_on_battery,
+                suspend_when_memory_below: preferences.suspend_when_memory_below,
+                compute_hours: preferences.compute_hours,
+                max_cpu_percent: preferences.max_cpu_percent,
+            };
             let settings = Settings::load(&data_dir)?.overridden_by(&flags);
+            settings.check()?;
             let options =
                 RunOptions { exit_when_idle: settings.exit_when_idle, allow_insecure: settings.allow_insecure };
             let _lock = daemon::lock(&data_dir)?;
             // Installed before anything else: a SIGTERM that came before its handler would
             // kill the daemon outright instead of stopping its tasks cleanly.
             let shutdown = shutdown_signal()?;
-            let reloads = reload_on_hangup(data_dir.clone(), flags)?;
-            let daemon = Daemon::new(data_dir, settings, options)?;
+            let reloads = reload_on_hangup(data_dir.clone(), flags.clone())?;
+            let daemon = Daemon::new(data_dir, settings, options, flags)?;
             daemon.run(shutdown, reloads).await
         }
         Command::Exec { module, stdin, input, fuel, memory, timeout, seed, output, json, args } => {
@@ -218,6 +292,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Sends a request that only a running daemon can carry out.
+async fn daemon_request(data_dir: &DataDir, request: Request) -> anyhow::Result<()> {
+    match control::send(data_dir, &request).await? {
+        Some(reply) => print_reply(reply),
+        None => anyhow::bail!("no daemon is running on {} (start it with `wasmgrid run`)", data_dir.root().display()),
+    }
+}
+
+fn print_reply(reply: Reply) -> anyhow::Result<()> {
+    match reply {
+        Reply::Done { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        Reply::Refused { error } => anyhow::bail!("{error}"),
+        Reply::Status(_) => anyhow::bail!("the daemon answered with its status instead"),
     }
 }
 

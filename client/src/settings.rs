@@ -1,9 +1,14 @@
-//! Client settings: `client.toml` in the data directory, overridden by flags.
+//! Client settings: `client.toml` in the data directory, overridden by flags, and changed
+//! by `wasmgrid set` while the daemon runs.
+//!
+//! Besides what the daemon may use, they hold the computing preferences, after BOINC's: each
+//! names a condition that suspends computing while it holds (see `daemon::suspension`).
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::compute_hours::HoursWindow;
 use crate::data_dir::DataDir;
 
 /// What the daemon may use of the machine, and how it treats servers.
@@ -27,6 +32,20 @@ pub struct Settings {
     /// Work to keep at hand, in seconds of running on every slot, so that slots do not
     /// idle between requests and one request serves many tasks.
     pub work_buffer_seconds: u64,
+    /// Suspend computing while other programs use more than this share of all CPUs, in
+    /// percent (BOINC: "suspend when non-BOINC CPU usage is above").
+    pub suspend_when_cpu_above: Option<f64>,
+    /// Suspend computing while the machine runs on battery.
+    pub suspend_on_battery: bool,
+    /// Stop tasks, newest first, while less memory than this is available to programs, in
+    /// bytes; they run again, from their checkpoints, once there is room.
+    pub suspend_when_memory_below: Option<u64>,
+    /// Compute only inside these windows of local time, such as `"mon-fri 18:00-08:00"`;
+    /// empty: at any time.
+    pub compute_hours: Vec<HoursWindow>,
+    /// Let each task use at most this share of a core, in percent, by pausing it for the
+    /// rest of every second (for a quiet fan or a cool laptop).
+    pub max_cpu_percent: Option<u8>,
 }
 
 impl Default for Settings {
@@ -40,6 +59,11 @@ impl Default for Settings {
             backoff_min_seconds: 60,
             backoff_max_seconds: 4 * 3600,
             work_buffer_seconds: 600,
+            suspend_when_cpu_above: None,
+            suspend_on_battery: true,
+            suspend_when_memory_below: None,
+            compute_hours: Vec::new(),
+            max_cpu_percent: None,
         }
     }
 }
@@ -52,6 +76,31 @@ pub struct Overrides {
     pub disk: Option<u64>,
     pub exit_when_idle: Option<bool>,
     pub allow_insecure: Option<bool>,
+    pub suspend_when_cpu_above: Option<f64>,
+    pub suspend_on_battery: Option<bool>,
+    pub suspend_when_memory_below: Option<u64>,
+    /// Given at least once: replaces the file's windows.
+    pub compute_hours: Vec<HoursWindow>,
+    pub max_cpu_percent: Option<u8>,
+}
+
+impl Overrides {
+    /// Whether a flag sets `key`, so that the file's value for it does not count.
+    pub fn pins(&self, key: &str) -> bool {
+        match key {
+            "cores" => self.cores.is_some(),
+            "memory" => self.memory.is_some(),
+            "disk" => self.disk.is_some(),
+            "exit_when_idle" => self.exit_when_idle.is_some(),
+            "allow_insecure" => self.allow_insecure.is_some(),
+            "suspend_when_cpu_above" => self.suspend_when_cpu_above.is_some(),
+            "suspend_on_battery" => self.suspend_on_battery.is_some(),
+            "suspend_when_memory_below" => self.suspend_when_memory_below.is_some(),
+            "compute_hours" => !self.compute_hours.is_empty(),
+            "max_cpu_percent" => self.max_cpu_percent.is_some(),
+            _ => false,
+        }
+    }
 }
 
 impl Settings {
@@ -61,12 +110,82 @@ impl Settings {
         match std::fs::read_to_string(&path) {
             // The parse error names the line and column and quotes it; the path says which
             // file, since a volunteer may not know the daemon reads one.
-            Ok(text) => toml::from_str(&text)
+            Ok(text) => Self::parse(&text)
                 .map_err(|error| anyhow::anyhow!("the settings file {} is invalid: {error}", path.display())),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(error) => Err(anyhow::anyhow!("cannot read the settings file {}: {error}", path.display())),
         }
     }
+
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        let settings: Self = toml::from_str(text)?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// Refuses values that parse but mean nothing.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if let Some(percent) = self.suspend_when_cpu_above
+            && !(0.0..=100.0).contains(&percent)
+        {
+            anyhow::bail!("suspend_when_cpu_above is a percentage, from 0 to 100, not {percent}");
+        }
+        if let Some(percent) = self.max_cpu_percent
+            && !(1..=100).contains(&percent)
+        {
+            anyhow::bail!("max_cpu_percent is a percentage, from 1 to 100, not {percent}");
+        }
+        if self.cores == Some(0) {
+            anyhow::bail!("cores must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Sets `key` to `value` in the settings file, keeping the rest of the file as it is,
+    /// and returns the settings it then holds. `value` is a TOML value (`4`, `true`,
+    /// `["mon-fri 18:00-08:00"]`), else taken as a string; `default` removes the key. The
+    /// file is left alone when the result would not be valid settings.
+    pub fn set_in_file(data_dir: &DataDir, key: &str, value: &str) -> anyhow::Result<Self> {
+        let path = data_dir.settings_file();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(error) => anyhow::bail!("cannot read the settings file {}: {error}", path.display()),
+        };
+        let mut document: toml_edit::DocumentMut = text
+            .parse()
+            .map_err(|error| anyhow::anyhow!("the settings file {} is invalid: {error}", path.display()))?;
+        if !Self::KEYS.contains(&key) {
+            anyhow::bail!("unknown setting {key:?}; the settings are: {}", Self::KEYS.join(", "));
+        }
+        if value == "default" {
+            document.remove(key);
+        } else {
+            let value = value.parse::<toml_edit::Value>().unwrap_or_else(|_| toml_edit::Value::from(value));
+            document[key] = toml_edit::value(value);
+        }
+        let new_text = document.to_string();
+        let settings = Self::parse(&new_text).map_err(|error| anyhow::anyhow!("{key} = {value}: {error}"))?;
+        crate::data_dir::write_atomically(&path, new_text.as_bytes())?;
+        Ok(settings)
+    }
+
+    /// Every key of the settings file.
+    pub const KEYS: &[&str] = &[
+        "cores",
+        "memory",
+        "disk",
+        "exit_when_idle",
+        "allow_insecure",
+        "backoff_min_seconds",
+        "backoff_max_seconds",
+        "work_buffer_seconds",
+        "suspend_when_cpu_above",
+        "suspend_on_battery",
+        "suspend_when_memory_below",
+        "compute_hours",
+        "max_cpu_percent",
+    ];
 
     /// These settings with the flags that were given put over them.
     pub fn overridden_by(self, flags: &Overrides) -> Self {
@@ -76,6 +195,15 @@ impl Settings {
             disk: flags.disk.unwrap_or(self.disk),
             exit_when_idle: flags.exit_when_idle.unwrap_or(self.exit_when_idle),
             allow_insecure: flags.allow_insecure.unwrap_or(self.allow_insecure),
+            suspend_when_cpu_above: flags.suspend_when_cpu_above.or(self.suspend_when_cpu_above),
+            suspend_on_battery: flags.suspend_on_battery.unwrap_or(self.suspend_on_battery),
+            suspend_when_memory_below: flags.suspend_when_memory_below.or(self.suspend_when_memory_below),
+            compute_hours: if flags.compute_hours.is_empty() {
+                self.compute_hours.clone()
+            } else {
+                flags.compute_hours.clone()
+            },
+            max_cpu_percent: flags.max_cpu_percent.or(self.max_cpu_percent),
             ..self
         }
     }
@@ -121,8 +249,8 @@ mod tests {
             cores: Some(1),
             disk: Some(7),
             exit_when_idle: Some(false),
-            allow_insecure: None,
-            memory: None,
+            compute_hours: vec!["08:00-09:00".parse().unwrap()],
+            ..Overrides::default()
         };
 
         let settings = file.clone().overridden_by(&flags);
@@ -132,7 +260,50 @@ mod tests {
         assert!(!settings.exit_when_idle, "an explicit --exit-when-idle=false wins over the file");
         assert_eq!(settings.memory, Some(5000));
         assert!(settings.allow_insecure);
+        assert_eq!(settings.compute_hours.len(), 1);
         assert_eq!(file.clone().overridden_by(&Overrides::default()), file);
+    }
+
+    #[test]
+    fn every_key_of_the_settings_is_listed_for_set() {
+        let table = toml::Table::try_from(Settings {
+            cores: Some(1),
+            memory: Some(1),
+            suspend_when_cpu_above: Some(1.0),
+            suspend_when_memory_below: Some(1),
+            max_cpu_percent: Some(1),
+            ..Settings::default()
+        })
+        .unwrap();
+        let mut keys: Vec<&str> = table.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        let mut listed = Settings::KEYS.to_vec();
+        listed.sort_unstable();
+        assert_eq!(keys, listed);
+    }
+
+    #[test]
+    fn set_changes_one_key_keeps_comments_and_refuses_nonsense() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open(dir.path().to_path_buf()).unwrap();
+        std::fs::write(data_dir.settings_file(), "# my laptop\ncores = 2 # two of four\n").unwrap();
+
+        let settings = Settings::set_in_file(&data_dir, "max_cpu_percent", "50").unwrap();
+        assert_eq!((settings.cores, settings.max_cpu_percent), (Some(2), Some(50)));
+        let settings = Settings::set_in_file(&data_dir, "compute_hours", r#"["mon-fri 18:00-08:00"]"#).unwrap();
+        assert_eq!(settings.compute_hours[0].to_string(), "mon-fri 18:00-08:00");
+        let text = std::fs::read_to_string(data_dir.settings_file()).unwrap();
+        assert!(text.starts_with("# my laptop\ncores = 2 # two of four\n"), "{text}");
+
+        for (key, value) in
+            [("max_cpu_percent", "0"), ("cores", "many"), ("coers", "2"), ("compute_hours", "[\"8-5\"]")]
+        {
+            assert!(Settings::set_in_file(&data_dir, key, value).is_err(), "{key} = {value}");
+        }
+        assert_eq!(std::fs::read_to_string(data_dir.settings_file()).unwrap(), text, "nothing changed");
+
+        let settings = Settings::set_in_file(&data_dir, "cores", "default").unwrap();
+        assert_eq!(settings.cores, None);
     }
 
     #[test]

@@ -1,14 +1,13 @@
-//! `wasmgrid status`: what the daemon is doing. A running daemon answers on a Unix socket
-//! in the data directory with one JSON document; without a daemon, the same document is
-//! built from the state on disk.
+//! `wasmgrid status`: what the daemon is doing. A running daemon answers over its control
+//! socket (see [`crate::control`]) with one JSON document; without a daemon, the same
+//! document is built from the state on disk.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{UnixListener, UnixStream};
 
+use crate::control::{self, Reply, Request};
 use crate::data_dir::DataDir;
 use crate::projects::Projects;
 use crate::state::{ClientState, Phase, TaskId};
@@ -17,8 +16,22 @@ use wasmgrid_sandbox::Progress;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
     pub daemon_running: bool,
+    pub computing: ComputingStatus,
     pub projects: Vec<ProjectStatus>,
     pub tasks: Vec<TaskStatus>,
+}
+
+/// Whether the daemon computes, and the preferences that decide it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ComputingStatus {
+    /// Why computing is suspended; empty while it goes on.
+    pub suspended_because: Vec<String>,
+    /// The computing preferences in force, as `key = value`.
+    pub preferences: Vec<String>,
+    /// What this platform cannot do, and what happens instead.
+    pub unsupported_here: Vec<String>,
+    /// Other programs' share of all CPUs at the latest reading, in percent.
+    pub other_programs_cpu_percent: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,7 +48,8 @@ pub struct TaskStatus {
     pub replica_id: i64,
     pub work_unit: String,
     pub project: String,
-    /// pending, running, or finished (waiting to be uploaded and reported).
+    /// pending, running, pausing (asked to pause, not yet held), paused, or finished
+    /// (waiting to be uploaded and reported).
     pub state: String,
     /// So far while running (as of the module's latest function call), final once ended.
     pub fuel_used: Option<u64>,
@@ -52,18 +66,21 @@ pub struct TaskStatus {
     pub priority: Option<String>,
 }
 
-/// A task the daemon is running right now.
+/// A task the daemon is running right now (paused ones included).
 #[derive(Debug, Clone)]
 pub struct RunningTask {
     pub elapsed: Duration,
     pub progress: Progress,
     pub priority: Option<String>,
+    pub pause_requested: bool,
+    pub paused: bool,
 }
 
 impl StatusReport {
     /// `running` maps the running tasks to how far they have got.
     pub fn new(
         daemon_running: bool,
+        computing: ComputingStatus,
         projects: Vec<ProjectStatus>,
         state: &ClientState,
         running: &HashMap<TaskId, RunningTask>,
@@ -75,7 +92,11 @@ impl StatusReport {
                 let run = running.get(&task.id());
                 let (state, fuel_used, fraction_done, elapsed, outcome) = match (&task.phase, run) {
                     (Phase::Pending, Some(run)) => (
-                        "running",
+                        match (run.pause_requested, run.paused) {
+                            (_, true) => "paused",
+                            (true, false) => "pausing",
+                            (false, false) => "running",
+                        },
                         Some(run.progress.fuel_used),
                         run.progress.fraction_done,
                         run.elapsed.as_secs_f64(),
@@ -109,7 +130,7 @@ impl StatusReport {
                 }
             })
             .collect();
-        Self { daemon_running, projects, tasks }
+        Self { daemon_running, computing, projects, tasks }
     }
 
     /// The status from disk, for when no daemon answers.
@@ -125,7 +146,12 @@ impl StatusReport {
                 next_contact_in_seconds: 0,
             })
             .collect();
-        Ok(Self::new(false, projects, &ClientState::load(data_dir)?, &HashMap::new()))
+        let computing = ComputingStatus {
+            preferences: crate::daemon::suspension::preferences_in_force(&crate::settings::Settings::load(data_dir)?),
+            unsupported_here: crate::daemon::suspension::unsupported_here(),
+            ..ComputingStatus::default()
+        };
+        Ok(Self::new(false, computing, projects, &ClientState::load(data_dir)?, &HashMap::new()))
     }
 
     /// A table for people.
@@ -133,6 +159,18 @@ impl StatusReport {
         let mut out = String::new();
         let daemon = if self.daemon_running { "running" } else { "not running" };
         out.push_str(&format!("daemon: {daemon}\n"));
+        if self.daemon_running {
+            match self.computing.suspended_because.as_slice() {
+                [] => out.push_str("computing: yes\n"),
+                reasons => out.push_str(&format!("computing: suspended: {}\n", reasons.join("; "))),
+            }
+        }
+        if !self.computing.preferences.is_empty() {
+            out.push_str(&format!("preferences: {}\n", self.computing.preferences.join(", ")));
+        }
+        for missing in &self.computing.unsupported_here {
+            out.push_str(&format!("not on this platform: {missing}\n"));
+        }
         if self.projects.is_empty() {
             out.push_str("no project attached (wasmgrid attach <SERVER_URL>)\n");
         }
@@ -184,37 +222,13 @@ fn truncate(text: &str, max: usize) -> String {
     if text.chars().count() <= max { text.to_owned() } else { text.chars().take(max - 1).chain(['…']).collect() }
 }
 
-/// Listens on the status socket, replacing one left by a daemon that died.
-pub fn bind(data_dir: &DataDir) -> anyhow::Result<UnixListener> {
-    let path = data_dir.status_socket();
-    let _ = std::fs::remove_file(&path);
-    Ok(UnixListener::bind(&path)?)
-}
-
-/// How long a status reader has to take its answer.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
-
-pub async fn answer(mut stream: UnixStream, report: StatusReport) {
-    if let Ok(json) = serde_json::to_vec(&report) {
-        let sent = async {
-            stream.write_all(&json).await?;
-            stream.shutdown().await
-        };
-        let _ = tokio::time::timeout(ANSWER_TIMEOUT, sent).await;
-    }
-}
-
 /// Asks the running daemon, or reads the state from disk when none answers.
 pub async fn query(data_dir: &DataDir) -> anyhow::Result<StatusReport> {
-    if let Ok(Ok(mut stream)) =
-        tokio::time::timeout(Duration::from_secs(5), UnixStream::connect(data_dir.status_socket())).await
-    {
-        let mut json = Vec::new();
-        if tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut json)).await.is_ok()
-            && let Ok(report) = serde_json::from_slice(&json)
-        {
-            return Ok(report);
-        }
+    match control::send(data_dir, &Request::Status).await {
+        Ok(Some(Reply::Status(report))) => Ok(*report),
+        Ok(Some(Reply::Refused { error })) => anyhow::bail!("the daemon refused: {error}"),
+        Ok(Some(Reply::Done { .. })) => anyhow::bail!("the daemon answered something else than its status"),
+        // No daemon, or one that does not answer (stopping, or stuck): the state on disk.
+        Ok(None) | Err(_) => StatusReport::from_disk(data_dir),
     }
-    StatusReport::from_disk(data_dir)
 }

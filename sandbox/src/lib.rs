@@ -104,6 +104,8 @@ pub struct RunControl {
     /// The priority the run's thread got, once it is lowered.
     background: OnceLock<priority::Background>,
     pause: pause::PauseGate,
+    /// Bytes of linear memory the module has (all its memories together).
+    memory_in_use: Arc<AtomicU64>,
 }
 
 /// How far a running module has got.
@@ -167,6 +169,17 @@ impl RunControl {
     /// Whether the run is held now, using no CPU.
     pub fn is_paused(&self) -> bool {
         self.pause.is_held()
+    }
+
+    /// Whether a pause would hold the run wherever it is now: it is in compiled code, on a
+    /// platform where [`pause::PAUSES_ANYWHERE`]. Otherwise it pauses at its next host call.
+    pub fn pauses_anywhere(&self) -> bool {
+        self.pause.holds_anywhere()
+    }
+
+    /// Bytes of linear memory the module has now.
+    pub fn memory_in_use(&self) -> u64 {
+        self.memory_in_use.load(Ordering::Relaxed)
     }
 
     /// Time the run has spent paused, which its wall-clock limit does not count.
@@ -483,7 +496,8 @@ impl Sandbox {
             Ok(wasi) => wasi,
             Err(error) => return report(RunOutcome::Failed(RunError::Trap(format!("{error:#}"))), 0, None),
         };
-        let state = RunState { wasi, limiter: MemoryLimiter::new(spec.limits.memory_bytes), instance: None };
+        let limiter = MemoryLimiter::new(spec.limits.memory_bytes, control.memory_in_use.clone());
+        let state = RunState { wasi, limiter, instance: None };
         let mut store = Store::new(&compiler.engine, state);
         // Before the limiter: the meter is the sandbox's, not the module's memory.
         let meter = match Meter::new(&mut store, spec.limits.fuel) {

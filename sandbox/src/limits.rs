@@ -1,6 +1,8 @@
 //! Resource limits that end a run with an error naming the limit.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use wasmtime::ResourceLimiter;
 
@@ -34,24 +36,28 @@ impl fmt::Display for Limit {
 /// smaller; a table-growth bomb is stopped here).
 pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
-/// Caps linear memory and tables, and remembers which cap was hit.
+/// Caps linear memory and tables, remembers which cap was hit, and tells the rest of the
+/// client how much memory the module has (so that a daemon short of memory knows what its
+/// tasks may still grow into).
 pub struct MemoryLimiter {
     memory_bytes: usize,
     pub broken: Option<Limit>,
+    in_use: Arc<AtomicU64>,
 }
 
 impl MemoryLimiter {
-    pub fn new(memory_bytes: u64) -> Self {
-        Self { memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX), broken: None }
+    pub fn new(memory_bytes: u64, in_use: Arc<AtomicU64>) -> Self {
+        Self { memory_bytes: usize::try_from(memory_bytes).unwrap_or(usize::MAX), broken: None, in_use }
     }
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
             self.broken = Some(Limit::Memory);
             wasmtime::bail!("{}: {desired} bytes requested, {} allowed", Limit::Memory, self.memory_bytes);
         }
+        self.in_use.fetch_add((desired - current) as u64, Ordering::Relaxed);
         Ok(true)
     }
 

@@ -91,7 +91,11 @@ impl Sandbox {
         }
         // The linker answers "is this import defined?" only with a store at hand; an empty
         // WASI context is enough.
-        let state = RunState { wasi: WasiCtxBuilder::new().build_p1(), limiter: MemoryLimiter::new(0), instance: None };
+        let state = RunState {
+            wasi: WasiCtxBuilder::new().build_p1(),
+            limiter: MemoryLimiter::new(0, Default::default()),
+            instance: None,
+        };
         let mut store = Store::new(&compiler.engine, state);
         let is_meter =
             |import: &wasmtime::ImportType<'_>| (import.module(), import.name()) == (IMPORT_MODULE, METER_MEMORY);

@@ -51,6 +51,8 @@ pub struct PauseGate {
     cpu_limit_percent: AtomicU8,
     /// The run's thread is being held (in the signal handler or at a host call).
     held: AtomicBool,
+    /// The run is in Wasm, in compiled code that a signal can hold anywhere.
+    holds_anywhere: AtomicBool,
     time: Mutex<PausedTime>,
     /// Wakes a run held at a host call.
     wake: Condvar,
@@ -99,6 +101,12 @@ impl PauseGate {
     /// Whether the run's thread is being held now: the pause is in effect.
     pub fn is_held(&self) -> bool {
         self.held.load(Ordering::SeqCst)
+    }
+
+    /// Whether the run can be held wherever it is now (see [`PAUSES_ANYWHERE`]); if not, a
+    /// compute-bound run pauses only at its next host call.
+    pub fn holds_anywhere(&self) -> bool {
+        self.holds_anywhere.load(Ordering::SeqCst)
     }
 
     /// Time spent paused or throttled so far, the pause in force included.
@@ -197,7 +205,9 @@ impl<'a> InWasm<'a> {
     pub(crate) fn enter(control: &'a crate::RunControl, code: Option<std::ops::Range<usize>>) -> Self {
         if let Some(code) = code {
             signal::enter(control, code);
-            *lock(&control.pause.thread) = signal::Thread::current();
+            let thread = signal::Thread::current();
+            control.pause.holds_anywhere.store(thread.is_some(), Ordering::SeqCst);
+            *lock(&control.pause.thread) = thread;
         }
         Self { control }
     }
@@ -209,6 +219,7 @@ impl Drop for InWasm<'_> {
         // run something else next, or end, and its id be reused).
         let mut thread = lock(&self.control.pause.thread);
         *thread = None;
+        self.control.pause.holds_anywhere.store(false, Ordering::SeqCst);
         signal::leave();
     }
 }

@@ -4,15 +4,18 @@
 //! - [`staging`]: downloading and laying out a task's inputs.
 //! - [`execute`]: one task from staging to uploaded output, off the async runtime.
 //! - [`shares`]: which project's task gets the next free slot.
+//! - [`suspension`]: when computing is suspended, and why.
 //!
 //! One loop owns the state. It starts tasks in free slots, contacts each project when the
 //! server's `retry_after` (or the backoff after a failure) allows, applies finished runs,
-//! answers status requests, and stops on SIGTERM or Ctrl-C, interrupting running tasks so
-//! they run again next time. Every change to the state is on disk before it is acted on.
+//! pauses and resumes tasks as the computing preferences say, answers requests on the
+//! control socket, and stops on SIGTERM or Ctrl-C, interrupting running tasks so they run
+//! again next time. Every change to the state is on disk before it is acted on.
 
 mod execute;
 mod shares;
 pub mod staging;
+pub mod suspension;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -25,15 +28,20 @@ use wasmgrid_protocol::api::{OutputUploaded, ReplicaReport, SchedulerReply, Sche
 use crate::api::{ApiError, ApiResult, ServerClient};
 use crate::backoff::Backoff;
 use crate::blob_cache::BlobCache;
+use crate::control::{self, Reply, Request};
 use crate::data_dir::DataDir;
-use crate::projects::{Project, Projects, check_transport};
-use crate::settings::Settings;
+use crate::projects::{Project, Projects, check_transport, normalize_url};
+use crate::settings::{Overrides, Settings};
 use crate::state::{ClientState, Phase, Task, TaskId};
 use crate::status::{self, StatusReport};
 use execute::{Completion, End, ExecContext};
 use shares::RecentUse;
+use suspension::{Reason, Suspension};
 use wasmgrid_sandbox::{RunControl, Sandbox, StopReason};
 
+/// How long a task asked to pause may take to reach a point where it can be held, when it
+/// cannot be held anywhere, before it is stopped instead.
+const PAUSE_GRACE: Duration = Duration::from_secs(2);
 /// Longest wait for running tasks to stop at shutdown.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reports per scheduler request, as the server allows.
@@ -95,10 +103,18 @@ pub type Reloads = mpsc::UnboundedReceiver<anyhow::Result<Settings>>;
 /// An upload started right after a run: the task, and whether its output arrived.
 type UploadDone = (TaskId, bool);
 
+/// A request from the control socket, and where its reply goes.
+type ControlRequest = (Request, tokio::sync::oneshot::Sender<Reply>);
+
 struct Running {
     control: Arc<RunControl>,
     started: Instant,
     memory_bytes: u64,
+    /// Asked to stop (to free memory, or because it could not pause); not counted again
+    /// while it winds down.
+    stopping: bool,
+    /// When the current pause was asked for.
+    pause_asked: Option<Instant>,
 }
 
 pub struct Daemon {
@@ -113,10 +129,16 @@ pub struct Daemon {
     uploads: (mpsc::UnboundedSender<UploadDone>, mpsc::UnboundedReceiver<UploadDone>),
     exec: Arc<ExecContext>,
     completions: (mpsc::UnboundedSender<Completion>, mpsc::UnboundedReceiver<Completion>),
+    requests: (mpsc::UnboundedSender<ControlRequest>, mpsc::UnboundedReceiver<ControlRequest>),
+    /// The flags the daemon was started with: they win over `client.toml` when it changes.
+    flags: Overrides,
+    suspension: Suspension,
+    /// Why computing is suspended, as of the latest look.
+    suspended_because: Vec<Reason>,
 }
 
 impl Daemon {
-    pub fn new(data_dir: DataDir, settings: Settings, options: RunOptions) -> anyhow::Result<Self> {
+    pub fn new(data_dir: DataDir, settings: Settings, options: RunOptions, flags: Overrides) -> anyhow::Result<Self> {
         let projects = Projects::load(&data_dir)?;
         if projects.projects.is_empty() {
             anyhow::bail!("no project attached: run `wasmgrid attach <SERVER_URL>` first");
@@ -158,6 +180,10 @@ impl Daemon {
             uploads: mpsc::unbounded_channel(),
             exec,
             completions: mpsc::unbounded_channel(),
+            requests: mpsc::unbounded_channel(),
+            flags,
+            suspension: Suspension::default(),
+            suspended_because: Vec::new(),
         })
     }
 
@@ -168,9 +194,10 @@ impl Daemon {
         shutdown: impl std::future::Future<Output = ()>,
         mut reloads: Reloads,
     ) -> anyhow::Result<()> {
-        let status_socket = status::bind(&self.data_dir)?;
+        let control_socket = control::Listener::bind(&self.data_dir)?;
         tokio::pin!(shutdown);
         loop {
+            self.follow_preferences();
             self.start_tasks()?;
             self.contact_due_projects().await?;
             if self.options.exit_when_idle && self.is_idle() {
@@ -189,15 +216,22 @@ impl Daemon {
                 Some(completion) = self.completions.1.recv() => self.apply(completion)?,
                 Some((id, uploaded)) = self.uploads.1.recv() => self.uploaded(id, uploaded),
                 Some(reloaded) = reloads.recv() => match reloaded {
-                    Ok(settings) => self.take_settings(settings),
+                    Ok(settings) => {
+                        self.take_settings(settings);
+                    }
                     Err(error) => tracing::error!("keeping the settings in force: {error:#}"),
                 },
                 _ = tokio::time::sleep_until(wake.into()) => {}
-                accepted = status_socket.accept() => {
-                    if let Ok((stream, _)) = accepted {
-                        // Off the loop: a reader that never reads must not stall the daemon.
-                        tokio::spawn(status::answer(stream, self.status_report()));
+                accepted = control_socket.accept() => {
+                    if let Ok(connection) = accepted {
+                        // Off the loop: a peer that never writes or never reads must not
+                        // stall the daemon.
+                        tokio::spawn(serve_control(connection, self.requests.0.clone()));
                     }
+                }
+                Some((request, reply_to)) = self.requests.1.recv() => {
+                    let reply = self.handle(request)?;
+                    let _ = reply_to.send(reply);
                 }
                 () = &mut shutdown => {
                     self.stop_running_tasks().await?;
@@ -205,16 +239,163 @@ impl Daemon {
                 }
             }
         }
-        let _ = std::fs::remove_file(self.data_dir.status_socket());
+        control_socket.remove(&self.data_dir);
         Ok(())
+    }
+
+    /// A request from the control socket.
+    fn handle(&mut self, request: Request) -> anyhow::Result<Reply> {
+        let done = |message: String| Reply::Done { message };
+        let reply = match request {
+            Request::Status => Reply::Status(Box::new(self.status_report())),
+            Request::Suspend { for_seconds } => {
+                let until = self.suspension.suspend_by_user(for_seconds.map(Duration::from_secs));
+                self.follow_preferences();
+                match until {
+                    Some(until) => done(format!(
+                        "computing suspended until {}",
+                        until.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S")
+                    )),
+                    None => done("computing suspended until `wasmgrid resume`".to_owned()),
+                }
+            }
+            Request::Resume => {
+                let was_suspended = self.suspension.resume_by_user();
+                self.follow_preferences();
+                let still: Vec<String> = self.suspended_because.iter().map(ToString::to_string).collect();
+                match (was_suspended, still.is_empty()) {
+                    (_, false) => done(format!("computing stays suspended: {}", still.join("; "))),
+                    (true, true) => done("computing resumed".to_owned()),
+                    (false, true) => done("computing was not suspended".to_owned()),
+                }
+            }
+            Request::Set { key, value } => match Settings::set_in_file(&self.data_dir, &key, &value) {
+                Ok(from_file) => {
+                    let settings = from_file.overridden_by(&self.flags);
+                    let pinned = self.flags.pins(&key);
+                    let at_next_start = self.take_settings(settings);
+                    self.follow_preferences();
+                    let mut message = format!("{key} = {value} saved in {}", self.data_dir.settings_file().display());
+                    if at_next_start.contains(&key.as_str()) {
+                        message += "; it takes effect when the daemon next starts";
+                    } else if pinned {
+                        message += "; the flag given to `wasmgrid run` for it still wins over the file";
+                    } else {
+                        message += " and in effect";
+                    }
+                    done(message)
+                }
+                Err(error) => Reply::Refused { error: format!("{error:#}") },
+            },
+            Request::Detach { project_url } => match self.detach(&normalize_url(&project_url))? {
+                Some(message) => done(message),
+                None => Reply::Refused { error: format!("not attached to {project_url}") },
+            },
+        };
+        Ok(reply)
+    }
+
+    /// Detaches from a project while running: its running tasks stop, and it and its tasks
+    /// are forgotten, on disk too. `None` when not attached to it.
+    fn detach(&mut self, url: &str) -> anyhow::Result<Option<String>> {
+        let Some(position) = self.contacts.iter().position(|contact| contact.project.url == url) else {
+            return Ok(None);
+        };
+        let abandoned: Vec<TaskId> =
+            self.state.tasks.values().filter(|task| task.project_url == url).map(Task::id).collect();
+        let unreported = abandoned
+            .iter()
+            .filter(|id| matches!(self.state.tasks.get(id).map(|task| &task.phase), Some(Phase::Finished { .. })))
+            .count();
+        for (id, running) in &self.running {
+            if id.project_url == url {
+                running.control.stop(StopReason::Aborted);
+            }
+        }
+        // The tasks go first: a crash in between leaves an attached project with no tasks
+        // rather than tasks of a project that is gone.
+        self.forget(&abandoned)?;
+        let mut projects = Projects::load(&self.data_dir)?;
+        projects.remove(url);
+        projects.save(&self.data_dir)?;
+        self.contacts.remove(position);
+        // The project's directory, once empty.
+        let _ = self.data_dir.task(&TaskId::new(url, 0)).parent().map(std::fs::remove_dir);
+        tracing::info!(project = %url, tasks = abandoned.len(), "detached");
+        Ok(Some(if abandoned.is_empty() {
+            format!("detached from {url}")
+        } else {
+            format!(
+                "detached from {url}, abandoning {} tasks ({unreported} finished but not reported)",
+                abandoned.len()
+            )
+        }))
+    }
+
+    /// Reads the machine and the preferences, and pauses or resumes the running tasks to
+    /// match: every task pauses while any reason holds. Low memory stops tasks instead, one
+    /// at each reading, newest first, until enough memory is free.
+    fn follow_preferences(&mut self) {
+        let now = Instant::now();
+        self.suspension.read_machine(&self.settings, now);
+        let reasons = self.suspension.reasons(&self.settings, chrono::Local::now().naive_local());
+        if reasons != self.suspended_because {
+            match reasons.as_slice() {
+                [] => tracing::info!("computing resumes"),
+                reasons => {
+                    let reasons: Vec<String> = reasons.iter().map(ToString::to_string).collect();
+                    tracing::info!(reasons = %reasons.join("; "), "computing suspended");
+                }
+            }
+        }
+        let pause = reasons.iter().any(|reason| !reason.frees_memory());
+        for (id, running) in self.running.iter_mut() {
+            if !pause {
+                running.control.resume();
+                running.pause_asked = None;
+                continue;
+            }
+            running.control.pause();
+            let asked = *running.pause_asked.get_or_insert(now);
+            // A task that cannot be held where it is (on a platform without pausing in
+            // place, or one that only Pulley runs) and has not reached a host call soon
+            // stops instead, and runs again from its checkpoint.
+            let not_held = !running.control.is_paused() && now.duration_since(asked) >= PAUSE_GRACE;
+            if not_held && !running.control.pauses_anywhere() && !running.stopping {
+                tracing::info!(replica.id = id.replica_id, "the task cannot pause where it is: stopping it");
+                running.stopping = true;
+                running.control.stop(StopReason::Shutdown);
+            }
+        }
+        let memory_low = reasons.iter().any(Reason::frees_memory);
+        let newly_low = memory_low && self.suspended_because.iter().all(|reason| !reason.frees_memory());
+        if memory_low && (newly_low || self.suspension.just_read(now)) {
+            let newest = self
+                .running
+                .iter()
+                .filter(|(_, running)| !running.stopping)
+                .max_by_key(|(_, running)| running.started)
+                .map(|(id, _)| id.clone());
+            if let Some(id) = newest
+                && let Some(running) = self.running.get_mut(&id)
+            {
+                tracing::info!(
+                    replica.id = id.replica_id,
+                    "memory is short: stopping the newest task; it runs again later"
+                );
+                running.stopping = true;
+                running.control.stop(StopReason::Shutdown);
+            }
+        }
+        self.suspended_because = reasons;
     }
 
     /// New settings, while running. The slots, the memory budget, the work buffer and
     /// `exit_when_idle` change at once (running tasks over a smaller slot count finish first);
     /// the rest was used to set the daemon up and waits for the next start.
-    fn take_settings(&mut self, new: Settings) {
+    fn take_settings(&mut self, new: Settings) -> Vec<&'static str> {
         let old = &self.settings;
-        let at_next_start: Vec<&str> = [
+        let at_next_start: Vec<&'static str> = [
             ("disk", new.disk != old.disk),
             ("allow_insecure", new.allow_insecure != old.allow_insecure),
             ("backoff_min_seconds", new.backoff_min_seconds != old.backoff_min_seconds),
@@ -235,7 +416,11 @@ impl Daemon {
         };
         self.options.exit_when_idle = settings.exit_when_idle;
         tracing::info!(cores = settings.cores(), memory = settings.memory(), "settings reloaded");
+        for running in self.running.values() {
+            running.control.limit_cpu(settings.max_cpu_percent.unwrap_or(100));
+        }
         self.settings = settings;
+        at_next_start
     }
 
     fn is_idle(&self) -> bool {
@@ -269,7 +454,17 @@ impl Daemon {
             .cloned()
             .collect();
         candidates.sort_by_key(|task| task.assignment.deadline);
+        if !self.suspended_because.is_empty() {
+            return Ok(());
+        }
         let memory_budget = self.settings.memory();
+        let may_still_grow: u64 = self
+            .running
+            .values()
+            .map(|running| running.memory_bytes.saturating_sub(running.control.memory_in_use()))
+            .sum();
+        let mut memory_headroom =
+            self.suspension.memory_headroom(&self.settings).map(|headroom| headroom.saturating_sub(may_still_grow));
         while self.running.len() < self.settings.cores() {
             let use_and_share: Vec<(f64, f64)> = self
                 .contacts
@@ -298,6 +493,14 @@ impl Daemon {
             if !self.running.is_empty() && memory_in_use + memory_bytes > memory_budget {
                 continue;
             }
+            // Nor more than the machine has free, above what the preferences keep for the
+            // owner, and above what the running tasks may still grow into.
+            if let Some(headroom) = memory_headroom.as_mut() {
+                if !self.running.is_empty() && memory_bytes > *headroom {
+                    continue;
+                }
+                *headroom = headroom.saturating_sub(memory_bytes);
+            }
             let server = self.contacts[index].server.clone();
             let control = Arc::new(RunControl::default());
             let id = task.id();
@@ -309,7 +512,13 @@ impl Daemon {
                 control.clone(),
                 self.completions.0.clone(),
             ));
-            self.running.insert(id, Running { control, started: Instant::now(), memory_bytes });
+            if let Some(percent) = self.settings.max_cpu_percent {
+                control.limit_cpu(percent);
+            }
+            self.running.insert(
+                id,
+                Running { control, started: Instant::now(), memory_bytes, stopping: false, pause_asked: None },
+            );
         }
         Ok(())
     }
@@ -660,6 +869,8 @@ impl Daemon {
                     elapsed: running.started.elapsed(),
                     progress: running.control.progress(),
                     priority: running.control.background().map(ToString::to_string),
+                    pause_requested: running.control.is_pause_requested(),
+                    paused: running.control.is_paused(),
                 };
                 (id.clone(), task)
             })
@@ -675,8 +886,33 @@ impl Daemon {
                 next_contact_in_seconds: contact.next_contact.saturating_duration_since(Instant::now()).as_secs(),
             })
             .collect();
-        status::StatusReport::new(true, projects, &self.state, &running)
+        let computing = status::ComputingStatus {
+            suspended_because: self.suspended_because.iter().map(ToString::to_string).collect(),
+            preferences: suspension::preferences_in_force(&self.settings),
+            unsupported_here: suspension::unsupported_here(),
+            other_programs_cpu_percent: self.suspension.others_cpu(),
+        };
+        status::StatusReport::new(true, computing, projects, &self.state, &running)
     }
+}
+
+/// Reads one request from the control socket, has the daemon's loop answer it, and sends
+/// the answer back.
+async fn serve_control(mut connection: control::Connection, requests: mpsc::UnboundedSender<ControlRequest>) {
+    let reply = match connection.read_request().await {
+        Ok(request) => {
+            let (reply_to, reply) = tokio::sync::oneshot::channel();
+            if requests.send((request, reply_to)).is_err() {
+                return;
+            }
+            match reply.await {
+                Ok(reply) => reply,
+                Err(_) => return,
+            }
+        }
+        Err(error) => Reply::Refused { error },
+    };
+    connection.reply(&reply).await;
 }
 
 /// The reports to send in one request: the first ones, up to `max_count` and `max_bytes`

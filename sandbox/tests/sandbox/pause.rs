@@ -29,6 +29,7 @@ fn pause_and_resume(harness: &Harness, wasm: &[u8], pause_for: Duration) -> RunR
     let control = Arc::new(RunControl::default());
     let finished = harness.sandbox.spawn(harness.spec(wasm, LIMITS), control.clone()).unwrap();
     wait_for("the run starts", Duration::from_secs(60), || control.progress().fuel_used > 0);
+    assert!(control.pauses_anywhere());
 
     control.pause();
     wait_for("the pause takes effect", Duration::from_secs(1), || control.is_paused());
@@ -159,6 +160,7 @@ fn a_pulley_run_pauses_at_a_host_call() {
     control.pause();
     let finished = pulley.sandbox.spawn(pulley.spec(&wasm, LIMITS), control.clone()).unwrap();
     wait_for("the pause takes effect", Duration::from_secs(60), || control.is_paused());
+    assert!(!control.pauses_anywhere(), "Pulley runs pause at host calls only");
     std::thread::sleep(Duration::from_millis(200));
     assert!(control.is_paused());
     control.resume();

@@ -15,5 +15,6 @@ mod packaging;
 mod projects;
 mod publishing;
 mod settings;
+mod suspension;
 mod transport;
 mod validators;

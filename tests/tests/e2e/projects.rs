@@ -59,25 +59,42 @@ async fn detaching_abandons_the_projects_tasks_so_that_the_daemon_still_goes_idl
     assert_eq!(kept.count(VALIDATED).await, 2);
 }
 
+/// With the daemon running, `detach` goes through it: the daemon would otherwise keep the
+/// project and write its tasks back.
 #[tokio::test]
-async fn detach_refuses_while_the_daemon_runs_since_the_daemon_would_keep_the_project() {
+async fn detach_while_the_daemon_runs_abandons_the_projects_tasks_and_keeps_the_daemon() {
     let server = Server::start().await;
-    let volunteer = Volunteer::attach(&server, "busy").await;
-    let daemon = volunteer.start();
-    let give_up = Instant::now() + TIMEOUT;
-    while volunteer.status().await["daemon_running"] != true {
-        assert!(Instant::now() < give_up, "the daemon did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    server.publish(&workunit("hostile/infinite_loop.wat"), 1, single()).await;
+    let volunteer = Volunteer::attach(&server, "leaving").await;
+    let mut daemon = volunteer.start();
+    volunteer.wait_for_task_state("running", TIMEOUT).await;
 
     let output = volunteer.command(&["detach", &server.url]).output().await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.contains("abandoning 1 tasks"), "{said}");
 
-    assert!(!output.status.success());
-    let error = String::from_utf8_lossy(&output.stderr);
-    assert!(error.contains("stop the daemon before detaching"), "{error}");
-    assert_eq!(attached_urls(&volunteer), [server.url.as_str()]);
+    let give_up = Instant::now() + TIMEOUT;
+    loop {
+        let status = volunteer.status().await;
+        if status["tasks"].as_array().unwrap().is_empty() && status["projects"] == serde_json::json!([]) {
+            assert_eq!(status["daemon_running"], true);
+            break;
+        }
+        assert!(Instant::now() < give_up, "the project's task and the project remain: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(attached_urls(&volunteer).is_empty());
+    assert!(daemon.try_wait().unwrap().is_none(), "the daemon goes on");
+    let again = volunteer.command(&["detach", &server.url]).output().await.unwrap();
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not attached"));
+
     signal(&daemon, libc::SIGTERM);
-    daemon.wait_with_output().await.unwrap();
+    assert!(daemon.wait_with_output().await.unwrap().status.success());
+    // Started again, it has nothing to do with the project.
+    let restarted = volunteer.command(&["run", "--exit-when-idle"]).output().await.unwrap();
+    assert!(!restarted.status.success());
+    assert!(String::from_utf8_lossy(&restarted.stderr).contains("no project attached"));
 }
 
 #[tokio::test]

@@ -223,7 +223,7 @@ mod transport {
                 .get_or_init(|| rand::random::<[u8; 32]>().iter().map(|byte| format!("{byte:02x}")).collect())
                 .clone();
             let endpoint = Endpoint { port: listener.local_addr()?.port(), token };
-            crate::data_dir::write_private(&data_dir.control_socket(), &serde_json::to_vec(&endpoint)?)?;
+            crate::data_dir::write_atomically(&data_dir.control_socket(), &serde_json::to_vec(&endpoint)?)?;
             Ok(Self { listener: TcpListener::from_std(listener)? })
         }
 

@@ -15,7 +15,6 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -46,7 +45,7 @@ impl DataDir {
     /// Opens (creating it, private to this user) the data directory at `root`.
     pub fn open(root: PathBuf) -> anyhow::Result<Self> {
         fs::create_dir_all(&root).with_context(|| format!("cannot create the data directory {}", root.display()))?;
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o700))?;
+        make_private(&root)?;
         Ok(Self { root })
     }
 
@@ -107,16 +106,47 @@ impl DataDir {
 pub fn write_atomically(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     let dir = path.parent().context("a file to replace has a parent directory")?;
     let temporary = dir.join(format!(".{}.tmp", path.file_name().and_then(|name| name.to_str()).unwrap_or("file")));
-    let mut file = fs::OpenOptions::new()
+    let mut file = private_file()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
         .open(&temporary)
         .with_context(|| format!("cannot write {}", temporary.display()))?;
     file.write_all(contents)?;
     file.sync_all()?;
     fs::rename(&temporary, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    sync_directory(dir)?;
+    Ok(())
+}
+
+/// Options that create a file only its owner can read: mode 0600 on Unix. On Windows a new
+/// file takes the access list of its directory, which in the user's profile is the user's.
+pub fn private_file() -> fs::OpenOptions {
+    #[allow(unused_mut)]
+    let mut options = fs::OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+/// Makes a directory its owner's alone (mode 0700 on Unix; see [`private_file`] for Windows).
+fn make_private(dir: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Makes a rename in `dir` durable. Windows cannot open a directory as a file, and commits
+/// a rename with the file's own metadata.
+pub fn sync_directory(dir: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
     fs::File::open(dir)?.sync_all()?;
+    #[cfg(not(unix))]
+    let _ = dir;
     Ok(())
 }

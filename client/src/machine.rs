@@ -75,7 +75,7 @@ impl CpuTimes {
 }
 
 /// CPU time used by this process, every thread and finished child included.
-#[cfg(unix)]
+#[cfg(target_os = "linux")]
 fn own_cpu_seconds() -> Option<f64> {
     let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
     let mut total = 0.0;
@@ -89,12 +89,6 @@ fn own_cpu_seconds() -> Option<f64> {
         total += seconds(usage.ru_utime) + seconds(usage.ru_stime);
     }
     Some(total)
-}
-
-#[cfg(not(unix))]
-#[allow(dead_code)]
-fn own_cpu_seconds() -> Option<f64> {
-    None
 }
 
 /// Whether the machine runs on battery now: a battery discharges and no mains adapter is

@@ -89,6 +89,10 @@ enum Command {
         json: bool,
     },
     /// For scientists: run a module here exactly as a volunteer's daemon would.
+    ///
+    /// The module goes through the server's publishing check first, then runs in the
+    /// volunteer's sandbox with a work unit's default limits unless told otherwise. Exits
+    /// with status 1 when the run fails or the module would be refused.
     Exec {
         module: PathBuf,
         /// A file whose contents are the module's standard input.
@@ -98,18 +102,21 @@ enum Command {
         #[arg(long)]
         input: Option<PathBuf>,
         /// Fuel (operators executed) the run may use.
-        #[arg(long, default_value_t = 1 << 40)]
+        #[arg(long, default_value_t = RunLimits::DEFAULT.fuel)]
         fuel: u64,
-        /// Linear memory the run may use, in bytes.
-        #[arg(long, default_value_t = 1 << 30)]
+        /// Linear memory the run may use (bytes, or 64MiB, 1GiB).
+        #[arg(long, default_value = "256MiB", value_parser = wasmgrid_client::publish::units::parse_bytes)]
         memory: u64,
-        /// Wall-clock limit, in seconds.
-        #[arg(long, default_value_t = 3600)]
-        timeout: u64,
+        /// Wall-clock limit (90s, 15m, 1h).
+        #[arg(long, default_value = "1h", value_parser = wasmgrid_client::publish::units::parse_duration)]
+        timeout: std::time::Duration,
+        /// Bytes the scratch directory may hold (a volunteer's daemon gives each task a share of its disk).
+        #[arg(long, default_value = "1GiB", value_parser = wasmgrid_client::publish::units::parse_bytes)]
+        scratch: u64,
         /// The seed of the module's random numbers (the server draws one per work unit).
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Where to write the output archive.
+        /// The directory for the output: output.tar and, unpacked, output/ [default: a new temporary directory].
         #[arg(long, short)]
         output: Option<PathBuf>,
         /// One JSON document instead of text.
@@ -251,14 +258,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let daemon = Daemon::new(data_dir, settings, options, flags)?;
             daemon.run(shutdown, reloads).await
         }
-        Command::Exec { module, stdin, input, fuel, memory, timeout, seed, output, json, args } => {
+        Command::Exec { module, stdin, input, fuel, memory, timeout, scratch, seed, output, json, args } => {
+            let limits = RunLimits { fuel, memory_bytes: memory, wall_time_seconds: timeout.as_secs(), ..RunLimits::DEFAULT };
             let request = ExecRequest {
                 module,
                 args,
                 stdin,
                 input_dir: input,
-                limits: RunLimits { fuel, memory_bytes: memory, output_bytes: 1 << 30, wall_time_seconds: timeout },
-                scratch_limit_bytes: 1 << 30,
+                limits,
+                scratch_limit_bytes: scratch,
                 seed,
                 output,
             };
@@ -267,6 +275,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", report.render());
+            }
+            if !report.is_success() {
+                anyhow::bail!("the module did not run to success ({})", report.outcome);
             }
             Ok(())
         }
@@ -394,6 +405,7 @@ fn detach(data_dir: &DataDir, server_url: &str) -> anyhow::Result<()> {
 
 /// Reads `client.toml` again (with the flags over it) on every SIGHUP, as service managers
 /// expect of a daemon (`systemctl reload`).
+#[cfg(unix)]
 fn reload_on_hangup(data_dir: DataDir, flags: Overrides) -> std::io::Result<daemon::Reloads> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = signal(SignalKind::hangup())?;
@@ -409,8 +421,31 @@ fn reload_on_hangup(data_dir: DataDir, flags: Overrides) -> std::io::Result<daem
     Ok(receive)
 }
 
+/// Windows has no SIGHUP: `wasmgrid set` changes settings while the daemon runs.
+#[cfg(not(unix))]
+fn reload_on_hangup(_data_dir: DataDir, _flags: Overrides) -> std::io::Result<daemon::Reloads> {
+    let (_, no_reloads) = tokio::sync::mpsc::unbounded_channel();
+    Ok(no_reloads)
+}
+
+/// Completes on Ctrl-C (or Ctrl-Break, or the console closing), Windows' stop signals.
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::windows::{ctrl_break, ctrl_c, ctrl_close};
+    let (mut interrupt, mut interrupt_break, mut close) = (ctrl_c()?, ctrl_break()?, ctrl_close()?);
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = interrupt_break.recv() => {}
+            _ = close.recv() => {}
+        }
+        tracing::info!("stopping: running tasks are kept for the next start");
+    })
+}
+
 /// Completes on SIGTERM or Ctrl-C. The handlers are installed when this is called, not when
 /// the future is first polled.
+#[cfg(unix)]
 fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt())?;

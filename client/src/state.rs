@@ -17,7 +17,6 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 
 use serde::{Deserialize, Serialize};
 use wasmgrid_protocol::Sha256Hash;
@@ -149,15 +148,14 @@ impl ClientState {
         let mut line = serde_json::to_vec(&JournalEntry { task: id.clone(), phase: phase.clone() })?;
         line.push(b'\n');
         let path = data_dir.state_journal();
-        let mut journal = std::fs::File::options()
+        let mut journal = crate::data_dir::private_file()
             .create(true)
             .append(true)
-            .mode(0o600)
             .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
         if journal.metadata()?.len() == 0 {
             // A new journal: its name must survive a crash too.
-            std::fs::File::open(data_dir.root())?.sync_all()?;
+            crate::data_dir::sync_directory(data_dir.root())?;
         }
         journal.write_all(&line)?;
         journal.sync_data()?;

@@ -190,6 +190,25 @@ pub struct RunLimits {
     pub wall_time_seconds: u64,
 }
 
+impl RunLimits {
+    /// The limits of a work unit whose publisher names none (and of `wasmgrid exec`).
+    pub const DEFAULT: Self = Self {
+        fuel: 1_000_000_000_000,
+        memory_bytes: 256 * 1024 * 1024,
+        output_bytes: 64 * 1024 * 1024,
+        wall_time_seconds: 3600,
+    };
+}
+
+/// Fuel per unit of credit: about a billion Wasm instructions. A validated replica earns
+/// the fuel its work unit took, in these units (see the server's `credit` module).
+pub const FUEL_PER_CREDIT: f64 = 1e9;
+
+/// The credit a run that used `fuel` earns once validated.
+pub fn credit_for(fuel: u64) -> f64 {
+    fuel as f64 / FUEL_PER_CREDIT
+}
+
 /// One replica handed to a host: everything it needs to run it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {

@@ -225,13 +225,9 @@ fn stop_or_deadline(control: &RunControl, deadline: Instant) -> Result<(), Inter
 /// The fraction done a module wrote, if the file holds a number (clamped to 0..=1).
 fn read_fraction_done(path: &Path) -> Option<f64> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
     // A module writes a few bytes; anything longer is not a progress report.
     const MAX_BYTES: u64 = 64;
-    // The module chooses what the name is: a symbolic link to a terminal or a FIFO must not
-    // block the sandbox, so links are refused, opening never waits, and only a regular
-    // file is read.
-    let file = std::fs::File::options().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()?;
+    let file = open_regular_file(path)?;
     if !file.metadata().ok()?.is_file() {
         return None;
     }
@@ -244,7 +240,26 @@ fn read_fraction_done(path: &Path) -> Option<f64> {
     fraction.is_finite().then(|| fraction.clamp(0.0, 1.0))
 }
 
-#[cfg(test)]
+/// Opens `path` for reading only if it is a regular file. The module chooses what the name
+/// is: a symbolic link to a terminal or a FIFO must not block the sandbox, so on Unix links
+/// are refused and opening never waits. (A WASI module cannot make FIFOs or device files on
+/// Windows, and its links are checked before opening.)
+fn open_regular_file(path: &Path) -> Option<std::fs::File> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::File::options().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()
+    }
+    #[cfg(not(unix))]
+    {
+        if !std::fs::symlink_metadata(path).ok()?.is_file() {
+            return None;
+        }
+        std::fs::File::open(path).ok()
+    }
+}
+
+#[cfg(all(test, unix))]
 mod tests {
     use std::os::unix::ffi::OsStrExt;
 

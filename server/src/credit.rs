@@ -17,8 +17,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::PgConnection;
 
-/// Fuel per credit: about a billion Wasm instructions.
-pub const FUEL_PER_CREDIT: f64 = 1e9;
+/// Fuel per credit: about a billion Wasm instructions (shared with `wasmgrid exec`, which
+/// tells a scientist what a run would earn).
+pub use wasmgrid_protocol::api::FUEL_PER_CREDIT;
 /// Grants folded per sweep transaction.
 const FOLD_BATCH: i64 = 5000;
 

@@ -82,8 +82,18 @@ fn copy_with_fixed_time(from: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 fn make_writable(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    #[cfg(not(unix))]
+    if let Ok(metadata) = std::fs::metadata(dir) {
+        let mut permissions = metadata.permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        permissions.set_readonly(false);
+        let _ = std::fs::set_permissions(dir, permissions);
+    }
 }
 
 #[cfg(test)]

@@ -48,12 +48,7 @@ impl Default for ReplicationPolicy {
     }
 }
 
-pub const DEFAULT_LIMITS: RunLimits = RunLimits {
-    fuel: 1_000_000_000_000,
-    memory_bytes: 256 * 1024 * 1024,
-    output_bytes: 64 * 1024 * 1024,
-    wall_time_seconds: 3600,
-};
+pub const DEFAULT_LIMITS: RunLimits = RunLimits::DEFAULT;
 
 /// One work unit to create. Its module is the newest version of the batch's app.
 #[derive(Debug, Clone)]

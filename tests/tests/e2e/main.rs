@@ -9,6 +9,7 @@ mod connections;
 mod contact;
 mod daemon;
 mod demo;
+mod exec;
 mod faults;
 mod harness;
 mod packaging;

@@ -74,6 +74,7 @@ fn the_client_service_runs_idle_unprivileged_and_confined() {
         ("Environment", "WASMGRID_DATA_DIR=/var/lib/wasmgrid"),
         ("Nice", "19"),
         ("CPUSchedulingPolicy", "idle"),
+        ("CPUWeight", "idle"),
         ("IOSchedulingClass", "idle"),
         ("ProtectSystem", "strict"),
         ("ProtectHome", "yes"),

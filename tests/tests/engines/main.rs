@@ -230,3 +230,33 @@ fn every_engine_and_cpu_computes_the_same_archive_and_fuel() {
         assert_eq!(node, reference, "{} under V8 (node:wasi)", workload.name);
     }
 }
+
+/// The sandbox's own test suite (the hostile corpus, the determinism probe, random modules,
+/// pausing in place, idle priority) cross-built for aarch64 and run under qemu-user: the
+/// sandbox keeps its contract on the other CPU volunteers have most, not only its answers.
+#[test]
+fn the_sandbox_suite_passes_on_aarch64_under_qemu() {
+    let target = "aarch64-unknown-linux-gnu";
+    let triple = gnu_triple(target);
+    let gcc = format!("{triple}-gcc");
+    let variable = |name: &str| format!("CARGO_TARGET_{}_{name}", target.to_uppercase().replace('-', "_"));
+    let output = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(workspace())
+        .args(["test", "--quiet", "-p", "wasmgrid-sandbox", "--target", target])
+        .arg("--target-dir")
+        .arg(workspace().join("target/cross"))
+        .env(variable("LINKER"), &gcc)
+        .env(variable("RUNNER"), format!("qemu-aarch64 -L /usr/{triple}"))
+        .env(format!("CC_{}", target.replace('-', "_")), &gcc)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "the sandbox's tests failed on {target} under qemu:\n{stdout}\n{stderr}");
+    let passed: usize = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("test result: ok. "))
+        .filter_map(|rest| rest.split(' ').next()?.parse::<usize>().ok())
+        .sum();
+    eprintln!("{passed} sandbox tests passed on {target} under qemu");
+    assert!(passed > 40, "only {passed} tests ran:\n{stdout}");
+}

@@ -7,7 +7,9 @@
 //!    instrumentation pass, with everything on and then without each part of the pass, to
 //!    show what each costs. Best of `--repeat` runs; the outputs must be identical. Then the
 //!    time the pass takes per MiB of module.
-//! 2. Per-task overhead: the real `wasmgrid` daemon, one slot, runs a batch of trivial work
+//! 2. Courtesy to the owner (see [`courtesy`]): how much slower the owner's own program runs
+//!    beside a work unit on every core, and how fast running work units pause and resume.
+//! 3. Per-task overhead: the real `wasmgrid` daemon, one slot, runs a batch of trivial work
 //!    units from the real server (module cached after the first), and the time and CPU it
 //!    spends per task, from claim to report, are printed.
 //!
@@ -16,6 +18,8 @@
 //! ```sh
 //! cargo build --release --workspace && target/release/bench-client
 //! ```
+
+mod courtesy;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,6 +54,9 @@ struct Args {
     /// Measure only these workloads (primes, mandelbrot, nbody) [default: all].
     #[arg(long)]
     only: Vec<String>,
+    /// Skip the sandbox's speed (and go straight to the courtesy to the owner).
+    #[arg(long)]
+    no_speed: bool,
 }
 
 /// A compute-heavy run of an example work unit.
@@ -94,14 +101,20 @@ fn main() -> anyhow::Result<()> {
     let wasm_dir = build_workunits(Some("wasm32-wasip1"))?;
     let scratch = tempfile::tempdir()?;
 
-    println!();
-    println!("Sandbox speed (best of {} runs)", args.repeat);
-    for workload in WORKLOADS
-        .iter()
-        .filter(|workload| args.only.is_empty() || args.only.iter().any(|name| name == workload.program))
-    {
-        measure_workload(workload, &native_dir, &wasm_dir, scratch.path(), args.repeat)?;
+    if !args.no_speed {
+        println!();
+        println!("Sandbox speed (best of {} runs)", args.repeat);
+        for workload in WORKLOADS
+            .iter()
+            .filter(|workload| args.only.is_empty() || args.only.iter().any(|name| name == workload.program))
+        {
+            measure_workload(workload, &native_dir, &wasm_dir, scratch.path(), args.repeat)?;
+        }
     }
+
+    println!();
+    println!("Courtesy to the owner (best of {} rounds)", args.repeat);
+    courtesy::measure(&native_dir, &wasm_dir, scratch.path(), args.repeat)?;
     if args.tasks == 0 {
         return Ok(());
     }

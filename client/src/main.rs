@@ -259,7 +259,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             daemon.run(shutdown, reloads).await
         }
         Command::Exec { module, stdin, input, fuel, memory, timeout, scratch, seed, output, json, args } => {
-            let limits = RunLimits { fuel, memory_bytes: memory, wall_time_seconds: timeout.as_secs(), ..RunLimits::DEFAULT };
+            let limits =
+                RunLimits { fuel, memory_bytes: memory, wall_time_seconds: timeout.as_secs(), ..RunLimits::DEFAULT };
             let request = ExecRequest {
                 module,
                 args,

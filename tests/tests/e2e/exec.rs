@@ -25,7 +25,11 @@ async fn exec(module: &Path, flags: &[&str], args: &[&str]) -> (Value, bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_runs_the_example_apps_as_volunteers_do_and_unpacks_their_output() {
-    for (app, args) in [("primes", &["1", "200000"][..]), ("mandelbrot", &["256", "256", "64", "1", "1", "500"]), ("nbody", &["16", "2000", "1"])] {
+    for (app, args) in [
+        ("primes", &["1", "200000"][..]),
+        ("mandelbrot", &["256", "256", "64", "1", "1", "500"]),
+        ("nbody", &["16", "2000", "1"]),
+    ] {
         let module = example_module(app);
         let out = tempfile::tempdir().unwrap();
         let (report, succeeded) = exec(&module, &["--seed", "7", "--output", out.path().to_str().unwrap()], args).await;
@@ -67,7 +71,9 @@ async fn exec_prints_the_outcome_fuel_credit_hash_time_and_where_the_output_is()
     let output = volunteer.command(&["exec", module.to_str().unwrap(), "--", "1", "1000"]).output().await.unwrap();
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
-    for line in ["outcome: success", "fuel used: ", "credit once validated: ", "run time: ", "output: ", "unpacked in: "] {
+    for line in
+        ["outcome: success", "fuel used: ", "credit once validated: ", "run time: ", "output: ", "unpacked in: "]
+    {
         assert!(text.contains(line), "{line:?} missing from:\n{text}");
     }
 }
@@ -81,16 +87,41 @@ struct Hostile {
 }
 
 const HOSTILE: &[Hostile] = &[
-    Hostile { file: "infinite_loop.wat", flags: &["--fuel", "10000000"], outcome: "error", error: "fuel limit exceeded" },
-    Hostile { file: "infinite_loop.wat", flags: &["--timeout", "2s"], outcome: "error", error: "wall-clock time limit" },
+    Hostile {
+        file: "infinite_loop.wat",
+        flags: &["--fuel", "10000000"],
+        outcome: "error",
+        error: "fuel limit exceeded",
+    },
+    Hostile {
+        file: "infinite_loop.wat",
+        flags: &["--timeout", "2s"],
+        outcome: "error",
+        error: "wall-clock time limit",
+    },
     Hostile { file: "start_loop.wat", flags: &["--fuel", "10000000"], outcome: "error", error: "fuel limit exceeded" },
     Hostile { file: "sleeper.wat", flags: &["--timeout", "2s"], outcome: "error", error: "wall-clock time limit" },
-    Hostile { file: "host_call_spinner.wat", flags: &["--timeout", "2s"], outcome: "error", error: "wall-clock time limit" },
-    Hostile { file: "memory_bomb.wat", flags: &["--memory", "16MiB"], outcome: "error", error: "memory limit exceeded" },
+    Hostile {
+        file: "host_call_spinner.wat",
+        flags: &["--timeout", "2s"],
+        outcome: "error",
+        error: "wall-clock time limit",
+    },
+    Hostile {
+        file: "memory_bomb.wat",
+        flags: &["--memory", "16MiB"],
+        outcome: "error",
+        error: "memory limit exceeded",
+    },
     Hostile { file: "table_bomb.wat", flags: &[], outcome: "error", error: "table limit exceeded" },
     Hostile { file: "recursion.wat", flags: &[], outcome: "error", error: "stack depth limit exceeded" },
     Hostile { file: "huge_stdout.wat", flags: &[], outcome: "error", error: "output size limit exceeded" },
-    Hostile { file: "scratch_filler.wat", flags: &["--scratch", "4MiB"], outcome: "error", error: "scratch disk limit" },
+    Hostile {
+        file: "scratch_filler.wat",
+        flags: &["--scratch", "4MiB"],
+        outcome: "error",
+        error: "scratch disk limit",
+    },
     Hostile { file: "deep_scratch.wat", flags: &["--scratch", "4MiB"], outcome: "error", error: "scratch disk limit" },
     Hostile { file: "escape.wat", flags: &[], outcome: "error", error: "exited with status" },
     Hostile { file: "trap.wat", flags: &[], outcome: "error", error: "trap: " },

@@ -1,5 +1,6 @@
 //! The service units in `packaging/systemd/`: systemd's own checker accepts them, and the
-//! client's keeps the promises the README makes to volunteers.
+//! client's keeps the promises the README makes to volunteers. The Debian packages that
+//! carry them install with `dpkg -i` and run.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -86,4 +87,61 @@ fn the_client_service_runs_idle_unprivileged_and_confined() {
     }
     // wasmtime writes machine code at run time.
     assert!(value("MemoryDenyWriteExecute").is_empty(), "a JIT cannot run with MemoryDenyWriteExecute");
+}
+
+/// One Debian package and what it must install.
+struct Package {
+    name: &'static str,
+    binary: &'static str,
+    user: &'static str,
+}
+
+/// `cargo deb` (the cargo-deb crate) packs the binaries this test run built, `dpkg -i`
+/// installs each package on this machine (the test needs root, as CI has), and then its
+/// program runs from /usr/bin, its system user exists, systemd's checker accepts its unit
+/// where systemd looks for it, and `dpkg --purge` takes it all away again.
+#[test]
+fn the_debian_packages_install_with_dpkg_and_run() {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let debs = tempfile::tempdir().unwrap();
+    for package in [
+        Package { name: "wasmgrid-client", binary: "wasmgrid", user: "wasmgrid" },
+        Package { name: "wasmgrid-server", binary: "wasmgrid-server", user: "wasmgrid-server" },
+    ] {
+        // The binaries of this run (the dev profile): the package is what is tested here,
+        // and a release build would double the time CI takes.
+        binary(package.binary);
+        let made = Command::new("cargo")
+            .current_dir(&workspace)
+            .args(["deb", "--quiet", "-p", package.name, "--profile", "dev", "--no-build", "-o"])
+            .arg(debs.path())
+            .output()
+            .expect("cargo-deb runs: cargo install cargo-deb");
+        assert!(made.status.success(), "cargo deb -p {}: {}", package.name, String::from_utf8_lossy(&made.stderr));
+        let deb = String::from_utf8_lossy(&made.stdout).trim().lines().last().unwrap().to_owned();
+        assert!(deb.ends_with("_amd64.deb") && Path::new(&deb).exists(), "{deb}");
+
+        let installed = Command::new("dpkg").args(["-i", &deb]).output().unwrap();
+        assert!(installed.status.success(), "dpkg -i {deb}: {}", String::from_utf8_lossy(&installed.stderr));
+        let version = Command::new(format!("/usr/bin/{}", package.binary)).arg("--version").output().unwrap();
+        assert!(version.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&version.stdout).trim(),
+            format!("{} {}", package.binary, env!("CARGO_PKG_VERSION"))
+        );
+        let user = Command::new("getent").args(["passwd", package.user]).output().unwrap();
+        let entry = String::from_utf8_lossy(&user.stdout);
+        assert!(entry.contains(&format!("/var/lib/{}", package.user)), "the postinst made the user: {entry}");
+        assert!(entry.trim_end().ends_with("/usr/sbin/nologin"), "{entry}");
+        let unit = format!("/usr/lib/systemd/system/{}.service", package.name);
+        let checked = Command::new("systemd-analyze").args(["verify", "--man=no", &unit]).output().unwrap();
+        let printed =
+            format!("{}{}", String::from_utf8_lossy(&checked.stdout), String::from_utf8_lossy(&checked.stderr));
+        assert!(checked.status.success() && printed.trim().is_empty(), "{unit}: {printed}");
+
+        let purged = Command::new("dpkg").args(["--purge", package.name]).output().unwrap();
+        assert!(purged.status.success(), "dpkg --purge {}: {}", package.name, String::from_utf8_lossy(&purged.stderr));
+        assert!(!Path::new(&format!("/usr/bin/{}", package.binary)).exists());
+        assert!(!Path::new(&unit).exists());
+    }
 }

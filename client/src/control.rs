@@ -21,8 +21,12 @@ use crate::status::StatusReport;
 const MAX_REQUEST_BYTES: u64 = 64 << 10;
 /// Longest reply a command reads (a status with thousands of tasks).
 const MAX_REPLY_BYTES: u64 = 64 << 20;
-/// How long either side waits for the other.
-const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the daemon waits for a request (one short line, written at once) and for the
+/// peer to take its reply.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a command waits for the daemon's reply (its loop may be in an exchange with a
+/// server).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -70,9 +74,9 @@ pub async fn send(data_dir: &DataDir, request: &Request) -> anyhow::Result<Optio
         (&mut stream).take(MAX_REPLY_BYTES).read_to_end(&mut reply).await?;
         anyhow::Ok(reply)
     };
-    let reply = tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
+    let reply = tokio::time::timeout(REPLY_TIMEOUT, exchange)
         .await
-        .map_err(|_| anyhow::anyhow!("the daemon did not answer within {} s", EXCHANGE_TIMEOUT.as_secs()))??;
+        .map_err(|_| anyhow::anyhow!("the daemon did not answer within {} s", REPLY_TIMEOUT.as_secs()))??;
     let reply = serde_json::from_slice(&reply).map_err(|error| anyhow::anyhow!("the daemon's answer: {error}"))?;
     Ok(Some(reply))
 }
@@ -112,7 +116,7 @@ impl Connection {
         let mut line = Vec::new();
         let mut reader = BufReader::new(&mut self.stream).take(MAX_REQUEST_BYTES);
         let read = reader.read_until(b'\n', &mut line);
-        match tokio::time::timeout(EXCHANGE_TIMEOUT, read).await {
+        match tokio::time::timeout(REQUEST_TIMEOUT, read).await {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => return Err(format!("cannot read the request: {error}")),
             Err(_) => return Err("no request arrived in time".to_owned()),
@@ -132,7 +136,7 @@ impl Connection {
                 self.stream.write_all(&json).await?;
                 self.stream.shutdown().await
             };
-            let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, sent).await;
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, sent).await;
         }
     }
 }

@@ -42,6 +42,9 @@ use wasmgrid_sandbox::{RunControl, Sandbox, StopReason};
 /// How long a task asked to pause may take to reach a point where it can be held, when it
 /// cannot be held anywhere, before it is stopped instead.
 const PAUSE_GRACE: Duration = Duration::from_secs(2);
+/// Control connections served at once (each waits at most two seconds for its request):
+/// enough for any volunteer, and a flood cannot take the file descriptors tasks need.
+const MAX_CONTROL_CONNECTIONS: usize = 128;
 /// Longest wait for running tasks to stop at shutdown.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reports per scheduler request, as the server allows.
@@ -195,6 +198,8 @@ impl Daemon {
         mut reloads: Reloads,
     ) -> anyhow::Result<()> {
         let control_socket = control::Listener::bind(&self.data_dir)?;
+        let control_slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONTROL_CONNECTIONS));
+        let mut refused_connections: u64 = 0;
         tokio::pin!(shutdown);
         loop {
             self.follow_preferences();
@@ -211,7 +216,9 @@ impl Daemon {
                 .min()
                 .unwrap_or_else(Instant::now)
                 .max(Instant::now())
-                .min(Instant::now() + IDLE_TICK);
+                .min(Instant::now() + IDLE_TICK)
+                // The computing preferences are read this often.
+                .min(Instant::now() + suspension::READING_INTERVAL);
             tokio::select! {
                 Some(completion) = self.completions.1.recv() => self.apply(completion)?,
                 Some((id, uploaded)) = self.uploads.1.recv() => self.uploaded(id, uploaded),
@@ -222,13 +229,28 @@ impl Daemon {
                     Err(error) => tracing::error!("keeping the settings in force: {error:#}"),
                 },
                 _ = tokio::time::sleep_until(wake.into()) => {}
-                accepted = control_socket.accept() => {
-                    if let Ok(connection) = accepted {
-                        // Off the loop: a peer that never writes or never reads must not
-                        // stall the daemon.
-                        tokio::spawn(serve_control(connection, self.requests.0.clone()));
+                accepted = control_socket.accept() => match accepted {
+                    // Off the loop: a peer that never writes or never reads must not stall
+                    // the daemon. Past the cap, connections are closed at once.
+                    Ok(connection) => match control_slots.clone().try_acquire_owned() {
+                        Ok(slot) => {
+                            tokio::spawn(serve_control(connection, self.requests.0.clone(), slot));
+                        }
+                        Err(_) => {
+                            // Logged now and then, not per connection: a flood must not
+                            // become a flood of the log.
+                            refused_connections += 1;
+                            if refused_connections.is_power_of_two() {
+                                tracing::warn!(refused_connections, "too many control connections at once; closing the extra ones");
+                            }
+                        }
+                    },
+                    Err(error) => {
+                        // Out of file descriptors, say: wait a little rather than spin.
+                        tracing::warn!(%error, "cannot accept a control connection");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                }
+                },
                 Some((request, reply_to)) = self.requests.1.recv() => {
                     let reply = self.handle(request)?;
                     let _ = reply_to.send(reply);
@@ -898,7 +920,11 @@ impl Daemon {
 
 /// Reads one request from the control socket, has the daemon's loop answer it, and sends
 /// the answer back.
-async fn serve_control(mut connection: control::Connection, requests: mpsc::UnboundedSender<ControlRequest>) {
+async fn serve_control(
+    mut connection: control::Connection,
+    requests: mpsc::UnboundedSender<ControlRequest>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
     let reply = match connection.read_request().await {
         Ok(request) => {
             let (reply_to, reply) = tokio::sync::oneshot::channel();

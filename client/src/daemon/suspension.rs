@@ -15,8 +15,9 @@ use crate::compute_hours;
 use crate::machine::{self, CpuMeter};
 use crate::settings::Settings;
 
-/// How often the machine is read: the CPU share is an average over this long.
-pub const READING_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the machine is read: the CPU share is an average over this long, and a
+/// condition that begins suspends computing within this long.
+pub const READING_INTERVAL: Duration = Duration::from_millis(500);
 /// Other programs must stay below the CPU threshold this long before computing resumes, so
 /// that a program that pauses for a moment does not make tasks start and stop each second.
 const CPU_CALM: Duration = Duration::from_secs(3);

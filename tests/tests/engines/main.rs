@@ -4,6 +4,7 @@
 //! - in the real client, `wasmgrid exec` (wasmtime on this machine's CPU, x86_64);
 //! - in the client cross-built for aarch64, under Debian's `qemu-user` (and for riscv64 and
 //!   s390x in the fuller run, `WASMGRID_CROSS_TARGETS`; see README "Testing");
+//! - in the client cross-built for Windows with Debian's MinGW-w64, under Debian's `wine`;
 //! - in a second engine: Node's V8, through `node:wasi`, on the module instrumented for any
 //!   engine (`wasmgrid instrument --target portable`), with `tests/node/run_portable.mjs`.
 
@@ -92,22 +93,45 @@ fn workloads(scratch: &Path) -> Vec<Workload> {
     ]
 }
 
-/// `wasmgrid exec --json` through `runner` (nothing, or qemu), parsed; with the error the
-/// run ended with, if any, to say why when answers differ.
-fn in_client(client: &[String], workload: &Workload, scratch: &Path) -> (Answer, String) {
+/// How to run one build of the client here.
+struct Client {
+    /// The program and its first arguments: the client itself, or qemu or wine and the
+    /// client.
+    command: Vec<String>,
+    environment: Vec<(String, String)>,
+    /// Paths are given as Windows sees this machine's files (wine's drive Z:).
+    windows_paths: bool,
+}
+
+impl Client {
+    fn native(binary: &Path) -> Self {
+        Self { command: vec![binary.to_string_lossy().into_owned()], environment: Vec::new(), windows_paths: false }
+    }
+
+    fn path(&self, path: &Path) -> String {
+        let path = path.to_string_lossy();
+        if self.windows_paths { format!("Z:{}", path.replace('/', "\\")) } else { path.into_owned() }
+    }
+}
+
+/// `wasmgrid exec --json` in `client`, parsed; with the error the run ended with, if any, to
+/// say why when answers differ.
+fn in_client(client: &Client, workload: &Workload, scratch: &Path) -> (Answer, String) {
     let stdin = scratch.join(format!("{}.stdin", workload.name));
     std::fs::write(&stdin, &workload.stdin).unwrap();
-    let output = Command::new(&client[0])
-        .args(&client[1..])
+    let output = Command::new(&client.command[0])
+        .args(&client.command[1..])
+        .envs(client.environment.iter().map(|(name, value)| (name, value)))
         .arg("exec")
-        .arg(&workload.module)
+        .arg(client.path(&workload.module))
         .arg("--stdin")
-        .arg(&stdin)
+        .arg(client.path(&stdin))
         .args(["--fuel", &FUEL.to_string(), "--seed", &workload.seed.to_string(), "--json", "--"])
         .args(&workload.args)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{client:?} exec failed: {}", String::from_utf8_lossy(&output.stderr));
+    let command = &client.command;
+    assert!(output.status.success(), "{command:?} exec failed: {}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let answer = Answer {
         outcome: report["outcome"].as_str().unwrap().to_owned(),
@@ -117,7 +141,7 @@ fn in_client(client: &[String], workload: &Workload, scratch: &Path) -> (Answer,
     // Which of wasmtime's back ends ran (Pulley where Cranelift cannot compile the module on
     // that CPU), for the log of the fuller run.
     let backend = report["backend"].as_str().unwrap_or("none");
-    let runner = Path::new(&client[0]).file_name().unwrap_or_default().to_string_lossy();
+    let runner = Path::new(&command[0]).file_name().unwrap_or_default().to_string_lossy();
     eprintln!("{}: {} on {backend}, run by {runner}", workload.name, answer.outcome);
     (answer, report["error"].as_str().unwrap_or_default().to_owned())
 }
@@ -192,11 +216,65 @@ fn gnu_triple(target: &str) -> String {
 }
 
 /// How to run a binary for `target` here: Debian's qemu-user, with the target's libraries.
-fn under_qemu(target: &str, binary: PathBuf) -> Vec<String> {
+fn under_qemu(target: &str, binary: PathBuf) -> Client {
     let triple = gnu_triple(target);
     let arch = triple.split('-').next().unwrap();
-    vec![format!("qemu-{arch}"), "-L".into(), format!("/usr/{triple}"), binary.to_string_lossy().into_owned()]
+    Client {
+        command: vec![
+            format!("qemu-{arch}"),
+            "-L".into(),
+            format!("/usr/{triple}"),
+            binary.to_string_lossy().into_owned(),
+        ],
+        environment: Vec::new(),
+        windows_paths: false,
+    }
 }
+
+const WINDOWS: &str = "x86_64-pc-windows-gnu";
+
+/// The client cross-built for Windows with Debian's MinGW-w64, and how to run it under
+/// Debian's wine (64-bit), in a wine prefix of its own under `scratch`.
+///
+/// Wine 8 (Debian 12's) lacks `ProcessPrng` of `bcryptprimitives.dll`, which Rust's standard
+/// library calls for random numbers: `tests/wine/bcryptprimitives.c` supplies it, on top of
+/// the `RtlGenRandom` wine has, as a DLL beside the client.
+fn windows_client(scratch: &Path) -> Client {
+    let target_dir = workspace().join("target/cross");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(workspace())
+        .args(["build", "--quiet", "-p", "wasmgrid-client", "--target", WINDOWS])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER", "x86_64-w64-mingw32-gcc")
+        .env("CC_x86_64_pc_windows_gnu", "x86_64-w64-mingw32-gcc")
+        .status()
+        .unwrap();
+    assert!(status.success(), "cross-building the client for Windows failed: it needs Debian's gcc-mingw-w64-x86-64");
+    let dir = scratch.join("windows");
+    std::fs::create_dir_all(&dir).unwrap();
+    let client = dir.join("wasmgrid.exe");
+    std::fs::copy(target_dir.join(WINDOWS).join("debug/wasmgrid.exe"), &client).unwrap();
+    let shim = Command::new("x86_64-w64-mingw32-gcc")
+        .args(["-shared", "-O2", "-o"])
+        .arg(dir.join("bcryptprimitives.dll"))
+        .arg(workspace().join("tests/wine/bcryptprimitives.c"))
+        .arg("-ladvapi32")
+        .status()
+        .unwrap();
+    assert!(shim.success(), "building the ProcessPrng shim for wine failed");
+    Client {
+        command: vec![WINE.to_owned(), client.to_string_lossy().into_owned()],
+        environment: vec![
+            ("WINEPREFIX".to_owned(), scratch.join("wine-prefix").to_string_lossy().into_owned()),
+            ("WINEDEBUG".to_owned(), "-all".to_owned()),
+        ],
+        windows_paths: true,
+    }
+}
+
+/// Debian's 64-bit wine loader (the `wine` package's `wine` wrapper wants 32-bit wine too).
+const WINE: &str = "/usr/lib/wine/wine64";
 
 /// The targets besides this machine's: aarch64 always, more when `WASMGRID_CROSS_TARGETS`
 /// names them (comma-separated Rust target triples).
@@ -213,11 +291,11 @@ fn cross_targets() -> Vec<String> {
 fn every_engine_and_cpu_computes_the_same_archive_and_fuel() {
     let scratch = tempfile::tempdir().unwrap();
     let client = client_binary();
-    let mut engines: Vec<(String, Vec<String>)> =
-        vec![("wasmtime, x86_64".into(), vec![client.to_string_lossy().into_owned()])];
+    let mut engines: Vec<(String, Client)> = vec![("wasmtime, x86_64".into(), Client::native(&client))];
     for target in cross_targets() {
         engines.push((format!("wasmtime, {target} under qemu"), under_qemu(&target, cross_client(&target))));
     }
+    engines.push(("wasmtime, x86_64 Windows under wine".into(), windows_client(scratch.path())));
     for workload in workloads(scratch.path()) {
         let (reference, error) = in_client(&engines[0].1, &workload, scratch.path());
         assert_eq!(reference.outcome, "success", "{}: {reference:?} {error}", workload.name);
@@ -248,6 +326,9 @@ fn the_sandbox_suite_passes_on_aarch64_under_qemu() {
         .env(variable("LINKER"), &gcc)
         .env(variable("RUNNER"), format!("qemu-aarch64 -L /usr/{triple}"))
         .env(format!("CC_{}", target.replace('-', "_")), &gcc)
+        // qemu-user keeps the memory of every module instance the process ever had (about
+        // 80 MiB each): the random modules' differential run takes 20 modules here, not 300.
+        .env("WASMGRID_RANDOM_MODULES", "20")
         .output()
         .unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));

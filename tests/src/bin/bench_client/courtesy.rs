@@ -5,13 +5,17 @@
 //!
 //! The work units are the daemon's own runs (`Sandbox::spawn_in_background`, as the daemon
 //! starts every task) in this process; the owner's program is the native `primes` example,
-//! a separate process per core.
+//! a separate process per core. Then the real daemon, with work units from the real server
+//! on every core, is suspended and resumed by `wasmgrid suspend` and `resume` and by a CPU
+//! hog beside `--suspend-when-cpu-above`, and the time until `status` shows every task
+//! paused (or running again) is measured.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
+use wasmgrid_e2e::bench::{BenchServer, sibling_binary};
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::RunLimits;
 use wasmgrid_sandbox::{RunControl, RunOutcome, RunSpec, Sandbox, StopReason};
@@ -33,11 +37,14 @@ impl RunningTasks {
     fn start(sandbox: &Arc<Sandbox>, spec: &RunSpec, count: usize, background: bool) -> anyhow::Result<Self> {
         let mut tasks = Self { controls: Vec::new(), finished: Vec::new() };
         for _ in 0..count {
+            // A scratch directory each, fresh: nbody keeps its checkpoint there.
+            let scratch_dir = tempfile::tempdir_in(spec.scratch_dir.parent().unwrap_or(Path::new(".")))?.keep();
+            let spec = RunSpec { scratch_dir, ..spec.clone() };
             let control = Arc::new(RunControl::default());
             let finished = if background {
-                sandbox.spawn_in_background(spec.clone(), control.clone())?
+                sandbox.spawn_in_background(spec, control.clone())?
             } else {
-                sandbox.spawn(spec.clone(), control.clone())?
+                sandbox.spawn(spec, control.clone())?
             };
             tasks.controls.push(control);
             tasks.finished.push(finished);
@@ -139,7 +146,9 @@ pub fn measure(native_dir: &Path, wasm_dir: &Path, scratch: &Path, repeat: usize
         wait_until(|| tasks.controls.iter().all(|control| !control.is_paused()))?;
         resumes.push(asked.elapsed());
         // Going again: each task burns fuel before the next trial.
-        wait_until(|| tasks.controls.iter().zip(&fuel).all(|(control, before)| control.progress().fuel_used > *before))?;
+        wait_until(|| {
+            tasks.controls.iter().zip(&fuel).all(|(control, before)| control.progress().fuel_used > *before)
+        })?;
     }
     tasks.stop()?;
     for (what, mut times) in [("pause", pauses), ("resume", resumes)] {
@@ -159,7 +168,8 @@ fn wait_until(condition: impl Fn() -> bool) -> anyhow::Result<()> {
         if Instant::now() > give_up {
             bail!("waited ten seconds in vain");
         }
-        std::hint::spin_loop();
+        // Sleeping, not spinning: a spinning waiter would take the core an idle task needs.
+        std::thread::sleep(Duration::from_micros(50));
     }
     Ok(())
 }
@@ -167,4 +177,114 @@ fn wait_until(condition: impl Fn() -> bool) -> anyhow::Result<()> {
 fn make_dir(path: &Path) -> anyhow::Result<std::path::PathBuf> {
     std::fs::create_dir_all(path)?;
     Ok(path.to_owned())
+}
+
+/// Trials of `wasmgrid suspend` and `resume` on the real daemon.
+const DAEMON_TRIALS: usize = 5;
+
+/// The real daemon: how long from a suspend (by the volunteer, or by the owner's program
+/// taking the CPU) until every task is paused, and from the end of it until every task runs.
+pub async fn measure_daemon(nbody: &[u8]) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let server = BenchServer::start(&["--idle-retry-after", "1"]).await?;
+    super::publish_with_args(&server, nbody, "courtesy", cores, &ENDLESS_NBODY).await?;
+    let data_dir = tempfile::tempdir()?;
+    let wasmgrid = sibling_binary("wasmgrid")?;
+    let command = |args: &[&str]| {
+        let mut command = std::process::Command::new(&wasmgrid);
+        command.arg("--data-dir").arg(data_dir.path()).args(args).env("RUST_LOG", "warn");
+        command
+    };
+    let attached = command(&["attach", &server.url, "--name", "courtesy"]).output()?;
+    if !attached.status.success() {
+        bail!("attach failed: {}", String::from_utf8_lossy(&attached.stderr));
+    }
+    let cores_flag = cores.to_string();
+    let mut daemon =
+        command(&["run", "--cores", &cores_flag, "--suspend-when-cpu-above", "50"]).spawn().context("the daemon")?;
+    // Tasks in one of `states`, as `status` shows them.
+    let count = |states: &[&str]| -> anyhow::Result<usize> {
+        let output = command(&["status", "--json"]).output()?;
+        let status: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+        let tasks = status["tasks"].as_array().cloned().unwrap_or_default();
+        let counted = |task: &&serde_json::Value| {
+            states.iter().any(|state| task["state"] == *state) && task["fuel_used"].as_u64() > Some(0)
+        };
+        Ok(tasks.iter().filter(counted).count())
+    };
+    let wait_for_any = |states: &[&str]| -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        while count(states)? < cores {
+            if started.elapsed() > Duration::from_secs(120) {
+                bail!("the tasks never became {states:?}");
+            }
+            // Each look is a `wasmgrid status` process: other programs' CPU, to the daemon.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(started.elapsed())
+    };
+    let wait_for = |state: &str| wait_for_any(&[state]);
+    wait_for("running")?;
+
+    let (mut suspends, mut resumes) = (Vec::new(), Vec::new());
+    for _ in 0..DAEMON_TRIALS {
+        let asked = Instant::now();
+        if !command(&["suspend"]).output()?.status.success() {
+            bail!("wasmgrid suspend failed");
+        }
+        wait_for("paused")?;
+        suspends.push(asked.elapsed());
+        let asked = Instant::now();
+        if !command(&["resume"]).output()?.status.success() {
+            bail!("wasmgrid resume failed");
+        }
+        wait_for("running")?;
+        resumes.push(asked.elapsed());
+    }
+    let hog_started = Instant::now();
+    let mut hog: Vec<_> = (0..cores)
+        .map(|_| std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn())
+        .collect::<Result<_, _>>()?;
+    // Suspended as soon as the daemon asks every task to pause ("pausing"); held once each
+    // task's thread next runs, which a hog at normal priority lets an idle thread do only
+    // now and then (the task computes nothing meanwhile either).
+    wait_for_any(&["pausing", "paused"])?;
+    let hog_suspended = hog_started.elapsed();
+    wait_for("paused")?;
+    let hog_paused = hog_started.elapsed();
+    let hog_ended = Instant::now();
+    for child in &mut hog {
+        child.kill()?;
+        child.wait()?;
+    }
+    wait_for("running")?;
+    let hog_resumed = hog_ended.elapsed();
+
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.id() as libc::pid_t, libc::SIGTERM) };
+    daemon.wait()?;
+    server.stop().await?;
+    let worst = |times: &[Duration]| times.iter().max().copied().unwrap_or_default().as_secs_f64() * 1000.0;
+    println!("  the real daemon, {cores} tasks, time until status shows them all paused or running:");
+    println!(
+        "    wasmgrid suspend -> all paused                        worst of {DAEMON_TRIALS} {:>7.1} ms",
+        worst(&suspends)
+    );
+    println!(
+        "    wasmgrid resume -> all running                        worst of {DAEMON_TRIALS} {:>7.1} ms",
+        worst(&resumes)
+    );
+    println!(
+        "    a CPU hog on every core starts -> all asked to pause           {:>7.1} ms",
+        hog_suspended.as_secs_f64() * 1000.0
+    );
+    println!(
+        "    ... -> all held (an idle thread under the hog runs rarely)     {:>7.1} ms",
+        hog_paused.as_secs_f64() * 1000.0
+    );
+    println!(
+        "    the hog ends -> all running (3 s calm required)                {:>7.1} ms",
+        hog_resumed.as_secs_f64() * 1000.0
+    );
+    Ok(())
 }

@@ -115,6 +115,8 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!("Courtesy to the owner (best of {} rounds)", args.repeat);
     courtesy::measure(&native_dir, &wasm_dir, scratch.path(), args.repeat)?;
+    let nbody = std::fs::read(wasm_dir.join("nbody.wasm"))?;
+    tokio::runtime::Runtime::new()?.block_on(courtesy::measure_daemon(&nbody))?;
     if args.tasks == 0 {
         return Ok(());
     }
@@ -370,6 +372,17 @@ async fn measure_overhead(tasks: usize) -> anyhow::Result<()> {
 }
 
 async fn publish(server: &BenchServer, wasm: &[u8], name: &str, count: usize) -> anyhow::Result<()> {
+    publish_with_args(server, wasm, name, count, &[]).await
+}
+
+/// Publishes `count` work units of `wasm` with `args`, one replica each.
+async fn publish_with_args(
+    server: &BenchServer,
+    wasm: &[u8],
+    name: &str,
+    count: usize,
+    args: &[&str],
+) -> anyhow::Result<()> {
     let store = DirectoryStore::open(server.data_dir.join("blobs"))?;
     let mut transaction = server.pool.begin().await?;
     let module = store_bytes(&mut transaction, &store, wasm).await.map_err(|error| anyhow::anyhow!("{error}"))?;
@@ -379,8 +392,10 @@ async fn publish(server: &BenchServer, wasm: &[u8], name: &str, count: usize) ->
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     publishing::add_app_version(&mut transaction, app, module).await.map_err(|error| anyhow::anyhow!("{error}"))?;
     let policy = ReplicationPolicy { min_quorum: 1, target_replicas: 1, ..ReplicationPolicy::default() };
-    let specs: Vec<WorkUnitSpec> =
-        (0..count).map(|i| WorkUnitSpec { policy, ..WorkUnitSpec::new(format!("{name}-{i}")) }).collect();
+    let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+    let specs: Vec<WorkUnitSpec> = (0..count)
+        .map(|i| WorkUnitSpec { policy, args: args.clone(), ..WorkUnitSpec::new(format!("{name}-{i}")) })
+        .collect();
     publishing::create_batch(&mut transaction, app, name, &specs).await.map_err(|error| anyhow::anyhow!("{error}"))?;
     transaction.commit().await?;
     Ok(())

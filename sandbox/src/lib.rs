@@ -177,6 +177,12 @@ impl RunControl {
         self.pause.holds_anywhere()
     }
 
+    /// Whether the run has reached the module's code. Before (while it is staged or
+    /// compiled), a pause holds it as it reaches it.
+    pub fn is_in_wasm(&self) -> bool {
+        self.pause.is_in_wasm()
+    }
+
     /// Bytes of linear memory the module has now.
     pub fn memory_in_use(&self) -> u64 {
         self.memory_in_use.load(Ordering::Relaxed)
@@ -474,6 +480,8 @@ impl Sandbox {
     /// Runs a module to the end. Blocking: see the module documentation.
     pub fn run(&self, spec: &RunSpec, control: &Arc<RunControl>) -> RunReport {
         let started = Instant::now();
+        // Only pauses during the run count against its time (one may have begun earlier).
+        let paused_before = control.paused_for();
         let stdout = CappedPipe::failing_after(spec.limits.output_bytes);
         let stderr = CappedPipe::keeping_tail(MAX_STDERR_BYTES as u64);
         let backend = std::cell::Cell::new(None);
@@ -481,7 +489,7 @@ impl Sandbox {
             outcome,
             fuel_used,
             backend: backend.get(),
-            run_time: started.elapsed().saturating_sub(control.paused_for()),
+            run_time: started.elapsed().saturating_sub(control.paused_for().saturating_sub(paused_before)),
             stdout: stdout.contents(),
             stderr: String::from_utf8_lossy(&stderr.contents()).into_owned(),
             exit_status,
@@ -505,7 +513,7 @@ impl Sandbox {
             Err(error) => return report(RunOutcome::Failed(RunError::HostCannotRun(format!("{error:#}"))), 0, None),
         };
         store.limiter(|state| &mut state.limiter);
-        let mut watch = Watch::new(spec, control.clone(), started);
+        let mut watch = Watch::new(spec, control.clone(), started, paused_before);
         store.call_hook(watch.call_hook(meter.handle()));
 
         // Pulley's code is data for its interpreter: the interpreter is what a signal would
@@ -515,7 +523,13 @@ impl Sandbox {
             image.start as usize..image.end as usize
         });
         let (result, stopped_by_watch) = std::thread::scope(|scope| {
-            let watch_thread = watch.watch_from_outside(scope, meter.handle());
+            // Without its watch a run could be neither stopped nor held: none starts.
+            let watch_thread = match watch.watch_from_outside(scope, meter.handle()) {
+                Ok(thread) => thread,
+                Err(error) => {
+                    return (Err(wasmtime::Error::msg(format!("cannot start the run's watch: {error}"))), None);
+                }
+            };
             let _in_wasm = pause::InWasm::enter(control, code);
             let result =
                 match tokio::runtime::Builder::new_current_thread().enable_time().max_blocking_threads(1).build() {
@@ -524,13 +538,7 @@ impl Sandbox {
                     }
                     Err(error) => Err(wasmtime::Error::msg(format!("cannot start the run's event loop: {error}"))),
                 };
-            let stopped_by_watch = match watch_thread {
-                Ok(thread) => thread.finish(),
-                Err(error) => {
-                    return (Err(wasmtime::Error::msg(format!("cannot start the run's watch: {error}"))), None);
-                }
-            };
-            (result, stopped_by_watch)
+            (result, watch_thread.finish())
         });
         let counters = Counters::read(&mut store, meter.handle(), spec.limits.fuel);
         let fuel_used = counters.fuel_used.clamp(0, counters.fuel_limit) as u64;

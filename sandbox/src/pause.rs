@@ -21,7 +21,7 @@
 //!
 //! A cap on a run's share of the CPU ([`PauseGate::limit_cpu`]) is the same pause, on a duty
 //! cycle: for a cool laptop or a quiet fan rather than for the owner's programs, which idle
-//! priority already serves.
+//! priority already serves. It applies only where the run can be held anywhere.
 //!
 //! Paused time does not count against the run's wall-clock limit.
 
@@ -53,6 +53,8 @@ pub struct PauseGate {
     held: AtomicBool,
     /// The run is in Wasm, in compiled code that a signal can hold anywhere.
     holds_anywhere: AtomicBool,
+    /// The run has reached Wasm (it is no longer staged or compiled).
+    in_wasm: AtomicBool,
     time: Mutex<PausedTime>,
     /// Wakes a run held at a host call.
     wake: Condvar,
@@ -83,10 +85,12 @@ impl PauseGate {
     /// one second: running for `percent` of it, paused for the rest.
     pub fn limit_cpu(&self, percent: u8) {
         let percent = if percent >= 100 { 0 } else { percent };
-        self.cpu_limit_percent.store(percent, Ordering::SeqCst);
-        if percent == 0 {
-            self.set(&self.throttled, false);
-        }
+        self.update(|| {
+            self.cpu_limit_percent.store(percent, Ordering::SeqCst);
+            if percent == 0 {
+                self.throttled.store(false, Ordering::SeqCst);
+            }
+        });
     }
 
     pub fn is_requested(&self) -> bool {
@@ -109,6 +113,11 @@ impl PauseGate {
         self.holds_anywhere.load(Ordering::SeqCst)
     }
 
+    /// Whether the run has reached Wasm: before, a pause holds it at its first instruction.
+    pub fn is_in_wasm(&self) -> bool {
+        self.in_wasm.load(Ordering::SeqCst)
+    }
+
     /// Time spent paused or throttled so far, the pause in force included.
     pub fn paused_for(&self) -> Duration {
         let time = lock(&self.time);
@@ -118,10 +127,16 @@ impl PauseGate {
     /// Sets one of the reasons to hold the run, keeping the paused time, and signals the
     /// run when that closes or opens the gate.
     fn set(&self, reason: &AtomicBool, value: bool) {
-        let changed = {
+        self.update(|| reason.store(value, Ordering::SeqCst));
+    }
+
+    /// Makes `change` to the reasons to hold the run under the lock, so that changes from
+    /// different threads (a new CPU cap, the duty cycle's tick) never interleave.
+    fn update<R>(&self, change: impl FnOnce() -> R) -> R {
+        let (changed, result) = {
             let mut time = lock(&self.time);
             let was_closed = self.is_closed();
-            reason.store(value, Ordering::SeqCst);
+            let result = change();
             let closed = self.is_closed();
             match (was_closed, closed) {
                 (false, true) => time.since = Some(Instant::now()),
@@ -132,12 +147,13 @@ impl PauseGate {
                 }
                 _ => {}
             }
-            was_closed != closed
+            (was_closed != closed, result)
         };
         if changed {
             self.wake.notify_all();
             self.signal();
         }
+        result
     }
 
     /// Wakes a held run so that it looks again at whether it must stay held (after a stop
@@ -153,16 +169,23 @@ impl PauseGate {
     /// was interrupted outside compiled code. Returns how long the watch may sleep before
     /// the next tick is due.
     pub(crate) fn tick(&self, run_time: Duration, longest: Duration) -> Duration {
-        let mut sleep = longest;
-        let percent = self.cpu_limit_percent.load(Ordering::SeqCst);
-        if percent > 0 {
+        // The cap is read and the duty cycle moved on in one step: a cap lifted meanwhile
+        // must not leave the run throttled. A run that cannot be held where it is (Pulley,
+        // or a platform without the signal) is not throttled: it would run on regardless,
+        // and its off time would count as paused.
+        let next_change = self.update(|| {
+            let percent = self.cpu_limit_percent.load(Ordering::SeqCst);
+            if percent == 0 || !self.holds_anywhere() {
+                self.throttled.store(false, Ordering::SeqCst);
+                return None;
+            }
             let into_cycle = Duration::from_nanos((run_time.as_nanos() % DUTY_CYCLE.as_nanos()) as u64);
             let on_part = DUTY_CYCLE * u32::from(percent) / 100;
             let off = into_cycle >= on_part;
-            self.set(&self.throttled, off);
-            let next_change = if off { DUTY_CYCLE - into_cycle } else { on_part - into_cycle };
-            sleep = sleep.min(next_change);
-        }
+            self.throttled.store(off, Ordering::SeqCst);
+            Some(if off { DUTY_CYCLE - into_cycle } else { on_part - into_cycle })
+        });
+        let mut sleep = next_change.map_or(longest, |next| longest.min(next));
         if self.is_closed() && !self.is_held() {
             self.signal();
             sleep = sleep.min(PAUSE_RETRY);
@@ -203,6 +226,7 @@ pub(crate) struct InWasm<'a> {
 
 impl<'a> InWasm<'a> {
     pub(crate) fn enter(control: &'a crate::RunControl, code: Option<std::ops::Range<usize>>) -> Self {
+        control.pause.in_wasm.store(true, Ordering::SeqCst);
         if let Some(code) = code {
             signal::enter(control, code);
             let thread = signal::Thread::current();
@@ -220,6 +244,7 @@ impl Drop for InWasm<'_> {
         let mut thread = lock(&self.control.pause.thread);
         *thread = None;
         self.control.pause.holds_anywhere.store(false, Ordering::SeqCst);
+        self.control.pause.in_wasm.store(false, Ordering::SeqCst);
         signal::leave();
     }
 }

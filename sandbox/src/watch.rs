@@ -69,6 +69,8 @@ pub struct Watch {
 struct Checks {
     control: Arc<RunControl>,
     deadline: Instant,
+    /// Time the run had been paused when it started: pauses from then on extend the deadline.
+    paused_before: Duration,
     scratch_dir: PathBuf,
     scratch_limit: u64,
     next_scratch_check: Instant,
@@ -77,10 +79,13 @@ struct Checks {
 
 impl Watch {
     /// The watch over the run of `spec`, which started at `started`.
-    pub fn new(spec: &RunSpec, control: Arc<RunControl>, started: Instant) -> Self {
+    /// The watch over the run of `spec`, which started at `started`, when `control` had been
+    /// paused for `paused_before`.
+    pub fn new(spec: &RunSpec, control: Arc<RunControl>, started: Instant, paused_before: Duration) -> Self {
         let checks = Checks {
             control: control.clone(),
             // A limit too large to add is no limit.
+            paused_before,
             deadline: started
                 .checked_add(Duration::from_secs(spec.limits.wall_time_seconds))
                 .unwrap_or_else(|| started + Duration::from_secs(FAR_FUTURE_SECONDS)),
@@ -187,7 +192,7 @@ impl Watch {
 
 impl Checks {
     fn run(&mut self) -> Result<(), Interruption> {
-        stop_or_deadline(&self.control, self.deadline)?;
+        stop_or_deadline(&self.control, self.deadline, self.paused_before)?;
         let now = Instant::now();
         if now >= self.next_progress_check {
             self.next_progress_check = now + PROGRESS_CHECK_INTERVAL;
@@ -211,12 +216,12 @@ fn lock(checks: &Mutex<Checks>) -> std::sync::MutexGuard<'_, Checks> {
     checks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn stop_or_deadline(control: &RunControl, deadline: Instant) -> Result<(), Interruption> {
+fn stop_or_deadline(control: &RunControl, deadline: Instant, paused_before: Duration) -> Result<(), Interruption> {
     if let Some(reason) = control.stop_reason() {
         return Err(Interruption::Stopped(reason));
     }
     // Time spent paused is the owner's, not the module's.
-    if Instant::now() > deadline + control.paused_for() {
+    if Instant::now() > deadline + control.paused_for().saturating_sub(paused_before) {
         return Err(Interruption::Broke(Limit::WallTime));
     }
     Ok(())

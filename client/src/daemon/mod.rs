@@ -382,8 +382,10 @@ impl Daemon {
             // A task that cannot be held where it is (on a platform without pausing in
             // place, or one that only Pulley runs) and has not reached a host call soon
             // stops instead, and runs again from its checkpoint.
+            // (Before it reaches Wasm, a task is held at its first instruction.)
             let not_held = !running.control.is_paused() && now.duration_since(asked) >= PAUSE_GRACE;
-            if not_held && !running.control.pauses_anywhere() && !running.stopping {
+            let cannot_hold = running.control.is_in_wasm() && !running.control.pauses_anywhere();
+            if not_held && cannot_hold && !running.stopping {
                 tracing::info!(replica.id = id.replica_id, "the task cannot pause where it is: stopping it");
                 running.stopping = true;
                 running.control.stop(StopReason::Shutdown);
@@ -517,8 +519,9 @@ impl Daemon {
             }
             // Nor more than the machine has free, above what the preferences keep for the
             // owner, and above what the running tasks may still grow into.
+            // Not even alone: memory would soon be short, and the task stopped again.
             if let Some(headroom) = memory_headroom.as_mut() {
-                if !self.running.is_empty() && memory_bytes > *headroom {
+                if memory_bytes > *headroom {
                     continue;
                 }
                 *headroom = headroom.saturating_sub(memory_bytes);

@@ -180,15 +180,38 @@ fn a_pulley_run_pauses_at_a_host_call() {
 #[test]
 fn a_cpu_cap_holds_the_run_for_the_rest_of_each_second() {
     let harness = Harness::default();
-    let wasm = wat("probes/spin.wat");
-    let uninterrupted = harness.run(harness.spec(&wasm, LIMITS));
+    // A loop that runs until its fuel is gone: a few seconds of work, over several cycles.
+    let wasm = wat("hostile/infinite_loop.wat");
+    let limits = RunLimits { fuel: 3_000_000_000, ..LIMITS };
+    let uninterrupted = harness.run(harness.spec(&wasm, limits));
     let control = Arc::new(RunControl::default());
     control.limit_cpu(30);
-    let finished = harness.sandbox.spawn(harness.spec(&wasm, LIMITS), control.clone()).unwrap();
+    let finished = harness.sandbox.spawn(harness.spec(&wasm, limits), control.clone()).unwrap();
     let report = finished.blocking_recv().unwrap();
 
-    assert_eq!((&report.stdout, report.fuel_used), (&uninterrupted.stdout, uninterrupted.fuel_used));
+    assert!(matches!(report.outcome, RunOutcome::Failed(_)), "{:?}", report.outcome);
+    assert_eq!((&report.outcome, report.fuel_used), (&uninterrupted.outcome, uninterrupted.fuel_used));
     let held = control.paused_for().as_secs_f64();
     let share = report.run_time.as_secs_f64() / (report.run_time.as_secs_f64() + held);
     assert!((0.15..0.5).contains(&share), "ran {share:.2} of the time, held {held:.2} s");
+}
+
+/// A cap lifted while the run is in the off part of its cycle lets it go on at once, and for
+/// good: no tick of the old cycle holds it again.
+#[test]
+fn lifting_a_cpu_cap_lets_a_throttled_run_go_on() {
+    let harness = Harness::default();
+    let wasm = wat("hostile/infinite_loop.wat");
+    let limits = RunLimits { fuel: 3_000_000_000, ..LIMITS };
+    let control = Arc::new(RunControl::default());
+    control.limit_cpu(5);
+    let finished = harness.sandbox.spawn(harness.spec(&wasm, limits), control.clone()).unwrap();
+    wait_for("the cap holds the run", PROMPTLY, || control.is_paused());
+
+    control.limit_cpu(100);
+    wait_for("the run goes on", PROMPTLY, || !control.is_paused());
+    let paused = control.paused_for();
+    let report = finished.blocking_recv().unwrap();
+    assert!(matches!(report.outcome, RunOutcome::Failed(_)), "ran to its fuel limit: {:?}", report.outcome);
+    assert!(control.paused_for() - paused < Duration::from_millis(100), "held again after the cap was lifted");
 }

@@ -10,10 +10,10 @@ use wasmgrid_client::control::{self, Reply, Request};
 use wasmgrid_client::daemon::{self, Daemon, RunOptions};
 use wasmgrid_client::data_dir::DataDir;
 use wasmgrid_client::local_run::{self, ExecRequest};
-use wasmgrid_client::projects::{Project, Projects, check_transport, normalize_url};
+use wasmgrid_client::projects::{self, Project, Projects, check_transport, normalize_url};
 use wasmgrid_client::publish::commands::{self, AppCommand, BatchCommand, Connection};
 use wasmgrid_client::settings::{Overrides, Settings};
-use wasmgrid_client::state::{ClientState, Phase, Task};
+use wasmgrid_client::state::ClientState;
 use wasmgrid_client::{host_info, status};
 use wasmgrid_protocol::api::RunLimits;
 
@@ -370,38 +370,19 @@ async fn attach(
     Ok(())
 }
 
-/// Forgets a project and abandons its tasks: nobody would run or report them any more, and
-/// a task left pending would keep `run --exit-when-idle` from ever being idle. The server
-/// hands abandoned replicas to someone else once their deadline passes.
+/// Detaches from a project with no daemon running (see [`projects::detach`]).
 fn detach(data_dir: &DataDir, server_url: &str) -> anyhow::Result<()> {
     // A running daemon holds its own copy of the projects and the tasks: it would go on
     // asking this project for work and write the tasks back.
     let _lock = daemon::lock(data_dir).context("stop the daemon before detaching")?;
     let url = normalize_url(server_url);
-    let mut projects = Projects::load(data_dir)?;
-    if !projects.remove(&url) {
-        anyhow::bail!("not attached to {url}");
+    match projects::detach(data_dir, &mut ClientState::load(data_dir)?, &url)? {
+        Some(detached) => {
+            println!("{detached}");
+            Ok(())
+        }
+        None => anyhow::bail!("not attached to {url}"),
     }
-    let mut state = ClientState::load(data_dir)?;
-    let abandoned: Vec<Task> = state.tasks.values().filter(|task| task.project_url == url).cloned().collect();
-    state.tasks.retain(|_, task| task.project_url != url);
-    // The tasks go first: a crash in between leaves an attached project with no tasks
-    // rather than tasks of a project that is gone.
-    state.save(data_dir)?;
-    projects.save(data_dir)?;
-    for task in &abandoned {
-        let task_dir = data_dir.task(&task.id());
-        let _ = std::fs::remove_dir_all(&task_dir);
-        // The project's directory, once empty.
-        let _ = task_dir.parent().map(std::fs::remove_dir);
-    }
-    let unreported = abandoned.iter().filter(|task| matches!(task.phase, Phase::Finished { .. })).count();
-    if abandoned.is_empty() {
-        println!("detached from {url}");
-    } else {
-        println!("detached from {url}, abandoning {} tasks ({unreported} finished but not reported)", abandoned.len());
-    }
-    Ok(())
 }
 
 /// Reads `client.toml` again (with the flags over it) on every SIGHUP, as service managers

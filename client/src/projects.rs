@@ -1,9 +1,12 @@
 //! The projects this host is attached to, with the secrets that authenticate it.
 //! Stored in `projects.json`, readable by the volunteer only.
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
 use crate::data_dir::{DataDir, write_atomically};
+use crate::state::{ClientState, Phase, Task};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Project {
@@ -107,4 +110,53 @@ mod tests {
         assert!(check_transport("http://grid.example.org", true).is_ok());
         assert!(check_transport("ftp://grid.example.org", true).is_err());
     }
+}
+
+/// What detaching from a project abandoned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detached {
+    pub url: String,
+    pub tasks: usize,
+    /// Of those, the finished ones never reported.
+    pub unreported: usize,
+}
+
+impl fmt::Display for Detached {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.tasks == 0 {
+            write!(f, "detached from {}", self.url)
+        } else {
+            write!(
+                f,
+                "detached from {}, abandoning {} tasks ({} finished but not reported)",
+                self.url, self.tasks, self.unreported
+            )
+        }
+    }
+}
+
+/// Forgets the project at `url` and abandons its tasks in `state`, on disk too: nobody would
+/// run or report them any more, and a task left pending would keep `run --exit-when-idle`
+/// from ever being idle. The server hands abandoned replicas to someone else once their
+/// deadline passes. `None` when not attached to it. Whoever holds `state` must stop the
+/// project's running tasks first.
+pub fn detach(data_dir: &DataDir, state: &mut ClientState, url: &str) -> anyhow::Result<Option<Detached>> {
+    let mut projects = Projects::load(data_dir)?;
+    if !projects.remove(url) {
+        return Ok(None);
+    }
+    let abandoned: Vec<Task> = state.tasks.values().filter(|task| task.project_url == url).cloned().collect();
+    state.tasks.retain(|_, task| task.project_url != url);
+    // The tasks go first: a crash in between leaves an attached project with no tasks
+    // rather than tasks of a project that is gone.
+    state.save(data_dir)?;
+    projects.save(data_dir)?;
+    for task in &abandoned {
+        let task_dir = data_dir.task(&task.id());
+        let _ = std::fs::remove_dir_all(&task_dir);
+        // The project's directory, once empty.
+        let _ = task_dir.parent().map(std::fs::remove_dir);
+    }
+    let unreported = abandoned.iter().filter(|task| matches!(task.phase, Phase::Finished { .. })).count();
+    Ok(Some(Detached { url: url.to_owned(), tasks: abandoned.len(), unreported }))
 }

@@ -30,7 +30,7 @@ use crate::backoff::Backoff;
 use crate::blob_cache::BlobCache;
 use crate::control::{self, Reply, Request};
 use crate::data_dir::DataDir;
-use crate::projects::{Project, Projects, check_transport, normalize_url};
+use crate::projects::{self, Project, Projects, check_transport, normalize_url};
 use crate::settings::{Overrides, Settings};
 use crate::state::{ClientState, Phase, Task, TaskId};
 use crate::status::{self, StatusReport};
@@ -323,35 +323,15 @@ impl Daemon {
         let Some(position) = self.contacts.iter().position(|contact| contact.project.url == url) else {
             return Ok(None);
         };
-        let abandoned: Vec<TaskId> =
-            self.state.tasks.values().filter(|task| task.project_url == url).map(Task::id).collect();
-        let unreported = abandoned
-            .iter()
-            .filter(|id| matches!(self.state.tasks.get(id).map(|task| &task.phase), Some(Phase::Finished { .. })))
-            .count();
         for (id, running) in &self.running {
             if id.project_url == url {
                 running.control.stop(StopReason::Aborted);
             }
         }
-        // The tasks go first: a crash in between leaves an attached project with no tasks
-        // rather than tasks of a project that is gone.
-        self.forget(&abandoned)?;
-        let mut projects = Projects::load(&self.data_dir)?;
-        projects.remove(url);
-        projects.save(&self.data_dir)?;
+        let detached = projects::detach(&self.data_dir, &mut self.state, url)?;
         self.contacts.remove(position);
-        // The project's directory, once empty.
-        let _ = self.data_dir.task(&TaskId::new(url, 0)).parent().map(std::fs::remove_dir);
-        tracing::info!(project = %url, tasks = abandoned.len(), "detached");
-        Ok(Some(if abandoned.is_empty() {
-            format!("detached from {url}")
-        } else {
-            format!(
-                "detached from {url}, abandoning {} tasks ({unreported} finished but not reported)",
-                abandoned.len()
-            )
-        }))
+        tracing::info!(project = %url, tasks = detached.as_ref().map_or(0, |d| d.tasks), "detached");
+        Ok(Some(detached.map_or_else(|| format!("detached from {url}"), |detached| detached.to_string())))
     }
 
     /// Reads the machine and the preferences, and pauses or resumes the running tasks to

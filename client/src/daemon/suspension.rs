@@ -81,9 +81,9 @@ pub struct Suspension {
     cpu: CpuMeter,
     last_reading: Option<Instant>,
     others_cpu: Option<f64>,
-    /// Since when other programs have been over the CPU threshold, and since when back under
-    /// it while still counted as busy.
+    /// Other programs are over the CPU threshold, or were until less than [`CPU_CALM`] ago.
     cpu_busy: bool,
+    /// Since when they have been back under it, while still counted as busy.
     cpu_calm_since: Option<Instant>,
     on_battery: Option<bool>,
     memory_available: Option<u64>,

@@ -478,7 +478,7 @@ impl Daemon {
                         .running
                         .iter()
                         .filter(|(id, _)| id.project_url == contact.project.url)
-                        .map(|(_, running)| running.started.elapsed().as_secs_f64())
+                        .map(|(_, running)| running.control.progress().fuel_used as f64)
                         .sum();
                     (contact.recent_use.at(now) + running, contact.project.resource_share)
                 })
@@ -531,7 +531,7 @@ impl Daemon {
     /// Applies the end of a task's run.
     fn apply(&mut self, completion: Completion) -> anyhow::Result<()> {
         let Completion { task: id, end } = completion;
-        let started = self.running.remove(&id).map(|running| running.started);
+        let fuel_so_far = self.running.remove(&id).map(|running| running.control.progress().fuel_used);
         let contact = self.contacts.iter_mut().find(|contact| contact.project.url == id.project_url);
         match end {
             End::Finished(phase) => {
@@ -539,10 +539,14 @@ impl Daemon {
                     return Ok(());
                 }
                 let Some(contact) = contact else { return Ok(()) };
-                if let Phase::Finished { report, .. } = &phase {
-                    contact.record_run_time(Duration::from_millis(report.run_time_ms));
-                }
-                contact.recent_use.add(started.map(|at| at.elapsed()).unwrap_or_default());
+                let fuel = match &phase {
+                    Phase::Finished { report, .. } => {
+                        contact.record_run_time(Duration::from_millis(report.run_time_ms));
+                        report.fuel_used
+                    }
+                    _ => fuel_so_far.unwrap_or_default(),
+                };
+                contact.recent_use.add(fuel);
                 contact.reports_waiting_since.get_or_insert_with(Instant::now);
                 contact.staging_backoff.succeeded();
                 // Upload at once unless the server is failing (then the next exchange does,

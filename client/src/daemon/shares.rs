@@ -1,6 +1,10 @@
 //! Sharing the slots between projects by their resource shares, as BOINC's recent
-//! estimated credit does: each project's recent use of the machine decays with a
+//! estimated credit does: each project's recent work on the machine decays with a
 //! half-life, and the next free slot goes to the project furthest below its share.
+//!
+//! Work is counted in fuel, not in seconds: tasks run at idle priority, so while the owner
+//! keeps the CPU busy a task's wall-clock time grows without any work being done, and a
+//! project whose task happened to be starved would be owed nothing for hours.
 
 use std::time::{Duration, Instant};
 
@@ -8,35 +12,35 @@ use std::time::{Duration, Instant};
 /// the whole machine when it comes back.
 const HALF_LIFE: Duration = Duration::from_secs(24 * 3600);
 
-/// A project's recent use of the slots, in seconds of running, decaying over time.
+/// A project's recent use of the slots, in fuel burnt, decaying over time.
 #[derive(Debug, Clone)]
 pub struct RecentUse {
-    seconds: f64,
+    fuel: f64,
     as_of: Instant,
 }
 
 impl Default for RecentUse {
     fn default() -> Self {
-        Self { seconds: 0.0, as_of: Instant::now() }
+        Self { fuel: 0.0, as_of: Instant::now() }
     }
 }
 
 impl RecentUse {
     pub fn at(&self, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(self.as_of).as_secs_f64();
-        self.seconds * 0.5f64.powf(elapsed / HALF_LIFE.as_secs_f64())
+        self.fuel * 0.5f64.powf(elapsed / HALF_LIFE.as_secs_f64())
     }
 
-    pub fn add(&mut self, run_time: Duration) {
+    pub fn add(&mut self, fuel: u64) {
         let now = Instant::now();
-        self.seconds = self.at(now) + run_time.as_secs_f64();
+        self.fuel = self.at(now) + fuel as f64;
         self.as_of = now;
     }
 }
 
 /// Which project gets the next slot: the one whose use so far (finished and running), per
 /// unit of resource share, is lowest, among those with a task ready. `projects` holds each
-/// one's use in seconds and its share; ties go to the larger share, then the first.
+/// one's use in fuel and its share; ties go to the larger share, then the first.
 pub fn next_project(projects: &[(f64, f64)], ready: impl Fn(usize) -> bool) -> Option<usize> {
     let priority = |&(used, share): &(f64, f64)| if share > 0.0 { used / share } else { f64::INFINITY };
     (0..projects.len()).filter(|&index| ready(index)).min_by(|&a, &b| {
@@ -75,7 +79,7 @@ mod tests {
     #[test]
     fn past_use_fades_with_the_half_life() {
         let mut recent = RecentUse::default();
-        recent.add(Duration::from_secs(100));
+        recent.add(100);
         let later = recent.as_of + HALF_LIFE;
         assert!((recent.at(later) - 50.0).abs() < 1e-9);
     }

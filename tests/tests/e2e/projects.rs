@@ -126,7 +126,9 @@ async fn two_projects_that_hand_out_the_same_replica_ids_both_get_their_work_don
     assert_eq!(second.count(VALIDATED).await, 3);
 }
 
-/// Shares 300 and 100 on one core: three quarters of the work goes to the first project.
+/// Shares 300 and 100 on one core: three quarters of the work goes to the first project,
+/// even when other programs starve the idle-priority tasks for a while (the share counts
+/// fuel, not seconds).
 #[tokio::test]
 async fn work_is_done_for_each_project_in_proportion_to_its_resource_share() {
     let (large, small) = tokio::join!(Server::start(), Server::start());

@@ -26,7 +26,7 @@ use crate::Options;
 use crate::bounded_loop::{self, BoundedLoop};
 use crate::cost::{CALL_COST, ends_stretch, frame_cost, operator_cost};
 use crate::features::Refusal;
-use crate::meter::Meter;
+use crate::meter::{Growth, Meter};
 use crate::module::IndexShift;
 use crate::nan::{self, Effect, MAX_ANALYSIS_PASSES};
 
@@ -569,6 +569,14 @@ impl<'a, 'w> Walk<'a, 'w> {
                 }
                 self.code.push(translated);
                 self.become_unreachable();
+            }
+            Operator::MemoryGrow { mem } => {
+                self.module.meter.check_growth(Growth::Memory(mem), &mut self.code);
+                self.generic(pops, pushes, translated);
+            }
+            Operator::TableGrow { table } => {
+                self.module.meter.check_growth(Growth::Table(table), &mut self.code);
+                self.generic(pops, pushes, translated);
             }
             Operator::LocalGet { local_index } => {
                 let dirty = self.dirty_locals[local_index as usize];

@@ -48,6 +48,20 @@ pub const FUEL_LIMIT_GLOBAL: &str = "fuel_limit";
 pub const FUEL_USED_EXPORT: &str = "wasmgrid_fuel_used";
 /// Both targets: the exported mutable `i64` global holding the stack height in use.
 pub const STACK_USED_EXPORT: &str = "wasmgrid_stack_used";
+/// [`Target::Portable`]: the imported immutable `i64` global holding the most bytes of
+/// linear memory the run may have. Growing past it ends the run, as the sandbox's memory
+/// limiter does; an engine without a limiter of its own cannot tell that apart from a
+/// refused `memory.grow` otherwise.
+pub const MEMORY_LIMIT_GLOBAL: &str = "memory_limit";
+/// [`Target::Portable`]: the exported mutable `i32` global that says which limit a growth
+/// broke before the run trapped: [`BROKE_MEMORY_LIMIT`] or [`BROKE_TABLE_LIMIT`]; 0 if none.
+pub const LIMIT_BROKEN_EXPORT: &str = "wasmgrid_limit_broken";
+pub const BROKE_MEMORY_LIMIT: i32 = 1;
+pub const BROKE_TABLE_LIMIT: i32 = 2;
+/// The most elements a table may grow to (function tables of real programs are far
+/// smaller; a table-growth bomb is stopped here). The sandbox's limiter enforces it for
+/// [`Target::Sandbox`]; the pass itself for [`Target::Portable`].
+pub const MAX_TABLE_ELEMENTS: u32 = 1 << 20;
 
 /// [`Target::Sandbox`]: byte offset in the meter memory of the fuel used (`i64`, little endian).
 pub const METER_FUEL_USED: u64 = 0;
@@ -73,6 +87,10 @@ pub enum Target {
     /// For any engine: the fuel limit is an imported immutable global (`wasmgrid::fuel_limit`)
     /// and the fuel used an exported global ([`FUEL_USED_EXPORT`]). Needs nothing beyond
     /// Wasm 2.0; a run is stopped from outside by killing it (a worker's `terminate()`).
+    /// Every `memory.grow` and `table.grow` is checked first against the memory limit
+    /// ([`MEMORY_LIMIT_GLOBAL`]) and [`MAX_TABLE_ELEMENTS`], and a growth past either traps
+    /// after setting [`LIMIT_BROKEN_EXPORT`], where the sandbox's limiter would end the run.
+    /// The checks cost no fuel, so both targets count alike.
     Portable,
 }
 

@@ -2,7 +2,9 @@
 
 use wasm_encoder::{BlockType, Instruction, MemArg};
 
-use crate::{METER_FUEL_LIMIT, METER_FUEL_USED, STACK_LIMIT, Target};
+use crate::{
+    BROKE_MEMORY_LIMIT, BROKE_TABLE_LIMIT, MAX_TABLE_ELEMENTS, METER_FUEL_LIMIT, METER_FUEL_USED, STACK_LIMIT, Target,
+};
 
 /// Where the counters are, in the instrumented module's index spaces.
 #[derive(Debug, Clone, Copy)]
@@ -14,6 +16,21 @@ pub(crate) struct Meter {
     pub fuel_used_global: u32,
     /// Both: the defined stack-height global.
     pub stack_global: u32,
+    /// [`Target::Portable`]: the imported memory-limit global (bytes).
+    pub memory_limit_global: u32,
+    /// [`Target::Portable`]: a defined `i32` global that holds a growth's delta while it is
+    /// checked (a global, not a local, so that the frame's size stays what it is on the
+    /// sandbox target).
+    pub grow_delta_global: u32,
+    /// [`Target::Portable`]: the defined global exported as [`crate::LIMIT_BROKEN_EXPORT`].
+    pub limit_broken_global: u32,
+}
+
+/// What a growth that is checked grows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Growth {
+    Memory(u32),
+    Table(u32),
 }
 
 /// [`Target::Sandbox`]: the meter is memory 0 of the instrumented module.
@@ -79,6 +96,51 @@ impl Meter {
             Instruction::If(BlockType::Empty),
             Instruction::Unreachable,
             Instruction::End,
+        ]);
+    }
+
+    /// [`Target::Portable`]: before a `memory.grow` or `table.grow` (its delta on top of the
+    /// stack), traps if the size it asks for is over the limit, as the sandbox's limiter
+    /// ends the run; the fuel count is left as the last store wrote it, as it is there. On
+    /// the sandbox target the limiter checks, and nothing is added.
+    pub fn check_growth(&self, growth: Growth, out: &mut Vec<Instruction<'_>>) {
+        if self.target != Target::Portable {
+            return;
+        }
+        out.push(Instruction::GlobalSet(self.grow_delta_global));
+        out.push(match growth {
+            Growth::Memory(memory) => Instruction::MemorySize(memory),
+            Growth::Table(table) => Instruction::TableSize(table),
+        });
+        out.extend([
+            Instruction::I64ExtendI32U,
+            Instruction::GlobalGet(self.grow_delta_global),
+            Instruction::I64ExtendI32U,
+            Instruction::I64Add,
+        ]);
+        let broke = match growth {
+            Growth::Memory(_) => {
+                // Pages to bytes.
+                out.extend([
+                    Instruction::I64Const(16),
+                    Instruction::I64Shl,
+                    Instruction::GlobalGet(self.memory_limit_global),
+                ]);
+                BROKE_MEMORY_LIMIT
+            }
+            Growth::Table(_) => {
+                out.push(Instruction::I64Const(i64::from(MAX_TABLE_ELEMENTS)));
+                BROKE_TABLE_LIMIT
+            }
+        };
+        out.extend([
+            Instruction::I64GtU,
+            Instruction::If(BlockType::Empty),
+            Instruction::I32Const(broke),
+            Instruction::GlobalSet(self.limit_broken_global),
+            Instruction::Unreachable,
+            Instruction::End,
+            Instruction::GlobalGet(self.grow_delta_global),
         ]);
     }
 

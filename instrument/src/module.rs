@@ -18,7 +18,10 @@ use wasmparser::{
 use crate::features::{self, Refusal};
 use crate::function::{self, ModuleTypes};
 use crate::meter::Meter;
-use crate::{FUEL_LIMIT_GLOBAL, FUEL_USED_EXPORT, IMPORT_MODULE, METER_MEMORY, Options, STACK_USED_EXPORT, Target};
+use crate::{
+    FUEL_LIMIT_GLOBAL, FUEL_USED_EXPORT, IMPORT_MODULE, LIMIT_BROKEN_EXPORT, MEMORY_LIMIT_GLOBAL, METER_MEMORY,
+    Options, STACK_USED_EXPORT, Target,
+};
 
 /// Copies everything not instrumented, moving memory and global indices past the meter's.
 pub(crate) struct IndexShift {
@@ -66,7 +69,7 @@ struct Rewrite {
 pub(crate) fn rewrite(wasm: &[u8], target: Target, options: Options) -> Result<Vec<u8>, Refusal> {
     let shift = match target {
         Target::Sandbox => IndexShift { globals: 0, memories: 1 },
-        Target::Portable => IndexShift { globals: 1, memories: 0 },
+        Target::Portable => IndexShift { globals: 2, memories: 0 },
     };
     let mut rewrite = Rewrite {
         target,
@@ -186,7 +189,7 @@ impl Rewrite {
                 let mut exports = ExportSection::new();
                 for export in reader.clone() {
                     let export = export.map_err(|error| Refusal::Invalid(error.to_string()))?;
-                    if [FUEL_USED_EXPORT, STACK_USED_EXPORT].contains(&export.name) {
+                    if [FUEL_USED_EXPORT, STACK_USED_EXPORT, LIMIT_BROKEN_EXPORT].contains(&export.name) {
                         return Err(Refusal::Reserved(format!(
                             "exports `{}`, a name reserved for the instrumentation",
                             export.name
@@ -268,8 +271,11 @@ impl Rewrite {
         Meter {
             target: self.target,
             fuel_limit_global: 0,
+            memory_limit_global: 1,
             stack_global: first_added,
             fuel_used_global: first_added + 1,
+            grow_delta_global: first_added + 2,
+            limit_broken_global: first_added + 3,
         }
     }
 
@@ -286,11 +292,15 @@ impl Rewrite {
                     page_size_log2: None,
                 }),
             ),
-            Target::Portable => imports.import(
-                IMPORT_MODULE,
-                FUEL_LIMIT_GLOBAL,
-                EntityType::Global(GlobalType { val_type: wasm_encoder::ValType::I64, mutable: false, shared: false }),
-            ),
+            Target::Portable => {
+                let limit = EntityType::Global(GlobalType {
+                    val_type: wasm_encoder::ValType::I64,
+                    mutable: false,
+                    shared: false,
+                });
+                imports.import(IMPORT_MODULE, FUEL_LIMIT_GLOBAL, limit);
+                imports.import(IMPORT_MODULE, MEMORY_LIMIT_GLOBAL, limit)
+            }
         };
     }
 
@@ -299,6 +309,9 @@ impl Rewrite {
         globals.global(counter, &ConstExpr::i64_const(0));
         if self.target == Target::Portable {
             globals.global(counter, &ConstExpr::i64_const(0));
+            let flag = GlobalType { val_type: wasm_encoder::ValType::I32, mutable: true, shared: false };
+            globals.global(flag, &ConstExpr::i32_const(0));
+            globals.global(flag, &ConstExpr::i32_const(0));
         }
     }
 
@@ -307,6 +320,7 @@ impl Rewrite {
         exports.export(STACK_USED_EXPORT, ExportKind::Global, meter.stack_global);
         if self.target == Target::Portable {
             exports.export(FUEL_USED_EXPORT, ExportKind::Global, meter.fuel_used_global);
+            exports.export(LIMIT_BROKEN_EXPORT, ExportKind::Global, meter.limit_broken_global);
         }
     }
 

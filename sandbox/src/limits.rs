@@ -32,9 +32,8 @@ impl fmt::Display for Limit {
     }
 }
 
-/// Most table elements a module may have (function tables of real programs are far
-/// smaller; a table-growth bomb is stopped here).
-pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// Most table elements a module may have: the same cap as the portable module's own check.
+pub const MAX_TABLE_ELEMENTS: usize = wasmgrid_instrument::MAX_TABLE_ELEMENTS as usize;
 
 /// Caps linear memory and tables, remembers which cap was hit, and tells the rest of the
 /// client how much memory the module has (so that a daemon short of memory knows what its

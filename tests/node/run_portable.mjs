@@ -5,12 +5,12 @@
 // sandbox seeds them and the sandbox's frozen clocks. Prints one JSON line: the outcome and
 // the fuel used, read from the module's exported counter.
 //
-//   node --stack-size=4000 run_portable.mjs MODULE FUEL SEED STDIN INPUT SCRATCH STDOUT STDERR [ARGS...]
+//   node --stack-size=4000 run_portable.mjs MODULE FUEL MEMORY_BYTES SEED STDIN INPUT SCRATCH STDOUT STDERR [ARGS...]
 import { createHash } from 'node:crypto';
 import { openSync, readFileSync, closeSync } from 'node:fs';
 import { WASI } from 'node:wasi';
 
-const [module, fuel, seed, stdinPath, inputDir, scratchDir, stdoutPath, stderrPath, ...args] = process.argv.slice(2);
+const [module, fuel, memoryLimit, seed, stdinPath, inputDir, scratchDir, stdoutPath, stderrPath, ...args] = process.argv.slice(2);
 const stdin = openSync(stdinPath, 'r');
 const stdout = openSync(stdoutPath, 'w');
 const stderr = openSync(stderrPath, 'w');
@@ -70,10 +70,11 @@ const deterministic = {
 };
 
 const limit = new WebAssembly.Global({ value: 'i64', mutable: false }, BigInt(fuel));
+const memoryBytes = new WebAssembly.Global({ value: 'i64', mutable: false }, BigInt(memoryLimit));
 const compiled = await WebAssembly.compile(readFileSync(module));
 const instance = await WebAssembly.instantiate(compiled, {
   wasi_snapshot_preview1: { ...wasi.wasiImport, ...deterministic },
-  wasmgrid: { fuel_limit: limit },
+  wasmgrid: { fuel_limit: limit, memory_limit: memoryBytes },
 });
 memory = instance.exports.memory;
 let outcome = 'success', exitCode = 0, error = null;
@@ -81,7 +82,9 @@ try {
   exitCode = wasi.start(instance);
   if (exitCode !== 0) outcome = 'exit';
 } catch (thrown) {
-  outcome = 'trap';
+  // A growth past the memory limit (or the table cap) is the run's limit, as in the sandbox.
+  const broken = instance.exports.wasmgrid_limit_broken.value;
+  outcome = broken === 1 ? 'memory limit exceeded' : broken === 2 ? 'table limit exceeded' : 'trap';
   error = String(thrown);
 }
 for (const fd of [stdin, stdout, stderr]) closeSync(fd);

@@ -107,6 +107,7 @@ fn a_start_function_is_metered_too() {
         Val::I64(1000),
     )
     .unwrap();
-    let error = wasmtime::Instance::new(&mut store, &compiled, &[limit.into()]).unwrap_err();
+    // The memory limit comes second.
+    let error = wasmtime::Instance::new(&mut store, &compiled, &[limit.into(), limit.into()]).unwrap_err();
     assert_eq!(error.downcast_ref::<wasmtime::Trap>(), Some(&wasmtime::Trap::UnreachableCodeReached));
 }

@@ -3,7 +3,7 @@
 use wasmgrid_instrument::{Refusal, Target, instrument};
 use wasmtime::Val;
 
-use crate::{run_portable, wasm};
+use crate::{run_portable, run_portable_limited, wasm};
 
 #[test]
 fn threads_and_shared_memory_are_refused_with_the_reason() {
@@ -30,7 +30,7 @@ fn the_meters_names_cannot_be_taken_by_the_module() {
     assert!(matches!(instrument(&importer, Target::Sandbox), Err(Refusal::Reserved(_))));
     let limit_importer = wasm(r#"(module (import "wasmgrid" "fuel_limit" (global i64)) (func (export "_start")))"#);
     assert!(matches!(instrument(&limit_importer, Target::Portable), Err(Refusal::Reserved(_))));
-    for name in ["wasmgrid_fuel_used", "wasmgrid_stack_used"] {
+    for name in ["wasmgrid_fuel_used", "wasmgrid_stack_used", "wasmgrid_limit_broken"] {
         let exporter =
             wasm(&format!(r#"(module (global (export "{name}") (mut i64) (i64.const 0)) (func (export "_start")))"#));
         assert!(matches!(instrument(&exporter, Target::Portable), Err(Refusal::Reserved(_))), "{name}");
@@ -97,4 +97,40 @@ fn bytes_that_are_not_a_module_are_refused() {
     assert_eq!(instrument(&[0, 0x61, 0x73, 0x6d, 0x0d, 0, 1, 0], Target::Sandbox), Err(Refusal::Component));
     let valid = wasm(r#"(module (func (export "_start")))"#);
     assert!(matches!(instrument(&valid[..valid.len() - 3], Target::Sandbox), Err(Refusal::Invalid(_))));
+}
+
+/// The portable module stops a growth past the run's memory limit, or past
+/// `MAX_TABLE_ELEMENTS`, with a trap and a flag, where the sandbox's limiter ends the run;
+/// a growth within the limits, and one the module's own maximum refuses, behave as before.
+#[test]
+fn growth_past_the_limits_traps_in_the_portable_module_and_says_which_limit() {
+    let module = wasm(
+        r#"(module
+             (memory (export "memory") 1 100)
+             (table 1 funcref)
+             (func (export "grow_memory") (param i32) (result i32) (memory.grow (local.get 0)))
+             (func (export "grow_table") (param i32) (result i32) (table.grow (ref.null func) (local.get 0))))"#,
+    );
+    let memory_limit = 10 << 16;
+    let grow_memory =
+        |pages: i32| run_portable_limited(&module, "grow_memory", &[Val::I32(pages)], 1 << 40, memory_limit);
+    let within = grow_memory(9);
+    assert_eq!(within.results.unwrap()[0].unwrap_i32(), 1, "the old size in pages");
+    assert_eq!(within.limit_broken, 0);
+    let past = grow_memory(10);
+    assert!(past.results.is_err(), "eleven pages are more than the limit of ten");
+    assert_eq!(past.limit_broken, wasmgrid_instrument::BROKE_MEMORY_LIMIT);
+    // A delta that would wrap a 32-bit sum is still past the limit.
+    assert_eq!(grow_memory(-1).limit_broken, wasmgrid_instrument::BROKE_MEMORY_LIMIT);
+    // Within the limit but past the module's own maximum: refused by the engine, as ever.
+    let refused = run_portable_limited(&module, "grow_memory", &[Val::I32(200)], 1 << 40, 1 << 30);
+    assert_eq!((refused.results.unwrap()[0].unwrap_i32(), refused.limit_broken), (-1, 0));
+
+    let max = wasmgrid_instrument::MAX_TABLE_ELEMENTS as i32;
+    let grow_table = |elements: i32| run_portable(&module, "grow_table", &[Val::I32(elements)], 1 << 40);
+    let within = grow_table(max - 1);
+    assert_eq!((within.results.unwrap()[0].unwrap_i32(), within.limit_broken), (1, 0));
+    let past = grow_table(max);
+    assert!(past.results.is_err());
+    assert_eq!(past.limit_broken, wasmgrid_instrument::BROKE_TABLE_LIMIT);
 }

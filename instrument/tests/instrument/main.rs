@@ -7,7 +7,10 @@ mod hostile;
 mod nan;
 mod stack;
 
-use wasmgrid_instrument::{FUEL_LIMIT_GLOBAL, FUEL_USED_EXPORT, IMPORT_MODULE, STACK_USED_EXPORT, Target};
+use wasmgrid_instrument::{
+    FUEL_LIMIT_GLOBAL, FUEL_USED_EXPORT, IMPORT_MODULE, LIMIT_BROKEN_EXPORT, MEMORY_LIMIT_GLOBAL, STACK_USED_EXPORT,
+    Target,
+};
 use wasmtime::{Config, Engine, Extern, Global, GlobalType, Instance, Module, Mutability, Store, Val, ValType};
 
 /// How a call of an instrumented module's export ended.
@@ -16,6 +19,8 @@ pub struct Run {
     pub results: Result<Vec<Val>, wasmtime::Error>,
     pub fuel_used: i64,
     pub stack_used: i64,
+    /// Which growth limit the run broke (`wasmgrid_instrument::BROKE_*`), 0 if none.
+    pub limit_broken: i32,
     pub memory: Vec<u8>,
 }
 
@@ -32,23 +37,27 @@ pub fn wasm(text: &str) -> Vec<u8> {
 }
 
 /// Instruments `wasm` for any engine and calls its export `name` with `args`, with
-/// `fuel_limit`.
+/// `fuel_limit` (and no memory limit to speak of).
 pub fn run_portable(wasm: &[u8], name: &str, args: &[Val], fuel_limit: i64) -> Run {
+    run_portable_limited(wasm, name, args, fuel_limit, i64::MAX)
+}
+
+/// [`run_portable`] with a memory limit of `memory_limit` bytes.
+pub fn run_portable_limited(wasm: &[u8], name: &str, args: &[Val], fuel_limit: i64, memory_limit: i64) -> Run {
     let instrumented = wasmgrid_instrument::instrument(wasm, Target::Portable).unwrap();
     let engine = engine(|_| {});
     let module = Module::new(&engine, &instrumented).unwrap();
     let mut store = Store::new(&engine, ());
-    let limit =
-        Global::new(&mut store, GlobalType::new(ValType::I64, Mutability::Const), Val::I64(fuel_limit)).unwrap();
+    let constant = |store: &mut Store<()>, value: i64| {
+        Global::new(store, GlobalType::new(ValType::I64, Mutability::Const), Val::I64(value)).unwrap()
+    };
+    let (fuel_limit, memory_limit) = (constant(&mut store, fuel_limit), constant(&mut store, memory_limit));
     let imports: Vec<Extern> = module
         .imports()
-        .map(|import| {
-            assert_eq!(
-                (import.module(), import.name()),
-                (IMPORT_MODULE, FUEL_LIMIT_GLOBAL),
-                "only the meter is imported"
-            );
-            Extern::Global(limit)
+        .map(|import| match (import.module(), import.name()) {
+            (IMPORT_MODULE, FUEL_LIMIT_GLOBAL) => Extern::Global(fuel_limit),
+            (IMPORT_MODULE, MEMORY_LIMIT_GLOBAL) => Extern::Global(memory_limit),
+            other => panic!("only the meter is imported, not {other:?}"),
         })
         .collect();
     let instance = Instance::new(&mut store, &module, &imports).unwrap();
@@ -62,6 +71,7 @@ pub fn run_portable(wasm: &[u8], name: &str, args: &[Val], fuel_limit: i64) -> R
         results,
         fuel_used: read(&mut store, FUEL_USED_EXPORT),
         stack_used: read(&mut store, STACK_USED_EXPORT),
+        limit_broken: instance.get_global(&mut store, LIMIT_BROKEN_EXPORT).unwrap().get(&mut store).i32().unwrap(),
         memory,
     }
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use wasmgrid_e2e::bench::build_workunits;
+use wasmgrid_protocol::api::RunLimits;
 use wasmgrid_sandbox::output;
 
 /// A run of one module: what it was given.
@@ -170,6 +171,8 @@ fn in_node(client: &Path, workload: &Workload, scratch: &Path) -> Answer {
         .arg(workspace().join("tests/node/run_portable.mjs"))
         .arg(&portable)
         .arg(FUEL.to_string())
+        // `wasmgrid exec`'s memory limit.
+        .arg(RunLimits::DEFAULT.memory_bytes.to_string())
         .arg(workload.seed.to_string())
         .args([&stdin, &input, &run_scratch, &stdout, &stderr])
         .args(&workload.args)

@@ -82,9 +82,7 @@ try {
   exitCode = wasi.start(instance);
   if (exitCode !== 0) outcome = 'exit';
 } catch (thrown) {
-  // A growth past the memory limit (or the table cap) is the run's limit, as in the sandbox.
-  const broken = instance.exports.wasmgrid_limit_broken.value;
-  outcome = broken === 1 ? 'memory limit exceeded' : broken === 2 ? 'table limit exceeded' : 'trap';
+  outcome = 'trap';
   error = String(thrown);
 }
 for (const fd of [stdin, stdout, stderr]) closeSync(fd);

@@ -57,6 +57,11 @@ pub const MEMORY_LIMIT_GLOBAL: &str = "memory_limit";
 /// broke before the run trapped: [`BROKE_MEMORY_LIMIT`] or [`BROKE_TABLE_LIMIT`]; 0 if none.
 pub const LIMIT_BROKEN_EXPORT: &str = "wasmgrid_limit_broken";
 pub const BROKE_MEMORY_LIMIT: i32 = 1;
+/// [`Target::Portable`]: the export naming the module's start function, which is no longer its
+/// start section: the host calls it after instantiating the module and before `_start`. An
+/// instantiation that traps leaves the host no instance to read the counters of, so a run
+/// that ends in its start function could not say why.
+pub const START_EXPORT: &str = "wasmgrid_start";
 pub const BROKE_TABLE_LIMIT: i32 = 2;
 /// The most elements a table may grow to (function tables of real programs are far
 /// smaller; a table-growth bomb is stopped here). The sandbox's limiter enforces it for
@@ -90,7 +95,8 @@ pub enum Target {
     /// Every `memory.grow` and `table.grow` is checked first against the memory limit
     /// ([`MEMORY_LIMIT_GLOBAL`]) and [`MAX_TABLE_ELEMENTS`], and a growth past either traps
     /// after setting [`LIMIT_BROKEN_EXPORT`], where the sandbox's limiter would end the run.
-    /// The checks cost no fuel, so both targets count alike.
+    /// The checks cost no fuel, so both targets count alike. A start function is exported as
+    /// [`START_EXPORT`] for the host to call.
     Portable,
 }
 

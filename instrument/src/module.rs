@@ -20,7 +20,7 @@ use crate::function::{self, ModuleTypes};
 use crate::meter::Meter;
 use crate::{
     FUEL_LIMIT_GLOBAL, FUEL_USED_EXPORT, IMPORT_MODULE, LIMIT_BROKEN_EXPORT, MEMORY_LIMIT_GLOBAL, METER_MEMORY,
-    Options, STACK_USED_EXPORT, Target,
+    Options, STACK_USED_EXPORT, START_EXPORT, Target,
 };
 
 /// Copies everything not instrumented, moving memory and global indices past the meter's.
@@ -64,6 +64,8 @@ struct Rewrite {
     functions_left: u32,
     next_function: u32,
     allocations: FuncValidatorAllocations,
+    /// The module's start function, which [`Target::Portable`] exports instead.
+    start_function: Option<u32>,
 }
 
 pub(crate) fn rewrite(wasm: &[u8], target: Target, options: Options) -> Result<Vec<u8>, Refusal> {
@@ -85,6 +87,7 @@ pub(crate) fn rewrite(wasm: &[u8], target: Target, options: Options) -> Result<V
         functions_left: 0,
         next_function: 0,
         allocations: FuncValidatorAllocations::default(),
+        start_function: start_function(wasm),
     };
     let mut validator = Validator::new_with_features(features::allowed());
     for payload in Parser::new(0).parse_all(wasm) {
@@ -98,6 +101,16 @@ pub(crate) fn rewrite(wasm: &[u8], target: Target, options: Options) -> Result<V
         Refusal::Invalid(format!("the instrumented module is invalid (a bug in the pass): {error}"))
     })?;
     Ok(bytes)
+}
+
+/// The module's start function, looked up before the rewrite: the export section, where
+/// [`Target::Portable`] names it, comes before the start section. A module that does not parse
+/// is refused by the rewrite itself.
+fn start_function(wasm: &[u8]) -> Option<u32> {
+    Parser::new(0).parse_all(wasm).find_map(|payload| match payload {
+        Ok(Payload::StartSection { func, .. }) => Some(func),
+        _ => None,
+    })
 }
 
 fn copy_error(error: reencode::Error<Infallible>) -> Refusal {
@@ -189,7 +202,7 @@ impl Rewrite {
                 let mut exports = ExportSection::new();
                 for export in reader.clone() {
                     let export = export.map_err(|error| Refusal::Invalid(error.to_string()))?;
-                    if [FUEL_USED_EXPORT, STACK_USED_EXPORT, LIMIT_BROKEN_EXPORT].contains(&export.name) {
+                    if [FUEL_USED_EXPORT, STACK_USED_EXPORT, LIMIT_BROKEN_EXPORT, START_EXPORT].contains(&export.name) {
                         return Err(Refusal::Reserved(format!(
                             "exports `{}`, a name reserved for the instrumentation",
                             export.name
@@ -202,7 +215,9 @@ impl Rewrite {
                 self.out.section(&exports);
             }
             Payload::StartSection { func, .. } => {
-                self.out.section(&StartSection { function_index: func });
+                if self.target == Target::Sandbox {
+                    self.out.section(&StartSection { function_index: func });
+                }
             }
             Payload::ElementSection(reader) => {
                 let mut elements = ElementSection::new();
@@ -321,6 +336,9 @@ impl Rewrite {
         if self.target == Target::Portable {
             exports.export(FUEL_USED_EXPORT, ExportKind::Global, meter.fuel_used_global);
             exports.export(LIMIT_BROKEN_EXPORT, ExportKind::Global, meter.limit_broken_global);
+            if let Some(start) = self.start_function {
+                exports.export(START_EXPORT, ExportKind::Func, start);
+            }
         }
     }
 

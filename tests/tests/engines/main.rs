@@ -5,15 +5,22 @@
 //! - in the client cross-built for aarch64, under Debian's `qemu-user` (and for riscv64 and
 //!   s390x in the fuller run, `WASMGRID_CROSS_TARGETS`; see README "Testing");
 //! - in the client cross-built for Windows with Debian's MinGW-w64, under Debian's `wine`;
-//! - in a second engine: Node's V8, through `node:wasi`, on the module instrumented for any
-//!   engine (`wasmgrid instrument --target portable`), with `tests/node/run_portable.mjs`.
+//! - in a second engine: Node's V8, with the browser volunteer's own runtime
+//!   (`web/static/contribute/`: the pass built for the browser, its WASI, limits and output
+//!   archive), through `tests/node/run_browser_runtime.mjs`.
+//!
+//! The WASI probe (`workunits/wasi-probe`) takes its turn in each but Windows: files,
+//! directories, seeks, refusals, descriptors, clocks and random numbers as Rust's standard
+//! library uses them, and output files whose names stretch the archive's headers. (On
+//! Windows wasmtime-wasi reports some failed file operations with other errors than on
+//! Linux.) And the hostile corpus must end the same way in the browser's runtime as in the
+//! native client.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use wasmgrid_e2e::bench::build_workunits;
 use wasmgrid_protocol::api::RunLimits;
-use wasmgrid_sandbox::output;
 
 /// A run of one module: what it was given.
 struct Workload {
@@ -21,7 +28,13 @@ struct Workload {
     module: PathBuf,
     args: Vec<String>,
     stdin: Vec<u8>,
+    /// Files of its input directory.
+    inputs: Vec<(&'static str, Vec<u8>)>,
     seed: u64,
+    /// Whether it looks at the errors of file operations that fail, which wasmtime-wasi takes
+    /// from the host's system: Windows gives other errors than Linux for some (renaming a
+    /// directory over a file even succeeds), so such a module is compared on Linux only.
+    host_errors: bool,
 }
 
 /// What every engine must agree on.
@@ -61,35 +74,54 @@ fn workloads(scratch: &Path) -> Vec<Workload> {
             module: examples.join("primes.wasm"),
             args: strings(&["0", "300000"]),
             stdin: Vec::new(),
+            inputs: Vec::new(),
             seed: 1,
+            host_errors: false,
         },
         Workload {
             name: "mandelbrot",
             module: examples.join("mandelbrot.wasm"),
             args: strings(&["1024", "1024", "128", "3", "4", "400"]),
             stdin: Vec::new(),
+            inputs: Vec::new(),
             seed: 2,
+            host_errors: false,
         },
         Workload {
             name: "nbody",
             module: examples.join("nbody.wasm"),
             args: Vec::new(),
             stdin: b"12 300 7\n".to_vec(),
+            inputs: Vec::new(),
             seed: 3,
+            host_errors: false,
         },
         Workload {
             name: "determinism probe",
             module: probe("determinism"),
             args: Vec::new(),
             stdin: Vec::new(),
+            inputs: Vec::new(),
             seed: 42,
+            host_errors: false,
         },
         Workload {
             name: "NaN and SIMD probe",
             module: probe("nan_simd"),
             args: Vec::new(),
             stdin: Vec::new(),
+            inputs: Vec::new(),
             seed: 4,
+            host_errors: false,
+        },
+        Workload {
+            name: "WASI probe",
+            module: examples.join("wasi-probe.wasm"),
+            args: strings(&["alpha", "β"]),
+            stdin: b"hello".to_vec(),
+            inputs: vec![("numbers.txt", b"1 2 3\n".to_vec())],
+            seed: 5,
+            host_errors: true,
         },
     ]
 }
@@ -120,6 +152,7 @@ impl Client {
 fn in_client(client: &Client, workload: &Workload, scratch: &Path) -> (Answer, String) {
     let stdin = scratch.join(format!("{}.stdin", workload.name));
     std::fs::write(&stdin, &workload.stdin).unwrap();
+    let inputs = input_dir(workload, scratch);
     let output = Command::new(&client.command[0])
         .args(&client.command[1..])
         .envs(client.environment.iter().map(|(name, value)| (name, value)))
@@ -127,6 +160,8 @@ fn in_client(client: &Client, workload: &Workload, scratch: &Path) -> (Answer, S
         .arg(client.path(&workload.module))
         .arg("--stdin")
         .arg(client.path(&stdin))
+        .arg("--input")
+        .arg(client.path(&inputs))
         .args(["--fuel", &FUEL.to_string(), "--seed", &workload.seed.to_string(), "--json", "--"])
         .args(&workload.args)
         .output()
@@ -147,48 +182,58 @@ fn in_client(client: &Client, workload: &Workload, scratch: &Path) -> (Answer, S
     (answer, report["error"].as_str().unwrap_or_default().to_owned())
 }
 
-/// The module instrumented for any engine, run by Node's V8; the output packed as the
-/// client packs it.
-fn in_node(client: &Path, workload: &Workload, scratch: &Path) -> Answer {
-    let dir = scratch.join(format!("node-{}", workload.name.replace(' ', "-")));
-    let (input, run_scratch) = (dir.join("input"), dir.join("scratch"));
-    std::fs::create_dir_all(&input).unwrap();
-    std::fs::create_dir_all(&run_scratch).unwrap();
-    let portable = dir.join("portable.wasm");
-    let instrumented = Command::new(client)
-        .arg("instrument")
-        .arg(&workload.module)
-        .arg("-o")
-        .arg(&portable)
-        .args(["--target", "portable"])
-        .output()
-        .unwrap();
-    assert!(instrumented.status.success(), "{}", String::from_utf8_lossy(&instrumented.stderr));
-    let (stdin, stdout, stderr) = (dir.join("stdin"), dir.join("stdout"), dir.join("stderr"));
+/// The workload's input directory, made under `scratch`.
+fn input_dir(workload: &Workload, scratch: &Path) -> PathBuf {
+    let dir = scratch.join(format!("{}.input", workload.name.replace(' ', "-")));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bytes) in &workload.inputs {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    dir
+}
+
+/// What the browser's runtime said of a run, besides the answer: why it failed.
+struct BrowserRun {
+    answer: Answer,
+    reason: String,
+}
+
+/// The workload run by the browser volunteer's runtime in Node's V8, with `wasmgrid exec`'s
+/// default limits.
+fn in_browser_runtime(workload: &Workload, fuel: u64, memory_bytes: u64, scratch: &Path) -> BrowserRun {
+    let dir = scratch.join(format!("browser-{}", workload.name.replace(' ', "-")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let stdin = dir.join("stdin");
     std::fs::write(&stdin, &workload.stdin).unwrap();
-    let output = Command::new("node")
-        .arg("--stack-size=4000")
-        .arg(workspace().join("tests/node/run_portable.mjs"))
-        .arg(&portable)
-        .arg(FUEL.to_string())
-        // `wasmgrid exec`'s memory limit.
-        .arg(RunLimits::DEFAULT.memory_bytes.to_string())
-        .arg(workload.seed.to_string())
-        .args([&stdin, &input, &run_scratch, &stdout, &stderr])
-        .args(&workload.args)
-        .output()
-        .expect("node runs (Debian's nodejs, version 18 or later)");
+    let inputs = input_dir(workload, scratch);
+    let mut command = Command::new("node");
+    command
+        .arg(workspace().join("tests/node/run_browser_runtime.mjs"))
+        .arg(&workload.module)
+        .args(
+            [fuel, memory_bytes, RunLimits::DEFAULT.output_bytes, EXEC_SCRATCH_BYTES, workload.seed]
+                .map(|n| n.to_string()),
+        )
+        .arg(&stdin)
+        .arg(dir.join("output.tar"));
+    for (name, _) in &workload.inputs {
+        command.arg("--input").arg(format!("{name}={}", inputs.join(name).display()));
+    }
+    let output = command.arg("--").args(&workload.args).output().expect("node runs (Debian's nodejs, 18 or later)");
     assert!(output.status.success(), "node failed: {}", String::from_utf8_lossy(&output.stderr));
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let outcome = report["outcome"].as_str().unwrap().to_owned();
-    let fuel_used = report["fuelUsed"].as_str().unwrap().parse().unwrap();
-    let output_sha256 = (outcome == "success").then(|| {
-        let archive = dir.join("output.tar");
-        let (sha256, _) = output::pack(&std::fs::read(&stdout).unwrap(), &run_scratch, &archive, 1 << 30).unwrap();
-        sha256.to_string()
-    });
-    Answer { outcome, output_sha256, fuel_used }
+    BrowserRun {
+        answer: Answer {
+            outcome: report["outcome"].as_str().unwrap().to_owned(),
+            output_sha256: report["outputSha256"].as_str().map(str::to_owned),
+            fuel_used: report["fuelUsed"].as_str().unwrap().parse().unwrap(),
+        },
+        reason: report["reason"].as_str().unwrap_or_default().to_owned(),
+    }
 }
+
+/// `wasmgrid exec`'s default scratch limit, 1 GiB.
+const EXEC_SCRATCH_BYTES: u64 = 1 << 30;
 
 /// The other platforms' builds allow no warning, as the native one (clippy) does; cargo
 /// does not pass it on to dependencies.
@@ -290,11 +335,81 @@ fn cross_targets() -> Vec<String> {
     targets
 }
 
+/// The hostile corpus (workunits/hostile), each module with the limits its attack meets, as
+/// (file, fuel, memory bytes, whether the fuel at the end is the module's own, the same on
+/// every engine: not where the limit is noticed from outside, as the native client notices a
+/// full scratch directory).
+const HOSTILE: [(&str, u64, u64, bool); 14] = [
+    ("infinite_loop", 10_000_000, 64 << 20, true),
+    ("start_loop", 10_000_000, 64 << 20, true),
+    ("memory_bomb", FUEL, 16 << 20, true),
+    ("table_bomb", FUEL, 64 << 20, true),
+    ("recursion", FUEL, 64 << 20, true),
+    ("huge_stdout", FUEL, 64 << 20, true),
+    ("deep_scratch", FUEL, 64 << 20, false),
+    ("escape", FUEL, 64 << 20, true),
+    ("unknown_import", FUEL, 64 << 20, true),
+    ("page_reach", FUEL, 64 << 20, true),
+    ("relaxed_simd", FUEL, 64 << 20, true),
+    ("trap", FUEL, 64 << 20, true),
+    ("nonzero_exit", FUEL, 64 << 20, true),
+    ("not_a_command", FUEL, 64 << 20, true),
+];
+
+/// Every hostile module ends in the browser volunteer's runtime as in the native client's
+/// sandbox (run here directly: `wasmgrid exec` would refuse some before running them, as the
+/// server refuses them at publishing): the same outcome, the same words for it, and the same
+/// fuel where the module decides it. (The attacks on the wall-clock limit, which the page's
+/// timer meets, run in a real browser in the end-to-end tests.)
+#[test]
+fn the_browser_runtime_ends_every_hostile_module_as_the_native_client_does() {
+    let scratch = tempfile::tempdir().unwrap();
+    let sandbox = wasmgrid_sandbox::Sandbox::new(&scratch.path().join("cache")).unwrap();
+    for (name, fuel, memory_bytes, fuel_is_the_modules) in HOSTILE {
+        let wasm = wat::parse_file(workspace().join(format!("workunits/hostile/{name}.wat"))).unwrap();
+        let module = scratch.path().join(format!("{name}.wasm"));
+        std::fs::write(&module, &wasm).unwrap();
+        let run_dir = scratch.path().join(name);
+        let (input_dir, scratch_dir) = (run_dir.join("input"), run_dir.join("scratch"));
+        std::fs::create_dir_all(&input_dir).unwrap();
+        std::fs::create_dir_all(&scratch_dir).unwrap();
+        let limits = RunLimits { fuel, memory_bytes, ..RunLimits::DEFAULT };
+        let spec = wasmgrid_sandbox::RunSpec {
+            module_hash: wasmgrid_protocol::Sha256Hash::of(&wasm),
+            module_path: module.clone(),
+            args: Vec::new(),
+            stdin: Vec::new(),
+            input_dir,
+            scratch_dir,
+            limits,
+            scratch_limit_bytes: EXEC_SCRATCH_BYTES,
+            seed: 1,
+        };
+        let native = sandbox.run(&spec, &std::sync::Arc::new(wasmgrid_sandbox::RunControl::default()));
+        let wasmgrid_sandbox::RunOutcome::Failed(error) = &native.outcome else {
+            panic!("{name} fails natively, not {:?}", native.outcome)
+        };
+        let workload = Workload {
+            name,
+            module,
+            args: Vec::new(),
+            stdin: Vec::new(),
+            inputs: Vec::new(),
+            seed: 1,
+            host_errors: false,
+        };
+        let browser = in_browser_runtime(&workload, fuel, memory_bytes, scratch.path());
+        assert_eq!((browser.answer.outcome.as_str(), browser.reason), ("error", error.to_string()), "{name}");
+        if fuel_is_the_modules {
+            assert_eq!(browser.answer.fuel_used, native.fuel_used, "{name}: the fuel at the end");
+        }
+    }
+}
+
 #[test]
 fn every_engine_and_cpu_computes_the_same_archive_and_fuel() {
     let scratch = tempfile::tempdir().unwrap();
-    let client = client_binary();
-    let mut engines: Vec<(String, Client)> = vec![("wasmtime, x86_64".into(), Client::native(&client))];
+    let mut engines: Vec<(String, Client)> = vec![("wasmtime, x86_64".into(), Client::native(&client_binary()))];
     for target in cross_targets() {
         engines.push((format!("wasmtime, {target} under qemu"), under_qemu(&target, cross_client(&target))));
     }
@@ -304,11 +419,18 @@ fn every_engine_and_cpu_computes_the_same_archive_and_fuel() {
         assert_eq!(reference.outcome, "success", "{}: {reference:?} {error}", workload.name);
         assert!(reference.fuel_used > 0);
         for (engine, command) in &engines[1..] {
+            if command.windows_paths && workload.host_errors {
+                continue;
+            }
             let (answer, error) = in_client(command, &workload, scratch.path());
             assert_eq!(answer, reference, "{} under {engine}: {error}", workload.name);
         }
-        let node = in_node(&client, &workload, scratch.path());
-        assert_eq!(node, reference, "{} under V8 (node:wasi)", workload.name);
+        let browser = in_browser_runtime(&workload, FUEL, RunLimits::DEFAULT.memory_bytes, scratch.path());
+        assert_eq!(
+            browser.answer, reference,
+            "{} in the browser's runtime under V8: {}",
+            workload.name, browser.reason
+        );
     }
 }
 

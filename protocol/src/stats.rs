@@ -65,6 +65,9 @@ pub struct Leaderboard {
 pub struct HostSummary {
     pub id: i64,
     pub name: String,
+    /// `native` (the `wasmgrid` client) or `browser` (a tab of the contribute page).
+    #[serde(default = "native")]
+    pub kind: String,
     pub os: String,
     pub arch: String,
     pub cores: i32,
@@ -139,6 +142,10 @@ pub struct HostStats {
     pub id: i64,
     pub name: String,
     pub owner: Named,
+    /// `native` (the `wasmgrid` client) or `browser` (a tab of the contribute page).
+    #[serde(default = "native")]
+    pub kind: String,
+    /// The operating system (a browser host: the platform its browser names).
     pub os: String,
     pub arch: String,
     pub cores: i32,
@@ -194,4 +201,8 @@ pub struct ProjectStatus {
 pub struct HourCount {
     pub hour: DateTime<Utc>,
     pub count: i64,
+}
+
+fn native() -> String {
+    "native".to_owned()
 }

@@ -38,6 +38,17 @@ pub struct Host {
     pub account_id: i64,
     pub cores: i32,
     pub memory_bytes: i64,
+    pub kind: HostKind,
+}
+
+/// What a host runs work units in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum HostKind {
+    /// The `wasmgrid` client.
+    Native,
+    /// A tab of the contribute page (see `web::contribute`): it stops when the tab closes.
+    Browser,
 }
 
 pub fn router() -> Router<AppState> {
@@ -80,6 +91,21 @@ async fn register_host_handler(
     VolunteerAccount(account): VolunteerAccount,
     ApiJson(request): ApiJson<RegisterHostRequest>,
 ) -> ApiResult<(StatusCode, Json<RegisterHostResponse>)> {
+    let mut connection = state.pool.acquire().await?;
+    let registered = register_host(&mut connection, &state, address, &account, request, HostKind::Native).await?;
+    Ok((StatusCode::CREATED, Json(registered)))
+}
+
+/// Registers a host of `kind` for `account`, registered from `address`, and returns its
+/// token, the only time the token exists in clear.
+pub async fn register_host(
+    connection: &mut PgConnection,
+    state: &AppState,
+    address: std::net::IpAddr,
+    account: &Account,
+    request: RegisterHostRequest,
+    kind: HostKind,
+) -> ApiResult<RegisterHostResponse> {
     let request = RegisterHostRequest {
         name: text::label("name", &request.name, MAX_NAME_CHARS)?,
         os: text::label("os", &request.os, MAX_LABEL_CHARS)?,
@@ -95,9 +121,8 @@ async fn register_host_handler(
     let scheduler = &state.scheduler;
     let daily_quota =
         i32::try_from(scheduler.initial_daily_quota_per_core.min(scheduler.daily_quota_per_core)).unwrap_or(i32::MAX);
-    let mut connection = state.pool.acquire().await?;
     let key = [(format!("host {}", address_bucket(address)), state.registration.hosts_per_address)];
-    if rate_limit::record_attempt(&mut connection, &key).await?.is_none() {
+    if rate_limit::record_attempt(connection, &key).await?.is_none() {
         return Err(ApiError::TooManyRequests(format!(
             "too many hosts registered from your address; try again in {}",
             rate_limit::WINDOW
@@ -105,8 +130,8 @@ async fn register_host_handler(
     }
     let token = new_secret("wgh");
     let host_id: i64 = sqlx::query_scalar(
-        "insert into host (account_id, token_hash, name, os, arch, cores, memory_bytes, client_version, daily_quota)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+        "insert into host (account_id, token_hash, name, os, arch, cores, memory_bytes, client_version, daily_quota, kind)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          returning id",
     )
     .bind(account.id)
@@ -118,10 +143,11 @@ async fn register_host_handler(
     .bind(memory_bytes)
     .bind(&request.client_version)
     .bind(daily_quota)
+    .bind(kind)
     .fetch_one(&mut *connection)
     .await?;
-    tracing::info!(host.id = host_id, account.id = account.id, "host registered");
-    Ok((StatusCode::CREATED, Json(RegisterHostResponse { host_id, account_id: account.id, host_token: token })))
+    tracing::info!(host.id = host_id, account.id = account.id, ?kind, "host registered");
+    Ok(RegisterHostResponse { host_id, account_id: account.id, host_token: token })
 }
 
 /// Creates an account and returns its key, the only time the key exists in clear.
@@ -144,7 +170,7 @@ pub async fn account_by_key(connection: &mut PgConnection, key: &str) -> sqlx::R
 }
 
 pub async fn host_by_token(connection: &mut PgConnection, token: &str) -> sqlx::Result<Option<Host>> {
-    sqlx::query_as("select id, account_id, cores, memory_bytes from host where token_hash = $1")
+    sqlx::query_as("select id, account_id, cores, memory_bytes, kind from host where token_hash = $1")
         .bind(secret_hash(token))
         .fetch_optional(connection)
         .await

@@ -82,6 +82,9 @@ pub struct SchedulerConfig {
     pub max_host_cores: u32,
     /// The most memory the server believes a host has.
     pub max_host_memory_bytes: u64,
+    /// How long past a work unit's wall-clock limit a browser host has to report a replica
+    /// (or its work unit's own deadline, if sooner): a closed tab never reports.
+    pub browser_grace: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -95,6 +98,7 @@ impl Default for SchedulerConfig {
             max_in_progress_per_core: 50,
             max_host_cores: 256,
             max_host_memory_bytes: 1 << 40,
+            browser_grace: Duration::from_secs(600),
         }
     }
 }

@@ -62,6 +62,11 @@ enum Command {
         /// The most memory, in bytes, the server believes a host has.
         #[arg(long, default_value_t = 1 << 40)]
         max_host_memory: u64,
+        /// Seconds a browser host (a tab of /contribute) has to report a replica beyond its
+        /// work unit's wall-clock limit. A closed tab abandons its work, so its replicas go
+        /// to someone else this soon rather than after the work unit's own deadline.
+        #[arg(long, default_value_t = 600)]
+        browser_grace: u64,
         /// Accounts one address may create (over the API or by signing up) per 15 minutes.
         #[arg(long, default_value_t = 5)]
         accounts_per_address: i64,
@@ -163,6 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_in_progress_per_core,
             max_host_cores,
             max_host_memory,
+            browser_grace,
             accounts_per_address,
             hosts_per_address,
             header_timeout,
@@ -185,6 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.scheduler.max_in_progress_per_core = max_in_progress_per_core;
             config.scheduler.max_host_cores = max_host_cores;
             config.scheduler.max_host_memory_bytes = max_host_memory;
+            config.scheduler.browser_grace = Duration::from_secs(browser_grace);
             config.registration = RegistrationLimits { accounts_per_address, hosts_per_address };
             config.connections = ConnectionSettings {
                 header_timeout: Duration::from_secs(header_timeout.max(1)),

@@ -22,7 +22,7 @@ use wasmgrid_protocol::api::{
 };
 use wasmgrid_protocol::{API_PREFIX, Sha256Hash};
 
-use crate::accounts::Host;
+use crate::accounts::{Host, HostKind};
 use crate::config::SchedulerConfig;
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
@@ -163,8 +163,9 @@ struct WorkUnitFileRow {
 /// Hands up to `want` unsent replicas to `host`: at most one per work unit, none of a work
 /// unit its account already holds, none that needs more memory than the host has, no more
 /// than its daily quota (as `effects`, the request's reports so far, will leave it) and no
-/// more than it may hold at once. The caller records the number sent (through
-/// [`HostEffects::contacted`]) before it commits.
+/// more than it may hold at once. A browser host's deadline is the work unit's wall-clock
+/// limit and [`SchedulerConfig::browser_grace`], when that is sooner than its own. The
+/// caller records the number sent (through [`HostEffects::contacted`]) before it commits.
 pub async fn claim_replicas(
     connection: &mut PgConnection,
     host: &Host,
@@ -207,7 +208,11 @@ pub async fn claim_replicas(
          )
          update replica r
          set state = 'in_progress', host_id = $1, account_id = $2, sent_at = now(),
-             deadline_at = now() + w.delay_bound
+             deadline_at = now() + case
+                 when $5 then least(w.delay_bound,
+                                    make_interval(secs => (w.wall_time_limit_seconds + $6)::double precision))
+                 else w.delay_bound
+             end
          from chosen, work_unit w
          where r.id = chosen.id and w.id = r.work_unit_id
          returning r.id as replica_id, r.work_unit_id, r.deadline_at",
@@ -216,6 +221,8 @@ pub async fn claim_replicas(
     .bind(host.account_id)
     .bind(scheduler.believed_memory(host.memory_bytes))
     .bind(allowed)
+    .bind(host.kind == HostKind::Browser)
+    .bind(i64::try_from(scheduler.browser_grace.as_secs()).unwrap_or(i64::MAX))
     .fetch_all(&mut *connection)
     .await?;
     if claimed.is_empty() {

@@ -259,6 +259,7 @@ struct UserRow {
 struct HostSummaryRow {
     id: i64,
     name: String,
+    kind: String,
     os: String,
     arch: String,
     cores: i32,
@@ -298,7 +299,7 @@ pub async fn user_summary(connection: &mut PgConnection, id: i64) -> ApiResult<U
 pub async fn user(connection: &mut PgConnection, id: i64) -> ApiResult<UserStats> {
     let user = user_summary(connection, id).await?;
     let hosts: Vec<HostSummaryRow> = sqlx::query_as(&format!(
-        "select id, name, os, arch, cores, total_credit, {RECENT} as recent, last_contact_at
+        "select id, name, kind, os, arch, cores, total_credit, {RECENT} as recent, last_contact_at
          from host where account_id = $1 order by total_credit desc, id limit 100"
     ))
     .bind(id)
@@ -315,6 +316,7 @@ pub async fn user(connection: &mut PgConnection, id: i64) -> ApiResult<UserStats
             .map(|host| HostSummary {
                 id: host.id,
                 name: host.name,
+                kind: host.kind,
                 os: host.os,
                 arch: host.arch,
                 cores: host.cores,
@@ -408,6 +410,7 @@ struct HostRow {
     name: String,
     account_id: i64,
     owner: String,
+    kind: String,
     os: String,
     arch: String,
     cores: i32,
@@ -437,7 +440,7 @@ struct ResultRow {
 
 pub async fn host(connection: &mut PgConnection, id: i64) -> ApiResult<HostStats> {
     let row: Option<HostRow> = sqlx::query_as(
-        "select h.name, h.account_id, a.name as owner, h.os, h.arch, h.cores, h.memory_bytes, h.client_version,
+        "select h.name, h.account_id, a.name as owner, h.kind, h.os, h.arch, h.cores, h.memory_bytes, h.client_version,
                 h.total_credit, decayed_average(h.expavg_credit, h.expavg_time, 0, now()) as recent,
                 h.valid_count, h.invalid_count, h.error_count, h.last_contact_at, h.created_at
          from host h join account a on a.id = h.account_id where h.id = $1",
@@ -463,6 +466,7 @@ pub async fn host(connection: &mut PgConnection, id: i64) -> ApiResult<HostStats
         id,
         name: host.name,
         owner: Named { id: host.account_id, name: host.owner },
+        kind: host.kind,
         os: host.os,
         arch: host.arch,
         cores: host.cores,

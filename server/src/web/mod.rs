@@ -1,9 +1,11 @@
 //! The public web site: home, leaderboards, user, team and host pages, and the project's
 //! status. Server-rendered from the templates in `web/templates/` (compiled in, escaped
 //! by default), one stylesheet, no scripts: every page works without JavaScript, and the
-//! Content-Security-Policy allows none inline.
+//! Content-Security-Policy allows none. The one exception is `/contribute`, where a tab
+//! computes work units, with a policy of its own.
 //!
 //! - [`account`]: signing up and in, the account page, teams.
+//! - [`contribute`]: computing in a browser tab, and the scripts that do it.
 //! - [`session`]: sessions and protection against cross-site request forgery.
 //! - [`format`]: numbers, dates and sizes as people read them.
 //! - [`chart`]: the charts of replicas per hour and of credit over time, drawn as SVG on
@@ -11,6 +13,7 @@
 
 pub mod account;
 pub mod chart;
+pub mod contribute;
 pub mod format;
 pub mod session;
 
@@ -40,17 +43,18 @@ pub fn router() -> Router<AppState> {
         .route("/status", get(status))
         .route("/static/style.css", get(stylesheet))
         .merge(account::router())
+        .merge(contribute::router())
         .layer(middleware::map_response(security_headers))
 }
 
 /// What every page may do: load this site's stylesheet and images, nothing else; no
-/// scripts at all yet, no framing, no plugins.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
+/// scripts, no framing, no plugins. Only [`contribute`] sets a policy of its own.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; \
      form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 async fn security_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+    headers.entry(header::CONTENT_SECURITY_POLICY).or_insert(HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
@@ -238,6 +242,14 @@ async fn hosts(State(state): State<AppState>, Query(query): Query<PageQuery>) ->
     board_page(&state, Board::Hosts, query).await
 }
 
+/// What a host runs on, as its pages say it.
+fn system(kind: &str, os: &str, arch: &str) -> String {
+    match kind {
+        "browser" => format!("browser tab on {os} {arch}"),
+        _ => format!("{os} {arch}"),
+    }
+}
+
 struct HostLine {
     name: String,
     link: String,
@@ -292,7 +304,7 @@ async fn user(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> PageR
             .map(|host| HostLine {
                 link: format!("/hosts/{}", host.id),
                 name: host.name,
-                system: format!("{} {}", host.os, host.arch),
+                system: system(&host.kind, &host.os, &host.arch),
                 cores: host.cores,
                 total_credit: credit(host.total_credit),
                 recent_average_credit: credit(host.recent_average_credit),
@@ -431,7 +443,7 @@ async fn host(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> PageR
     page(HostPage {
         name: host.name,
         owner: Link { link: format!("/users/{}", host.owner.id), name: host.owner.name },
-        system: format!("{} {}", host.os, host.arch),
+        system: system(&host.kind, &host.os, &host.arch),
         cores: host.cores,
         memory: memory(host.memory_bytes),
         client_version: host.client_version,

@@ -1,9 +1,11 @@
 //! `TestApp`: a real server on port 0 with a fresh database of its own, the real client
 //! library talking to it, and helpers to publish work and to act as volunteers.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use reqwest::redirect::Policy;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
 use wasmgrid_client::api::{ApiResult, ServerClient};
@@ -359,4 +361,101 @@ pub struct HostView {
 /// A policy with the given quorum and target, and room for retries.
 pub fn policy(min_quorum: u32, target_replicas: u32) -> ReplicationPolicy {
     ReplicationPolicy { min_quorum, target_replicas, ..ReplicationPolicy::default() }
+}
+
+/// A browser without JavaScript: keeps cookies, sends forms, follows no redirects on its own.
+pub struct Browser {
+    http: reqwest::Client,
+    base: String,
+    pub cookies: HashMap<String, String>,
+    /// Headers every request carries (a proxy's `X-Forwarded-Proto`, say).
+    pub extra: Vec<(&'static str, String)>,
+}
+
+pub struct Page {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    /// The value of the form's hidden CSRF field.
+    pub fn csrf(&self) -> String {
+        let start = self.body.find(r#"name="csrf" value=""#).expect("a form with a CSRF field") + 19;
+        self.body[start..].split('"').next().unwrap().to_owned()
+    }
+
+    pub fn location(&self) -> &str {
+        self.headers.get("location").map_or("", |value| value.to_str().unwrap())
+    }
+
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers.get_all("set-cookie").iter().map(|value| value.to_str().unwrap().to_owned()).collect()
+    }
+}
+
+impl Browser {
+    pub fn new(app: &TestApp) -> Self {
+        let http = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();
+        Self { http, base: app.client.base_url().to_owned(), cookies: HashMap::new(), extra: Vec::new() }
+    }
+
+    /// A browser behind the trusted proxy, which says it forwards for `forwarded_for`.
+    pub fn forwarded_for(app: &TestApp, forwarded_for: &str) -> Self {
+        let mut browser = Self::new(app);
+        browser.extra.push(("x-forwarded-for", forwarded_for.to_owned()));
+        browser
+    }
+
+    /// The HTTP client, to build requests of other kinds for [`Self::send`].
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The server's URL, which paths are appended to.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub async fn send(&mut self, request: reqwest::RequestBuilder) -> Page {
+        let cookie: Vec<String> = self.cookies.iter().map(|(name, value)| format!("{name}={value}")).collect();
+        let mut request = request.header("cookie", cookie.join("; "));
+        for (name, value) in &self.extra {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        for set in headers.get_all("set-cookie") {
+            let (pair, _) = set.to_str().unwrap().split_once(';').unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            if value.is_empty() {
+                self.cookies.remove(name);
+            } else {
+                self.cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+        Page { status, headers, body: response.text().await.unwrap() }
+    }
+
+    pub async fn get(&mut self, path: &str) -> Page {
+        let request = self.http.get(format!("{}{path}", self.base));
+        self.send(request).await
+    }
+
+    pub async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let request = self.http.post(format!("{}{path}", self.base)).form(form);
+        self.send(request).await
+    }
+
+    /// Signs up `name` with `password`; returns the page shown afterwards.
+    pub async fn sign_up(&mut self, name: &str, email: &str, password: &str) -> Page {
+        let csrf = self.get("/signup").await.csrf();
+        self.post("/signup", &[("csrf", &csrf), ("name", name), ("email", email), ("password", password)]).await
+    }
+
+    pub async fn log_in(&mut self, login: &str, password: &str) -> Page {
+        let csrf = self.get("/login").await.csrf();
+        self.post("/login", &[("csrf", &csrf), ("login", login), ("password", password)]).await
+    }
 }

@@ -6,6 +6,7 @@ mod blobs;
 mod cheating;
 mod claiming;
 mod concurrency;
+mod contribute;
 mod credit;
 mod embedded;
 mod helpers;

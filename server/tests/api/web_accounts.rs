@@ -2,101 +2,11 @@
 //! and attach, log in and out, teams; and what must be refused: forged forms, password
 //! guessing, and log-in answers that would tell who has an account.
 
-use std::collections::HashMap;
-
-use reqwest::redirect::Policy;
 use wasmgrid_protocol::api::RegisterHostRequest;
 
 use wasmgrid_server::http::visitor::parse_network;
 
-use crate::helpers::TestApp;
-
-/// A browser without JavaScript: keeps cookies, sends forms, follows no redirects on its own.
-struct Browser {
-    http: reqwest::Client,
-    base: String,
-    cookies: HashMap<String, String>,
-    /// Headers every request carries (a proxy's `X-Forwarded-Proto`, say).
-    extra: Vec<(&'static str, String)>,
-}
-
-struct Page {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: String,
-}
-
-impl Page {
-    /// The value of the form's hidden CSRF field.
-    fn csrf(&self) -> String {
-        let start = self.body.find(r#"name="csrf" value=""#).expect("a form with a CSRF field") + 19;
-        self.body[start..].split('"').next().unwrap().to_owned()
-    }
-
-    fn location(&self) -> &str {
-        self.headers.get("location").map_or("", |value| value.to_str().unwrap())
-    }
-
-    fn set_cookies(&self) -> Vec<String> {
-        self.headers.get_all("set-cookie").iter().map(|value| value.to_str().unwrap().to_owned()).collect()
-    }
-}
-
-impl Browser {
-    fn new(app: &TestApp) -> Self {
-        let http = reqwest::Client::builder().redirect(Policy::none()).build().unwrap();
-        Self { http, base: app.client.base_url().to_owned(), cookies: HashMap::new(), extra: Vec::new() }
-    }
-
-    /// A browser behind the trusted proxy, which says it forwards for `forwarded_for`.
-    fn forwarded_for(app: &TestApp, forwarded_for: &str) -> Self {
-        let mut browser = Self::new(app);
-        browser.extra.push(("x-forwarded-for", forwarded_for.to_owned()));
-        browser
-    }
-
-    async fn send(&mut self, request: reqwest::RequestBuilder) -> Page {
-        let cookie: Vec<String> = self.cookies.iter().map(|(name, value)| format!("{name}={value}")).collect();
-        let mut request = request.header("cookie", cookie.join("; "));
-        for (name, value) in &self.extra {
-            request = request.header(*name, value);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        for set in headers.get_all("set-cookie") {
-            let (pair, _) = set.to_str().unwrap().split_once(';').unwrap();
-            let (name, value) = pair.split_once('=').unwrap();
-            if value.is_empty() {
-                self.cookies.remove(name);
-            } else {
-                self.cookies.insert(name.to_owned(), value.to_owned());
-            }
-        }
-        Page { status, headers, body: response.text().await.unwrap() }
-    }
-
-    async fn get(&mut self, path: &str) -> Page {
-        let request = self.http.get(format!("{}{path}", self.base));
-        self.send(request).await
-    }
-
-    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
-        let request = self.http.post(format!("{}{path}", self.base)).form(form);
-        self.send(request).await
-    }
-
-    /// Signs up `name` with `password`; returns the page shown afterwards.
-    async fn sign_up(&mut self, name: &str, email: &str, password: &str) -> Page {
-        let csrf = self.get("/signup").await.csrf();
-        self.post("/signup", &[("csrf", &csrf), ("name", name), ("email", email), ("password", password)]).await
-    }
-
-    async fn log_in(&mut self, login: &str, password: &str) -> Page {
-        let csrf = self.get("/login").await.csrf();
-        self.post("/login", &[("csrf", &csrf), ("login", login), ("password", password)]).await
-    }
-}
+use crate::helpers::{Browser, Page, TestApp};
 
 const PASSWORD: &str = "correct horse battery";
 

@@ -293,6 +293,42 @@ impl Session {
         self.command(Method::DELETE, "", None).await;
     }
 
+    /// Loads the current page again, as the reload button does.
+    pub async fn refresh(&self) {
+        self.command(Method::POST, "/refresh", Some(json!({}))).await;
+    }
+
+    /// Runs `script` (a function body; `arguments` holds `args`) in the page and returns what
+    /// it returns. A script that returns a promise is waited for.
+    pub async fn execute(&self, script: &str, args: Value) -> Value {
+        self.command(Method::POST, "/execute/sync", Some(json!({ "script": script, "args": args }))).await
+    }
+
+    /// Opens a new tab of the same browser and switches to it; returns its handle.
+    pub async fn new_tab(&self) -> String {
+        let opened = self.command(Method::POST, "/window/new", Some(json!({ "type": "tab" }))).await;
+        let handle = opened["handle"].as_str().expect("a window handle").to_owned();
+        self.switch_to(&handle).await;
+        handle
+    }
+
+    /// The handle of the tab the commands go to.
+    pub async fn current_tab(&self) -> String {
+        self.command(Method::GET, "/window", None).await.as_str().expect("a window handle").to_owned()
+    }
+
+    /// Makes the tab `handle` the one the next commands go to.
+    pub async fn switch_to(&self, handle: &str) {
+        self.command(Method::POST, "/window", Some(json!({ "handle": handle }))).await;
+    }
+
+    /// Closes the current tab, as its close button does; returns the handles of the tabs left,
+    /// the next commands going to none of them until [`Self::switch_to`].
+    pub async fn close_tab(&self) -> Vec<String> {
+        let left = self.command(Method::DELETE, "/window", None).await;
+        left.as_array().expect("the handles left").iter().map(|handle| handle.as_str().unwrap().to_owned()).collect()
+    }
+
     fn elements(&self, found: Value) -> Vec<Element<'_>> {
         let found = found.as_array().expect("a list of elements");
         found

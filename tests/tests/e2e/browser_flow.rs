@@ -28,13 +28,13 @@ const CREDIT_APPLIED: &str = "select count(*) from credit_grant where applied";
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
 /// Someone signing up on the web site.
-struct Visitor {
-    name: &'static str,
-    email: &'static str,
-    password: &'static str,
+pub struct Visitor {
+    pub name: &'static str,
+    pub email: &'static str,
+    pub password: &'static str,
 }
 
-const ADA: Visitor = Visitor { name: "ada", email: "ada@example.org", password: "analytical engine 1843" };
+pub const ADA: Visitor = Visitor { name: "ada", email: "ada@example.org", password: "analytical engine 1843" };
 const GRACE: Visitor = Visitor { name: "grace", email: "grace@example.org", password: "compiler A-0 in 1952" };
 const TEAM: &str = "Difference Engineers";
 /// What a failed log-in says, whether the account exists or not.
@@ -148,7 +148,7 @@ async fn a_volunteer_signs_up_attaches_joins_a_team_and_finds_their_credit_in_th
 }
 
 /// Signs `visitor` up with the sign-up form; returns the attach command the page shows.
-async fn sign_up(browser: &Session, server: &Server, visitor: &Visitor) -> String {
+pub async fn sign_up(browser: &Session, server: &Server, visitor: &Visitor) -> String {
     browser.goto(&format!("{}/signup", server.url)).await;
     let form = r#"form[action="/signup"]"#;
     browser.find(&format!(r#"{form} input[name="name"]"#)).await.send_keys(visitor.name).await;
@@ -262,7 +262,7 @@ fn is_id(text: &str) -> bool {
 }
 
 /// Saves a screenshot of what the browser shows as `file` among the test artifacts.
-async fn keep_screenshot(browser: &Session, file: &str) {
+pub async fn keep_screenshot(browser: &Session, file: &str) {
     let png = browser.screenshot().await;
     assert!(png.starts_with(PNG_SIGNATURE) && png.len() > PNG_SIGNATURE.len(), "the screenshot {file} is a PNG");
     let path = test_artifact_dir().join(file);

@@ -7,6 +7,7 @@ mod cache;
 mod checkpoints;
 mod connections;
 mod contact;
+mod contribute;
 mod daemon;
 mod demo;
 mod exec;

@@ -1,15 +1,23 @@
 //! What the benchmark programs share: starting the release server on its embedded
-//! database, building the example work units, and summarising measurements.
+//! database, building the example work units, their heavy runs and plain wasmtime to run
+//! them in, and summarising measurements.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use wasmgrid_protocol::Sha256Hash;
+use wasmgrid_protocol::api::RunLimits;
+use wasmgrid_sandbox::RunSpec;
 use wasmgrid_server::database::embedded::connect_options_for;
+use wasmtime::{Config, Engine, Linker, Module, Store};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 /// A binary next to the running benchmark in `target/release/`.
 pub fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
@@ -128,4 +136,90 @@ pub fn peak_rss_kib(pid: u32) -> u64 {
             line.split_whitespace().nth(1)?.parse().ok()
         })
         .unwrap_or(0)
+}
+
+/// A compute-heavy run of an example work unit.
+pub struct Workload {
+    pub program: &'static str,
+    pub args: &'static [&'static str],
+    pub what: &'static str,
+}
+
+/// The example apps' heavy runs, which the benchmarks time.
+pub const WORKLOADS: [Workload; 3] = [
+    Workload {
+        program: "primes",
+        args: &["--count-only", "0", "1000000000"],
+        what: "primes below 10^9 (integer sieve)",
+    },
+    Workload {
+        program: "mandelbrot",
+        args: &["8192", "8192", "2048", "1", "1", "2000"],
+        what: "a 2048x2048 Mandelbrot tile (f64)",
+    },
+    Workload { program: "nbody", args: &["64", "40000", "1"], what: "64 bodies for 40,000 steps (f64)" },
+];
+
+/// Limits that no workload meets.
+pub const LIMITS: RunLimits =
+    RunLimits { fuel: 1 << 60, memory_bytes: 1 << 30, output_bytes: 256 << 20, wall_time_seconds: 3600 };
+
+/// `a` as a multiple of `b`.
+pub fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
+
+/// How much slower `with` is than `without`, in percent.
+pub fn percent(with: Duration, without: Duration) -> f64 {
+    (ratio(with, without) - 1.0) * 100.0
+}
+
+/// The module under wasmtime as anyone would embed it: `config` (the default, or with one
+/// feature switched on), WASI with standard output captured, nothing else.
+pub fn run_plain(config: &Config, wasm: &[u8], args: &[&str]) -> anyhow::Result<(Vec<u8>, Duration)> {
+    let engine = Engine::new(config)?;
+    let module = Module::new(&engine, wasm)?;
+    let mut linker: Linker<WasiP1Ctx> = Linker::new(&engine);
+    wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |context| context)?;
+    let stdout = MemoryOutputPipe::new(LIMITS.output_bytes as usize);
+    // A working directory of its own (nbody writes its progress and checkpoints there).
+    let dir = tempfile::tempdir()?;
+    let mut builder = WasiCtxBuilder::new();
+    builder.arg("main.wasm").args(args).stdout(stdout.clone()).preopened_dir(dir.path(), ".", FsPerms::ReadWrite)?;
+    let wasi = builder.build_p1();
+    let mut store = Store::new(&engine, wasi);
+    // Never reached: the epoch is never incremented, and the fuel is all there is.
+    store.set_epoch_deadline(u64::MAX);
+    // Fails, harmlessly, when the engine meters no fuel.
+    let _ = store.set_fuel(u64::MAX);
+    let started = Instant::now();
+    let instance = linker.instantiate(&mut store, &module)?;
+    let result = instance.get_typed_func::<(), ()>(&mut store, "_start")?.call(&mut store, ());
+    let time = started.elapsed();
+    match result {
+        Ok(()) => {}
+        Err(error) if error.downcast_ref::<I32Exit>().is_some_and(|exit| exit.0 == 0) => {}
+        Err(error) => bail!("the module failed under plain wasmtime: {error:?}"),
+    }
+    Ok((stdout.contents().to_vec(), time))
+}
+
+/// A sandbox run of the module at `module_path` (`wasm`) with `args`, within [`LIMITS`], in
+/// directories of its own under `scratch`.
+pub fn run_spec(module_path: &Path, wasm: &[u8], args: &[&str], scratch: &Path) -> anyhow::Result<RunSpec> {
+    let run_dir = tempfile::tempdir_in(scratch)?.keep();
+    let (input_dir, scratch_dir) = (run_dir.join("input"), run_dir.join("scratch"));
+    std::fs::create_dir_all(&input_dir)?;
+    std::fs::create_dir_all(&scratch_dir)?;
+    Ok(RunSpec {
+        module_hash: Sha256Hash::of(wasm),
+        module_path: module_path.to_path_buf(),
+        args: args.iter().map(|arg| arg.to_string()).collect(),
+        stdin: Vec::new(),
+        input_dir,
+        scratch_dir,
+        limits: LIMITS,
+        scratch_limit_bytes: 1 << 30,
+        seed: 1,
+    })
 }

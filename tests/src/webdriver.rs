@@ -293,6 +293,12 @@ impl Session {
         self.command(Method::DELETE, "", None).await;
     }
 
+    /// How long a script of [`Self::execute`] may run (WebDriver's default: 30 s).
+    pub async fn set_script_timeout(&self, timeout: Duration) {
+        let milliseconds = timeout.as_millis() as u64;
+        self.command(Method::POST, "/timeouts", Some(json!({ "script": milliseconds }))).await;
+    }
+
     /// Loads the current page again, as the reload button does.
     pub async fn refresh(&self) {
         self.command(Method::POST, "/refresh", Some(json!({}))).await;

@@ -37,6 +37,17 @@ async fn register(browser: &mut Browser, token: &str) -> Page {
     browser.send(request).await
 }
 
+/// The tab's host, acting through the client library as the page's script does over HTTP.
+fn as_volunteer(app: &TestApp, host: RegisterHostResponse) -> Volunteer {
+    Volunteer {
+        client: app.client.clone(),
+        account_key: String::new(),
+        account_id: host.account_id,
+        host_id: host.host_id,
+        token: host.host_token,
+    }
+}
+
 fn header(page: &Page, name: &str) -> String {
     page.headers.get(name).map_or(String::new(), |value| value.to_str().unwrap().to_owned())
 }
@@ -121,14 +132,7 @@ async fn a_tab_without_an_account_computes_for_an_anonymous_one() {
 
     // The host's token is a host's token like any other: the tab fetches work with it.
     app.publish(1, policy(1, 1)).await;
-    let tab = Volunteer {
-        client: app.client.clone(),
-        account_key: String::new(),
-        account_id: host.account_id,
-        host_id: host.host_id,
-        token: host.host_token,
-    };
-    assert_eq!(tab.fetch(1).await.len(), 1);
+    assert_eq!(as_volunteer(&app, host.clone()).fetch(1).await.len(), 1);
     // Its page says what it is.
     let page = browser.get(&format!("/hosts/{}", host.host_id)).await;
     assert!(page.body.contains("browser tab on Linux x86_64"), "{}", page.body);
@@ -190,13 +194,7 @@ async fn a_tab_must_report_within_the_wall_clock_limit_and_the_grace_a_native_ho
     let mut browser = Browser::new(&app);
     let token = page_token(&browser.get("/contribute").await);
     let host: RegisterHostResponse = serde_json::from_str(&register(&mut browser, &token).await.body).unwrap();
-    let tab = Volunteer {
-        client: app.client.clone(),
-        account_key: String::new(),
-        account_id: host.account_id,
-        host_id: host.host_id,
-        token: host.host_token,
-    };
+    let tab = as_volunteer(&app, host);
     let native = app.volunteer("native").await;
     tab.fetch(2).await;
     native.fetch(1).await;

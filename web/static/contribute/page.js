@@ -60,6 +60,8 @@ const state = {
   nextContactAt: 0,
   contacting: false,
   contactAgain: false,
+  /** The timer that refreshes the host's figures. */
+  refreshing: null,
   failures: 0,
   problem: null,
 };
@@ -113,7 +115,7 @@ async function start() {
   }
   render();
   contactSoon(0);
-  setInterval(refreshTotals, 15000);
+  if (!state.refreshing) state.refreshing = setInterval(refreshTotals, 15000);
   refreshTotals();
 }
 

@@ -53,22 +53,30 @@ export const hostError = (reason) => ({ outcome: 'host_error', reason: `this hos
 
 /**
  * Instruments and compiles a work unit's module: { compiled, initialMemoryBytes,
- * initialTableElements }, or { failure } (a report) when it cannot run.
+ * initialTableElements, timings: { instrumentMs, compileMs } }, or { failure } (a report)
+ * when it cannot run. `instrument: false` compiles the module as it is, to measure what the
+ * pass costs (bench-browser): such a run counts no fuel and is not deterministic.
  */
-export async function prepare(instrumenter, wasm) {
-  const instrumented = instrumenter.instrument(wasm);
-  if (instrumented.refusal !== undefined) return { failure: invalidModule(instrumented.refusal) };
+export async function prepare(instrumenter, wasm, { instrument = true } = {}) {
+  const started = performance.now();
+  let module = { wasm, initialMemoryBytes: 0n, initialTableElements: 0n };
+  if (instrument) {
+    module = instrumenter.instrument(wasm);
+    if (module.refusal !== undefined) return { failure: invalidModule(module.refusal) };
+  }
+  const instrumented = performance.now();
   let compiled;
   try {
-    compiled = await WebAssembly.compile(instrumented.wasm);
+    compiled = await WebAssembly.compile(module.wasm);
   } catch (error) {
     // The pass validated the module: a failure now is this engine's.
     return { failure: hostError(`the browser's engine cannot compile it: ${error.message}`) };
   }
   return {
     compiled,
-    initialMemoryBytes: instrumented.initialMemoryBytes,
-    initialTableElements: instrumented.initialTableElements,
+    initialMemoryBytes: module.initialMemoryBytes,
+    initialTableElements: module.initialTableElements,
+    timings: { instrumentMs: instrumented - started, compileMs: performance.now() - instrumented },
   };
 }
 
@@ -144,6 +152,7 @@ export async function run(instrumenter, prepared, task, onProgress = () => {}) {
   } catch (thrown) {
     ended = classify(thrown, instance, instrumenter, limits);
   }
+  const ran = performance.now();
   const fuel = fuelUsed();
   const stderr = new TextDecoder().decode(wasi.stderr);
   if (ended.outcome === 'success' && !wasi.scratchWithinLimits()) ended = moduleError(LIMIT.scratch);
@@ -156,8 +165,11 @@ export async function run(instrumenter, prepared, task, onProgress = () => {}) {
     if (error instanceof TooLarge) return report({ ...moduleError(error.message), stderr }, fuel);
     throw error;
   }
+  const packed = performance.now();
   const outputHash = hex(new Uint8Array(await crypto.subtle.digest('SHA-256', archive)));
-  return report({ outcome: 'success', exitStatus: 0, stderr, archive, outputHash }, fuel);
+  // Where the time went, for the benchmark: the run itself, packing, hashing.
+  const timings = { runMs: ran - started, packMs: packed - ran, hashMs: performance.now() - packed };
+  return report({ outcome: 'success', exitStatus: 0, stderr, archive, outputHash, timings }, fuel);
 }
 
 /** The first import a native client would not provide, as `module::name`, if any. */

@@ -2,7 +2,8 @@
 // the run needs in one message and terminates the worker to stop it (a wall-clock limit, an
 // abort, a pause); the worker's own Content-Security-Policy gives it no network at all.
 //
-// In:  { instrumenter: WebAssembly.Module, module: { bytes } or { prepared }, task } (runtime.js)
+// In:  { instrumenter: WebAssembly.Module, module: { bytes } or { prepared }, task } (runtime.js),
+//      and `plain: true` to run the module uninstrumented (bench-browser measures the pass so)
 // Out: { type: 'prepared', prepared }   the module instrumented and compiled, for the page to
 //                                       reuse for later tasks of the same module;
 //      { type: 'progress', fuelUsed, fraction };
@@ -17,7 +18,7 @@ self.onmessage = async ({ data }) => {
     const instrumenter = await Instrumenter.load(data.instrumenter);
     let prepared = data.module.prepared;
     if (!prepared) {
-      prepared = await prepare(instrumenter, data.module.bytes);
+      prepared = await prepare(instrumenter, data.module.bytes, { instrument: !data.plain });
       if (prepared.failure) {
         self.postMessage({ type: 'done', report: { ...prepared.failure, fuelUsed: 0n, runTimeMs: 0, stderr: '' } });
         return;

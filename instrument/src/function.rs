@@ -26,7 +26,7 @@ use crate::Options;
 use crate::bounded_loop::{self, BoundedLoop};
 use crate::cost::{CALL_COST, ends_stretch, frame_cost, operator_cost};
 use crate::features::Refusal;
-use crate::meter::{Growth, Meter};
+use crate::meter::{Growth, MemoryBound, Meter};
 use crate::module::IndexShift;
 use crate::nan::{self, Effect, MAX_ANALYSIS_PASSES};
 
@@ -41,6 +41,8 @@ pub(crate) struct ModuleTypes<'m> {
     pub function_types: &'m [u32],
     /// The `[] -> results` types the pass added, for the wrapper block of multi-value functions.
     pub wrapper_types: &'m HashMap<Vec<ValType>, u32>,
+    /// How far every memory may grow by its type, imported ones first.
+    pub memory_bounds: &'m [MemoryBound],
     pub meter: Meter,
     pub options: Options,
 }
@@ -573,6 +575,8 @@ impl<'a, 'w> Walk<'a, 'w> {
             Operator::MemoryGrow { mem } => {
                 self.module.meter.check_growth(Growth::Memory(mem), &mut self.code);
                 self.generic(pops, pushes, translated);
+                let bound = self.module.memory_bounds.get(mem as usize).copied().unwrap_or(MemoryBound::Imported);
+                self.module.meter.check_grown(mem, bound, &mut self.code);
             }
             Operator::TableGrow { table } => {
                 self.module.meter.check_growth(Growth::Table(table), &mut self.code);

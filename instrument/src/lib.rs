@@ -54,15 +54,21 @@ pub const STACK_USED_EXPORT: &str = "wasmgrid_stack_used";
 /// refused `memory.grow` otherwise.
 pub const MEMORY_LIMIT_GLOBAL: &str = "memory_limit";
 /// [`Target::Portable`]: the exported mutable `i32` global that says which limit a growth
-/// broke before the run trapped: [`BROKE_MEMORY_LIMIT`] or [`BROKE_TABLE_LIMIT`]; 0 if none.
+/// broke before the run trapped: [`BROKE_MEMORY_LIMIT`], [`BROKE_TABLE_LIMIT`] or
+/// [`BROKE_HOST_MEMORY`]; 0 if none.
 pub const LIMIT_BROKEN_EXPORT: &str = "wasmgrid_limit_broken";
 pub const BROKE_MEMORY_LIMIT: i32 = 1;
+pub const BROKE_TABLE_LIMIT: i32 = 2;
+/// [`Target::Portable`]: a `memory.grow` within the run's limit and the memory's own maximum
+/// that the engine refused all the same (a browser short of memory): the host's failure, not
+/// the module's, where a native client would have grown. The run traps rather than let the
+/// module see a refusal no native client would give it.
+pub const BROKE_HOST_MEMORY: i32 = 3;
 /// [`Target::Portable`]: the export naming the module's start function, which is no longer its
 /// start section: the host calls it after instantiating the module and before `_start`. An
 /// instantiation that traps leaves the host no instance to read the counters of, so a run
 /// that ends in its start function could not say why.
 pub const START_EXPORT: &str = "wasmgrid_start";
-pub const BROKE_TABLE_LIMIT: i32 = 2;
 /// The most elements a table may grow to (function tables of real programs are far
 /// smaller; a table-growth bomb is stopped here). The sandbox's limiter enforces it for
 /// [`Target::Sandbox`]; the pass itself for [`Target::Portable`].

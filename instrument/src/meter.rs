@@ -3,8 +3,12 @@
 use wasm_encoder::{BlockType, Instruction, MemArg};
 
 use crate::{
-    BROKE_MEMORY_LIMIT, BROKE_TABLE_LIMIT, MAX_TABLE_ELEMENTS, METER_FUEL_LIMIT, METER_FUEL_USED, STACK_LIMIT, Target,
+    BROKE_HOST_MEMORY, BROKE_MEMORY_LIMIT, BROKE_TABLE_LIMIT, MAX_TABLE_ELEMENTS, METER_FUEL_LIMIT, METER_FUEL_USED,
+    STACK_LIMIT, Target,
 };
+
+/// The most pages a 32-bit memory can have.
+const MAX_MEMORY32_PAGES: i64 = 1 << 16;
 
 /// Where the counters are, in the instrumented module's index spaces.
 #[derive(Debug, Clone, Copy)]
@@ -24,6 +28,19 @@ pub(crate) struct Meter {
     pub grow_delta_global: u32,
     /// [`Target::Portable`]: the defined global exported as [`crate::LIMIT_BROKEN_EXPORT`].
     pub limit_broken_global: u32,
+    /// [`Target::Portable`]: a defined `i32` global that holds a `memory.grow`'s result while
+    /// it is checked.
+    pub grow_result_global: u32,
+}
+
+/// How far a memory may grow by its type, for telling an engine's refusal from the type's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum MemoryBound {
+    /// The module defines it, with this maximum in pages (if any).
+    Defined(Option<u64>),
+    /// The module imports it: the memory given may have a lower maximum than the import
+    /// names, so a refused growth cannot be told apart.
+    Imported,
 }
 
 /// What a growth that is checked grows.
@@ -141,6 +158,38 @@ impl Meter {
             Instruction::Unreachable,
             Instruction::End,
             Instruction::GlobalGet(self.grow_delta_global),
+        ]);
+    }
+
+    /// [`Target::Portable`]: after a `memory.grow` of `memory` (its result on top of the
+    /// stack), traps if the engine refused a growth that the run's limit (checked before) and
+    /// the memory's own maximum allow: a native client would have grown it.
+    pub fn check_grown(&self, memory: u32, bound: MemoryBound, out: &mut Vec<Instruction<'_>>) {
+        let MemoryBound::Defined(maximum_pages) = bound else { return };
+        if self.target != Target::Portable {
+            return;
+        }
+        let maximum = maximum_pages.map_or(MAX_MEMORY32_PAGES, |pages| pages.min(MAX_MEMORY32_PAGES as u64) as i64);
+        out.extend([
+            Instruction::GlobalSet(self.grow_result_global),
+            Instruction::GlobalGet(self.grow_result_global),
+            Instruction::I32Const(-1),
+            Instruction::I32Eq,
+            Instruction::If(BlockType::Empty),
+            Instruction::MemorySize(memory),
+            Instruction::I64ExtendI32U,
+            Instruction::GlobalGet(self.grow_delta_global),
+            Instruction::I64ExtendI32U,
+            Instruction::I64Add,
+            Instruction::I64Const(maximum),
+            Instruction::I64LeU,
+            Instruction::If(BlockType::Empty),
+            Instruction::I32Const(BROKE_HOST_MEMORY),
+            Instruction::GlobalSet(self.limit_broken_global),
+            Instruction::Unreachable,
+            Instruction::End,
+            Instruction::End,
+            Instruction::GlobalGet(self.grow_result_global),
         ]);
     }
 

@@ -17,7 +17,7 @@ use wasmparser::{
 
 use crate::features::{self, Refusal};
 use crate::function::{self, ModuleTypes};
-use crate::meter::Meter;
+use crate::meter::{MemoryBound, Meter};
 use crate::{
     FUEL_LIMIT_GLOBAL, FUEL_USED_EXPORT, IMPORT_MODULE, LIMIT_BROKEN_EXPORT, MEMORY_LIMIT_GLOBAL, METER_MEMORY,
     Options, STACK_USED_EXPORT, START_EXPORT, Target,
@@ -66,6 +66,8 @@ struct Rewrite {
     allocations: FuncValidatorAllocations,
     /// The module's start function, which [`Target::Portable`] exports instead.
     start_function: Option<u32>,
+    /// How far every memory of the module may grow by its type, imported ones first.
+    memory_bounds: Vec<MemoryBound>,
 }
 
 pub(crate) fn rewrite(wasm: &[u8], target: Target, options: Options) -> Result<Vec<u8>, Refusal> {
@@ -88,6 +90,7 @@ pub(crate) fn rewrite(wasm: &[u8], target: Target, options: Options) -> Result<V
         next_function: 0,
         allocations: FuncValidatorAllocations::default(),
         start_function: start_function(wasm),
+        memory_bounds: Vec::new(),
     };
     let mut validator = Validator::new_with_features(features::allowed());
     for payload in Parser::new(0).parse_all(wasm) {
@@ -166,6 +169,7 @@ impl Rewrite {
                     match import.ty {
                         TypeRef::Func(ty) => self.function_types.push(ty),
                         TypeRef::Global(_) => self.globals += 1,
+                        TypeRef::Memory(_) => self.memory_bounds.push(MemoryBound::Imported),
                         _ => {}
                     }
                 }
@@ -186,6 +190,10 @@ impl Rewrite {
                 self.out.section(&tables);
             }
             Payload::MemorySection(reader) => {
+                for memory in reader.clone() {
+                    let memory = memory.map_err(|error| Refusal::Invalid(error.to_string()))?;
+                    self.memory_bounds.push(MemoryBound::Defined(memory.maximum));
+                }
                 let mut memories = MemorySection::new();
                 self.shift.parse_memory_section(&mut memories, reader).map_err(copy_error)?;
                 self.out.section(&memories);
@@ -242,6 +250,7 @@ impl Rewrite {
                     types: &self.types,
                     function_types: &self.function_types,
                     wrapper_types: &self.wrapper_types,
+                    memory_bounds: &self.memory_bounds,
                     meter: self.meter(),
                     options: self.options,
                 };
@@ -291,6 +300,7 @@ impl Rewrite {
             fuel_used_global: first_added + 1,
             grow_delta_global: first_added + 2,
             limit_broken_global: first_added + 3,
+            grow_result_global: first_added + 4,
         }
     }
 
@@ -325,6 +335,8 @@ impl Rewrite {
         if self.target == Target::Portable {
             globals.global(counter, &ConstExpr::i64_const(0));
             let flag = GlobalType { val_type: wasm_encoder::ValType::I32, mutable: true, shared: false };
+            // The growth's delta, the flag of the limit broken, the growth's result.
+            globals.global(flag, &ConstExpr::i32_const(0));
             globals.global(flag, &ConstExpr::i32_const(0));
             globals.global(flag, &ConstExpr::i32_const(0));
         }

@@ -3,7 +3,7 @@
 use wasmgrid_instrument::{Refusal, Target, instrument};
 use wasmtime::Val;
 
-use crate::{run_portable, run_portable_limited, wasm};
+use crate::{run_portable, run_portable_in, run_portable_limited, wasm};
 
 #[test]
 fn threads_and_shared_memory_are_refused_with_the_reason() {
@@ -167,4 +167,27 @@ fn growth_past_the_limits_traps_in_the_portable_module_and_says_which_limit() {
     let past = grow_table(max);
     assert!(past.results.is_err());
     assert_eq!(past.limit_broken, wasmgrid_instrument::BROKE_TABLE_LIMIT);
+}
+
+/// A growth within the run's limit and the memory's maximum that the engine refuses all the
+/// same (a browser short of memory) traps, flagged as the host's failure: the module must not
+/// see a refusal no native client would give it. One past the memory's own maximum is the
+/// module's business, refused by every engine alike.
+#[test]
+fn an_engine_refusing_a_growth_within_the_limits_is_the_hosts_failure() {
+    let module = wasm(
+        r#"(module
+             (memory (export "memory") 1 100)
+             (func (export "grow_memory") (param i32) (result i32) (memory.grow (local.get 0))))"#,
+    );
+    let engine_memory = 4 << 16;
+    let grow =
+        |pages: i32| run_portable_in(&module, "grow_memory", &[Val::I32(pages)], 1 << 40, 1 << 30, engine_memory);
+    let within = grow(3);
+    assert_eq!((within.results.unwrap()[0].unwrap_i32(), within.limit_broken), (1, 0), "the engine gives four pages");
+    let refused = grow(10);
+    assert!(refused.results.is_err(), "the engine cannot give eleven pages");
+    assert_eq!(refused.limit_broken, wasmgrid_instrument::BROKE_HOST_MEMORY);
+    let past_maximum = grow(200);
+    assert_eq!((past_maximum.results.unwrap()[0].unwrap_i32(), past_maximum.limit_broken), (-1, 0));
 }

@@ -11,7 +11,10 @@ use wasmgrid_instrument::{
     FUEL_LIMIT_GLOBAL, FUEL_USED_EXPORT, IMPORT_MODULE, LIMIT_BROKEN_EXPORT, MEMORY_LIMIT_GLOBAL, STACK_USED_EXPORT,
     Target,
 };
-use wasmtime::{Config, Engine, Extern, Global, GlobalType, Instance, Module, Mutability, Store, Val, ValType};
+use wasmtime::{
+    Config, Engine, Extern, Global, GlobalType, Instance, Module, Mutability, Store, StoreLimits, StoreLimitsBuilder,
+    Val, ValType,
+};
 
 /// How a call of an instrumented module's export ended.
 #[derive(Debug)]
@@ -44,11 +47,25 @@ pub fn run_portable(wasm: &[u8], name: &str, args: &[Val], fuel_limit: i64) -> R
 
 /// [`run_portable`] with a memory limit of `memory_limit` bytes.
 pub fn run_portable_limited(wasm: &[u8], name: &str, args: &[Val], fuel_limit: i64, memory_limit: i64) -> Run {
+    run_portable_in(wasm, name, args, fuel_limit, memory_limit, usize::MAX)
+}
+
+/// [`run_portable_limited`] in an engine that refuses to grow a memory past `engine_memory`
+/// bytes, as a browser short of memory does: `memory.grow` returns -1.
+pub fn run_portable_in(
+    wasm: &[u8],
+    name: &str,
+    args: &[Val],
+    fuel_limit: i64,
+    memory_limit: i64,
+    engine_memory: usize,
+) -> Run {
     let instrumented = wasmgrid_instrument::instrument(wasm, Target::Portable).unwrap();
     let engine = engine(|_| {});
     let module = Module::new(&engine, &instrumented).unwrap();
-    let mut store = Store::new(&engine, ());
-    let constant = |store: &mut Store<()>, value: i64| {
+    let mut store = Store::new(&engine, StoreLimitsBuilder::new().memory_size(engine_memory).build());
+    store.limiter(|limits| limits);
+    let constant = |store: &mut Store<StoreLimits>, value: i64| {
         Global::new(store, GlobalType::new(ValType::I64, Mutability::Const), Val::I64(value)).unwrap()
     };
     let (fuel_limit, memory_limit) = (constant(&mut store, fuel_limit), constant(&mut store, memory_limit));
@@ -62,7 +79,7 @@ pub fn run_portable_limited(wasm: &[u8], name: &str, args: &[Val], fuel_limit: i
         .collect();
     let instance = Instance::new(&mut store, &module, &imports).unwrap();
     let results = call(&mut store, instance, name, args);
-    let read = |store: &mut Store<()>, export: &str| {
+    let read = |store: &mut Store<StoreLimits>, export: &str| {
         instance.get_global(&mut *store, export).unwrap().get(&mut *store).i64().unwrap()
     };
     let memory =
@@ -91,7 +108,7 @@ pub fn run_with_wasmtime_fuel(wasm: &[u8], name: &str, args: &[Val]) -> (Result<
     (results, FUEL - store.get_fuel().unwrap())
 }
 
-fn call(store: &mut Store<()>, instance: Instance, name: &str, args: &[Val]) -> Result<Vec<Val>, wasmtime::Error> {
+fn call<T>(store: &mut Store<T>, instance: Instance, name: &str, args: &[Val]) -> Result<Vec<Val>, wasmtime::Error> {
     let function = instance.get_func(&mut *store, name).unwrap();
     let mut results = vec![Val::I32(0); function.ty(&*store).results().len()];
     function.call(&mut *store, args, &mut results).map(|()| results)

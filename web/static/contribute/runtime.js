@@ -8,11 +8,12 @@
 // - outcome `success`, with the archive and its SHA-256 (lowercase hex);
 // - `error`: the module's fault, the same on every host (a broken limit, a trap, an exit
 //   status), `reason` saying which as sandbox/src/lib.rs's RunError says it;
-// - `host_error`: this tab cannot run the module (its engine failed to compile it, or ran out
-//   of stack before the module's own limit), which says nothing about the work unit.
+// - `host_error`: this tab cannot run the module (its engine failed to compile it, ran out of
+//   stack before the module's own limit, or could not give it memory within its limit), which
+//   says nothing about the work unit.
 
 import { CALLS, Exit, LimitBroken, Trap, Wasi } from './wasi.js';
-import { TooLarge, pack } from './tar.js';
+import { PathError, TooLarge, pack } from './tar.js';
 import { hex } from './sha256.js';
 
 /** The protocol's OUTPUT_ARCHIVE_ALLOWANCE: the archive's headers, beyond the output limit. */
@@ -32,6 +33,7 @@ export const LIMIT = {
 /** The instrumented module's `wasmgrid_limit_broken` values (wasmgrid_instrument). */
 const BROKE_MEMORY_LIMIT = 1;
 const BROKE_TABLE_LIMIT = 2;
+const BROKE_HOST_MEMORY = 3;
 
 // V8's trap messages, and what wasmtime (so a native client) calls the same trap.
 const TRAPS = new Map([
@@ -163,6 +165,7 @@ export async function run(instrumenter, prepared, task, onProgress = () => {}) {
     archive = pack(wasi.stdout, wasi.outputFiles(), Number(limits.output_bytes), OUTPUT_ARCHIVE_ALLOWANCE);
   } catch (error) {
     if (error instanceof TooLarge) return report({ ...moduleError(error.message), stderr }, fuel);
+    if (error instanceof PathError) return report({ ...hostError(`its output cannot be packed: ${error.message}`), stderr }, fuel);
     throw error;
   }
   const packed = performance.now();
@@ -194,6 +197,9 @@ function classify(thrown, instance, instrumenter, limits) {
   const broken = exports.wasmgrid_limit_broken?.value ?? 0;
   if (broken === BROKE_MEMORY_LIMIT) return moduleError(LIMIT.memory);
   if (broken === BROKE_TABLE_LIMIT) return moduleError(LIMIT.tables);
+  if (broken === BROKE_HOST_MEMORY) {
+    return hostError('the browser could not give the module memory it may have (within its limit)');
+  }
   if (thrown instanceof Trap) return moduleError(`trap: ${thrown.message}`);
   const fuelUsed = exports.wasmgrid_fuel_used?.value ?? 0n;
   const stackUsed = exports.wasmgrid_stack_used?.value ?? 0n;

@@ -12,6 +12,13 @@ const encoder = new TextEncoder();
 export class TooLarge extends Error {}
 
 /**
+ * Thrown when a name cannot be written into the archive as the `tar` crate writes it (a long
+ * name whose first 100 bytes end in `..`): the native client cannot pack such an output
+ * either.
+ */
+export class PathError extends Error {}
+
+/**
  * The archive of `stdout` (bytes) and `files` ([{ path, data }], paths relative to the
  * scratch directory, `/`-separated), or TooLarge when their content exceeds `limit` bytes or
  * the archive exceeds it by more than `allowance` (the protocol's OUTPUT_ARCHIVE_ALLOWANCE).
@@ -83,8 +90,6 @@ function setPath(parts, header, path) {
   }
 }
 
-class PathError extends Error {}
-
 const NAME = { offset: 0, length: 100 };
 const PREFIX = { offset: 345, length: 155 };
 
@@ -113,8 +118,11 @@ function setUstarPath(header, path) {
  * ends with one), stopping at the first that does not fit.
  */
 function copyPath(header, field, path) {
-  const components = path.split('/').filter((component) => component !== '');
+  // Rust's `Path::components`: empty components and `.` fold away (a `.` alone stays).
+  const parts = path.split('/').filter((component) => component !== '');
+  const components = parts.length === 1 ? parts : parts.filter((component) => component !== '.');
   if (components.length === 0) throw new PathError('paths in archives must have at least one component');
+  if (components.includes('..')) throw new PathError('paths in archives must not have `..`');
   let at = field.offset;
   const end = field.offset + field.length;
   let needsSlash = false;
@@ -126,10 +134,12 @@ function copyPath(header, field, path) {
   if (path.endsWith('/')) copyInto(header, at, end, encoder.encode('/'));
 }
 
+/** The `tar` crate's `copy_into`: the bytes, and a NUL after them where the field has room. */
 function copyInto(header, at, end, bytes) {
   if (bytes.length > end - at) throw new PathError('provided value is too long');
   if (bytes.includes(0)) throw new PathError('provided value contains a nul byte');
   header.set(bytes, at);
+  if (at + bytes.length < end) header[at + bytes.length] = 0;
   return at + bytes.length;
 }
 

@@ -56,6 +56,10 @@ const FSTFLAG = { ATIM: 1, ATIM_NOW: 2, MTIM: 4, MTIM_NOW: 8 };
 
 /** wasmtime's budget for what one WASI call may copy in or out (its `hostcall_fuel`). */
 const HOSTCALL_FUEL = 128 * 1024 * 1024;
+/** The most a stream read hands out at once in wasmtime-wasi (its MAX_READ_SIZE_ALLOC). */
+const STREAM_READ = 64 * 1024;
+/** The most random bytes one call may ask for (wasmtime-wasi's DEFAULT_MAX_SIZE). */
+const RANDOM_MAX = 64 * 1024 * 1024;
 /** How much of standard error is kept (the protocol's MAX_STDERR_BYTES). */
 const STDERR_KEPT = 4096;
 /** wasmtime-wasi writes standard output in pieces of this size; the limit is checked on each. */
@@ -619,7 +623,10 @@ export class Wasi {
 
   fd_filestat_set_size(fd, size) {
     const descriptor = this.file(fd);
-    if (!descriptor.write) fail(ERRNO.BADF);
+    // A read-only directory's file may not change; one opened only to read cannot be
+    // truncated (Linux's ftruncate says EINVAL).
+    if (!descriptor.writable) fail(ERRNO.PERM);
+    if (!descriptor.write) fail(ERRNO.INVAL);
     if (size > BigInt(Number.MAX_SAFE_INTEGER)) fail(ERRNO.FBIG);
     this.growScratch(descriptor.node, Number(size));
   }
@@ -640,6 +647,8 @@ export class Wasi {
       descriptor.position += read;
     } else if (descriptor.kind === 'stdin') {
       const chunk = this.stdinBytes.subarray(this.stdinAt, this.stdinAt + length);
+      // An empty read of a stream that is not at its end is "interrupted" in wasmtime-wasi.
+      if (chunk.length === 0 && this.stdinAt < this.stdinBytes.length) fail(ERRNO.INTR);
       this.writeBytes(pointer, chunk);
       this.stdinAt += chunk.length;
       read = chunk.length;
@@ -655,7 +664,10 @@ export class Wasi {
     if (descriptor.kind === 'stdin') fail(ERRNO.SPIPE);
     if (descriptor.kind !== 'file') fail(ERRNO.BADF);
     if (!descriptor.read) fail(ERRNO.BADF);
-    this.writeU32(result, this.readFile(descriptor.node, Number(offset), pointer, length));
+    // wasmtime-wasi reads at an offset through a stream, which hands out at most 64 KiB a
+    // call (fd_read on a file reads the whole buffer).
+    const read = this.readFile(descriptor.node, Number(offset), pointer, Math.min(length, STREAM_READ));
+    this.writeU32(result, read);
   }
 
   readFile(node, position, pointer, length) {
@@ -878,7 +890,7 @@ export class Wasi {
       if (oflags & OFLAG.DIRECTORY || target.trailingSlash) fail(ERRNO.NOTDIR);
       if (oflags & OFLAG.TRUNC) this.growScratch(node, 0);
       descriptor = {
-        kind: 'file', node, position: 0, read: read || !write, write,
+        kind: 'file', node, position: 0, read: read || !write, write, writable: dir.writable,
         append: (fdflags & FDFLAG.APPEND) !== 0, nonblock: (fdflags & FDFLAG.NONBLOCK) !== 0,
         progress: dir.writable && target.parent === this.scratch && target.name === 'progress',
       };
@@ -1027,6 +1039,7 @@ export class Wasi {
 
   random_get(pointer, length) {
     length >>>= 0;
+    if (length > RANDOM_MAX) throw new Trap(`requested len ${length} exceeds limit ${RANDOM_MAX}`);
     const bytes = new Uint8Array(length);
     for (let i = 0; i < length; i++) bytes[i] = this.random.nextByte();
     this.writeBytes(pointer, bytes);

@@ -38,6 +38,15 @@ fn show<T: std::fmt::Debug>(label: &str, result: io::Result<T>) {
 fn environment() {
     println!("args: {:?}", std::env::args().collect::<Vec<_>>());
     println!("environment variables: {}", std::env::vars().count());
+    #[cfg(target_os = "wasi")]
+    {
+        // An empty read of standard input while bytes are left.
+        let mut read = 0usize;
+        let empty = [0usize, 0usize];
+        // SAFETY: one iovec of length 0, a valid place for the count.
+        let errno = unsafe { raw::fd_read(0, empty.as_ptr(), 1, &mut read) };
+        println!("empty read of stdin: {errno} {read}");
+    }
     let mut stdin = Vec::new();
     show("stdin", io::stdin().read_to_end(&mut stdin).map(|_| String::from_utf8_lossy(&stdin).into_owned()));
     show("current dir", std::env::current_dir());
@@ -66,6 +75,7 @@ fn inputs() {
     show("input numbers", fs::read_to_string("/input/numbers.txt"));
     show("input size", fs::metadata("/input/numbers.txt").map(|meta| (meta.len(), meta.is_file())));
     show("input is a directory", fs::metadata("/input").map(|meta| meta.is_dir()));
+    show("truncate an input", File::open("/input/numbers.txt").and_then(|file| file.set_len(1)));
     show("write to input", fs::write("/input/numbers.txt", b"changed"));
     show("create in input", fs::write("/input/new.txt", b"new"));
     show("mkdir in input", fs::create_dir("/input/dir"));
@@ -105,6 +115,7 @@ fn scratch_files() {
     show("after set_len", fs::read("a.txt"));
     show("create_new on existing", File::create_new("a.txt"));
     show("write to a file opened to read", File::open("a.txt").and_then(|mut file| file.write_all(b"x")));
+    show("truncate a file opened to read", File::open("a.txt").and_then(|file| file.set_len(1)));
     show("read a write-only file", File::create("w.txt").and_then(|mut file| file.read(&mut [0; 4])));
     show("a file as a directory", fs::read("a.txt/"));
     show("a path through a file", fs::read("a.txt/b"));
@@ -130,6 +141,17 @@ fn scratch_files() {
             )
         };
         println!("pwrite and pread: {errnos:?} {written} {read} {buffer:?}");
+
+        // A read at an offset larger than one stream read (64 KiB in wasmtime-wasi).
+        fs::write("large.bin", vec![7u8; 200_000]).unwrap();
+        let large = File::open("large.bin").unwrap();
+        let mut buffer = vec![0u8; 150_000];
+        let read_iovec = [buffer.as_mut_ptr() as usize, buffer.len()];
+        // SAFETY: the iovec names a live buffer of its length, the count a valid place.
+        let errno = unsafe { raw::fd_pread(large.as_raw_fd() as u32, read_iovec.as_ptr(), 1, 1000, &mut read) };
+        println!("a large pread: {errno} {read}");
+        drop(large);
+        fs::remove_file("large.bin").unwrap();
     }
     show("remove", fs::remove_file("w.txt"));
     show("remove again", fs::remove_file("w.txt"));
@@ -181,6 +203,7 @@ mod raw {
         pub fn sched_yield() -> u16;
         pub fn fd_pwrite(fd: u32, iovs: *const usize, count: usize, offset: u64, written: *mut usize) -> u16;
         pub fn fd_pread(fd: u32, iovs: *const usize, count: usize, offset: u64, read: *mut usize) -> u16;
+        pub fn fd_read(fd: u32, iovs: *const usize, count: usize, read: *mut usize) -> u16;
     }
 }
 

@@ -74,8 +74,10 @@ async fn create_account_handler(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
-/// Counts an account about to be created from `address` (over the API or by signing up on
-/// the web site), or says that address has made its share. A refused attempt is not counted.
+/// Counts an account about to be created from `address` (over the API, by signing up on the
+/// web site, or by a browser tab computing anonymously), or says that address has made its
+/// share. A refused attempt is not counted. Call it outside any transaction (see
+/// [`may_register_host`]).
 pub async fn may_create_account(
     connection: &mut PgConnection,
     limits: &RegistrationLimits,
@@ -91,21 +93,17 @@ async fn register_host_handler(
     VolunteerAccount(account): VolunteerAccount,
     ApiJson(request): ApiJson<RegisterHostRequest>,
 ) -> ApiResult<(StatusCode, Json<RegisterHostResponse>)> {
+    let request = checked_host(request)?;
     let mut connection = state.pool.acquire().await?;
-    let registered = register_host(&mut connection, &state, address, &account, request, HostKind::Native).await?;
+    if !may_register_host(&mut connection, &state.registration, address).await? {
+        return Err(too_many_hosts());
+    }
+    let registered = insert_host(&mut connection, &state, &account, &request, HostKind::Native).await?;
     Ok((StatusCode::CREATED, Json(registered)))
 }
 
-/// Registers a host of `kind` for `account`, registered from `address`, and returns its
-/// token, the only time the token exists in clear.
-pub async fn register_host(
-    connection: &mut PgConnection,
-    state: &AppState,
-    address: std::net::IpAddr,
-    account: &Account,
-    request: RegisterHostRequest,
-    kind: HostKind,
-) -> ApiResult<RegisterHostResponse> {
+/// What a host says of itself, checked: labels within their lengths, cores and memory in range.
+pub fn checked_host(request: RegisterHostRequest) -> ApiResult<RegisterHostRequest> {
     let request = RegisterHostRequest {
         name: text::label("name", &request.name, MAX_NAME_CHARS)?,
         os: text::label("os", &request.os, MAX_LABEL_CHARS)?,
@@ -116,18 +114,44 @@ pub async fn register_host(
     if request.cores == 0 || request.cores > 65_536 {
         return Err(ApiError::bad_request("cores must be between 1 and 65536"));
     }
-    let memory_bytes =
-        i64::try_from(request.memory_bytes).map_err(|_| ApiError::bad_request("memory_bytes is out of range"))?;
+    if i64::try_from(request.memory_bytes).is_err() {
+        return Err(ApiError::bad_request("memory_bytes is out of range"));
+    }
+    Ok(request)
+}
+
+/// Counts a host about to be registered from `address`, or says that address has registered
+/// its share. Call it on a connection of its own, outside any transaction: an attempt must
+/// be visible to every other request at once, or requests sent together would all pass.
+pub async fn may_register_host(
+    connection: &mut PgConnection,
+    limits: &RegistrationLimits,
+    address: std::net::IpAddr,
+) -> sqlx::Result<bool> {
+    let key = [(format!("host {}", address_bucket(address)), limits.hosts_per_address)];
+    Ok(rate_limit::record_attempt(connection, &key).await?.is_some())
+}
+
+pub fn too_many_hosts() -> ApiError {
+    ApiError::TooManyRequests(format!(
+        "too many hosts registered from your address; try again in {}",
+        rate_limit::WINDOW
+    ))
+}
+
+/// Registers a host of `kind` for `account` (its request checked by [`checked_host`] and its
+/// address by [`may_register_host`]) and returns its token, the only time the token exists in
+/// clear.
+pub async fn insert_host(
+    connection: &mut PgConnection,
+    state: &AppState,
+    account: &Account,
+    request: &RegisterHostRequest,
+    kind: HostKind,
+) -> ApiResult<RegisterHostResponse> {
     let scheduler = &state.scheduler;
     let daily_quota =
         i32::try_from(scheduler.initial_daily_quota_per_core.min(scheduler.daily_quota_per_core)).unwrap_or(i32::MAX);
-    let key = [(format!("host {}", address_bucket(address)), state.registration.hosts_per_address)];
-    if rate_limit::record_attempt(connection, &key).await?.is_none() {
-        return Err(ApiError::TooManyRequests(format!(
-            "too many hosts registered from your address; try again in {}",
-            rate_limit::WINDOW
-        )));
-    }
     let token = new_secret("wgh");
     let host_id: i64 = sqlx::query_scalar(
         "insert into host (account_id, token_hash, name, os, arch, cores, memory_bytes, client_version, daily_quota, kind)
@@ -140,7 +164,7 @@ pub async fn register_host(
     .bind(&request.os)
     .bind(&request.arch)
     .bind(request.cores as i32)
-    .bind(memory_bytes)
+    .bind(request.memory_bytes as i64)
     .bind(&request.client_version)
     .bind(daily_quota)
     .bind(kind)

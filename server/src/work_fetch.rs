@@ -209,8 +209,10 @@ pub async fn claim_replicas(
          update replica r
          set state = 'in_progress', host_id = $1, account_id = $2, sent_at = now(),
              deadline_at = now() + case
-                 when $5 then least(w.delay_bound,
-                                    make_interval(secs => (w.wall_time_limit_seconds + $6)::double precision))
+                 -- In seconds as a double, capped by the deadline: a wall-clock limit may be
+                 -- far beyond what an interval (or a bigint sum) holds.
+                 when $5 then make_interval(secs => least(w.wall_time_limit_seconds::float8 + $6::float8,
+                                                          extract(epoch from w.delay_bound)::float8))
                  else w.delay_bound
              end
          from chosen, work_unit w

@@ -63,8 +63,8 @@ fn path_rejection(rejection: PathRejection) -> ApiError {
 }
 
 /// The bearer secret of a request, if it has one.
-fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let token = value.strip_prefix("Bearer ")?.trim();
     (!token.is_empty()).then_some(token)
 }
@@ -81,7 +81,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
-        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         let mut connection = state.pool.acquire().await?;
         let host = accounts::host_by_token(&mut connection, token).await?.ok_or(ApiError::Unauthorized)?;
         Ok(Self(host))
@@ -100,7 +100,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
-        let key = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let key = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         let mut connection = state.pool.acquire().await?;
         let account = accounts::account_by_key(&mut connection, key).await?.ok_or(ApiError::Unauthorized)?;
         Ok(Self(account))
@@ -120,7 +120,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let state = AppState::from_ref(state);
-        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         let mut connection = state.pool.acquire().await?;
         match publishers::publisher_by_token(&mut connection, token).await? {
             Some(publisher) => Ok(Self(publisher)),

@@ -12,7 +12,8 @@
 //! isolated, which lets a worker sleep without spinning (a module's `poll_oneoff`).
 //!
 //! A tab registers its host with `POST /contribute/hosts`, a same-site request carrying the
-//! page's CSRF token: under the signed-in account, or else under a new anonymous account.
+//! page's CSRF token: under the signed-in account, or else under the browser's anonymous
+//! account (made with its first host, its key kept by the browser for its other tabs).
 
 use std::sync::LazyLock;
 
@@ -23,15 +24,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rand::RngCore;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
-use wasmgrid_protocol::api::{RegisterHostRequest, RegisterHostResponse};
+use wasmgrid_protocol::api::RegisterHostRequest;
 
 use super::session::{self, check_form, csrf_token};
 use super::{PageResult, page};
 use crate::accounts::{self, Account, HostKind};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::extract::{ApiJson, ApiPath};
+use crate::http::extract::{ApiJson, ApiPath, bearer};
 use crate::http::visitor::ClientAddress;
 use crate::rate_limit;
 
@@ -83,34 +85,79 @@ fn isolate(headers: &mut HeaderMap) {
     headers.insert("cross-origin-resource-policy", HeaderValue::from_static("same-origin"));
 }
 
-/// Registers the tab's host: under the signed-in account, or a new anonymous one.
+/// The header in which a tab says whose host it registers: the signed-in account's id, as
+/// the page was shown, or `anonymous`.
+pub const ACCOUNT_HEADER: &str = "x-wasmgrid-account";
+
+/// A tab's new host; with the key of the anonymous account it made, if it made one, which the
+/// browser keeps to register its other tabs' hosts under the same account.
+#[derive(Debug, Serialize)]
+struct BrowserHost {
+    host_id: i64,
+    account_id: i64,
+    host_token: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account_key: Option<String>,
+}
+
+/// Registers the tab's host: under the signed-in account; or, for a tab that is not signed in,
+/// under the anonymous account whose key it sends, or a new anonymous account.
 async fn register_browser_host(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
     headers: HeaderMap,
     ApiJson(request): ApiJson<RegisterHostRequest>,
-) -> ApiResult<(StatusCode, Json<RegisterHostResponse>)> {
+) -> ApiResult<(StatusCode, Json<BrowserHost>)> {
     let token = headers.get(CSRF_HEADER).and_then(|value| value.to_str().ok()).unwrap_or_default();
     check_form(&state, &headers, token)?;
-    let mut transaction = state.pool.begin().await?;
-    let account = match session::signed_in(&mut transaction, &headers).await? {
-        Some(account) => account,
-        None => {
-            if !accounts::may_create_account(&mut transaction, &state.registration, address).await? {
-                return Err(ApiError::TooManyRequests(format!(
-                    "too many accounts created from your address; try again in {}",
-                    rate_limit::WINDOW
-                )));
-            }
-            let name = anonymous_name();
-            let created = accounts::create_account(&mut transaction, &name).await?;
-            Account { id: created.account_id, name }
+    let request = accounts::checked_host(request)?;
+    let expected = headers.get(ACCOUNT_HEADER).and_then(|value| value.to_str().ok()).unwrap_or_default();
+    let mut connection = state.pool.acquire().await?;
+    let signed_in = session::signed_in(&mut connection, &headers).await?;
+    // The account the page showed, and no other: a session that ended or began since the
+    // page loaded must not send the tab's credit elsewhere than the page says.
+    let existing = match (expected, signed_in) {
+        ("anonymous", None) => match bearer(&headers) {
+            Some(key) => Some(accounts::account_by_key(&mut connection, key).await?.ok_or(ApiError::Unauthorized)?),
+            None => None,
+        },
+        (id, Some(account)) if id == account.id.to_string() => Some(account),
+        _ => {
+            return Err(ApiError::Conflict(
+                "you signed in or out since this page was loaded: reload it to compute for the right account".into(),
+            ));
         }
     };
-    let registered =
-        accounts::register_host(&mut transaction, &state, address, &account, request, HostKind::Browser).await?;
+    // Attempts are counted on their own connection, before the transaction, so that requests
+    // sent together see each other's.
+    if !accounts::may_register_host(&mut connection, &state.registration, address).await? {
+        return Err(accounts::too_many_hosts());
+    }
+    if existing.is_none() && !accounts::may_create_account(&mut connection, &state.registration, address).await? {
+        return Err(ApiError::TooManyRequests(format!(
+            "too many accounts created from your address; try again in {}",
+            rate_limit::WINDOW
+        )));
+    }
+    drop(connection);
+    let mut transaction = state.pool.begin().await?;
+    let (account, account_key) = match existing {
+        Some(account) => (account, None),
+        None => {
+            let name = anonymous_name();
+            let created = accounts::create_account(&mut transaction, &name).await?;
+            (Account { id: created.account_id, name }, Some(created.account_key))
+        }
+    };
+    let registered = accounts::insert_host(&mut transaction, &state, &account, &request, HostKind::Browser).await?;
     transaction.commit().await?;
-    Ok((StatusCode::CREATED, Json(registered)))
+    let host = BrowserHost {
+        host_id: registered.host_id,
+        account_id: registered.account_id,
+        host_token: registered.host_token,
+        account_key,
+    };
+    Ok((StatusCode::CREATED, Json(host)))
 }
 
 /// A name for a volunteer who did not sign up: told apart from others on the leaderboards.

@@ -30,11 +30,40 @@ fn page_token(page: &Page) -> String {
     page.body[start..].split('"').next().unwrap().to_owned()
 }
 
-/// Registers a tab's host as the page's script does: JSON, with the page's token in a header.
+/// Registers a tab's host as the page's script does when no one is signed in: JSON, with the
+/// page's token in a header.
 async fn register(browser: &mut Browser, token: &str) -> Page {
-    let request =
-        browser.http().post(format!("{}/contribute/hosts", browser.base())).header("x-csrf-token", token).json(&tab());
+    register_as(browser, token, "anonymous", None).await
+}
+
+/// Registers a tab's host for `account` (an id, or `anonymous`), with the anonymous account's
+/// key if the browser has one.
+async fn register_as(browser: &mut Browser, token: &str, account: &str, account_key: Option<&str>) -> Page {
+    let mut request = browser
+        .http()
+        .post(format!("{}/contribute/hosts", browser.base()))
+        .header("x-csrf-token", token)
+        .header("x-wasmgrid-account", account)
+        .json(&tab());
+    if let Some(key) = account_key {
+        request = request.bearer_auth(key);
+    }
     browser.send(request).await
+}
+
+/// A tab's new host, as the server answers it.
+#[derive(Debug, Clone, serde::Deserialize)]
+struct BrowserHost {
+    host_id: i64,
+    account_id: i64,
+    host_token: String,
+    account_key: Option<String>,
+}
+
+impl From<BrowserHost> for RegisterHostResponse {
+    fn from(host: BrowserHost) -> Self {
+        Self { host_id: host.host_id, account_id: host.account_id, host_token: host.host_token }
+    }
 }
 
 /// The tab's host, acting through the client library as the page's script does over HTTP.
@@ -120,7 +149,7 @@ async fn a_tab_without_an_account_computes_for_an_anonymous_one() {
     let token = page_token(&browser.get("/contribute").await);
     let registered = register(&mut browser, &token).await;
     assert_eq!(registered.status, 201, "{}", registered.body);
-    let host: RegisterHostResponse = serde_json::from_str(&registered.body).unwrap();
+    let host: BrowserHost = serde_json::from_str(&registered.body).unwrap();
     let (kind, account_name): (String, String) =
         sqlx::query_as("select h.kind, a.name from host h join account a on a.id = h.account_id where h.id = $1")
             .bind(host.host_id)
@@ -132,10 +161,19 @@ async fn a_tab_without_an_account_computes_for_an_anonymous_one() {
 
     // The host's token is a host's token like any other: the tab fetches work with it.
     app.publish(1, policy(1, 1)).await;
-    assert_eq!(as_volunteer(&app, host.clone()).fetch(1).await.len(), 1);
+    assert_eq!(as_volunteer(&app, host.clone().into()).fetch(1).await.len(), 1);
     // Its page says what it is.
     let page = browser.get(&format!("/hosts/{}", host.host_id)).await;
     assert!(page.body.contains("browser tab on Linux x86_64"), "{}", page.body);
+
+    // The browser's next tab joins the anonymous account with its key; a key that is no
+    // account's is refused, and the browser then makes a new one.
+    let key = host.account_key.expect("a new anonymous account's key");
+    let second: BrowserHost =
+        serde_json::from_str(&register_as(&mut browser, &token, "anonymous", Some(&key)).await.body).unwrap();
+    assert_eq!((second.account_id, second.account_key), (host.account_id, None));
+    assert_eq!(register_as(&mut browser, &token, "anonymous", Some("wga_not-a-key")).await.status, 401);
+    assert_eq!(app.count("select count(*) from account").await, 1);
 }
 
 #[tokio::test]
@@ -145,12 +183,22 @@ async fn a_signed_in_volunteers_tab_computes_for_their_account() {
     assert_eq!(browser.sign_up("Ada", "ada@example.org", PASSWORD).await.status, 200);
     let page = browser.get("/contribute").await;
     assert!(page.body.contains("Signed in as"), "{}", page.body);
-    let registered = register(&mut browser, &page_token(&page)).await;
-    assert_eq!(registered.status, 201, "{}", registered.body);
-    let host: RegisterHostResponse = serde_json::from_str(&registered.body).unwrap();
     let ada: i64 = sqlx::query_scalar("select id from account where name = 'Ada'").fetch_one(&app.pool).await.unwrap();
-    assert_eq!(host.account_id, ada);
+    let token = page_token(&page);
+    assert_eq!(register(&mut browser, &token).await.status, 409, "the page was shown to Ada, not to nobody");
+    let registered = register_as(&mut browser, &token, &ada.to_string(), None).await;
+    assert_eq!(registered.status, 201, "{}", registered.body);
+    let host: BrowserHost = serde_json::from_str(&registered.body).unwrap();
+    assert_eq!((host.account_id, host.account_key), (ada, None));
     assert_eq!(app.count("select count(*) from account").await, 1, "no anonymous account besides");
+
+    // Signed out since the page was shown: the tab is told to reload, and no anonymous
+    // account takes Ada's place.
+    let csrf = browser.get("/account").await.csrf();
+    browser.post("/logout", &[("csrf", &csrf)]).await;
+    let stale = register_as(&mut browser, &token, &ada.to_string(), None).await;
+    assert_eq!(stale.status, 409, "{}", stale.body);
+    assert_eq!(app.count("select count(*) from account").await, 1);
 }
 
 #[tokio::test]
@@ -168,16 +216,22 @@ async fn a_host_cannot_be_registered_for_a_tab_from_another_site() {
 }
 
 #[tokio::test]
-async fn anonymous_tabs_count_against_the_addresss_sign_ups() {
+async fn anonymous_tabs_count_against_the_addresss_sign_ups_even_sent_at_once() {
     let app = TestApp::spawn_with(|config| config.registration.accounts_per_address = 2).await;
-    let mut browser = Browser::new(&app);
-    let token = page_token(&browser.get("/contribute").await);
-    for _ in 0..2 {
-        assert_eq!(register(&mut browser, &token).await.status, 201);
+    let mut browsers = Vec::new();
+    for _ in 0..8 {
+        let mut browser = Browser::new(&app);
+        let token = page_token(&browser.get("/contribute").await);
+        browsers.push((browser, token));
     }
-    let refused = register(&mut browser, &token).await;
-    assert_eq!(refused.status, 429, "{}", refused.body);
+    let statuses = futures::future::join_all(
+        browsers.iter_mut().map(|(browser, token)| async move { register(browser, token).await.status }),
+    )
+    .await;
+    assert_eq!(statuses.iter().filter(|status| **status == 201).count(), 2, "{statuses:?}");
+    assert!(statuses.iter().all(|status| [201, 429].contains(status)), "{statuses:?}");
     assert_eq!(app.count("select count(*) from host").await, 2);
+    assert_eq!(app.count("select count(*) from account").await, 2);
 }
 
 #[tokio::test]
@@ -186,17 +240,19 @@ async fn a_tab_must_report_within_the_wall_clock_limit_and_the_grace_a_native_ho
     let limits = RunLimits { wall_time_seconds: 30, ..RunLimits::DEFAULT };
     let mut short_deadline = policy(1, 1);
     short_deadline.delay_bound = Duration::from_secs(45);
+    let endless = RunLimits { wall_time_seconds: 1 << 62, ..limits };
     app.publish_specs(vec![
         WorkUnitSpec { policy: policy(2, 2), limits, ..WorkUnitSpec::new("week") },
         WorkUnitSpec { policy: short_deadline, limits, ..WorkUnitSpec::new("short") },
+        WorkUnitSpec { policy: policy(1, 1), limits: endless, ..WorkUnitSpec::new("endless") },
     ])
     .await;
     let mut browser = Browser::new(&app);
     let token = page_token(&browser.get("/contribute").await);
-    let host: RegisterHostResponse = serde_json::from_str(&register(&mut browser, &token).await.body).unwrap();
-    let tab = as_volunteer(&app, host);
+    let host: BrowserHost = serde_json::from_str(&register(&mut browser, &token).await.body).unwrap();
+    let tab = as_volunteer(&app, host.into());
     let native = app.volunteer("native").await;
-    tab.fetch(2).await;
+    assert_eq!(tab.fetch(3).await.len(), 3);
     native.fetch(1).await;
     let deadlines: Vec<(String, String, f64)> = sqlx::query_as(
         "select w.name, h.kind, extract(epoch from r.deadline_at - r.sent_at)::float8
@@ -209,10 +265,11 @@ async fn a_tab_must_report_within_the_wall_clock_limit_and_the_grace_a_native_ho
     assert_eq!(
         deadlines,
         [
+            ("endless".to_owned(), "browser".to_owned(), 7.0 * 86_400.0),
             ("short".to_owned(), "browser".to_owned(), 45.0),
             ("week".to_owned(), "browser".to_owned(), 90.0),
             ("week".to_owned(), "native".to_owned(), 7.0 * 86_400.0),
         ],
-        "a tab's deadline: the wall-clock limit and the grace, or the work unit's own if sooner"
+        "a tab's deadline: the wall-clock limit and the grace, or the work unit's own if sooner (however long the limit)"
     );
 }

@@ -218,13 +218,15 @@ async fn the_hostile_corpus_in_a_tab_ends_with_the_native_clients_errors_and_the
     let clicked = browser
         .execute(
             "const more = document.getElementById('more'), fewer = document.getElementById('fewer');
-             const shown = () => document.getElementById('workers').textContent;
-             const first = shown(); more.click(); const second = shown(); fewer.click();
-             return [first, second, shown()];",
+             const shown = () => Number(document.getElementById('workers').textContent);
+             const first = shown(); fewer.click(); const second = shown(); more.click();
+             return [first, second, shown(), navigator.hardwareConcurrency];",
             json!([]),
         )
         .await;
-    assert_eq!(clicked, json!(["1", "2", "1"]), "the page answers clicks while tasks run");
+    let [first, second, third, cores] = serde_json::from_value::<[u64; 4]>(clicked).unwrap();
+    assert_eq!(second, first.saturating_sub(1).max(1), "one worker fewer, at least one");
+    assert_eq!(third, (second + 1).min(cores.max(1)), "one more, at most a worker a core");
     let page_state = "return [document.cookie, JSON.stringify(Object.entries(localStorage).sort())]";
     let before = browser.execute(page_state, json!([])).await;
 
@@ -320,7 +322,7 @@ async fn closing_the_tab_mid_task_sends_its_replica_to_someone_else_after_the_ta
 }
 
 #[tokio::test]
-async fn a_reload_keeps_the_tabs_host_and_another_tab_gets_a_host_of_its_own() {
+async fn a_reload_keeps_the_tabs_host_and_another_tab_gets_a_host_of_its_own_on_the_same_account() {
     let driver = ChromeDriver::start().await;
     let server = Server::start().await;
     let browser = driver.new_session().await;
@@ -333,5 +335,10 @@ async fn a_reload_keeps_the_tabs_host_and_another_tab_gets_a_host_of_its_own() {
     let second = start_computing(&browser, &server).await;
     assert_ne!(second, host_id, "two tabs at once are two hosts");
     assert_eq!(server.count("select count(*) from host where kind = 'browser'").await, 2);
+    assert_eq!(
+        server.count("select count(distinct account_id) from host").await,
+        1,
+        "of the browser's one anonymous account"
+    );
     browser.quit().await;
 }

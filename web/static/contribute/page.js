@@ -29,6 +29,10 @@ const BACKOFF_MIN_MS = 1000;
 const BACKOFF_MAX_MS = 5 * 60 * 1000;
 /** Finished tasks stay in the table this long. */
 const FINISHED_SHOWN_MS = 60 * 1000;
+/** The longest a browser timer can wait at once (a longer one fires at once). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/** Where an anonymous volunteer's account is kept, for every tab of this browser. */
+const ANONYMOUS_ACCOUNT = 'wasmgrid.anonymous-account';
 
 const root = document.getElementById('contribute');
 const view = {
@@ -58,6 +62,8 @@ const state = {
   reported: 0,
   contactTimer: null,
   nextContactAt: 0,
+  /** No scheduler request before this time (ms since the epoch): the server's word, or backoff. */
+  notBefore: 0,
   contacting: false,
   contactAgain: false,
   /** The timer that refreshes the host's figures. */
@@ -124,6 +130,8 @@ function pause() {
   for (const task of state.tasks.values()) {
     if (task.state === 'running' || task.state === 'downloading') {
       stopWorker(task);
+      // A download still on its way belongs to a run that is over.
+      task.run++;
       task.state = 'paused';
     }
   }
@@ -140,16 +148,27 @@ function resume() {
 
 // --- the tab's host -----------------------------------------------------------------------------
 
-/** A host of this browser no other tab holds now, or a new one. */
+/** The key this browser keeps its hosts under: the signed-in account's, or the anonymous ones'. */
+function hostsKey() {
+  return `wasmgrid.hosts.${root.dataset.account ?? 'anonymous'}`;
+}
+
+function readHosts() {
+  return JSON.parse(localStorage.getItem(hostsKey()) ?? '[]');
+}
+
+/**
+ * A host of this browser that no other tab holds now, or a new one. Tabs register one at a
+ * time (so that tabs started together share one anonymous account), and a new host is locked
+ * before it is written down, so that no other tab can take it in between.
+ */
 async function acquireHost() {
-  const key = `wasmgrid.hosts.${root.dataset.account ?? 'anonymous'}`;
-  const known = JSON.parse(localStorage.getItem(key) ?? '[]');
-  for (const host of known) {
+  for (const host of readHosts()) {
     if (await holdLock(host.hostId)) return host;
   }
-  const host = await registerHost();
-  localStorage.setItem(key, JSON.stringify([...JSON.parse(localStorage.getItem(key) ?? '[]'), host]));
+  const host = await navigator.locks.request('wasmgrid-register', () => registerHost());
   await holdLock(host.hostId);
+  localStorage.setItem(hostsKey(), JSON.stringify([...readHosts(), host]));
   return host;
 }
 
@@ -163,24 +182,49 @@ function holdLock(hostId) {
   });
 }
 
+/**
+ * Registers a host for this tab: under the signed-in account, or under this browser's
+ * anonymous account (made with its first host). The page says which account it expects, so
+ * that a session that ended since the page loaded is not silently replaced by another.
+ */
 async function registerHost() {
   const platform = await describePlatform();
+  const signedIn = root.dataset.account;
+  const anonymous = signedIn ? null : JSON.parse(localStorage.getItem(ANONYMOUS_ACCOUNT) ?? 'null');
+  const headers = {
+    'Content-Type': 'application/json',
+    'X-CSRF-Token': root.dataset.csrf,
+    'X-Wasmgrid-Account': signedIn ?? 'anonymous',
+  };
+  if (anonymous) headers.Authorization = `Bearer ${anonymous.accountKey}`;
   const response = await fetch('/contribute/hosts', {
     method: 'POST',
-    headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': root.dataset.csrf },
+    headers,
     body: JSON.stringify({
       name: `${platform.browser} on ${platform.os}`,
       os: platform.os,
       arch: platform.arch,
       cores,
-      // A worker's WebAssembly memory cannot exceed 4 GiB, whatever the machine has.
-      memory_bytes: Math.min(navigator.deviceMemory || 4, 4) * 1024 ** 3,
+      memory_bytes: memoryBudget(),
       client_version: `wasmgrid-web (instrumentation ${instrumenter.version}; ${platform.browser})`,
     }),
   });
+  if (response.status === 401 && anonymous) {
+    // This browser's anonymous account is gone: make another.
+    localStorage.removeItem(ANONYMOUS_ACCOUNT);
+    return registerHost();
+  }
   if (!response.ok) throw new Error(await errorMessage(response));
   const registered = await response.json();
+  if (registered.account_key) {
+    localStorage.setItem(ANONYMOUS_ACCOUNT, JSON.stringify({ accountId: registered.account_id, accountKey: registered.account_key }));
+  }
   return { hostId: registered.host_id, accountId: registered.account_id, token: registered.host_token };
+}
+
+/** The memory this tab may give its tasks together: what the browser says the machine has, at most 4 GiB. */
+function memoryBudget() {
+  return Math.min(navigator.deviceMemory || 4, 4) * 1024 ** 3;
 }
 
 /** The platform, architecture and browser, as the user agent names them. */
@@ -203,9 +247,8 @@ async function describePlatform() {
 
 /** Forgets a host the server no longer knows, and registers another. */
 async function replaceHost() {
-  const key = `wasmgrid.hosts.${root.dataset.account ?? 'anonymous'}`;
-  const known = JSON.parse(localStorage.getItem(key) ?? '[]').filter((host) => host.hostId !== state.host.hostId);
-  localStorage.setItem(key, JSON.stringify(known));
+  const known = readHosts().filter((host) => host.hostId !== state.host.hostId);
+  localStorage.setItem(hostsKey(), JSON.stringify(known));
   for (const task of state.tasks.values()) stopWorker(task);
   state.tasks.clear();
   state.host = await acquireHost();
@@ -213,12 +256,13 @@ async function replaceHost() {
 
 // --- the scheduler --------------------------------------------------------------------------
 
+/** Contacts the server in `delayMs`, or as soon after as it allows (its `retry_after`, backoff). */
 function contactSoon(delayMs) {
-  const at = Date.now() + delayMs;
+  const at = Math.max(Date.now() + delayMs, state.notBefore);
   if (state.contactTimer !== null && state.nextContactAt <= at) return;
   clearTimeout(state.contactTimer);
   state.nextContactAt = at;
-  state.contactTimer = setTimeout(contact, delayMs);
+  state.contactTimer = setTimeout(contact, Math.min(at - Date.now(), MAX_TIMER_MS));
 }
 
 /**
@@ -270,6 +314,7 @@ async function contactOnce() {
   }
   state.failures = 0;
   state.problem = null;
+  state.notBefore = Date.now() + reply.retry_after_seconds * 1000;
   for (const id of reply.acknowledged) {
     const task = state.tasks.get(id);
     if (task?.report) {
@@ -297,11 +342,17 @@ async function contactOnce() {
 
 function backOff(problem, retryAfterMs) {
   state.failures++;
-  const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(state.failures - 1, 20));
-  const wait = Math.max(retryAfterMs ?? 0, base / 2 + Math.random() * (base / 2));
+  const wait = Math.max(retryAfterMs ?? 0, backoff(state.failures));
   state.problem = `${problem} (trying again in ${Math.round(wait / 1000)} s)`;
+  state.notBefore = Date.now() + wait;
   render();
   contactSoon(wait);
+}
+
+/** How long to wait after `failures` failures in a row: doubling, capped, with jitter. */
+function backoff(failures) {
+  const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(failures - 1, 20));
+  return base / 2 + Math.random() * (base / 2);
 }
 
 // --- tasks ------------------------------------------------------------------------------------
@@ -316,46 +367,58 @@ function addTask(assignment) {
     startedAt: null,
     report: null,
     uploaded: false,
+    /** Which start this is: a pause or a new start makes an earlier one's results stale. */
+    run: 0,
+    downloadFailures: 0,
   });
 }
 
-/** Starts waiting tasks while there are idle workers. */
+/**
+ * Starts waiting tasks while there are idle workers, and while the memory the running ones
+ * may take leaves room for the next one's limit (one task always runs).
+ */
 function runWaiting() {
   if (state.paused) return;
   for (const task of state.tasks.values()) {
-    const running = [...state.tasks.values()].filter((t) => ['downloading', 'running'].includes(t.state)).length;
-    if (running >= state.workers) return;
-    if (task.state === 'waiting') runTask(task);
+    if (task.state !== 'waiting') continue;
+    const running = [...state.tasks.values()].filter((t) => ['downloading', 'running'].includes(t.state));
+    if (running.length >= state.workers) return;
+    const memory = running.reduce((sum, t) => sum + t.assignment.limits.memory_bytes, task.assignment.limits.memory_bytes);
+    if (running.length > 0 && memory > BigInt(memoryBudget())) return;
+    runTask(task);
   }
 }
 
 async function runTask(task) {
   const { assignment } = task;
+  const run = ++task.run;
   task.state = 'downloading';
   task.startedAt = null;
   render();
   let files;
   try {
     files = await download(assignment);
+    task.downloadFailures = 0;
   } catch (error) {
+    if (task.run !== run) return;
     if (error instanceof Unusable) return finish(task, { ...moduleError(error.message), fuelUsed: 0n, runTimeMs: 0 });
     task.state = 'waiting';
+    task.downloadFailures++;
     state.problem = `Cannot download task ${assignment.work_unit_name}: ${error.message}`;
     render();
-    setTimeout(runWaiting, BACKOFF_MIN_MS * (1 + Math.random()));
+    setTimeout(runWaiting, backoff(task.downloadFailures));
     return;
   }
-  if (task.state !== 'downloading' || !state.tasks.has(assignment.replica_id)) return;
+  // A pause, an abort or a newer start while the files were on their way: this run is over.
+  if (task.run !== run || task.state !== 'downloading' || state.tasks.get(assignment.replica_id) !== task) return;
   const worker = new Worker('/static/contribute/task-worker.js', { type: 'module', name: assignment.work_unit_name });
   task.worker = worker;
   task.state = 'running';
   task.startedAt = performance.now();
   const prepared = preparedModules.get(assignment.module.sha256);
   const wallTimeMs = Number(assignment.limits.wall_time_seconds) * 1000;
-  task.wallTimer = setTimeout(() => {
-    stopWorker(task);
-    finish(task, { ...moduleError(LIMIT.wallTime), fuelUsed: task.fuelUsed, runTimeMs: Math.round(wallTimeMs) });
-  }, wallTimeMs);
+  task.wallDeadline = task.startedAt + wallTimeMs;
+  armWallTimer(task, wallTimeMs);
   worker.onmessage = ({ data }) => {
     if (task.worker !== worker) return;
     if (data.type === 'progress') {
@@ -397,6 +460,20 @@ async function runTask(task) {
   render();
 }
 
+/** Ends the task's run at its wall-clock limit (in steps, since a timer waits 24 days at most). */
+function armWallTimer(task, wallTimeMs) {
+  clearTimeout(task.wallTimer);
+  const left = Math.max(0, task.wallDeadline - performance.now());
+  task.wallTimer = setTimeout(() => {
+    if (performance.now() < task.wallDeadline) {
+      armWallTimer(task, wallTimeMs);
+      return;
+    }
+    stopWorker(task);
+    finish(task, { ...moduleError(LIMIT.wallTime), fuelUsed: task.fuelUsed, runTimeMs: Math.round(wallTimeMs) });
+  }, Math.min(left, MAX_TIMER_MS));
+}
+
 function stopWorker(task) {
   clearTimeout(task.wallTimer);
   task.worker?.terminate();
@@ -435,6 +512,8 @@ async function finish(task, result) {
 async function upload(task, result) {
   const { replica_id: id } = task.assignment;
   for (let attempt = 0; ; attempt++) {
+    // Aborted, or the host replaced, while this upload waited: nobody needs it now.
+    if (state.tasks.get(id) !== task) return;
     let response;
     try {
       response = await fetch(`${API}/replicas/${id}/output/${result.outputHash}`, {
@@ -454,8 +533,7 @@ async function upload(task, result) {
       task.report.outcome = { status: 'error', reason: `the server refused the output: ${await errorMessage(response)}` };
       return;
     }
-    const wait = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(attempt, 20));
-    await new Promise((resolve) => setTimeout(resolve, Math.max(retryAfter(response) ?? 0, wait * (0.5 + Math.random() / 2))));
+    await new Promise((resolve) => setTimeout(resolve, Math.max(retryAfter(response) ?? 0, backoff(attempt + 1))));
   }
 }
 

@@ -15,9 +15,9 @@
 //! - [`secrets`]: the bearer secrets of the API, stored hashed.
 //! - [`rate_limit`]: attempts counted per key (an address, a name) over a window.
 //! - [`text`]: text from outside, checked before it is stored or shown.
-//! - [`work_fetch`]: the scheduler request: reports in, replicas claimed and sent out.
-//! - [`reports`]: recording finished replicas, idempotently.
-//! - [`state_machine`]: what each event does to a work unit.
+//! - [`work_fetch`]: the scheduler request at the HTTP edge: reports in, replicas out.
+//! - [`work_unit`]: a work unit's life: claims, reports, deadlines, cancellation, and the
+//!   decisions each event leads to.
 //! - [`validator`]: which outputs agree, and when a canonical result exists.
 //! - [`credit`]: what a valid result earns, and the running totals.
 //! - [`trust`]: per-host quotas that shrink on errors and grow on valid results.
@@ -39,10 +39,8 @@ pub mod http;
 pub mod publishers;
 pub mod publishing;
 pub mod rate_limit;
-pub mod reports;
 pub mod secrets;
 pub mod startup;
-pub mod state_machine;
 pub mod stats;
 pub mod sweeps;
 pub mod text;
@@ -50,6 +48,7 @@ pub mod trust;
 pub mod validator;
 pub mod web;
 pub mod work_fetch;
+pub mod work_unit;
 
 pub use config::{SchedulerConfig, ServerConfig};
 pub use startup::{App, build};

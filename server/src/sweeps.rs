@@ -8,56 +8,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::background;
 use crate::blobs::{BlobStore, unreported};
 use crate::credit;
-use crate::state_machine;
-use crate::trust::HostEffects;
-
-/// Work units whose deadlines are handled per transaction.
-const DEADLINE_BATCH: i64 = 500;
-
-/// Marks replicas past their deadline as "no reply" and moves their work units on (which
-/// asks for new replicas). Returns how many replicas timed out.
-pub async fn expire_deadlines(connection: &mut PgConnection, max_daily_quota: u32) -> anyhow::Result<usize> {
-    let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
-    // Work units someone else is working on right now are skipped, and picked up next time.
-    let work_unit_ids: Vec<i64> = sqlx::query_scalar(
-        "select w.id from work_unit w
-         where w.id in (select work_unit_id from replica
-                        where state = 'in_progress' and deadline_at < now() limit $1)
-         order by w.id
-         for no key update of w skip locked",
-    )
-    .bind(DEADLINE_BATCH)
-    .fetch_all(&mut *transaction)
-    .await?;
-    if work_unit_ids.is_empty() {
-        return Ok(0);
-    }
-    let expired: Vec<(i64, i64)> = sqlx::query_as(
-        "update replica set state = 'over', outcome = 'no_reply'
-         where work_unit_id = any($1) and state = 'in_progress' and deadline_at < now()
-         returning work_unit_id, host_id",
-    )
-    .bind(&work_unit_ids)
-    .fetch_all(&mut *transaction)
-    .await?;
-    let mut effects = HostEffects::default();
-    for (_, host_id) in &expired {
-        effects.error(*host_id);
-    }
-    state_machine::transition_all(&mut transaction, &work_unit_ids, &mut effects).await?;
-    effects.apply(&mut transaction, max_daily_quota).await?;
-    transaction.commit().await?;
-    if !expired.is_empty() {
-        tracing::info!(replicas = expired.len(), "replicas missed their deadline");
-    }
-    Ok(expired.len())
-}
+use crate::work_unit::deadlines::expire_deadlines;
 
 /// Uploads the sweep of unreported outputs decides about per round.
 const UPLOAD_BATCH: usize = 500;

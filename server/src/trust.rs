@@ -19,7 +19,10 @@ struct Effect {
     contacted: bool,
 }
 
+/// What events and validations say about hosts, collected during a transaction and applied
+/// at its end, once.
 #[derive(Debug, Default)]
+#[must_use = "effects on hosts change nothing until applied"]
 pub struct HostEffects {
     by_host: BTreeMap<i64, Effect>,
 }
@@ -42,6 +45,18 @@ impl HostEffects {
         let effect = self.by_host.entry(host_id).or_default();
         effect.contacted = true;
         effect.sent += sent;
+    }
+
+    /// Adds `other`'s effects to these.
+    pub fn merge(&mut self, other: HostEffects) {
+        for (host_id, effect) in other.by_host {
+            let mine = self.by_host.entry(host_id).or_default();
+            mine.valid += effect.valid;
+            mine.invalid += effect.invalid;
+            mine.errors += effect.errors;
+            mine.sent += effect.sent;
+            mine.contacted |= effect.contacted;
+        }
     }
 
     pub fn is_empty(&self) -> bool {

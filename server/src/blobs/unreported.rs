@@ -21,7 +21,7 @@ use sqlx::{PgConnection, PgPool};
 use wasmgrid_protocol::Sha256Hash;
 
 use super::BlobStore;
-use crate::state_machine::AWAITS_REPORT;
+use crate::work_unit::AWAITS_REPORT;
 
 /// When the sweep first looks at an upload, and again while a replica may still report
 /// it. An upload replaced by another is looked at at once.

@@ -21,7 +21,7 @@ use super::{Spooled, unreported};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiPath, VolunteerHost};
-use crate::state_machine::AWAITS_REPORT;
+use crate::work_unit::AWAITS_REPORT;
 
 #[derive(sqlx::FromRow)]
 struct UploadTarget {

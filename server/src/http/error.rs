@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use wasmgrid_protocol::api::{ErrorBody, ErrorDetail};
 
 use crate::availability;
+use crate::work_unit::WorkUnitError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -172,6 +173,19 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// A work unit's life refuses what a host cannot do: these are the answers it gets.
+impl From<WorkUnitError> for ApiError {
+    fn from(error: WorkUnitError) -> Self {
+        match error {
+            WorkUnitError::UnknownReplica(_) => Self::NotFound(error.to_string()),
+            WorkUnitError::NotYours(_) => Self::Forbidden(error.to_string()),
+            WorkUnitError::NotUploaded { .. } | WorkUnitError::ReportedTwice(_) => Self::BadRequest(error.to_string()),
+            WorkUnitError::Database(error) => Self::Database(error),
+            WorkUnitError::Internal(error) => Self::Internal(error),
+        }
+    }
+}
 
 /// PostgreSQL's class 22, "data exception": a value it cannot take (a NUL in text, a number
 /// out of range). Every field is checked at the edge; this is the backstop for one that

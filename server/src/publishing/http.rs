@@ -22,6 +22,7 @@ use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiPath, PublisherAuth};
 use crate::text;
+use crate::work_unit;
 
 /// Longest app description.
 const MAX_DESCRIPTION_CHARS: usize = 4000;
@@ -408,7 +409,7 @@ async fn cancel_batch(
 ) -> ApiResult<Json<BatchStatus>> {
     let batch = owned_batch(&state, publisher.id, batch_id).await?;
     let mut connection = state.pool.acquire().await?;
-    batches::cancel(&mut connection, &batch).await?;
+    work_unit::cancel::cancel_batch(&mut connection, batch.id, state.scheduler.daily_quota_per_core).await?;
     let batch = batches::find_owned(&mut connection, publisher.id, batch_id).await?;
     Ok(Json(batches::status(&mut connection, &batch).await?))
 }

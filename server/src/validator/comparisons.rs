@@ -1,7 +1,7 @@
 //! Validation with an app's validator module, outside the report's transaction.
 //!
-//! Running a module takes time, and a report's transaction holds locks, so the state
-//! machine never runs one. It decides with the comparisons already stored in
+//! Running a module takes time, and a report's transaction holds locks, so deciding a work
+//! unit never runs one. It decides with the comparisons already stored in
 //! `output_comparison`; when one it needs is missing, it marks the work unit
 //! `awaiting_comparison` and notifies [`CHANNEL`]. [`run_until_stopped`] wakes up (in any
 //! server process listening), compares the missing pairs, stores the answers, and moves the
@@ -18,8 +18,8 @@ use wasmgrid_protocol::Sha256Hash;
 use super::wasm::{Comparison, ValidatorRunner};
 use super::{Candidate, Validator};
 use crate::background;
-use crate::state_machine;
 use crate::trust::HostEffects;
+use crate::work_unit::{self, Event, WorkUnitError};
 
 /// The PostgreSQL notification channel that says "outputs are waiting for a validator".
 pub const CHANNEL: &str = "wasmgrid_comparisons";
@@ -90,19 +90,20 @@ impl WithValidator<'_> {
     }
 }
 
-impl WithValidator<'_> {
-    /// Whether the validator failed on these two outputs.
-    pub fn failed_on(&self, a: Sha256Hash, b: Sha256Hash) -> bool {
-        let (a, b) = ordered(a, b);
-        self.known.failed.contains(&(self.validator, a, b))
-    }
-}
-
 impl Validator for WithValidator<'_> {
     fn equivalent(&self, a: &Candidate, b: &Candidate) -> anyhow::Result<bool> {
         self.lookup(a.output, b.output).ok_or_else(|| {
-            anyhow::anyhow!("outputs {} and {} were not compared; the state machine checks first", a.output, b.output)
+            anyhow::anyhow!("outputs {} and {} were not compared; deciding checks first", a.output, b.output)
         })
+    }
+
+    fn compared(&self, a: Sha256Hash, b: Sha256Hash) -> bool {
+        self.lookup(a, b).is_some()
+    }
+
+    fn failed_on(&self, a: Sha256Hash, b: Sha256Hash) -> bool {
+        let (a, b) = ordered(a, b);
+        self.known.failed.contains(&(self.validator, a, b))
     }
 }
 
@@ -142,13 +143,10 @@ pub async fn compare_waiting(pool: &PgPool, runner: &ValidatorRunner, max_daily_
             let moved_on = async {
                 compare_work_unit(pool, runner, id).await?;
                 let mut transaction = pool.begin().await?;
-                state_machine::lock_work_units(&mut transaction, &[id]).await?;
-                let mut effects = HostEffects::default();
-                state_machine::transition_all(&mut transaction, &[id], &mut effects).await?;
-                effects.apply(&mut transaction, max_daily_quota).await?;
-                sqlx::query("update work_unit set comparing_until = null where id = $1")
-                    .bind(id)
-                    .execute(&mut *transaction)
+                let compared = Compared { work_unit_id: id };
+                work_unit::advance(&mut transaction, &[id], compared)
+                    .await?
+                    .apply(&mut transaction, max_daily_quota)
                     .await?;
                 transaction.commit().await?;
                 anyhow::Ok(())
@@ -165,6 +163,24 @@ pub async fn compare_waiting(pool: &PgPool, runner: &ValidatorRunner, max_daily_
                 }
             }
         }
+    }
+}
+
+/// The comparisons a work unit waited for are made: it is free for any process to claim
+/// again, and moves on.
+struct Compared {
+    work_unit_id: i64,
+}
+
+impl Event for Compared {
+    type Output = ();
+
+    async fn record(self, connection: &mut PgConnection, _: &mut HostEffects) -> Result<(), WorkUnitError> {
+        sqlx::query("update work_unit set comparing_until = null where id = $1")
+            .bind(self.work_unit_id)
+            .execute(connection)
+            .await?;
+        Ok(())
     }
 }
 

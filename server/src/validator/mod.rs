@@ -24,6 +24,18 @@ pub struct Candidate {
 pub trait Validator: Send + Sync {
     /// Are these two outputs the same answer? Must be symmetric.
     fn equivalent(&self, a: &Candidate, b: &Candidate) -> anyhow::Result<bool>;
+
+    /// Whether [`Self::equivalent`] can answer for these two outputs now: a validator module's
+    /// comparisons are made off the request's path, and a work unit waits for those it needs.
+    fn compared(&self, _a: Sha256Hash, _b: Sha256Hash) -> bool {
+        true
+    }
+
+    /// Whether the validator itself failed on these two outputs (they then count as
+    /// different, though they may well agree).
+    fn failed_on(&self, _a: Sha256Hash, _b: Sha256Hash) -> bool {
+        false
+    }
 }
 
 /// Answers agree when their output bytes are identical and so is the fuel they report,

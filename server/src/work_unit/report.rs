@@ -1,5 +1,5 @@
-//! Reports of finished replicas, and the state-machine step each one triggers, in the
-//! caller's transaction.
+//! A host's reports of finished replicas, in the caller's transaction: an [`Event`] that
+//! records them and moves their work units on.
 //!
 //! A report is idempotent: reporting a replica that is already over changes nothing and is
 //! acknowledged again, so a client that lost the answer can simply retry. A report that can
@@ -11,9 +11,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use sqlx::PgConnection;
 use wasmgrid_protocol::api::{MAX_STDERR_BYTES, ReplicaReport, ReportedOutcome};
 
+use super::states::Outcome;
+use super::{AWAITS_REPORT, Advanced, Event, WorkUnitError, advance};
 use crate::accounts::Host;
-use crate::http::error::{ApiError, ApiResult};
-use crate::state_machine::{self, AWAITS_REPORT};
 use crate::trust::HostEffects;
 
 /// How much of an error reason is kept.
@@ -24,7 +24,7 @@ struct ReportedReplica {
     id: i64,
     work_unit_id: i64,
     host_id: Option<i64>,
-    /// See [`state_machine::AWAITS_REPORT`].
+    /// See [`AWAITS_REPORT`].
     awaits_report: bool,
     uploaded_sha256: Option<String>,
     uploaded_bytes: Option<i64>,
@@ -36,67 +36,72 @@ impl ReportedReplica {
     }
 }
 
-/// Applies `reports` from `host` and returns the ids it acknowledges.
-pub async fn apply_reports(
+/// Records `reports` from `host` and moves their work units on; returns the ids it
+/// acknowledges (all of them: a report of a replica that no longer waits for one is
+/// acknowledged and changes nothing).
+pub async fn report(
     connection: &mut PgConnection,
     host: &Host,
     reports: &[ReplicaReport],
-    effects: &mut HostEffects,
-) -> ApiResult<Vec<i64>> {
-    if reports.is_empty() {
-        return Ok(Vec::new());
-    }
+) -> Result<Advanced<Vec<i64>>, WorkUnitError> {
     let mut by_id: HashMap<i64, &ReplicaReport> = HashMap::new();
     for report in reports {
         if let Some(earlier) = by_id.insert(report.replica_id, report)
             && earlier != report
         {
-            return Err(ApiError::bad_request(format!("replica {} is reported twice, differently", report.replica_id)));
+            return Err(WorkUnitError::ReportedTwice(report.replica_id));
         }
     }
-    let ids: Vec<i64> = by_id.keys().copied().collect();
+    let mut ids: Vec<i64> = by_id.keys().copied().collect();
+    ids.sort_unstable();
 
     let rows = read_replicas(connection, &ids, false).await?;
     for id in &ids {
-        let row = rows.get(id).ok_or_else(|| ApiError::not_found(format!("no replica {id}")))?;
+        let row = rows.get(id).ok_or(WorkUnitError::UnknownReplica(*id))?;
         if row.host_id != Some(host.id) {
-            return Err(ApiError::Forbidden(format!("replica {id} is not assigned to this host")));
+            return Err(WorkUnitError::NotYours(*id));
         }
     }
-
-    // Work units are locked in id order before any replica changes, the same order every
-    // other writer uses, so concurrent reports and sweeps cannot deadlock.
     let work_unit_ids: BTreeSet<i64> =
         rows.values().filter(|row| row.awaits_report()).map(|row| row.work_unit_id).collect();
     let work_unit_ids: Vec<i64> = work_unit_ids.into_iter().collect();
-    state_machine::lock_work_units(connection, &work_unit_ids).await?;
-    // Read again, locked, now that the work units are: an upload may have replaced the
-    // output since, or a retry of this report may have recorded it. The upload takes the
-    // replica's lock too, so what is checked below is what is recorded.
-    let awaiting_ids: Vec<i64> = ids.iter().copied().filter(|id| rows[id].awaits_report()).collect();
-    let locked = read_replicas(connection, &awaiting_ids, true).await?;
+    let awaiting: Vec<i64> = ids.iter().copied().filter(|id| rows[id].awaits_report()).collect();
+    let event = Reports { host_id: host.id, awaiting, reports: by_id, acknowledged: ids };
+    advance(connection, &work_unit_ids, event).await
+}
 
-    let awaiting: Vec<(&ReportedReplica, &ReplicaReport)> = awaiting_ids
-        .iter()
-        .filter_map(|id| locked.get(id))
-        .filter(|row| row.awaits_report())
-        .map(|row| (row, by_id[&row.id]))
-        .collect();
-    let recorded = record_reports(connection, &awaiting).await?;
-    let mut touched = BTreeSet::new();
-    for (row, report) in awaiting {
-        if recorded.contains(&row.id) {
-            touched.insert(row.work_unit_id);
-            if matches!(report.outcome, ReportedOutcome::Error { .. }) {
-                effects.error(host.id);
+/// Reports of one host's replicas, the work units of those still awaiting one locked.
+struct Reports<'a> {
+    host_id: i64,
+    /// The reported replicas that awaited their report when first read.
+    awaiting: Vec<i64>,
+    reports: HashMap<i64, &'a ReplicaReport>,
+    acknowledged: Vec<i64>,
+}
+
+impl Event for Reports<'_> {
+    type Output = Vec<i64>;
+
+    async fn record(self, connection: &mut PgConnection, effects: &mut HostEffects) -> Result<Vec<i64>, WorkUnitError> {
+        // Read again, locked, now that the work units are: an upload may have replaced the
+        // output since, or a retry of this report may have recorded it. The upload takes the
+        // replica's lock too, so what is checked below is what is recorded.
+        let locked = read_replicas(connection, &self.awaiting, true).await?;
+        let awaiting: Vec<(&ReportedReplica, &ReplicaReport)> = self
+            .awaiting
+            .iter()
+            .filter_map(|id| locked.get(id))
+            .filter(|row| row.awaits_report())
+            .map(|row| (row, self.reports[&row.id]))
+            .collect();
+        let recorded = record_reports(connection, &awaiting).await?;
+        for (row, report) in awaiting {
+            if recorded.contains(&row.id) && matches!(report.outcome, ReportedOutcome::Error { .. }) {
+                effects.error(self.host_id);
             }
         }
+        Ok(self.acknowledged)
     }
-    let touched: Vec<i64> = touched.into_iter().collect();
-    state_machine::transition_all(connection, &touched, effects).await?;
-    let mut acknowledged = ids;
-    acknowledged.sort_unstable();
-    Ok(acknowledged)
 }
 
 /// The replicas `ids`, with the size of their uploaded output; locked for the rest of the
@@ -114,7 +119,7 @@ async fn read_replicas(
                 r.uploaded_sha256, b.bytes as uploaded_bytes
          from replica r left join blob b on b.sha256 = r.uploaded_sha256
          where r.id = any($1) order by r.id{}",
-        state_machine::AWAITS_REPORT,
+        AWAITS_REPORT,
         if lock { " for no key update of r" } else { "" }
     ))
     .bind(ids)
@@ -129,30 +134,27 @@ async fn read_replicas(
 async fn record_reports(
     connection: &mut PgConnection,
     reports: &[(&ReportedReplica, &ReplicaReport)],
-) -> ApiResult<HashSet<i64>> {
+) -> Result<HashSet<i64>, WorkUnitError> {
     let mut columns = ReportColumns::default();
     for (row, report) in reports {
         let (outcome, output_sha256, output_bytes, reason) = match &report.outcome {
             ReportedOutcome::Success { output_hash, .. } => {
                 let output_sha256 = output_hash.to_hex();
                 if row.uploaded_sha256.as_deref() != Some(output_sha256.as_str()) {
-                    return Err(ApiError::bad_request(format!(
-                        "replica {}: output {output_hash} was not uploaded before the report",
-                        row.id
-                    )));
+                    return Err(WorkUnitError::NotUploaded { replica_id: row.id, output: *output_hash });
                 }
-                ("success", Some(output_sha256), row.uploaded_bytes, None)
+                (Outcome::Success, Some(output_sha256), row.uploaded_bytes, None)
             }
             ReportedOutcome::Error { reason } => {
-                ("client_error", None, None, Some(truncate_to_boundary(reason, MAX_REASON_BYTES)))
+                (Outcome::ClientError, None, None, Some(truncate_to_boundary(reason, MAX_REASON_BYTES)))
             }
             // Like a host that never answered: another replica, and no error counted.
             ReportedOutcome::HostError { reason } => {
-                ("no_reply", None, None, Some(truncate_to_boundary(reason, MAX_REASON_BYTES)))
+                (Outcome::NoReply, None, None, Some(truncate_to_boundary(reason, MAX_REASON_BYTES)))
             }
         };
         columns.id.push(row.id);
-        columns.outcome.push(outcome);
+        columns.outcome.push(outcome.as_str());
         columns.output_sha256.push(output_sha256);
         columns.output_bytes.push(output_bytes);
         columns.fuel_used.push(i64::try_from(report.fuel_used).unwrap_or(i64::MAX));

@@ -1,0 +1,311 @@
+//! Handing replicas to hosts: claiming new ones, sending again those whose reply was lost,
+//! and abandoning those no longer needed.
+//!
+//! Claiming is one statement over the queue of unsent replicas with `FOR UPDATE SKIP
+//! LOCKED`, so any number of server processes can hand out work from one database without
+//! giving a replica twice. The hosts of one account are serialised by an advisory lock, so
+//! that they cannot be handed two replicas of one work unit at the same moment; a unique
+//! index backs that rule up.
+//!
+//! A host lists the replicas it holds, so a reply lost after the server committed it
+//! costs nothing: the replicas it carried go out again with the next one.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+use wasmgrid_protocol::Sha256Hash;
+use wasmgrid_protocol::api::{Assignment, BlobRef, InputFile, RunLimits};
+
+use super::{AWAITS_REPORT, WorkUnitError};
+use crate::accounts::{Host, HostKind};
+use crate::config::SchedulerConfig;
+use crate::trust::HostEffects;
+
+#[derive(sqlx::FromRow)]
+struct HostAllowance {
+    daily_quota: i32,
+    replicas_today: i32,
+    quota_day_is_today: bool,
+    in_progress: i64,
+}
+
+/// How many more replicas the host may take now: what is left of its daily quota, and of
+/// what it may hold at once, both scaled by the cores the server believes it has.
+///
+/// The caller holds the account's claim lock, which every claim for this host takes until
+/// its transaction commits (with the count of replicas sent), so the figures read here
+/// include every claim before this one and none can slip in before this one commits.
+async fn remaining_allowance(
+    connection: &mut PgConnection,
+    host: &Host,
+    scheduler: &SchedulerConfig,
+    effects: &HostEffects,
+) -> sqlx::Result<i64> {
+    let allowance: HostAllowance = sqlx::query_as(
+        "select daily_quota, replicas_today, quota_day = current_date as quota_day_is_today,
+                (select count(*) from replica where host_id = h.id and state = 'in_progress') as in_progress
+         from host h where id = $1",
+    )
+    .bind(host.id)
+    .fetch_one(connection)
+    .await?;
+    let cores = scheduler.believed_cores(host.cores);
+    let used_today = if allowance.quota_day_is_today { allowance.replicas_today } else { 0 };
+    let daily_quota = effects.quota_after(host.id, allowance.daily_quota, scheduler.daily_quota_per_core);
+    let left_today = daily_quota * cores - i64::from(used_today);
+    let room_to_hold = i64::from(scheduler.max_in_progress_per_core) * cores - allowance.in_progress;
+    Ok(left_today.min(room_to_hold))
+}
+
+#[derive(sqlx::FromRow)]
+struct Claimed {
+    replica_id: i64,
+    work_unit_id: i64,
+    deadline_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct WorkUnitForRun {
+    id: i64,
+    name: String,
+    args: serde_json::Value,
+    module_sha256: String,
+    module_bytes: i64,
+    stdin_sha256: Option<String>,
+    stdin_bytes: Option<i64>,
+    seed: i64,
+    fuel_limit: i64,
+    memory_limit_bytes: i64,
+    output_limit_bytes: i64,
+    wall_time_limit_seconds: i64,
+}
+
+#[derive(sqlx::FromRow)]
+struct WorkUnitFileRow {
+    work_unit_id: i64,
+    name: String,
+    sha256: String,
+    bytes: i64,
+}
+
+/// Hands up to `want` unsent replicas to `host`: at most one per work unit, none of a work
+/// unit its account already holds, none that needs more memory than the host has, no more
+/// than its daily quota (as `effects`, the request's reports so far, will leave it) and no
+/// more than it may hold at once. A browser host's deadline is the work unit's wall-clock
+/// limit and [`SchedulerConfig::browser_grace`], when that is sooner than its own. The
+/// caller records the number sent (through [`HostEffects::contacted`]) before it commits.
+pub async fn claim_replicas(
+    connection: &mut PgConnection,
+    host: &Host,
+    want: u32,
+    scheduler: &SchedulerConfig,
+    effects: &HostEffects,
+) -> Result<Vec<Assignment>, WorkUnitError> {
+    // Hosts of one account queue here, so the `not exists` below sees every replica the
+    // account was handed before, and the allowance below every replica this host was sent:
+    // checking it and counting what is taken are one step.
+    sqlx::query("select pg_advisory_xact_lock($1)").bind(host.account_id).execute(&mut *connection).await?;
+    let allowed = remaining_allowance(connection, host, scheduler, effects).await?.min(i64::from(want));
+    if allowed <= 0 {
+        return Ok(Vec::new());
+    }
+    // Twice as many candidates as wanted are locked, because the replicas of one work unit
+    // sit next to each other in the queue and only one of them may be taken.
+    let claimed: Vec<Claimed> = sqlx::query_as(
+        "with candidate as (
+             select r.id, r.work_unit_id, r.priority
+             from replica r
+             join work_unit w on w.id = r.work_unit_id
+             where r.state = 'unsent'
+               and w.memory_limit_bytes <= $3
+               and not exists (
+                   select 1 from replica mine
+                   where mine.work_unit_id = r.work_unit_id and mine.account_id = $2)
+             order by r.priority desc, r.id
+             limit $4 * 2
+             for no key update of r skip locked
+         ),
+         chosen as (
+             select id from (
+                 select distinct on (work_unit_id) id, priority
+                 from candidate
+                 order by work_unit_id, priority desc, id
+             ) one_per_work_unit
+             order by priority desc, id
+             limit $4
+         )
+         update replica r
+         set state = 'in_progress', host_id = $1, account_id = $2, sent_at = now(),
+             deadline_at = now() + case
+                 -- In seconds as a double, capped by the deadline: a wall-clock limit may be
+                 -- far beyond what an interval (or a bigint sum) holds.
+                 when $5 then make_interval(secs => least(w.wall_time_limit_seconds::float8 + $6::float8,
+                                                          extract(epoch from w.delay_bound)::float8))
+                 else w.delay_bound
+             end
+         from chosen, work_unit w
+         where r.id = chosen.id and w.id = r.work_unit_id
+         returning r.id as replica_id, r.work_unit_id, r.deadline_at",
+    )
+    .bind(host.id)
+    .bind(host.account_id)
+    .bind(scheduler.believed_memory(host.memory_bytes))
+    .bind(allowed)
+    .bind(host.kind == HostKind::Browser)
+    .bind(i64::try_from(scheduler.browser_grace.as_secs()).unwrap_or(i64::MAX))
+    .fetch_all(&mut *connection)
+    .await?;
+    if claimed.is_empty() {
+        return Ok(Vec::new());
+    }
+    describe_assignments(connection, claimed).await
+}
+
+/// Everything the host needs to run each claimed replica.
+async fn describe_assignments(
+    connection: &mut PgConnection,
+    claimed: Vec<Claimed>,
+) -> Result<Vec<Assignment>, WorkUnitError> {
+    let work_unit_ids: Vec<i64> = claimed.iter().map(|c| c.work_unit_id).collect();
+    let work_units: Vec<WorkUnitForRun> = sqlx::query_as(
+        "select w.id, w.name, w.args, v.module_sha256, mb.bytes as module_bytes,
+                w.stdin_sha256, sb.bytes as stdin_bytes, w.seed,
+                w.fuel_limit, w.memory_limit_bytes, w.output_limit_bytes, w.wall_time_limit_seconds
+         from work_unit w
+         join app_version v on v.id = w.app_version_id
+         join blob mb on mb.sha256 = v.module_sha256
+         left join blob sb on sb.sha256 = w.stdin_sha256
+         where w.id = any($1)",
+    )
+    .bind(&work_unit_ids)
+    .fetch_all(&mut *connection)
+    .await?;
+    let files: Vec<WorkUnitFileRow> = sqlx::query_as(
+        "select f.work_unit_id, f.name, f.sha256, b.bytes
+         from work_unit_file f join blob b on b.sha256 = f.sha256
+         where f.work_unit_id = any($1)
+         order by f.work_unit_id, f.name",
+    )
+    .bind(&work_unit_ids)
+    .fetch_all(&mut *connection)
+    .await?;
+
+    let mut files_by_work_unit: HashMap<i64, Vec<InputFile>> = HashMap::new();
+    for file in files {
+        files_by_work_unit
+            .entry(file.work_unit_id)
+            .or_default()
+            .push(InputFile { name: file.name, blob: blob_ref(&file.sha256, file.bytes)? });
+    }
+    let work_units: HashMap<i64, WorkUnitForRun> = work_units.into_iter().map(|w| (w.id, w)).collect();
+
+    claimed
+        .into_iter()
+        .map(|claim| {
+            let work_unit = work_units
+                .get(&claim.work_unit_id)
+                .ok_or_else(|| anyhow::anyhow!("claimed work unit {} vanished", claim.work_unit_id))?;
+            let stdin = match (&work_unit.stdin_sha256, work_unit.stdin_bytes) {
+                (Some(hash), Some(bytes)) => Some(blob_ref(hash, bytes)?),
+                _ => None,
+            };
+            Ok(Assignment {
+                replica_id: claim.replica_id,
+                work_unit_id: work_unit.id,
+                work_unit_name: work_unit.name.clone(),
+                module: blob_ref(&work_unit.module_sha256, work_unit.module_bytes)?,
+                args: serde_json::from_value(work_unit.args.clone())
+                    .map_err(|error| anyhow::anyhow!("stored arguments are not strings: {error}"))?,
+                stdin,
+                inputs: files_by_work_unit.remove(&work_unit.id).unwrap_or_default(),
+                limits: RunLimits {
+                    fuel: work_unit.fuel_limit as u64,
+                    memory_bytes: work_unit.memory_limit_bytes as u64,
+                    output_bytes: work_unit.output_limit_bytes as u64,
+                    wall_time_seconds: work_unit.wall_time_limit_seconds as u64,
+                },
+                seed: work_unit.seed as u64,
+                deadline: claim.deadline_at,
+            })
+        })
+        .collect()
+}
+
+fn blob_ref(hash: &str, bytes: i64) -> Result<BlobRef, WorkUnitError> {
+    let hash: Sha256Hash = hash.parse().map_err(|_| anyhow::anyhow!("stored hash {hash:?} is malformed"))?;
+    Ok(BlobRef::new(hash, bytes as u64))
+}
+
+/// What comparing a host's list of the replicas it holds with what the server believes
+/// found.
+#[derive(Default)]
+pub struct Reconciled {
+    /// Replicas handed to the host that it does not list: the reply that carried them was
+    /// lost after the server committed it. They go out again, with their deadlines.
+    pub lost: Vec<Assignment>,
+    /// Replicas the host lists that it should not run: never its own, or over (not needed,
+    /// or given up after their deadline... unless a late result would still count).
+    pub unwanted: Vec<i64>,
+}
+
+/// BOINC's "resend lost results": compares the replicas a host says it holds (with those it
+/// reports in this request) with those the server handed it.
+pub async fn reconcile_held(
+    connection: &mut PgConnection,
+    host: &Host,
+    held: &[i64],
+    reported: &HashSet<i64>,
+) -> Result<Reconciled, WorkUnitError> {
+    let held: HashSet<i64> = held.iter().copied().collect();
+    let handed: Vec<Claimed> = sqlx::query_as(
+        "select id as replica_id, work_unit_id, deadline_at from replica
+         where host_id = $1 and state = 'in_progress' and deadline_at > now()
+         order by id",
+    )
+    .bind(host.id)
+    .fetch_all(&mut *connection)
+    .await?;
+    let handed_ids: HashSet<i64> = handed.iter().map(|claim| claim.replica_id).collect();
+    let lost: Vec<Claimed> = handed
+        .into_iter()
+        .filter(|claim| !held.contains(&claim.replica_id) && !reported.contains(&claim.replica_id))
+        .collect();
+    let lost = if lost.is_empty() { Vec::new() } else { describe_assignments(connection, lost).await? };
+
+    let unknown: Vec<i64> =
+        held.iter().copied().filter(|id| !handed_ids.contains(id) && !reported.contains(id)).collect();
+    let unwanted = if unknown.is_empty() {
+        Vec::new()
+    } else {
+        // A replica past its deadline may still be reported (a late result counts), so the
+        // host may finish it; anything else it lists is not its to run.
+        let may_finish: HashSet<i64> = sqlx::query_scalar(&format!(
+            "select r.id from replica r where r.id = any($1) and r.host_id = $2 and {AWAITS_REPORT}"
+        ))
+        .bind(&unknown)
+        .bind(host.id)
+        .fetch_all(&mut *connection)
+        .await?
+        .into_iter()
+        .collect();
+        let mut unwanted: Vec<i64> = unknown.into_iter().filter(|id| !may_finish.contains(id)).collect();
+        unwanted.sort_unstable();
+        unwanted
+    };
+    Ok(Reconciled { lost, unwanted })
+}
+
+/// Replicas the host still runs for work units that have failed: nobody needs them now.
+/// They end as "didn't need" and the host is told to abort them.
+pub async fn abandon_unneeded_replicas(connection: &mut PgConnection, host_id: i64) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "update replica r set state = 'over', outcome = 'didnt_need'
+         from work_unit w
+         where w.id = r.work_unit_id and r.host_id = $1 and r.state = 'in_progress' and w.state = 'failed'
+         returning r.id",
+    )
+    .bind(host_id)
+    .fetch_all(connection)
+    .await
+}

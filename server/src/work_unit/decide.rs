@@ -1,0 +1,605 @@
+//! What happens to one work unit, decided from its rows alone, with no database: so that
+//! every rule of its life has a unit test of its own.
+//!
+//! - An error or a missed deadline asks for another replica, until `max_error_replicas`
+//!   errors make the work unit fail.
+//! - Once `min_quorum` successes are in, validation looks for a canonical result. Found: the
+//!   agreeing replicas are valid and earn credit, the others are invalid, unsent replicas are
+//!   no longer needed. Not found: one more replica.
+//! - `max_total_replicas` caps everything: a work unit that needs more fails.
+//! - After validation, late results are checked against the canonical one.
+//! - Outputs and fuel are compared only between replicas of one version of the
+//!   instrumentation pass.
+//! - An app with a validator module decides only with comparisons already made: a work unit
+//!   that needs a new one waits for it (see [`crate::validator::comparisons`]).
+//! - A cancelled work unit fails at once.
+
+use wasmgrid_protocol::Sha256Hash;
+
+use super::states::{Outcome, ReplicaState, Validation, WorkUnitState};
+use crate::credit::{self, CreditGrant};
+use crate::validator::{self, Candidate, Validator, Verdict};
+
+/// Retries go ahead of first copies in the queue so that work units finish.
+pub const RETRY_PRIORITY: i32 = 1;
+
+/// A work unit, as deciding needs it.
+#[derive(Debug, Clone)]
+pub struct WorkUnit {
+    pub id: i64,
+    pub state: WorkUnitState,
+    pub policy: Policy,
+    pub canonical_replica_id: Option<i64>,
+    /// The credit each valid replica earns, once validated.
+    pub credit: Option<f64>,
+    /// Whether its app compares outputs with a validator module (else bit for bit).
+    pub has_validator_module: bool,
+}
+
+/// How many replicas a work unit needs, and may have.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Successful replicas needed before validation; a canonical result needs more than half
+    /// of them to agree.
+    pub min_quorum: usize,
+    /// Replicas created at first.
+    pub target_replicas: usize,
+    /// Failed replicas at which the work unit fails.
+    pub max_error_replicas: usize,
+    /// Replicas, of every outcome, that may ever be created.
+    pub max_total_replicas: usize,
+}
+
+/// One replica of the work unit, as deciding needs it.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    pub id: i64,
+    pub state: ReplicaState,
+    pub outcome: Option<Outcome>,
+    pub validation: Validation,
+    pub host_id: Option<i64>,
+    pub account_id: Option<i64>,
+    pub output: Option<Sha256Hash>,
+    pub fuel_used: Option<i64>,
+    pub error_reason: Option<String>,
+    pub instrumentation_version: i32,
+}
+
+impl Replica {
+    fn is_success(&self) -> bool {
+        self.outcome == Some(Outcome::Success)
+    }
+
+    fn is_error(&self) -> bool {
+        self.outcome.is_some_and(Outcome::is_error)
+    }
+
+    /// A success not yet judged (or judged inconclusive): a candidate for the canonical
+    /// result.
+    fn is_candidate(&self) -> bool {
+        self.is_success() && matches!(self.validation, Validation::Pending | Validation::Inconclusive)
+    }
+
+    fn is_outstanding(&self) -> bool {
+        self.state != ReplicaState::Over
+    }
+
+    fn candidate(&self) -> anyhow::Result<Candidate> {
+        let output = self.output.ok_or_else(|| anyhow::anyhow!("successful replica {} has no output", self.id))?;
+        Ok(Candidate { replica_id: self.id, output, fuel: self.fuel_used.unwrap_or(0) })
+    }
+}
+
+/// What deciding found must change, for the writer to apply.
+#[derive(Debug, Default, PartialEq)]
+pub struct Decision {
+    /// The work unit ends: its unsent replicas are then no longer needed.
+    pub end: Option<End>,
+    pub judged: Vec<Judged>,
+    pub grants: Vec<CreditGrant>,
+    pub new_replicas: Option<NewReplicas>,
+    /// What the validation says about hosts, for their trust.
+    pub trust: Vec<Trust>,
+    /// For an app with a validator module: whether the work unit waits for comparisons.
+    pub awaiting_comparison: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum End {
+    Validated { canonical_replica_id: i64, credit: f64 },
+    Failed { reason: String },
+}
+
+/// A replica's new validation state, and its credit when it earns some.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judged {
+    pub replica_id: i64,
+    pub validation: Validation,
+    pub credit: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewReplicas {
+    pub priority: i32,
+    pub count: i32,
+}
+
+/// What a validation says about the host that ran a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    Valid { host_id: i64 },
+    Invalid { host_id: i64 },
+}
+
+impl Decision {
+    fn valid(&mut self, replica: &Replica, credit: f64) -> anyhow::Result<()> {
+        let (Some(host_id), Some(account_id)) = (replica.host_id, replica.account_id) else {
+            anyhow::bail!("valid replica {} has no host", replica.id);
+        };
+        self.judged.push(Judged { replica_id: replica.id, validation: Validation::Valid, credit: Some(credit) });
+        self.grants.push(CreditGrant { replica_id: replica.id, host_id, account_id, credit });
+        self.trust.push(Trust::Valid { host_id });
+        Ok(())
+    }
+
+    fn invalid(&mut self, replica: &Replica) {
+        self.judged.push(Judged { replica_id: replica.id, validation: Validation::Invalid, credit: Some(0.0) });
+        if let Some(host_id) = replica.host_id {
+            self.trust.push(Trust::Invalid { host_id });
+        }
+    }
+
+    fn mark(&mut self, replica: &Replica, validation: Validation) {
+        self.judged.push(Judged { replica_id: replica.id, validation, credit: None });
+    }
+
+    fn fail(&mut self, work_unit: &WorkUnit, reason: String) {
+        tracing::info!(workunit.id = work_unit.id, reason, "work unit failed");
+        self.end = Some(End::Failed { reason });
+    }
+}
+
+/// Decides what happens to `work_unit`, given all its replicas, after an event touched it;
+/// `cancelled` says its publisher cancelled it, and why.
+pub fn decide(
+    validator: &dyn Validator,
+    work_unit: &WorkUnit,
+    replicas: &[Replica],
+    cancelled: Option<&str>,
+) -> anyhow::Result<Decision> {
+    let mut decision = Decision::default();
+    if let Some(reason) = cancelled {
+        if work_unit.state == WorkUnitState::Active {
+            decision.fail(work_unit, reason.to_owned());
+            decision.awaiting_comparison = Some(false);
+        }
+        return Ok(decision);
+    }
+    if work_unit.has_validator_module {
+        // An app's validator module runs off the request's path: a decision that needs a
+        // comparison not made yet waits for it.
+        let needed = comparisons_needed(work_unit, replicas)?;
+        let ready = needed.iter().all(|(a, b)| validator.compared(*a, *b));
+        decision.awaiting_comparison = Some(!ready);
+        if !ready {
+            return Ok(decision);
+        }
+        decide_state(validator, work_unit, replicas, &mut decision)?;
+        if needed.iter().any(|(a, b)| validator.failed_on(*a, *b))
+            && let Some(End::Failed { reason }) = &mut decision.end
+        {
+            // The outputs may well have agreed.
+            reason.push_str("; the app's validator module failed on some of them (see the batch status)");
+        }
+        return Ok(decision);
+    }
+    decide_state(validator, work_unit, replicas, &mut decision)?;
+    Ok(decision)
+}
+
+fn decide_state(
+    validator: &dyn Validator,
+    work_unit: &WorkUnit,
+    replicas: &[Replica],
+    decision: &mut Decision,
+) -> anyhow::Result<()> {
+    match work_unit.state {
+        WorkUnitState::Active => decide_active(validator, work_unit, replicas, decision),
+        WorkUnitState::Validated => check_late_results(validator, work_unit, replicas, decision),
+        WorkUnitState::Failed => Ok(()),
+    }
+}
+
+/// The candidates that may be compared with each other: those of the one instrumentation
+/// version with the most candidates (the newest on a tie). Outputs and fuel from different
+/// versions of the client's instrumentation pass are not comparable, so a quorum is only ever
+/// made of one version.
+fn comparable_candidates(replicas: &[Replica]) -> Vec<&Replica> {
+    let mut per_version: Vec<(i32, usize)> = Vec::new();
+    for replica in replicas.iter().filter(|r| r.is_candidate()) {
+        match per_version.iter_mut().find(|(version, _)| *version == replica.instrumentation_version) {
+            Some((_, count)) => *count += 1,
+            None => per_version.push((replica.instrumentation_version, 1)),
+        }
+    }
+    let Some(&(version, _)) = per_version.iter().max_by_key(|&&(version, count)| (count, version)) else {
+        return Vec::new();
+    };
+    replicas.iter().filter(|r| r.is_candidate() && r.instrumentation_version == version).collect()
+}
+
+/// The pairs of outputs that deciding this work unit may compare: every pair of candidates
+/// once a quorum is in, or each late result against the canonical one.
+pub fn comparisons_needed(work_unit: &WorkUnit, replicas: &[Replica]) -> anyhow::Result<Vec<(Sha256Hash, Sha256Hash)>> {
+    let mut pairs = Vec::new();
+    match work_unit.state {
+        WorkUnitState::Active => {
+            let errors = replicas.iter().filter(|r| r.is_error()).count();
+            let candidates: Vec<Sha256Hash> = comparable_candidates(replicas)
+                .iter()
+                .map(|r| r.candidate().map(|c| c.output))
+                .collect::<anyhow::Result<_>>()?;
+            if errors < work_unit.policy.max_error_replicas && candidates.len() >= work_unit.policy.min_quorum {
+                for (i, a) in candidates.iter().enumerate() {
+                    pairs.extend(candidates[i + 1..].iter().map(|b| (*a, *b)));
+                }
+            }
+        }
+        WorkUnitState::Validated => {
+            if let Some(canonical) = replicas.iter().find(|r| Some(r.id) == work_unit.canonical_replica_id) {
+                for late in late_results(replicas, canonical) {
+                    pairs.push((canonical.candidate()?.output, late.candidate()?.output));
+                }
+            }
+        }
+        WorkUnitState::Failed => {}
+    }
+    Ok(pairs)
+}
+
+fn decide_active(
+    validator: &dyn Validator,
+    work_unit: &WorkUnit,
+    replicas: &[Replica],
+    decision: &mut Decision,
+) -> anyhow::Result<()> {
+    let policy = work_unit.policy;
+    let errors: Vec<&Replica> = replicas.iter().filter(|r| r.is_error()).collect();
+    if errors.len() >= policy.max_error_replicas {
+        let last_reason = errors.iter().rev().find_map(|r| r.error_reason.as_deref()).unwrap_or("no reason given");
+        let reason = format!("too many errors ({} replicas failed; last: {last_reason})", errors.len());
+        decision.fail(work_unit, reason);
+        return Ok(());
+    }
+
+    let successes = comparable_candidates(replicas);
+    let mut inconclusive = false;
+    if successes.len() >= policy.min_quorum {
+        let candidates = successes.iter().map(|r| r.candidate()).collect::<anyhow::Result<Vec<_>>>()?;
+        match validator::find_canonical(validator, &candidates, policy.min_quorum)? {
+            Verdict::Canonical(agreeing) => {
+                let version = successes[0].instrumentation_version;
+                for other in replicas.iter().filter(|r| r.is_candidate() && r.instrumentation_version != version) {
+                    decision.mark(other, Validation::Incomparable);
+                }
+                return accept(work_unit, &successes, &agreeing, decision);
+            }
+            Verdict::NoConsensus => {
+                inconclusive = true;
+                for replica in &successes {
+                    decision.mark(replica, Validation::Inconclusive);
+                }
+            }
+        }
+    }
+
+    // Keep enough replicas on the way: the target, or one more than the successes when they
+    // disagree.
+    let outstanding = replicas.iter().filter(|r| r.is_outstanding()).count() as i64;
+    let wanted = if inconclusive { successes.len() as i64 + 1 } else { policy.target_replicas as i64 };
+    let missing = wanted - successes.len() as i64 - outstanding;
+    let room = policy.max_total_replicas as i64 - replicas.len() as i64;
+    let to_create = missing.min(room).max(0);
+    if to_create > 0 {
+        let priority = if replicas.is_empty() { 0 } else { RETRY_PRIORITY };
+        decision.new_replicas = Some(NewReplicas { priority, count: to_create as i32 });
+    }
+    if outstanding + to_create == 0 {
+        let reason = if inconclusive {
+            format!("no consensus among {} successful replicas", successes.len())
+        } else {
+            format!("needs more than the maximum of {} replicas", policy.max_total_replicas)
+        };
+        decision.fail(work_unit, reason);
+    }
+    Ok(())
+}
+
+/// A canonical result is found: the work unit is validated, once.
+fn accept(
+    work_unit: &WorkUnit,
+    successes: &[&Replica],
+    agreeing: &[i64],
+    decision: &mut Decision,
+) -> anyhow::Result<()> {
+    let fuels: Vec<i64> =
+        successes.iter().filter(|r| agreeing.contains(&r.id)).map(|r| r.fuel_used.unwrap_or(0)).collect();
+    let credit = credit::credit_for_fuel(&fuels);
+    let canonical = agreeing[0];
+    decision.end = Some(End::Validated { canonical_replica_id: canonical, credit });
+    for replica in successes {
+        if agreeing.contains(&replica.id) {
+            decision.valid(replica, credit)?;
+        } else {
+            decision.invalid(replica);
+        }
+    }
+    tracing::debug!(workunit.id = work_unit.id, replica.id = canonical, credit, "work unit validated");
+    Ok(())
+}
+
+/// The successes that arrived after validation and can be compared with the canonical one
+/// (they ran through the same instrumentation version).
+fn late_results<'r>(replicas: &'r [Replica], canonical: &Replica) -> impl Iterator<Item = &'r Replica> {
+    let version = canonical.instrumentation_version;
+    replicas
+        .iter()
+        .filter(move |r| r.is_success() && r.validation == Validation::Pending && r.instrumentation_version == version)
+}
+
+/// After validation, successes that arrive late are compared with the canonical output.
+fn check_late_results(
+    validator: &dyn Validator,
+    work_unit: &WorkUnit,
+    replicas: &[Replica],
+    decision: &mut Decision,
+) -> anyhow::Result<()> {
+    let canonical_id = work_unit
+        .canonical_replica_id
+        .ok_or_else(|| anyhow::anyhow!("validated work unit {} without a canonical replica", work_unit.id))?;
+    let canonical_row = replicas
+        .iter()
+        .find(|r| r.id == canonical_id)
+        .ok_or_else(|| anyhow::anyhow!("canonical replica {canonical_id} is missing"))?;
+    let canonical = canonical_row.candidate()?;
+    for other in replicas.iter().filter(|r| {
+        r.is_success()
+            && r.validation == Validation::Pending
+            && r.instrumentation_version != canonical_row.instrumentation_version
+    }) {
+        decision.mark(other, Validation::Incomparable);
+    }
+    let credit = work_unit.credit.unwrap_or(0.0);
+    for replica in late_results(replicas, canonical_row) {
+        if validator.equivalent(&canonical, &replica.candidate()?)? {
+            decision.valid(replica, credit)?;
+        } else {
+            decision.invalid(replica);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validator::Bitwise;
+
+    const FUEL: i64 = 2_000_000_000;
+
+    fn work_unit(min_quorum: usize, target_replicas: usize) -> WorkUnit {
+        WorkUnit {
+            id: 1,
+            state: WorkUnitState::Active,
+            policy: Policy { min_quorum, target_replicas, max_error_replicas: 3, max_total_replicas: 6 },
+            canonical_replica_id: None,
+            credit: None,
+            has_validator_module: false,
+        }
+    }
+
+    /// Replica `id` of host and account `id`, still waiting for its host.
+    fn sent(id: i64) -> Replica {
+        Replica {
+            id,
+            state: ReplicaState::InProgress,
+            outcome: None,
+            validation: Validation::Pending,
+            host_id: Some(id),
+            account_id: Some(id),
+            output: None,
+            fuel_used: None,
+            error_reason: None,
+            instrumentation_version: 2,
+        }
+    }
+
+    fn unsent(id: i64) -> Replica {
+        Replica { state: ReplicaState::Unsent, host_id: None, account_id: None, ..sent(id) }
+    }
+
+    fn succeeded(id: i64, output: &str) -> Replica {
+        Replica {
+            state: ReplicaState::Over,
+            outcome: Some(Outcome::Success),
+            output: Some(Sha256Hash::of(output.as_bytes())),
+            fuel_used: Some(FUEL),
+            ..sent(id)
+        }
+    }
+
+    fn failed(id: i64, reason: &str) -> Replica {
+        Replica {
+            state: ReplicaState::Over,
+            outcome: Some(Outcome::ClientError),
+            error_reason: Some(reason.to_owned()),
+            ..sent(id)
+        }
+    }
+
+    fn missed(id: i64) -> Replica {
+        Replica { state: ReplicaState::Over, outcome: Some(Outcome::NoReply), ..sent(id) }
+    }
+
+    fn decided(work_unit: &WorkUnit, replicas: &[Replica]) -> Decision {
+        decide(&Bitwise, work_unit, replicas, None).unwrap()
+    }
+
+    #[test]
+    fn a_new_work_unit_gets_its_target_of_replicas_at_normal_priority() {
+        let decision = decided(&work_unit(2, 2), &[]);
+        assert_eq!(decision.new_replicas, Some(NewReplicas { priority: 0, count: 2 }));
+        assert_eq!(decision.end, None);
+    }
+
+    #[test]
+    fn an_agreeing_quorum_validates_credits_every_agreeing_host_and_ends_the_work_unit() {
+        let decision = decided(&work_unit(2, 2), &[succeeded(1, "a"), succeeded(2, "a")]);
+        let credit = FUEL as f64 / crate::credit::FUEL_PER_CREDIT;
+        assert_eq!(decision.end, Some(End::Validated { canonical_replica_id: 1, credit }));
+        assert_eq!(decision.grants.len(), 2);
+        assert_eq!(decision.trust, [Trust::Valid { host_id: 1 }, Trust::Valid { host_id: 2 }]);
+        assert_eq!(decision.new_replicas, None);
+    }
+
+    #[test]
+    fn a_disagreement_asks_for_one_more_replica_ahead_of_first_copies() {
+        let decision = decided(&work_unit(2, 2), &[succeeded(1, "a"), succeeded(2, "b")]);
+        assert_eq!(decision.end, None);
+        assert_eq!(decision.new_replicas, Some(NewReplicas { priority: RETRY_PRIORITY, count: 1 }));
+        assert!(decision.judged.iter().all(|judged| judged.validation == Validation::Inconclusive));
+    }
+
+    #[test]
+    fn the_third_replica_settles_a_disagreement_and_the_odd_one_is_invalid() {
+        let replicas = [
+            Replica { validation: Validation::Inconclusive, ..succeeded(1, "a") },
+            Replica { validation: Validation::Inconclusive, ..succeeded(2, "b") },
+            succeeded(3, "a"),
+        ];
+        let decision = decided(&work_unit(2, 2), &replicas);
+        assert!(matches!(decision.end, Some(End::Validated { canonical_replica_id: 1, .. })));
+        assert_eq!(
+            decision.trust,
+            [Trust::Valid { host_id: 1 }, Trust::Invalid { host_id: 2 }, Trust::Valid { host_id: 3 }]
+        );
+    }
+
+    #[test]
+    fn errors_and_missed_deadlines_ask_for_replacements_and_enough_errors_fail_the_work_unit() {
+        let decision = decided(&work_unit(2, 2), &[failed(1, "trap"), missed(2)]);
+        assert_eq!(decision.new_replicas, Some(NewReplicas { priority: RETRY_PRIORITY, count: 2 }));
+        let decision = decided(&work_unit(2, 2), &[failed(1, "trap"), failed(2, "trap"), failed(3, "exit 3")]);
+        assert_eq!(
+            decision.end,
+            Some(End::Failed { reason: "too many errors (3 replicas failed; last: exit 3)".into() })
+        );
+    }
+
+    #[test]
+    fn a_work_unit_that_would_need_more_than_its_maximum_fails() {
+        let mut small = work_unit(2, 2);
+        small.policy.max_total_replicas = 2;
+        let decision = decided(&small, &[succeeded(1, "a"), missed(2)]);
+        assert_eq!(decision.new_replicas, None);
+        assert_eq!(decision.end, Some(End::Failed { reason: "needs more than the maximum of 2 replicas".into() }));
+    }
+
+    #[test]
+    fn replicas_on_their_way_are_counted_before_asking_for_more() {
+        let decision = decided(&work_unit(2, 2), &[succeeded(1, "a"), sent(2)]);
+        assert_eq!((decision.end, decision.new_replicas), (None, None));
+        let decision = decided(&work_unit(2, 2), &[succeeded(1, "a"), unsent(2)]);
+        assert_eq!(decision.new_replicas, None);
+    }
+
+    #[test]
+    fn only_replicas_of_one_instrumentation_version_are_compared() {
+        let old = Replica { instrumentation_version: 1, ..succeeded(3, "b") };
+        let decision = decided(&work_unit(2, 2), &[succeeded(1, "a"), succeeded(2, "a"), old]);
+        assert!(matches!(decision.end, Some(End::Validated { .. })));
+        let incomparable = decision.judged.iter().find(|judged| judged.replica_id == 3).unwrap();
+        assert_eq!(incomparable.validation, Validation::Incomparable);
+        assert_eq!(decision.trust.len(), 2, "the other version's host is neither valid nor invalid");
+    }
+
+    #[test]
+    fn a_late_result_is_checked_against_the_canonical_one() {
+        let validated = WorkUnit {
+            state: WorkUnitState::Validated,
+            canonical_replica_id: Some(1),
+            credit: Some(2.0),
+            ..work_unit(2, 2)
+        };
+        let replicas = [
+            Replica { validation: Validation::Valid, ..succeeded(1, "a") },
+            Replica { validation: Validation::Valid, ..succeeded(2, "a") },
+            succeeded(3, "a"),
+            succeeded(4, "b"),
+        ];
+        let decision = decided(&validated, &replicas);
+        assert_eq!(decision.end, None, "a work unit ends once");
+        assert_eq!(
+            decision.grants.iter().map(|grant| (grant.replica_id, grant.credit)).collect::<Vec<_>>(),
+            [(3, 2.0)]
+        );
+        assert_eq!(decision.trust, [Trust::Valid { host_id: 3 }, Trust::Invalid { host_id: 4 }]);
+    }
+
+    #[test]
+    fn a_failed_work_unit_changes_no_more() {
+        let failed_unit = WorkUnit { state: WorkUnitState::Failed, ..work_unit(2, 2) };
+        assert_eq!(decided(&failed_unit, &[succeeded(1, "a"), succeeded(2, "a")]), Decision::default());
+    }
+
+    #[test]
+    fn a_cancelled_work_unit_fails_with_the_reason_and_an_ended_one_stays_as_it_is() {
+        let decision = decide(&Bitwise, &work_unit(2, 2), &[sent(1)], Some("cancelled by its publisher")).unwrap();
+        assert_eq!(decision.end, Some(End::Failed { reason: "cancelled by its publisher".into() }));
+        let validated = WorkUnit { state: WorkUnitState::Validated, ..work_unit(2, 2) };
+        assert_eq!(decide(&Bitwise, &validated, &[], Some("cancelled")).unwrap(), Decision::default());
+    }
+
+    /// A validator module's comparisons, some made and some not.
+    struct Compared {
+        made: Vec<(Sha256Hash, Sha256Hash)>,
+        failed: bool,
+    }
+
+    impl Validator for Compared {
+        fn equivalent(&self, a: &Candidate, b: &Candidate) -> anyhow::Result<bool> {
+            Ok(a.output == b.output)
+        }
+
+        fn compared(&self, a: Sha256Hash, b: Sha256Hash) -> bool {
+            self.made.contains(&(a, b)) || self.made.contains(&(b, a))
+        }
+
+        fn failed_on(&self, _: Sha256Hash, _: Sha256Hash) -> bool {
+            self.failed
+        }
+    }
+
+    #[test]
+    fn an_app_with_a_validator_module_waits_for_its_comparisons_before_deciding() {
+        let with_module = WorkUnit { has_validator_module: true, ..work_unit(2, 2) };
+        let replicas = [succeeded(1, "a"), succeeded(2, "a")];
+        let pair = (Sha256Hash::of(b"a"), Sha256Hash::of(b"a"));
+        let waiting = decide(&Compared { made: Vec::new(), failed: false }, &with_module, &replicas, None).unwrap();
+        assert_eq!((waiting.awaiting_comparison, waiting.end), (Some(true), None));
+        let ready = decide(&Compared { made: vec![pair], failed: false }, &with_module, &replicas, None).unwrap();
+        assert_eq!(ready.awaiting_comparison, Some(false));
+        assert!(matches!(ready.end, Some(End::Validated { .. })));
+    }
+
+    #[test]
+    fn a_failure_after_the_validator_module_failed_says_so() {
+        let mut with_module = WorkUnit { has_validator_module: true, ..work_unit(2, 2) };
+        with_module.policy.max_total_replicas = 2;
+        let replicas = [succeeded(1, "a"), succeeded(2, "b")];
+        let pair = (Sha256Hash::of(b"a"), Sha256Hash::of(b"b"));
+        let decision = decide(&Compared { made: vec![pair], failed: true }, &with_module, &replicas, None).unwrap();
+        let Some(End::Failed { reason }) = decision.end else { panic!("{decision:?}") };
+        assert!(reason.starts_with("no consensus among 2") && reason.contains("validator module failed"), "{reason}");
+    }
+}

@@ -3,6 +3,10 @@
 //!
 //! - An error or a missed deadline asks for another replica, until `max_error_replicas`
 //!   errors make the work unit fail.
+//! - A run is deterministic, so an error is as reproducible as an output: once `min_quorum`
+//!   replicas fail the same way (the same error, after the same fuel, under one version of
+//!   the instrumentation), the work unit fails at once with that error. Errors that depend
+//!   on the host (its speed, its disk) never agree.
 //! - Once `min_quorum` successes are in, validation looks for a canonical result. Found: the
 //!   agreeing replicas are valid and earn credit, the others are invalid, unsent replicas are
 //!   no longer needed. Not found: one more replica.
@@ -257,6 +261,33 @@ pub fn comparisons_needed(work_unit: &WorkUnit, replicas: &[Replica]) -> anyhow:
     Ok(pairs)
 }
 
+/// Errors whose words say something about the host that ran the module, not the module: its
+/// speed (a wall-clock limit), its disk (the scratch directory's share), or the server's
+/// refusal of its upload. They are never the same run twice, so they never agree.
+const HOST_DEPENDENT_ERRORS: [&str; 3] =
+    ["wall-clock time limit exceeded", "scratch disk limit exceeded", "the server refused the output"];
+
+/// The error that `min_quorum` replicas agree on, if any (with how many agree): the same
+/// words, after the same fuel, under the same version of the instrumentation.
+fn agreed_error(replicas: &[Replica], min_quorum: usize) -> Option<(&str, i64, usize)> {
+    let mut groups: Vec<((&str, i64, i32), usize)> = Vec::new();
+    for replica in replicas.iter().filter(|r| r.outcome == Some(Outcome::ClientError)) {
+        let reason = replica.error_reason.as_deref().unwrap_or_default();
+        if HOST_DEPENDENT_ERRORS.iter().any(|prefix| reason.starts_with(prefix)) {
+            continue;
+        }
+        let key = (reason, replica.fuel_used.unwrap_or(0), replica.instrumentation_version);
+        match groups.iter_mut().find(|(seen, _)| *seen == key) {
+            Some((_, count)) => *count += 1,
+            None => groups.push((key, 1)),
+        }
+    }
+    groups
+        .into_iter()
+        .find(|(_, count)| *count >= min_quorum.max(1))
+        .map(|((reason, fuel, _), count)| (reason, fuel, count))
+}
+
 fn decide_active(
     validator: &dyn Validator,
     work_unit: &WorkUnit,
@@ -264,6 +295,11 @@ fn decide_active(
     decision: &mut Decision,
 ) -> anyhow::Result<()> {
     let policy = work_unit.policy;
+    if let Some((reason, fuel, count)) = agreed_error(replicas, policy.min_quorum) {
+        let reason = format!("{count} replicas failed the same way, after {fuel} fuel: {reason}");
+        decision.fail(work_unit, reason);
+        return Ok(());
+    }
     let errors: Vec<&Replica> = replicas.iter().filter(|r| r.is_error()).collect();
     if errors.len() >= policy.max_error_replicas {
         let last_reason = errors.iter().rev().find_map(|r| r.error_reason.as_deref()).unwrap_or("no reason given");
@@ -433,8 +469,14 @@ mod tests {
             state: ReplicaState::Over,
             outcome: Some(Outcome::ClientError),
             error_reason: Some(reason.to_owned()),
+            fuel_used: Some(id),
             ..sent(id)
         }
+    }
+
+    /// Failed with `reason` after `fuel`.
+    fn failed_after(id: i64, reason: &str, fuel: i64) -> Replica {
+        Replica { fuel_used: Some(fuel), ..failed(id, reason) }
     }
 
     fn missed(id: i64) -> Replica {
@@ -494,6 +536,38 @@ mod tests {
             decision.end,
             Some(End::Failed { reason: "too many errors (3 replicas failed; last: exit 3)".into() })
         );
+    }
+
+    #[test]
+    fn a_quorum_of_the_same_error_after_the_same_fuel_fails_the_work_unit_at_once() {
+        let trap = "trap: wasm trap: integer divide by zero";
+        let decision = decided(&work_unit(2, 2), &[failed_after(1, trap, 500), failed_after(2, trap, 500)]);
+        assert_eq!(
+            decision.end,
+            Some(End::Failed { reason: format!("2 replicas failed the same way, after 500 fuel: {trap}") })
+        );
+        assert_eq!(decision.new_replicas, None);
+    }
+
+    #[test]
+    fn errors_that_differ_in_words_fuel_or_version_count_as_before() {
+        let trap = "trap: wasm trap: integer divide by zero";
+        let other_version = Replica { instrumentation_version: 1, ..failed_after(2, trap, 500) };
+        for second in [failed_after(2, "fuel limit exceeded", 500), failed_after(2, trap, 501), other_version] {
+            let decision = decided(&work_unit(2, 2), &[failed_after(1, trap, 500), second]);
+            assert_eq!(decision.end, None);
+            assert_eq!(decision.new_replicas, Some(NewReplicas { priority: RETRY_PRIORITY, count: 2 }));
+        }
+    }
+
+    #[test]
+    fn errors_that_depend_on_the_host_never_agree() {
+        for reason in
+            ["wall-clock time limit exceeded", "scratch disk limit exceeded", "the server refused the output: 413"]
+        {
+            let decision = decided(&work_unit(1, 1), &[failed_after(1, reason, 500)]);
+            assert_eq!(decision.end, None, "{reason}");
+        }
     }
 
     #[test]

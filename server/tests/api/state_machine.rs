@@ -90,19 +90,40 @@ async fn an_error_creates_a_new_replica_that_goes_first() {
 #[tokio::test]
 async fn too_many_errors_fail_the_work_unit_with_the_reason() {
     let app = TestApp::spawn().await;
-    let [wu] = app.publish(1, ReplicationPolicy { max_error_replicas: 2, ..policy(1, 1) }).await[..] else { panic!() };
+    let [wu] = app.publish(1, ReplicationPolicy { max_error_replicas: 2, ..policy(2, 2) }).await[..] else { panic!() };
     let (alice, bob) = (app.volunteer("alice").await, app.volunteer("bob").await);
     let a = alice.fetch(1).await[0].replica_id;
-    alice.fail(a, "out of fuel").await;
     let b = bob.fetch(1).await[0].replica_id;
+    alice.fail(a, "out of fuel").await;
     bob.fail(b, "memory limit").await;
 
     let work_unit = app.work_unit(wu).await;
     assert_eq!(work_unit.state, "failed");
     let reason = work_unit.failure_reason.unwrap();
     assert!(reason.contains("too many errors") && reason.contains("memory limit"), "{reason}");
-    assert_eq!(app.replicas(wu).await.len(), 2, "no replica is created after the work unit failed");
+    assert_eq!(app.replicas(wu).await.len(), 3, "no replica is created after the work unit failed");
     assert!(app.volunteer("carol").await.fetch(1).await.is_empty());
+}
+
+/// A run is deterministic, so the same error from a quorum is the module's answer: the work
+/// unit fails at once, where it used to wait for `max_error_replicas` errors from as many
+/// accounts (which a project with few volunteers may never have).
+#[tokio::test]
+async fn the_same_error_from_a_quorum_fails_the_work_unit_at_once() {
+    let app = TestApp::spawn().await;
+    let [wu] = app.publish(1, ReplicationPolicy { max_error_replicas: 5, ..policy(2, 2) }).await[..] else { panic!() };
+    let (alice, bob) = (app.volunteer("alice").await, app.volunteer("bob").await);
+    let a = alice.fetch(1).await[0].replica_id;
+    let b = bob.fetch(1).await[0].replica_id;
+    let trap = "trap: wasm trap: integer divide by zero";
+    alice.fail(a, trap).await;
+    assert_eq!(app.work_unit(wu).await.state, "active", "one error is not yet an answer");
+    bob.fail(b, trap).await;
+
+    let work_unit = app.work_unit(wu).await;
+    assert_eq!(work_unit.state, "failed");
+    assert_eq!(work_unit.failure_reason.unwrap(), format!("2 replicas failed the same way, after 1000 fuel: {trap}"));
+    assert!(app.volunteer("carol").await.fetch(1).await.is_empty(), "nobody runs it again");
 }
 
 #[tokio::test]

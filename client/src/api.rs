@@ -2,6 +2,7 @@
 //! [`ApiError::Server`] with its status and JSON body, so callers can tell a rejected
 //! request (4xx: do not retry as is) from an unavailable server (5xx, network: retry later).
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -77,7 +78,14 @@ pub struct ServerClient {
 impl ServerClient {
     /// `base_url` is the server's root, such as `https://grid.example.org`.
     pub fn new(base_url: &str) -> ApiResult<Self> {
+        Self::with_local_address(base_url, None)
+    }
+
+    /// A connection whose requests leave from `local_address`, when given: the server
+    /// sees the network it is in (and hands no two replicas of a work unit to one network).
+    pub fn with_local_address(base_url: &str, local_address: Option<IpAddr>) -> ApiResult<Self> {
         let http = reqwest::Client::builder()
+            .local_address(local_address)
             .user_agent(concat!("wasmgrid/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
             .timeout(Duration::from_secs(600))

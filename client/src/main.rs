@@ -44,6 +44,9 @@ enum Command {
         /// Allow plain http to a server that is not on this machine [default: from client.toml].
         #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
         allow_insecure: Option<bool>,
+        /// The local address to connect from [default: from client.toml, else the system's choice].
+        #[arg(long)]
+        bind: Option<std::net::IpAddr>,
     },
     /// Detach from a project, abandoning its tasks (through the daemon, if it runs).
     Detach { server_url: String },
@@ -79,6 +82,9 @@ enum Command {
         /// Allow plain http to servers that are not on this machine.
         #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
         allow_insecure: Option<bool>,
+        /// The local address that connections to projects leave from (on a machine with several).
+        #[arg(long)]
+        bind: Option<std::net::IpAddr>,
         #[command(flatten)]
         preferences: PreferenceFlags,
     },
@@ -204,8 +210,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::App { connection, command } => commands::app(&connection, command).await,
         Command::Batch { connection, command } => commands::batch(&connection, command).await,
-        Command::Attach { server_url, account_key, name, resource_share, allow_insecure } => {
-            attach(&data_dir()?, &server_url, account_key, name, resource_share, allow_insecure).await
+        Command::Attach { server_url, account_key, name, resource_share, allow_insecure, bind } => {
+            attach(&data_dir()?, &server_url, account_key, name, resource_share, allow_insecure, bind).await
         }
         Command::Detach { server_url } => {
             let data_dir = data_dir()?;
@@ -232,7 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Run { cores, memory, disk, exit_when_idle, allow_insecure, preferences } => {
+        Command::Run { cores, memory, disk, exit_when_idle, allow_insecure, bind, preferences } => {
             let data_dir = data_dir()?;
             let flags = Overrides {
                 cores,
@@ -245,6 +251,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 suspend_when_memory_below: preferences.suspend_when_memory_below,
                 compute_hours: preferences.compute_hours,
                 max_cpu_percent: preferences.max_cpu_percent,
+                bind,
             };
             let settings = Settings::load(&data_dir)?.overridden_by(&flags);
             settings.check()?;
@@ -333,6 +340,7 @@ async fn attach(
     name: Option<String>,
     resource_share: f64,
     allow_insecure: Option<bool>,
+    bind: Option<std::net::IpAddr>,
 ) -> anyhow::Result<()> {
     let url = normalize_url(server_url);
     let settings = Settings::load(data_dir)?;
@@ -341,7 +349,7 @@ async fn attach(
     if resource_share.is_nan() || resource_share <= 0.0 {
         anyhow::bail!("--resource-share must be positive");
     }
-    let server = ServerClient::new(&url)?;
+    let server = ServerClient::with_local_address(&url, bind.or(settings.bind))?;
     let name = name.unwrap_or_else(host_info::hostname);
     let account_key = match account_key {
         Some(key) => key,

@@ -4,6 +4,7 @@
 //! Besides what the daemon may use, they hold the computing preferences, after BOINC's: each
 //! names a condition that suspends computing while it holds (see `daemon::suspension`).
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,9 @@ pub struct Settings {
     /// Let each task use at most this share of a core, in percent, by pausing it for the
     /// rest of every second (for a quiet fan or a cool laptop).
     pub max_cpu_percent: Option<u8>,
+    /// The local address that connections to projects leave from, on a machine with
+    /// several (each project sees the network it is in); default: the system's choice.
+    pub bind: Option<IpAddr>,
 }
 
 impl Default for Settings {
@@ -64,6 +68,7 @@ impl Default for Settings {
             suspend_when_memory_below: None,
             compute_hours: Vec::new(),
             max_cpu_percent: None,
+            bind: None,
         }
     }
 }
@@ -82,6 +87,7 @@ pub struct Overrides {
     /// Given at least once: replaces the file's windows.
     pub compute_hours: Vec<HoursWindow>,
     pub max_cpu_percent: Option<u8>,
+    pub bind: Option<IpAddr>,
 }
 
 impl Overrides {
@@ -98,6 +104,7 @@ impl Overrides {
             "suspend_when_memory_below" => self.suspend_when_memory_below.is_some(),
             "compute_hours" => !self.compute_hours.is_empty(),
             "max_cpu_percent" => self.max_cpu_percent.is_some(),
+            "bind" => self.bind.is_some(),
             _ => false,
         }
     }
@@ -185,6 +192,7 @@ impl Settings {
         "suspend_when_memory_below",
         "compute_hours",
         "max_cpu_percent",
+        "bind",
     ];
 
     /// These settings with the flags that were given put over them.
@@ -204,6 +212,7 @@ impl Settings {
                 flags.compute_hours.clone()
             },
             max_cpu_percent: flags.max_cpu_percent.or(self.max_cpu_percent),
+            bind: flags.bind.or(self.bind),
             ..self
         }
     }
@@ -272,6 +281,7 @@ mod tests {
             suspend_when_cpu_above: Some(1.0),
             suspend_when_memory_below: Some(1),
             max_cpu_percent: Some(1),
+            bind: Some(std::net::Ipv4Addr::LOCALHOST.into()),
             ..Settings::default()
         })
         .unwrap();

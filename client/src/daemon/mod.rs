@@ -150,7 +150,7 @@ impl Daemon {
         let mut contacts = Vec::new();
         for project in projects.projects {
             check_transport(&project.url, options.allow_insecure)?;
-            let server = ServerClient::new(&project.url)?;
+            let server = ServerClient::with_local_address(&project.url, settings.bind)?;
             contacts.push(Contact {
                 project,
                 server,
@@ -404,6 +404,7 @@ impl Daemon {
             ("allow_insecure", new.allow_insecure != old.allow_insecure),
             ("backoff_min_seconds", new.backoff_min_seconds != old.backoff_min_seconds),
             ("backoff_max_seconds", new.backoff_max_seconds != old.backoff_max_seconds),
+            ("bind", new.bind != old.bind),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
@@ -416,6 +417,7 @@ impl Daemon {
             allow_insecure: old.allow_insecure,
             backoff_min_seconds: old.backoff_min_seconds,
             backoff_max_seconds: old.backoff_max_seconds,
+            bind: old.bind,
             ..new
         };
         self.options.exit_when_idle = settings.exit_when_idle;

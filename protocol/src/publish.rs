@@ -50,6 +50,16 @@ pub struct CreateAppRequest {
     pub description: String,
     #[serde(default = "bitwise")]
     pub validator: ValidatorSpec,
+    /// Whether the replicas of one work unit go to hosts in different networks (IPv4 /24,
+    /// IPv6 /48), so that one person's accounts behind one address cannot fill a quorum.
+    /// Only an app whose volunteers share a network turns it off; a server run as a private
+    /// grid ignores it.
+    #[serde(default = "yes")]
+    pub distinct_networks: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn bitwise() -> ValidatorSpec {
@@ -63,6 +73,8 @@ pub struct AppInfo {
     pub name: String,
     pub description: String,
     pub validator: ValidatorSpec,
+    /// See [`CreateAppRequest::distinct_networks`].
+    pub distinct_networks: bool,
     /// The newest version; work units submitted now use it.
     pub latest_version: Option<AppVersionInfo>,
     pub created_at: DateTime<Utc>,

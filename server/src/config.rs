@@ -85,6 +85,11 @@ pub struct SchedulerConfig {
     /// How long past a work unit's wall-clock limit a browser host has to report a replica
     /// (or its work unit's own deadline, if sooner): a closed tab never reports.
     pub browser_grace: Duration,
+    /// A grid whose volunteers are one organisation, in one network: the replicas of a work
+    /// unit may go to hosts of one network, and new accounts may make a quorum by
+    /// themselves. Off, a quorum spans networks and accounts with a validated history, so
+    /// that accounts one person makes for free cannot fill it (see [`crate::work_unit`]).
+    pub private_grid: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -99,6 +104,7 @@ impl Default for SchedulerConfig {
             max_host_cores: 256,
             max_host_memory_bytes: 1 << 40,
             browser_grace: Duration::from_secs(600),
+            private_grid: false,
         }
     }
 }

@@ -67,6 +67,12 @@ enum Command {
         /// to someone else this soon rather than after the work unit's own deadline.
         #[arg(long, default_value_t = 600)]
         browser_grace: u64,
+        /// A private grid, whose volunteers are one organisation in one network (a lab, a
+        /// cluster): a work unit's replicas may go to hosts of one network, and accounts
+        /// without validated results may make a quorum by themselves. Leave it off for a
+        /// public project, where accounts and addresses cost nothing to make.
+        #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+        private_grid: bool,
         /// Accounts one address may create (over the API or by signing up) per 15 minutes.
         #[arg(long, default_value_t = 5)]
         accounts_per_address: i64,
@@ -169,6 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_host_cores,
             max_host_memory,
             browser_grace,
+            private_grid,
             accounts_per_address,
             hosts_per_address,
             header_timeout,
@@ -192,6 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.scheduler.max_host_cores = max_host_cores;
             config.scheduler.max_host_memory_bytes = max_host_memory;
             config.scheduler.browser_grace = Duration::from_secs(browser_grace);
+            config.scheduler.private_grid = private_grid;
             config.registration = RegistrationLimits { accounts_per_address, hosts_per_address };
             config.connections = ConnectionSettings {
                 header_timeout: Duration::from_secs(header_timeout.max(1)),

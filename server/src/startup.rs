@@ -17,6 +17,7 @@ use crate::http::{self, AppState, connections};
 use crate::sweeps;
 use crate::validator::comparisons;
 use crate::validator::wasm::ValidatorRunner;
+use crate::work_unit::Rules;
 
 /// Longest wait for background sweeps to finish after shutdown was asked for.
 const SWEEP_STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,7 +94,7 @@ impl App {
         let sweeper = sweeps::Sweeper {
             pool: state.pool.clone(),
             blobs: state.blobs.clone(),
-            max_daily_quota: config.scheduler.daily_quota_per_core,
+            rules: Rules::from(&config.scheduler),
         };
         let sweeper = tokio::spawn(sweeps::run_periodically(sweeper, config.sweep_interval, sweeps_stopped));
         let supervisor = database.embedded.clone().map(|embedded| {
@@ -111,7 +112,7 @@ impl App {
             state.pool.clone(),
             runner,
             config.sweep_interval,
-            config.scheduler.daily_quota_per_core,
+            Rules::from(&config.scheduler),
             stop_sweeps.subscribe(),
         ));
         connections::serve(listener, http::router(state), connection_limits, shutdown).await;

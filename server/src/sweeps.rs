@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::background;
 use crate::blobs::{BlobStore, unreported};
 use crate::credit;
+use crate::work_unit::Rules;
 use crate::work_unit::deadlines::expire_deadlines;
 
 /// Uploads the sweep of unreported outputs decides about per round.
@@ -24,15 +25,15 @@ const UPLOAD_BATCH: usize = 500;
 pub struct Sweeper {
     pub pool: PgPool,
     pub blobs: Arc<dyn BlobStore>,
-    /// The per-core quota of a fully trusted host.
-    pub max_daily_quota: u32,
+    /// The server's settings for the lives of work units.
+    pub rules: Rules,
 }
 
 impl Sweeper {
     /// Runs every sweep until there is nothing left to do. For tests and for the loop below.
     pub async fn run_once(&self) -> anyhow::Result<()> {
         let mut connection = self.pool.acquire().await?;
-        while expire_deadlines(&mut connection, self.max_daily_quota).await? > 0 {}
+        while expire_deadlines(&mut connection, self.rules).await? > 0 {}
         loop {
             let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
             let folded = credit::fold_grants(&mut transaction).await?;

@@ -13,6 +13,7 @@ use wasmgrid_protocol::api::{MAX_HELD_REPLICAS, SchedulerReply, SchedulerRequest
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, VolunteerHost};
+use crate::http::visitor::ClientAddress;
 use crate::trust::HostEffects;
 use crate::work_unit::claim::{self, Reconciled};
 use crate::work_unit::report;
@@ -26,6 +27,7 @@ pub fn router() -> Router<AppState> {
 
 async fn scheduler_request(
     State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
     VolunteerHost(host): VolunteerHost,
     ApiJson(request): ApiJson<SchedulerRequest>,
 ) -> ApiResult<Json<SchedulerReply>> {
@@ -40,7 +42,9 @@ async fn scheduler_request(
     let mut transaction = state.pool.begin().await?;
     let mut effects = HostEffects::default();
     // The reports' effects on trust are applied with the request's own, once, at the end.
-    let acknowledged = report::report(&mut transaction, &host, &request.reports).await?.merge_into(&mut effects);
+    let acknowledged = report::report(&mut transaction, &host, &request.reports, (&*state.scheduler).into())
+        .await?
+        .merge_into(&mut effects);
     let mut reconciled = match &request.held_replicas {
         Some(held) => {
             let reported: HashSet<i64> = request.reports.iter().map(|report| report.replica_id).collect();
@@ -49,7 +53,8 @@ async fn scheduler_request(
         None => Reconciled::default(),
     };
     let mut assignments = if want > 0 {
-        claim::claim_replicas(&mut transaction, &host, want, &state.scheduler, &effects).await?
+        let network = ClientAddress(address).network();
+        claim::claim_replicas(&mut transaction, &host, &network, want, &state.scheduler, &effects).await?
     } else {
         Vec::new()
     };

@@ -39,8 +39,11 @@ pub struct BenchServer {
 }
 
 impl BenchServer {
-    /// Starts `wasmgrid-server serve` with `extra_args`.
+    /// Starts `wasmgrid-server serve` with `extra_args`, as a private grid unless they say
+    /// otherwise: the simulated volunteers all connect from this machine.
     pub async fn start(extra_args: &[&str]) -> anyhow::Result<Self> {
+        let private_grid: &[&str] =
+            if extra_args.contains(&"--private-grid") { &[] } else { &["--private-grid", "true"] };
         let dir = tempfile::Builder::new().prefix("wgbench-").tempdir_in("/tmp")?;
         // When run as root, the embedded PostgreSQL runs as another user, who must get in.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
@@ -48,6 +51,7 @@ impl BenchServer {
         let mut command = Command::new(sibling_binary("wasmgrid-server")?);
         command
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(private_grid)
             .args(extra_args)
             .arg("--data-dir")
             .arg(&data_dir)

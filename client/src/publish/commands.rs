@@ -54,6 +54,11 @@ pub enum AppCommand {
         /// How outputs are compared: `bitwise`, or `wasm:FILE` for a validator module.
         #[arg(long, default_value = "bitwise")]
         validator: String,
+        /// Whether a work unit's replicas go to hosts in different networks (/24, /48), so
+        /// that one person's accounts cannot agree among themselves. Turn it off only when
+        /// the app's volunteers share a network.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        distinct_networks: bool,
         #[arg(long)]
         json: bool,
     },
@@ -195,7 +200,7 @@ fn print(json: bool, value: &impl Serialize, text: impl FnOnce() -> String) -> a
 pub async fn app(connection: &Connection, command: AppCommand) -> anyhow::Result<()> {
     let client = connection.client()?;
     match command {
-        AppCommand::Create { name, description, validator, json } => {
+        AppCommand::Create { name, description, validator, distinct_networks, json } => {
             let validator = match validator.as_str() {
                 "bitwise" => ValidatorSpec::Bitwise,
                 other => {
@@ -210,7 +215,7 @@ pub async fn app(connection: &Connection, command: AppCommand) -> anyhow::Result
                     ValidatorSpec::Wasm { module_sha256: hash }
                 }
             };
-            let app = client.create_app(&CreateAppRequest { name, description, validator }).await?;
+            let app = client.create_app(&CreateAppRequest { name, description, validator, distinct_networks }).await?;
             print(json, &app, || format!("created app {} (id {})\n", app.name, app.id))
         }
         AppCommand::Publish { name, module, json } => {

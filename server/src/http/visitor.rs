@@ -90,6 +90,24 @@ pub fn parse_network(text: &str) -> Result<IpNet, String> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddress(pub IpAddr);
 
+impl ClientAddress {
+    /// The network the visitor is in, as a quorum counts networks: an IPv4 /24 or an IPv6
+    /// /48, what one site or subscriber usually holds whole, so that hosts one person runs
+    /// count as one network however many addresses they have.
+    pub fn network(&self) -> String {
+        match self.0.to_canonical() {
+            IpAddr::V4(v4) => {
+                let [a, b, c, _] = v4.octets();
+                format!("{a}.{b}.{c}.0/24")
+            }
+            IpAddr::V6(v6) => {
+                let network = u128::from(v6) & !((1u128 << 80) - 1);
+                format!("{}/48", std::net::Ipv6Addr::from(network))
+            }
+        }
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for ClientAddress {
     type Rejection = ApiError;
 
@@ -168,6 +186,15 @@ fn parse_forwarded_address(entry: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_network_is_an_ipv4_24_or_an_ipv6_48() {
+        let network = |address: &str| ClientAddress(address.parse().unwrap()).network();
+        assert_eq!(network("203.0.113.77"), "203.0.113.0/24");
+        assert_eq!(network("::ffff:203.0.113.77"), "203.0.113.0/24", "a mapped IPv4 address is IPv4");
+        assert_eq!(network("2001:db8:1234:5678::1"), "2001:db8:1234::/48");
+        assert_eq!(network("127.0.7.1"), "127.0.7.0/24");
+    }
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()

@@ -50,13 +50,14 @@ struct AppRow {
     name: String,
     description: String,
     validator_module_sha256: Option<String>,
+    distinct_networks: bool,
     created_at: chrono::DateTime<chrono::Utc>,
     version: Option<i32>,
     module_sha256: Option<String>,
     module_bytes: Option<i64>,
 }
 
-const APP_COLUMNS: &str = "a.id, a.name, a.description, a.validator_module_sha256, a.created_at,
+const APP_COLUMNS: &str = "a.id, a.name, a.description, a.validator_module_sha256, a.distinct_networks, a.created_at,
      v.version, v.module_sha256, b.bytes as module_bytes
      from app a
      left join lateral (select version, module_sha256 from app_version
@@ -86,6 +87,7 @@ impl AppRow {
             name: self.name,
             description: self.description,
             validator,
+            distinct_networks: self.distinct_networks,
             latest_version,
             created_at: self.created_at,
         })
@@ -134,9 +136,14 @@ async fn create_app(
             other => other,
         })?;
     }
-    let mut connection = state.pool.acquire().await?;
-    super::create_app(&mut connection, publisher.id, &request.name, &description, &request.validator).await?;
-    let app = find_app(&mut connection, publisher.id, &request.name).await?.into_info()?;
+    let mut transaction = state.pool.begin().await?;
+    let app_id =
+        super::create_app(&mut transaction, publisher.id, &request.name, &description, &request.validator).await?;
+    if !request.distinct_networks {
+        super::allow_shared_networks(&mut transaction, app_id).await?;
+    }
+    let app = find_app(&mut transaction, publisher.id, &request.name).await?.into_info()?;
+    transaction.commit().await?;
     tracing::info!(app.id = app.id, publisher.id = publisher.id, "app created");
     Ok((StatusCode::CREATED, Json(app)))
 }
@@ -409,7 +416,7 @@ async fn cancel_batch(
 ) -> ApiResult<Json<BatchStatus>> {
     let batch = owned_batch(&state, publisher.id, batch_id).await?;
     let mut connection = state.pool.acquire().await?;
-    work_unit::cancel::cancel_batch(&mut connection, batch.id, state.scheduler.daily_quota_per_core).await?;
+    work_unit::cancel::cancel_batch(&mut connection, batch.id, (&*state.scheduler).into()).await?;
     let batch = batches::find_owned(&mut connection, publisher.id, batch_id).await?;
     Ok(Json(batches::status(&mut connection, &batch).await?))
 }

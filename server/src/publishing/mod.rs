@@ -88,7 +88,14 @@ pub fn check_app_name(name: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Creates an app owned by `publisher_id`. A validator module must be stored already (and
+/// Lets the replicas of app `app_id`'s work units go to hosts in one network (see
+/// [`wasmgrid_protocol::publish::CreateAppRequest::distinct_networks`]).
+pub async fn allow_shared_networks(connection: &mut PgConnection, app_id: i64) -> sqlx::Result<()> {
+    sqlx::query("update app set distinct_networks = false where id = $1").bind(app_id).execute(connection).await?;
+    Ok(())
+}
+
+/// Creates an app owned by `publisher_id`; its replicas go to distinct networks. A validator module must be stored already (and
 /// checked by the caller).
 pub async fn create_app(
     connection: &mut PgConnection,

@@ -19,7 +19,7 @@ use super::wasm::{Comparison, ValidatorRunner};
 use super::{Candidate, Validator};
 use crate::background;
 use crate::trust::HostEffects;
-use crate::work_unit::{self, Event, WorkUnitError};
+use crate::work_unit::{self, Event, Rules, WorkUnitError};
 
 /// The PostgreSQL notification channel that says "outputs are waiting for a validator".
 pub const CHANNEL: &str = "wasmgrid_comparisons";
@@ -116,7 +116,7 @@ const CLAIM: &str = "10 minutes";
 /// Compares what every waiting work unit needs and moves each on. Returns how many work
 /// units it handled. Each work unit is visited once per call, so one whose comparisons keep
 /// failing cannot keep the loop busy; work units another process is comparing are skipped.
-pub async fn compare_waiting(pool: &PgPool, runner: &ValidatorRunner, max_daily_quota: u32) -> anyhow::Result<usize> {
+pub async fn compare_waiting(pool: &PgPool, runner: &ValidatorRunner, rules: Rules) -> anyhow::Result<usize> {
     let mut handled = 0;
     let mut after = 0i64;
     loop {
@@ -144,10 +144,7 @@ pub async fn compare_waiting(pool: &PgPool, runner: &ValidatorRunner, max_daily_
                 compare_work_unit(pool, runner, id).await?;
                 let mut transaction = pool.begin().await?;
                 let compared = Compared { work_unit_id: id };
-                work_unit::advance(&mut transaction, &[id], compared)
-                    .await?
-                    .apply(&mut transaction, max_daily_quota)
-                    .await?;
+                work_unit::advance(&mut transaction, &[id], compared, rules).await?.apply(&mut transaction).await?;
                 transaction.commit().await?;
                 anyhow::Ok(())
             };
@@ -260,7 +257,7 @@ pub async fn run_until_stopped(
     pool: PgPool,
     runner: ValidatorRunner,
     interval: Duration,
-    max_daily_quota: u32,
+    rules: Rules,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut listener = match PgListener::connect_with(&pool).await {
@@ -295,7 +292,7 @@ pub async fn run_until_stopped(
         };
         let compared = match woken {
             Ok(()) => tokio::select! {
-                compared = compare_waiting(&pool, &runner, max_daily_quota) => compared.map(drop),
+                compared = compare_waiting(&pool, &runner, rules) => compared.map(drop),
                 _ = shutdown.changed() => break,
             },
             Err(error) => Err(error),

@@ -4,7 +4,7 @@
 
 use sqlx::PgConnection;
 
-use super::{Event, WorkUnitError, advance};
+use super::{Event, Rules, WorkUnitError, advance};
 use crate::trust::HostEffects;
 
 /// What the publisher sees as the reason of a cancelled work unit.
@@ -16,11 +16,7 @@ const CANCEL_CHUNK: i64 = 10_000;
 
 /// Cancels batch `batch_id`; returns how many work units it cancelled. Cancelling twice, or
 /// again after an interruption, finishes the job.
-pub async fn cancel_batch(
-    connection: &mut PgConnection,
-    batch_id: i64,
-    max_daily_quota: u32,
-) -> Result<u64, WorkUnitError> {
+pub async fn cancel_batch(connection: &mut PgConnection, batch_id: i64, rules: Rules) -> Result<u64, WorkUnitError> {
     // First, on its own: the update locks the batch row, which a chunk of work units takes
     // too, so none can slip in afterwards.
     sqlx::query(
@@ -43,7 +39,7 @@ pub async fn cancel_batch(
         if ids.is_empty() {
             break;
         }
-        advance(&mut transaction, &ids, Cancelled).await?.apply(&mut transaction, max_daily_quota).await?;
+        advance(&mut transaction, &ids, Cancelled, rules).await?.apply(&mut transaction).await?;
         transaction.commit().await?;
         cancelled += ids.len() as u64;
     }

@@ -89,15 +89,18 @@ struct WorkUnitFileRow {
     bytes: i64,
 }
 
-/// Hands up to `want` unsent replicas to `host`: at most one per work unit, none of a work
-/// unit its account already holds, none that needs more memory than the host has, no more
-/// than its daily quota (as `effects`, the request's reports so far, will leave it) and no
-/// more than it may hold at once. A browser host's deadline is the work unit's wall-clock
-/// limit and [`SchedulerConfig::browser_grace`], when that is sooner than its own. The
-/// caller records the number sent (through [`HostEffects::contacted`]) before it commits.
+/// Hands up to `want` unsent replicas to `host`, in `network`: at most one per work unit,
+/// none of a work unit its account already holds, none of a work unit a host of its network
+/// was handed (unless the grid is private or the app allows it), none that needs more memory
+/// than the host has, no more than its daily quota (as `effects`, the request's reports so
+/// far, will leave it) and no more than it may hold at once. A browser host's deadline is the
+/// work unit's wall-clock limit and [`SchedulerConfig::browser_grace`], when that is sooner
+/// than its own. The caller records the number sent (through [`HostEffects::contacted`])
+/// before it commits.
 pub async fn claim_replicas(
     connection: &mut PgConnection,
     host: &Host,
+    network: &str,
     want: u32,
     scheduler: &SchedulerConfig,
     effects: &HostEffects,
@@ -106,6 +109,11 @@ pub async fn claim_replicas(
     // account was handed before, and the allowance below every replica this host was sent:
     // checking it and counting what is taken are one step.
     sqlx::query("select pg_advisory_xact_lock($1)").bind(host.account_id).execute(&mut *connection).await?;
+    // So do the hosts of one network, for the rule that a work unit's replicas go to
+    // different networks (the two-key lock is another key space than the account's).
+    if !scheduler.private_grid {
+        sqlx::query("select pg_advisory_xact_lock(1, hashtext($1))").bind(network).execute(&mut *connection).await?;
+    }
     let allowed = remaining_allowance(connection, host, scheduler, effects).await?.min(i64::from(want));
     if allowed <= 0 {
         return Ok(Vec::new());
@@ -117,11 +125,16 @@ pub async fn claim_replicas(
              select r.id, r.work_unit_id, r.priority
              from replica r
              join work_unit w on w.id = r.work_unit_id
+             join app_version v on v.id = w.app_version_id
+             join app a on a.id = v.app_id
              where r.state = 'unsent'
                and w.memory_limit_bytes <= $3
                and not exists (
                    select 1 from replica mine
                    where mine.work_unit_id = r.work_unit_id and mine.account_id = $2)
+               and ($7 or not a.distinct_networks or not exists (
+                   select 1 from replica near
+                   where near.work_unit_id = r.work_unit_id and near.network = $8))
              order by r.priority desc, r.id
              limit $4 * 2
              for no key update of r skip locked
@@ -136,7 +149,7 @@ pub async fn claim_replicas(
              limit $4
          )
          update replica r
-         set state = 'in_progress', host_id = $1, account_id = $2, sent_at = now(),
+         set state = 'in_progress', host_id = $1, account_id = $2, network = $8, sent_at = now(),
              deadline_at = now() + case
                  -- In seconds as a double, capped by the deadline: a wall-clock limit may be
                  -- far beyond what an interval (or a bigint sum) holds.
@@ -154,6 +167,8 @@ pub async fn claim_replicas(
     .bind(allowed)
     .bind(host.kind == HostKind::Browser)
     .bind(i64::try_from(scheduler.browser_grace.as_secs()).unwrap_or(i64::MAX))
+    .bind(scheduler.private_grid)
+    .bind(network)
     .fetch_all(&mut *connection)
     .await?;
     if claimed.is_empty() {

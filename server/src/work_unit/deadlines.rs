@@ -4,7 +4,7 @@
 
 use sqlx::PgConnection;
 
-use super::{Event, WorkUnitError, advance};
+use super::{Event, Rules, WorkUnitError, advance};
 use crate::trust::HostEffects;
 
 /// Work units whose deadlines are handled per transaction.
@@ -12,7 +12,7 @@ const DEADLINE_BATCH: i64 = 500;
 
 /// Marks up to a batch of replicas past their deadline as "no reply" and moves their work
 /// units on. Returns how many replicas timed out.
-pub async fn expire_deadlines(connection: &mut PgConnection, max_daily_quota: u32) -> Result<usize, WorkUnitError> {
+pub async fn expire_deadlines(connection: &mut PgConnection, rules: Rules) -> Result<usize, WorkUnitError> {
     let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
     // Locked here, skipping those locked elsewhere; `advance` locking them again is free.
     let work_unit_ids: Vec<i64> = sqlx::query_scalar(
@@ -29,8 +29,7 @@ pub async fn expire_deadlines(connection: &mut PgConnection, max_daily_quota: u3
         return Ok(0);
     }
     let event = MissedDeadlines { work_unit_ids: work_unit_ids.clone() };
-    let expired =
-        advance(&mut transaction, &work_unit_ids, event).await?.apply(&mut transaction, max_daily_quota).await?;
+    let expired = advance(&mut transaction, &work_unit_ids, event, rules).await?.apply(&mut transaction).await?;
     transaction.commit().await?;
     if expired > 0 {
         tracing::info!(replicas = expired, "replicas missed their deadline");

@@ -17,6 +17,11 @@
 //! - An app with a validator module decides only with comparisons already made: a work unit
 //!   that needs a new one waits for it (see [`crate::validator::comparisons`]).
 //! - A cancelled work unit fails at once.
+//! - Quorums that Sybils cannot fill (unless the grid is private): accounts cost nothing to
+//!   make, so accounts without a validated result of their own need one more agreeing replica
+//!   than the quorum to decide by themselves, whether on an output or on an error; and the
+//!   errors that count towards `max_error_replicas` come from distinct networks (replicas
+//!   are handed to distinct networks already, see [`super::claim`]).
 
 use wasmgrid_protocol::Sha256Hash;
 
@@ -38,6 +43,11 @@ pub struct WorkUnit {
     pub credit: Option<f64>,
     /// Whether its app compares outputs with a validator module (else bit for bit).
     pub has_validator_module: bool,
+    /// Whether its replicas must come from distinct networks (its app's setting, on a public
+    /// grid).
+    pub distinct_networks: bool,
+    /// Whether accounts without a validated result may decide by themselves (a private grid).
+    pub new_accounts_decide: bool,
 }
 
 /// How many replicas a work unit needs, and may have.
@@ -67,6 +77,11 @@ pub struct Replica {
     pub fuel_used: Option<i64>,
     pub error_reason: Option<String>,
     pub instrumentation_version: i32,
+    /// The network of the host it was handed to (none for replicas handed out before
+    /// networks were recorded).
+    pub network: Option<String>,
+    /// Whether its account had a validated result before.
+    pub account_has_history: bool,
 }
 
 impl Replica {
@@ -238,11 +253,13 @@ pub fn comparisons_needed(work_unit: &WorkUnit, replicas: &[Replica]) -> anyhow:
     let mut pairs = Vec::new();
     match work_unit.state {
         WorkUnitState::Active => {
-            let errors = replicas.iter().filter(|r| r.is_error()).count();
+            let errors: Vec<&Replica> = replicas.iter().filter(|r| r.is_error()).collect();
             let candidates: Vec<Sha256Hash> = comparable_candidates(replicas)
                 .iter()
                 .map(|r| r.candidate().map(|c| c.output))
                 .collect::<anyhow::Result<_>>()?;
+            // As deciding counts errors (see `decide_active`).
+            let errors = support(work_unit, &errors);
             if errors < work_unit.policy.max_error_replicas && candidates.len() >= work_unit.policy.min_quorum {
                 for (i, a) in candidates.iter().enumerate() {
                     pairs.extend(candidates[i + 1..].iter().map(|b| (*a, *b)));
@@ -267,10 +284,15 @@ pub fn comparisons_needed(work_unit: &WorkUnit, replicas: &[Replica]) -> anyhow:
 const HOST_DEPENDENT_ERRORS: [&str; 3] =
     ["wall-clock time limit exceeded", "scratch disk limit exceeded", "the server refused the output"];
 
-/// The error that `min_quorum` replicas agree on, if any (with how many agree): the same
-/// words, after the same fuel, under the same version of the instrumentation.
-fn agreed_error(replicas: &[Replica], min_quorum: usize) -> Option<(&str, i64, usize)> {
-    let mut groups: Vec<((&str, i64, i32), usize)> = Vec::new();
+/// What makes two errors the same: their words, the fuel used before them, and the version
+/// of the instrumentation that counted it.
+type ErrorKey<'r> = (&'r str, i64, i32);
+
+/// The error that enough replicas agree on, if any (with how many agree): the same words,
+/// after the same fuel, under the same version of the instrumentation, from `min_quorum`
+/// networks (one more if only new accounts report it, see [`support_needed`]).
+fn agreed_error<'r>(work_unit: &WorkUnit, replicas: &'r [Replica]) -> Option<(&'r str, i64, usize)> {
+    let mut groups: Vec<(ErrorKey, Vec<&Replica>)> = Vec::new();
     for replica in replicas.iter().filter(|r| r.outcome == Some(Outcome::ClientError)) {
         let reason = replica.error_reason.as_deref().unwrap_or_default();
         if HOST_DEPENDENT_ERRORS.iter().any(|prefix| reason.starts_with(prefix)) {
@@ -278,14 +300,42 @@ fn agreed_error(replicas: &[Replica], min_quorum: usize) -> Option<(&str, i64, u
         }
         let key = (reason, replica.fuel_used.unwrap_or(0), replica.instrumentation_version);
         match groups.iter_mut().find(|(seen, _)| *seen == key) {
-            Some((_, count)) => *count += 1,
-            None => groups.push((key, 1)),
+            Some((_, group)) => group.push(replica),
+            None => groups.push((key, vec![replica])),
         }
     }
-    groups
-        .into_iter()
-        .find(|(_, count)| *count >= min_quorum.max(1))
-        .map(|((reason, fuel, _), count)| (reason, fuel, count))
+    groups.into_iter().find_map(|((reason, fuel, _), group)| {
+        let support = support(work_unit, &group);
+        (support >= support_needed(work_unit, &group)).then_some((reason, fuel, support))
+    })
+}
+
+/// How many of `replicas` count towards a quorum: one per network where the work unit's
+/// replicas must come from distinct networks (replicas whose network is not recorded count
+/// alone), else one each.
+fn support(work_unit: &WorkUnit, replicas: &[&Replica]) -> usize {
+    if !work_unit.distinct_networks {
+        return replicas.len();
+    }
+    let mut networks: Vec<&str> = Vec::new();
+    let mut unknown = 0;
+    for replica in replicas {
+        match replica.network.as_deref() {
+            Some(network) if !networks.contains(&network) => networks.push(network),
+            Some(_) => {}
+            None => unknown += 1,
+        }
+    }
+    networks.len() + unknown
+}
+
+/// The support an answer (an output, or an error) needs to decide a work unit: `min_quorum`,
+/// or one more when only accounts without a validated result give it, so that two accounts
+/// made for free are never a whole quorum.
+fn support_needed(work_unit: &WorkUnit, replicas: &[&Replica]) -> usize {
+    let quorum = work_unit.policy.min_quorum.max(1);
+    let only_new_accounts = replicas.iter().all(|r| !r.account_has_history);
+    if only_new_accounts && !work_unit.new_accounts_decide { quorum + 1 } else { quorum }
 }
 
 fn decide_active(
@@ -295,30 +345,42 @@ fn decide_active(
     decision: &mut Decision,
 ) -> anyhow::Result<()> {
     let policy = work_unit.policy;
-    if let Some((reason, fuel, count)) = agreed_error(replicas, policy.min_quorum) {
+    if let Some((reason, fuel, count)) = agreed_error(work_unit, replicas) {
         let reason = format!("{count} replicas failed the same way, after {fuel} fuel: {reason}");
         decision.fail(work_unit, reason);
         return Ok(());
     }
     let errors: Vec<&Replica> = replicas.iter().filter(|r| r.is_error()).collect();
-    if errors.len() >= policy.max_error_replicas {
+    let counted = support(work_unit, &errors);
+    if counted >= policy.max_error_replicas {
         let last_reason = errors.iter().rev().find_map(|r| r.error_reason.as_deref()).unwrap_or("no reason given");
-        let reason = format!("too many errors ({} replicas failed; last: {last_reason})", errors.len());
+        let reason = if counted == errors.len() {
+            format!("too many errors ({} replicas failed; last: {last_reason})", errors.len())
+        } else {
+            format!("too many errors ({} replicas failed, in {counted} networks; last: {last_reason})", errors.len())
+        };
         decision.fail(work_unit, reason);
         return Ok(());
     }
 
     let successes = comparable_candidates(replicas);
     let mut inconclusive = false;
+    // An answer only new accounts give, with no more support than the quorum: one more
+    // replica, from another account and network, must confirm it.
+    let mut unconfirmed = false;
     if successes.len() >= policy.min_quorum {
         let candidates = successes.iter().map(|r| r.candidate()).collect::<anyhow::Result<Vec<_>>>()?;
         match validator::find_canonical(validator, &candidates, policy.min_quorum)? {
             Verdict::Canonical(agreeing) => {
-                let version = successes[0].instrumentation_version;
-                for other in replicas.iter().filter(|r| r.is_candidate() && r.instrumentation_version != version) {
-                    decision.mark(other, Validation::Incomparable);
+                let class: Vec<&Replica> = successes.iter().copied().filter(|r| agreeing.contains(&r.id)).collect();
+                if support(work_unit, &class) >= support_needed(work_unit, &class) {
+                    let version = successes[0].instrumentation_version;
+                    for other in replicas.iter().filter(|r| r.is_candidate() && r.instrumentation_version != version) {
+                        decision.mark(other, Validation::Incomparable);
+                    }
+                    return accept(work_unit, &successes, &agreeing, decision);
                 }
-                return accept(work_unit, &successes, &agreeing, decision);
+                unconfirmed = true;
             }
             Verdict::NoConsensus => {
                 inconclusive = true;
@@ -332,7 +394,7 @@ fn decide_active(
     // Keep enough replicas on the way: the target, or one more than the successes when they
     // disagree.
     let outstanding = replicas.iter().filter(|r| r.is_outstanding()).count() as i64;
-    let wanted = if inconclusive { successes.len() as i64 + 1 } else { policy.target_replicas as i64 };
+    let wanted = if inconclusive || unconfirmed { successes.len() as i64 + 1 } else { policy.target_replicas as i64 };
     let missing = wanted - successes.len() as i64 - outstanding;
     let room = policy.max_total_replicas as i64 - replicas.len() as i64;
     let to_create = missing.min(room).max(0);
@@ -343,6 +405,11 @@ fn decide_active(
     if outstanding + to_create == 0 {
         let reason = if inconclusive {
             format!("no consensus among {} successful replicas", successes.len())
+        } else if unconfirmed {
+            format!(
+                "needs more than the maximum of {} replicas: only accounts without validated results agree",
+                policy.max_total_replicas
+            )
         } else {
             format!("needs more than the maximum of {} replicas", policy.max_total_replicas)
         };
@@ -431,7 +498,14 @@ mod tests {
             canonical_replica_id: None,
             credit: None,
             has_validator_module: false,
+            distinct_networks: false,
+            new_accounts_decide: true,
         }
+    }
+
+    /// A work unit on a public grid: distinct networks, and new accounts never decide alone.
+    fn public(min_quorum: usize, target_replicas: usize) -> WorkUnit {
+        WorkUnit { distinct_networks: true, new_accounts_decide: false, ..work_unit(min_quorum, target_replicas) }
     }
 
     /// Replica `id` of host and account `id`, still waiting for its host.
@@ -447,7 +521,19 @@ mod tests {
             fuel_used: None,
             error_reason: None,
             instrumentation_version: 2,
+            network: Some(format!("10.0.{id}.0/24")),
+            account_has_history: false,
         }
+    }
+
+    /// `replica`, from an account with validated results.
+    fn established(replica: Replica) -> Replica {
+        Replica { account_has_history: true, ..replica }
+    }
+
+    /// `replica`, handed to a host in `network`.
+    fn in_network(replica: Replica, network: &str) -> Replica {
+        Replica { network: Some(network.to_owned()), ..replica }
     }
 
     fn unsent(id: i64) -> Replica {
@@ -568,6 +654,51 @@ mod tests {
             let decision = decided(&work_unit(1, 1), &[failed_after(1, reason, 500)]);
             assert_eq!(decision.end, None, "{reason}");
         }
+    }
+
+    #[test]
+    fn two_new_accounts_agreeing_are_not_a_whole_quorum_and_a_third_replica_confirms() {
+        let decision = decided(&public(2, 2), &[succeeded(1, "a"), succeeded(2, "a")]);
+        assert_eq!(decision.end, None, "two accounts made for free decide nothing");
+        assert_eq!(decision.new_replicas, Some(NewReplicas { priority: RETRY_PRIORITY, count: 1 }));
+        assert!(decision.judged.is_empty(), "they stay pending, neither valid nor inconclusive");
+
+        let confirmed = decided(&public(2, 2), &[succeeded(1, "a"), succeeded(2, "a"), succeeded(3, "a")]);
+        assert!(matches!(confirmed.end, Some(End::Validated { .. })), "three agreeing accounts do");
+        let with_history = decided(&public(2, 2), &[established(succeeded(1, "a")), succeeded(2, "a")]);
+        assert!(matches!(with_history.end, Some(End::Validated { .. })), "one established account is enough");
+    }
+
+    #[test]
+    fn on_a_private_grid_new_accounts_decide_as_any() {
+        let decision = decided(&work_unit(2, 2), &[succeeded(1, "a"), succeeded(2, "a")]);
+        assert!(matches!(decision.end, Some(End::Validated { .. })));
+    }
+
+    #[test]
+    fn errors_from_one_network_count_once() {
+        let mut unit = public(2, 2);
+        unit.policy.max_error_replicas = 2;
+        let same_network =
+            [in_network(failed(1, "trap"), "10.9.9.0/24"), in_network(failed(2, "exit 3"), "10.9.9.0/24")];
+        let decision = decided(&unit, &same_network);
+        assert_eq!(decision.end, None, "two errors from one network are one");
+        let decision = decided(&unit, &[failed(1, "trap"), failed(2, "exit 3")]);
+        assert_eq!(
+            decision.end,
+            Some(End::Failed { reason: "too many errors (2 replicas failed; last: exit 3)".into() })
+        );
+    }
+
+    #[test]
+    fn new_accounts_agreeing_on_an_error_need_one_more_as_they_would_on_an_output() {
+        let trap = "trap: wasm trap: integer divide by zero";
+        let two = [failed_after(1, trap, 500), failed_after(2, trap, 500)];
+        assert_eq!(decided(&public(2, 2), &two).end, None);
+        let three = [failed_after(1, trap, 500), failed_after(2, trap, 500), failed_after(3, trap, 500)];
+        assert!(matches!(decided(&public(2, 2), &three).end, Some(End::Failed { .. })));
+        let established = [established(failed_after(1, trap, 500)), failed_after(2, trap, 500)];
+        assert!(matches!(decided(&public(2, 2), &established).end, Some(End::Failed { .. })));
     }
 
     #[test]

@@ -31,6 +31,7 @@ use std::future::Future;
 use sqlx::PgConnection;
 use wasmgrid_protocol::Sha256Hash;
 
+use crate::config::SchedulerConfig;
 use crate::trust::HostEffects;
 use crate::validator::Bitwise;
 use crate::validator::comparisons::KnownComparisons;
@@ -72,18 +73,34 @@ pub trait Event: Send {
     }
 }
 
+/// What the server's settings say about the lives of work units.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules {
+    /// The per-core daily quota of a fully trusted host.
+    pub max_daily_quota: u32,
+    /// See [`SchedulerConfig::private_grid`].
+    pub private_grid: bool,
+}
+
+impl From<&SchedulerConfig> for Rules {
+    fn from(scheduler: &SchedulerConfig) -> Self {
+        Self { max_daily_quota: scheduler.daily_quota_per_core, private_grid: scheduler.private_grid }
+    }
+}
+
 /// An event's output, and the effects of the event and of the decisions on the hosts' trust,
 /// which must be applied before the transaction commits.
 #[must_use = "the hosts' trust changes only once applied"]
 pub struct Advanced<T> {
     output: T,
     trust: HostEffects,
+    rules: Rules,
 }
 
 impl<T> Advanced<T> {
     /// Applies the effects on the hosts' trust; returns the event's output.
-    pub async fn apply(self, connection: &mut PgConnection, max_daily_quota: u32) -> sqlx::Result<T> {
-        self.trust.apply(connection, max_daily_quota).await?;
+    pub async fn apply(self, connection: &mut PgConnection) -> sqlx::Result<T> {
+        self.trust.apply(connection, self.rules.max_daily_quota).await?;
         Ok(self.output)
     }
 
@@ -119,6 +136,7 @@ pub async fn advance<E: Event>(
     connection: &mut PgConnection,
     work_unit_ids: &[i64],
     event: E,
+    rules: Rules,
 ) -> Result<Advanced<E::Output>, WorkUnitError> {
     let mut ids = work_unit_ids.to_vec();
     ids.sort_unstable();
@@ -128,10 +146,10 @@ pub async fn advance<E: Event>(
     let mut trust = HostEffects::default();
     let output = event.record(connection, &mut trust).await?;
     if ids.is_empty() {
-        return Ok(Advanced { output, trust });
+        return Ok(Advanced { output, trust, rules });
     }
 
-    let (work_units, mut replicas) = load(connection, &ids).await?;
+    let (work_units, mut replicas) = load(connection, &ids, rules).await?;
     let validators: Vec<Sha256Hash> = work_units.iter().filter_map(|(_, validator)| *validator).collect();
     let known = if validators.is_empty() || cancellation.is_some() {
         KnownComparisons::default()
@@ -151,7 +169,7 @@ pub async fn advance<E: Event>(
         changes.add(work_unit.id, decision, &mut trust);
     }
     changes.write(connection).await?;
-    Ok(Advanced { output, trust })
+    Ok(Advanced { output, trust, rules })
 }
 
 #[derive(sqlx::FromRow)]
@@ -165,6 +183,7 @@ struct WorkUnitRow {
     canonical_replica_id: Option<i64>,
     credit: Option<f64>,
     validator_module_sha256: Option<String>,
+    distinct_networks: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -180,16 +199,20 @@ struct ReplicaRow {
     fuel_used: Option<i64>,
     error_reason: Option<String>,
     instrumentation_version: i32,
+    network: Option<String>,
+    /// Whether the replica's account had a validated result before this transaction.
+    account_has_history: bool,
 }
 
 /// The work units `ids` (each with its app's validator module, if any) and their replicas.
 async fn load(
     connection: &mut PgConnection,
     ids: &[i64],
+    rules: Rules,
 ) -> Result<(Vec<(WorkUnit, Option<Sha256Hash>)>, HashMap<i64, Vec<Replica>>), WorkUnitError> {
     let rows: Vec<WorkUnitRow> = sqlx::query_as(
         "select w.id, w.state, w.min_quorum, w.target_replicas, w.max_error_replicas, w.max_total_replicas,
-                w.canonical_replica_id, w.credit, a.validator_module_sha256
+                w.canonical_replica_id, w.credit, a.validator_module_sha256, a.distinct_networks
          from work_unit w
          join app_version v on v.id = w.app_version_id
          join app a on a.id = v.app_id
@@ -214,14 +237,20 @@ async fn load(
             canonical_replica_id: row.canonical_replica_id,
             credit: row.credit,
             has_validator_module: validator.is_some(),
+            distinct_networks: row.distinct_networks && !rules.private_grid,
+            new_accounts_decide: rules.private_grid,
         };
         work_units.push((work_unit, validator));
     }
 
+    // An account's history is its hosts' valid results, as counted before this transaction
+    // (trust is applied at its end).
     let rows: Vec<ReplicaRow> = sqlx::query_as(
-        "select id, work_unit_id, state, outcome, validate_state, host_id, account_id, output_sha256, fuel_used,
-                error_reason, instrumentation_version
-         from replica where work_unit_id = any($1) order by id",
+        "select r.id, r.work_unit_id, r.state, r.outcome, r.validate_state, r.host_id, r.account_id, r.output_sha256,
+                r.fuel_used, r.error_reason, r.instrumentation_version, r.network,
+                coalesce((select sum(h.valid_count) > 0 from host h where h.account_id = r.account_id), false)
+                    as account_has_history
+         from replica r where r.work_unit_id = any($1) order by r.id",
     )
     .bind(ids)
     .fetch_all(&mut *connection)
@@ -239,6 +268,8 @@ async fn load(
             fuel_used: row.fuel_used,
             error_reason: row.error_reason,
             instrumentation_version: row.instrumentation_version,
+            network: row.network,
+            account_has_history: row.account_has_history,
         };
         replicas.entry(row.work_unit_id).or_default().push(replica);
     }

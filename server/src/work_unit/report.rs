@@ -12,7 +12,7 @@ use sqlx::PgConnection;
 use wasmgrid_protocol::api::{MAX_STDERR_BYTES, ReplicaReport, ReportedOutcome};
 
 use super::states::Outcome;
-use super::{AWAITS_REPORT, Advanced, Event, WorkUnitError, advance};
+use super::{AWAITS_REPORT, Advanced, Event, Rules, WorkUnitError, advance};
 use crate::accounts::Host;
 use crate::trust::HostEffects;
 
@@ -43,6 +43,7 @@ pub async fn report(
     connection: &mut PgConnection,
     host: &Host,
     reports: &[ReplicaReport],
+    rules: Rules,
 ) -> Result<Advanced<Vec<i64>>, WorkUnitError> {
     let mut by_id: HashMap<i64, &ReplicaReport> = HashMap::new();
     for report in reports {
@@ -67,7 +68,7 @@ pub async fn report(
     let work_unit_ids: Vec<i64> = work_unit_ids.into_iter().collect();
     let awaiting: Vec<i64> = ids.iter().copied().filter(|id| rows[id].awaits_report()).collect();
     let event = Reports { host_id: host.id, awaiting, reports: by_id, acknowledged: ids };
-    advance(connection, &work_unit_ids, event).await
+    advance(connection, &work_unit_ids, event, rules).await
 }
 
 /// Reports of one host's replicas, the work units of those still awaiting one locked.

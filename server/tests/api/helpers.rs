@@ -30,7 +30,7 @@ pub struct TestApp {
     pub data_dir: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    daily_quota_per_core: u32,
+    rules: wasmgrid_server::work_unit::Rules,
     /// The server's blob store.
     pub blobs: std::sync::Arc<dyn wasmgrid_server::blobs::BlobStore>,
 }
@@ -62,8 +62,11 @@ impl TestApp {
         // established hosts; the tests of these limits set their own.
         config.registration = RegistrationLimits { accounts_per_address: 100_000, hosts_per_address: 100_000 };
         config.scheduler.initial_daily_quota_per_core = config.scheduler.daily_quota_per_core;
+        // Every test volunteer connects from one address too; the tests of quorums across
+        // networks turn this off and bind their volunteers to addresses of their own.
+        config.scheduler.private_grid = true;
         adjust(&mut config);
-        let daily_quota_per_core = config.scheduler.daily_quota_per_core;
+        let rules = wasmgrid_server::work_unit::Rules::from(&config.scheduler);
         let app = wasmgrid_server::build(config).await.expect("server starts");
         let address = format!("http://{}", app.local_addr());
         let pool = app.state().pool.clone();
@@ -79,7 +82,7 @@ impl TestApp {
             data_dir,
             shutdown: Some(shutdown),
             server: Some(server),
-            daily_quota_per_core,
+            rules,
             blobs,
         }
     }
@@ -96,11 +99,8 @@ impl TestApp {
 
     /// Runs the background sweeps (deadlines, credit) until they have nothing left to do.
     pub async fn sweep(&self) {
-        let sweeper = wasmgrid_server::sweeps::Sweeper {
-            pool: self.pool.clone(),
-            blobs: self.blobs.clone(),
-            max_daily_quota: self.daily_quota_per_core,
-        };
+        let sweeper =
+            wasmgrid_server::sweeps::Sweeper { pool: self.pool.clone(), blobs: self.blobs.clone(), rules: self.rules };
         sweeper.run_once().await.expect("sweeps run");
     }
 
@@ -111,17 +111,24 @@ impl TestApp {
 
     pub async fn volunteer_with_memory(&self, name: &str, memory_bytes: u64) -> Volunteer {
         let account = self.client.create_account(name).await.expect("account created");
-        self.host_for(&account.account_key, name, memory_bytes).await
+        self.host_for(&self.client, &account.account_key, name, memory_bytes).await
+    }
+
+    /// A new account with one host, all of whose requests come from `address` (on this
+    /// machine, any address in 127.0.0.0/8): to the server, a volunteer in that network.
+    pub async fn volunteer_at(&self, name: &str, address: std::net::IpAddr) -> Volunteer {
+        let client = ServerClient::with_local_address(self.client.base_url(), Some(address)).unwrap();
+        let account = client.create_account(name).await.expect("account created");
+        self.host_for(&client, &account.account_key, name, HOST_MEMORY).await
     }
 
     /// Another host on the same account as `volunteer`.
     pub async fn another_host(&self, volunteer: &Volunteer) -> Volunteer {
-        self.host_for(&volunteer.account_key, "second host", HOST_MEMORY).await
+        self.host_for(&volunteer.client, &volunteer.account_key, "second host", HOST_MEMORY).await
     }
 
-    async fn host_for(&self, account_key: &str, name: &str, memory_bytes: u64) -> Volunteer {
-        let host = self
-            .client
+    async fn host_for(&self, client: &ServerClient, account_key: &str, name: &str, memory_bytes: u64) -> Volunteer {
+        let host = client
             .register_host(
                 account_key,
                 &RegisterHostRequest {
@@ -136,7 +143,7 @@ impl TestApp {
             .await
             .expect("host registered");
         Volunteer {
-            client: self.client.clone(),
+            client: client.clone(),
             account_key: account_key.to_owned(),
             account_id: host.account_id,
             host_id: host.host_id,

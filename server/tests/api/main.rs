@@ -12,6 +12,7 @@ mod embedded;
 mod helpers;
 mod idempotency;
 mod lost_replies;
+mod networks;
 mod publishers;
 mod quotas;
 mod registration;

@@ -179,8 +179,9 @@ async fn start_server(dir: &Path, listen: SocketAddr) -> anyhow::Result<RunningS
     let mut command = Command::new(sibling_binary("wasmgrid-server")?);
     command
         .args(["serve", "--listen", &listen.to_string(), "--sweep-interval", "1", "--idle-retry-after", "2"])
-        // Every volunteer of the demo creates its account from this one machine.
-        .args(["--accounts-per-address", "10000", "--hosts-per-address", "10000"])
+        // Every volunteer of the demo creates its account and connects from this one
+        // machine: a private grid, whose quorums need not span networks.
+        .args(["--accounts-per-address", "10000", "--hosts-per-address", "10000", "--private-grid", "true"])
         .arg("--data-dir")
         .arg(dir.join("server"))
         .env_remove("DATABASE_URL");

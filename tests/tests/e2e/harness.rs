@@ -208,8 +208,9 @@ impl Server {
 }
 
 /// `serve` flags for fast tests, unless the test gives its own. Every volunteer of a test
-/// registers from this one machine.
-const DEFAULT_SERVER_ARGS: [(&str, &str); 4] = [
+/// registers from this one machine, and connects from one address unless bound to its own.
+const DEFAULT_SERVER_ARGS: [(&str, &str); 5] = [
+    ("--private-grid", "true"),
     ("--idle-retry-after", "1"),
     ("--sweep-interval", "1"),
     ("--accounts-per-address", "100000"),

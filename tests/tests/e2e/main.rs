@@ -13,6 +13,7 @@ mod demo;
 mod exec;
 mod faults;
 mod harness;
+mod networks;
 mod packaging;
 mod projects;
 mod publishing;

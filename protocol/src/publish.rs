@@ -56,6 +56,11 @@ pub struct CreateAppRequest {
     /// grid ignores it.
     #[serde(default = "yes")]
     pub distinct_networks: bool,
+    /// Adaptive replication: a host with a long run of checked valid results for the app's
+    /// version may be given a work unit alone, checked at random; once a host is caught
+    /// returning a wrong result, the results it had accepted on trust are checked again.
+    #[serde(default)]
+    pub adaptive_replication: bool,
 }
 
 fn yes() -> bool {
@@ -75,6 +80,9 @@ pub struct AppInfo {
     pub validator: ValidatorSpec,
     /// See [`CreateAppRequest::distinct_networks`].
     pub distinct_networks: bool,
+    /// See [`CreateAppRequest::adaptive_replication`].
+    #[serde(default)]
+    pub adaptive_replication: bool,
     /// The newest version; work units submitted now use it.
     pub latest_version: Option<AppVersionInfo>,
     pub created_at: DateTime<Utc>,
@@ -193,6 +201,23 @@ impl WorkUnitCounts {
     }
 }
 
+/// How a batch's finished work units were checked (see adaptive replication in
+/// [`CreateAppRequest::adaptive_replication`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckCounts {
+    /// Validated by a quorum of hosts that agree.
+    pub checked: u64,
+    /// Accepted on one trusted host's word, unchecked.
+    pub on_trust: u64,
+    /// Accepted on trust, and being checked again since its host was caught cheating.
+    pub rechecking: u64,
+    /// Accepted on trust, then confirmed by other hosts.
+    pub confirmed: u64,
+    /// Accepted on trust, then found wrong and replaced (by other hosts' result, or by a
+    /// failure when they could not reproduce it).
+    pub corrected: u64,
+}
+
 /// Replicas of a batch per state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicaCounts {
@@ -217,6 +242,9 @@ pub struct BatchStatus {
     pub state: BatchState,
     pub work_units: WorkUnitCounts,
     pub replicas: ReplicaCounts,
+    /// How the finished work units were checked.
+    #[serde(default)]
+    pub checks: CheckCounts,
     /// Finished work units (validated or failed) over all work units; 0 for an empty batch.
     pub fraction_done: f64,
     /// The first [`MAX_LISTED_FAILURES`] failed work units, by name.
@@ -238,6 +266,13 @@ pub struct WorkUnitResult {
     pub output: Option<BlobRef>,
     /// Why a failed work unit failed.
     pub failure_reason: Option<String>,
+    /// Whether the result rests on one trusted host's word, unchecked.
+    #[serde(default)]
+    pub on_trust: bool,
+    /// When the result changed after it was first given: it had been accepted on trust, and
+    /// other hosts found it wrong (collect it again).
+    #[serde(default)]
+    pub changed_at: Option<DateTime<Utc>>,
 }
 
 /// `GET /batches/{id}/results?after=NAME&limit=N`: finished work units in name order.

@@ -179,6 +179,15 @@ pub struct Progress {
     pub active: i64,
     pub validated: i64,
     pub failed: i64,
+    /// Of the validated: checked by a quorum of hosts (or rechecked since)...
+    #[serde(default)]
+    pub checked: i64,
+    /// ... or resting on one trusted host's word (adaptive replication).
+    #[serde(default)]
+    pub on_trust: i64,
+    /// Results accepted on trust that other hosts later found wrong, and corrected.
+    #[serde(default)]
+    pub corrected: i64,
 }
 
 /// `GET /stats/status`: the project's state, for operators and the curious.

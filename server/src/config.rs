@@ -90,6 +90,40 @@ pub struct SchedulerConfig {
     /// themselves. Off, a quorum spans networks and accounts with a validated history, so
     /// that accounts one person makes for free cannot fill it (see [`crate::work_unit`]).
     pub private_grid: bool,
+    /// Adaptive replication, for the apps that ask for it.
+    pub adaptive: AdaptiveReplication,
+}
+
+/// Adaptive replication (see [`crate::work_unit::claim`]): a host whose results for an app
+/// version have been checked and found valid `trusted_after` times in a row may be handed a
+/// work unit alone, and is then checked anyway with a chance that falls as its run grows,
+/// never below `min_check_probability`.
+#[derive(Debug, Clone, Copy)]
+pub struct AdaptiveReplication {
+    pub trusted_after: u32,
+    pub min_check_probability: f64,
+    /// How far back the results a host had accepted on trust are sent out again once it is
+    /// caught returning a wrong one.
+    pub lookback: Duration,
+}
+
+impl Default for AdaptiveReplication {
+    fn default() -> Self {
+        Self { trusted_after: 10, min_check_probability: 0.05, lookback: Duration::from_secs(30 * 86_400) }
+    }
+}
+
+impl AdaptiveReplication {
+    /// The chance that a work unit handed to a host with `consecutive_valid` checked valid
+    /// results in a row is replicated anyway, to check it: certain below `trusted_after`, a
+    /// half there, and falling as `trusted_after / 2n` for a run of n, to the floor.
+    pub fn check_probability(&self, consecutive_valid: u32) -> f64 {
+        if consecutive_valid < self.trusted_after.max(1) {
+            return 1.0;
+        }
+        let falling = f64::from(self.trusted_after.max(1)) / (2.0 * f64::from(consecutive_valid));
+        falling.clamp(self.min_check_probability, 1.0)
+    }
 }
 
 impl Default for SchedulerConfig {
@@ -105,6 +139,7 @@ impl Default for SchedulerConfig {
             max_host_memory_bytes: 1 << 40,
             browser_grace: Duration::from_secs(600),
             private_grid: false,
+            adaptive: AdaptiveReplication::default(),
         }
     }
 }
@@ -133,5 +168,22 @@ pub struct RegistrationLimits {
 impl Default for RegistrationLimits {
     fn default() -> Self {
         Self { accounts_per_address: 5, hosts_per_address: 20 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trusted_host_is_checked_less_the_longer_its_run_but_never_never() {
+        let adaptive = AdaptiveReplication { trusted_after: 10, min_check_probability: 0.05, ..Default::default() };
+        assert_eq!(adaptive.check_probability(0), 1.0);
+        assert_eq!(adaptive.check_probability(9), 1.0, "not trusted yet");
+        assert_eq!(adaptive.check_probability(10), 0.5);
+        assert_eq!(adaptive.check_probability(50), 0.1);
+        assert_eq!(adaptive.check_probability(1_000_000), 0.05, "the floor");
+        let probabilities: Vec<f64> = (10..500).map(|n| adaptive.check_probability(n)).collect();
+        assert!(probabilities.windows(2).all(|pair| pair[1] <= pair[0]));
     }
 }

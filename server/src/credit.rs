@@ -6,7 +6,9 @@
 //! [`FUEL_PER_CREDIT`] units of fuel.
 //!
 //! Grants are rows in `credit_grant`, written in the validating transaction (its primary key
-//! makes a second grant for one replica impossible). A sweep folds them into the totals and
+//! makes a second grant for one replica impossible). Credit for a result found wrong later
+//! (see [`crate::work_unit::lookback`]) is withdrawn by a row in `credit_withdrawal`, once,
+//! beside the grant it cancels: the ledger keeps both. A sweep folds them into the totals and
 //! into BOINC's recent average credit (exponential decay, 7-day half-life), in batches and in
 //! host-id order, which keeps hot host rows out of every report's transaction. The same
 //! transaction adds them to each account's and team's credit per day, the history the web
@@ -64,6 +66,29 @@ pub async fn grant_all(connection: &mut PgConnection, grants: &[CreditGrant]) ->
     Ok(())
 }
 
+/// Withdraws the credit granted to these replicas, once each; a replica never credited has
+/// nothing to withdraw.
+pub async fn withdraw_all(
+    connection: &mut PgConnection,
+    withdrawals: &[crate::work_unit::decide::Withdrawal],
+) -> sqlx::Result<()> {
+    if withdrawals.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "insert into credit_withdrawal (replica_id, reason)
+         select u.replica_id, u.reason
+         from unnest($1::bigint[], $2::text[]) as u(replica_id, reason)
+         join credit_grant g on g.replica_id = u.replica_id
+         on conflict (replica_id) do nothing",
+    )
+    .bind(withdrawals.iter().map(|w| w.replica_id).collect::<Vec<i64>>())
+    .bind(withdrawals.iter().map(|w| w.reason.clone()).collect::<Vec<String>>())
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
 #[derive(sqlx::FromRow)]
 struct Grant {
     host_id: i64,
@@ -72,10 +97,12 @@ struct Grant {
     granted_at: DateTime<Utc>,
 }
 
-/// Folds up to one batch of unapplied grants into the totals; returns how many. Several
-/// server processes may run this at once: each takes its own grants (`SKIP LOCKED`).
+/// Folds up to one batch of unapplied grants, and of withdrawals of grants already folded,
+/// into the totals; returns how many. Several server processes may run this at once: each
+/// takes its own rows (`SKIP LOCKED`). A withdrawal takes off what its grant added, on the
+/// day it was granted.
 pub async fn fold_grants(connection: &mut PgConnection) -> sqlx::Result<usize> {
-    let grants: Vec<Grant> = sqlx::query_as(
+    let mut grants: Vec<Grant> = sqlx::query_as(
         "with batch as (
              select replica_id from credit_grant where not applied
              order by replica_id limit $1 for no key update skip locked
@@ -87,6 +114,22 @@ pub async fn fold_grants(connection: &mut PgConnection) -> sqlx::Result<usize> {
     .bind(FOLD_BATCH)
     .fetch_all(&mut *connection)
     .await?;
+    let withdrawn: Vec<Grant> = sqlx::query_as(
+        "with batch as (
+             select w.replica_id from credit_withdrawal w
+             join credit_grant g on g.replica_id = w.replica_id
+             where not w.applied and g.applied
+             order by w.replica_id limit $1 for no key update of w skip locked
+         )
+         update credit_withdrawal w set applied = true
+         from batch, credit_grant g
+         where w.replica_id = batch.replica_id and g.replica_id = w.replica_id
+         returning g.host_id, g.account_id, -g.credit as credit, g.granted_at",
+    )
+    .bind(FOLD_BATCH)
+    .fetch_all(&mut *connection)
+    .await?;
+    grants.extend(withdrawn);
     if grants.is_empty() {
         return Ok(0);
     }
@@ -122,31 +165,54 @@ pub async fn fold_grants(connection: &mut PgConnection) -> sqlx::Result<usize> {
     Ok(grants.len())
 }
 
-/// Adds credit to the days of accounts or teams in `table`. The keys come in (id, day)
-/// order, so concurrent sweeps lock the rows in one order and cannot deadlock.
+/// Adds credit to the days of accounts or teams in `table`, or takes withdrawn credit off
+/// (never below zero: a withdrawal's day has its grant's credit already, folded first). The
+/// keys come in (id, day) order, so concurrent sweeps lock the rows in one order and cannot
+/// deadlock.
 async fn add_daily_credit(
     connection: &mut PgConnection,
     table: &str,
     owner: &str,
     credit: &BTreeMap<(i64, NaiveDate), f64>,
 ) -> sqlx::Result<()> {
-    if credit.is_empty() {
-        return Ok(());
+    let (added, taken): (Vec<_>, Vec<_>) = credit.iter().partition(|(_, credit)| **credit >= 0.0);
+    let columns = |rows: &[(&(i64, NaiveDate), &f64)]| {
+        (
+            rows.iter().map(|((id, _), _)| *id).collect::<Vec<i64>>(),
+            rows.iter().map(|((_, day), _)| *day).collect::<Vec<NaiveDate>>(),
+            rows.iter().map(|(_, credit)| **credit).collect::<Vec<f64>>(),
+        )
+    };
+    if !added.is_empty() {
+        let (ids, days, credit) = columns(&added);
+        sqlx::query(&format!(
+            "insert into {table} ({owner}, day, credit)
+             select * from unnest($1::bigint[], $2::date[], $3::float8[])
+             on conflict ({owner}, day) do update set credit = {table}.credit + excluded.credit"
+        ))
+        .bind(ids)
+        .bind(days)
+        .bind(credit)
+        .execute(&mut *connection)
+        .await?;
     }
-    sqlx::query(&format!(
-        "insert into {table} ({owner}, day, credit)
-         select * from unnest($1::bigint[], $2::date[], $3::float8[])
-         on conflict ({owner}, day) do update set credit = {table}.credit + excluded.credit"
-    ))
-    .bind(credit.keys().map(|(id, _)| *id).collect::<Vec<i64>>())
-    .bind(credit.keys().map(|(_, day)| *day).collect::<Vec<NaiveDate>>())
-    .bind(credit.values().copied().collect::<Vec<f64>>())
-    .execute(connection)
-    .await?;
+    if !taken.is_empty() {
+        let (ids, days, credit) = columns(&taken);
+        sqlx::query(&format!(
+            "update {table} t set credit = greatest(0, t.credit + u.credit)
+             from unnest($1::bigint[], $2::date[], $3::float8[]) as u(id, day, credit)
+             where t.{owner} = u.id and t.day = u.day"
+        ))
+        .bind(ids)
+        .bind(days)
+        .bind(credit)
+        .execute(&mut *connection)
+        .await?;
+    }
     Ok(())
 }
 
-/// Adds credit to rows of `table`, locking them in id order so that concurrent writers
+/// Adds credit to rows of `table` (or takes withdrawn credit off, never below zero), locking them in id order so that concurrent writers
 /// cannot deadlock.
 async fn add_credit(connection: &mut PgConnection, table: &str, credit: &BTreeMap<i64, f64>) -> sqlx::Result<()> {
     if credit.is_empty() {
@@ -160,8 +226,8 @@ async fn add_credit(connection: &mut PgConnection, table: &str, credit: &BTreeMa
         .await?;
     sqlx::query(&format!(
         "update {table} t
-         set total_credit = t.total_credit + u.credit,
-             expavg_credit = decayed_average(t.expavg_credit, t.expavg_time, u.credit, now()),
+         set total_credit = greatest(0, t.total_credit + u.credit),
+             expavg_credit = greatest(0, decayed_average(t.expavg_credit, t.expavg_time, u.credit, now())),
              expavg_time = now()
          from unnest($1::bigint[], $2::float8[]) as u(id, credit)
          where t.id = u.id"

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ipnet::IpNet;
 use wasmgrid_server::ServerConfig;
-use wasmgrid_server::config::{ConnectionSettings, RegistrationLimits};
+use wasmgrid_server::config::{AdaptiveReplication, ConnectionSettings, RegistrationLimits};
 use wasmgrid_server::database::{Database, DatabaseLocation};
 use wasmgrid_server::http::visitor::{PublicUrl, SiteConfig, parse_network};
 use wasmgrid_server::publishers;
@@ -73,6 +73,19 @@ enum Command {
         /// public project, where accounts and addresses cost nothing to make.
         #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
         private_grid: bool,
+        /// Adaptive replication (for apps created with it): checked valid results in a row,
+        /// for an app version, after which a host may be handed work units alone.
+        #[arg(long, default_value_t = AdaptiveReplication::default().trusted_after)]
+        trusted_after: u32,
+        /// Adaptive replication: the least chance that a trusted host's work unit is
+        /// replicated anyway, to check it (above 0, at most 1).
+        #[arg(long, default_value_t = AdaptiveReplication::default().min_check_probability,
+              value_parser = parse_probability)]
+        min_check_probability: f64,
+        /// Adaptive replication: once a host is caught returning a wrong result, the results
+        /// it had accepted on trust this far back (30d, 12h) are sent out again and corrected.
+        #[arg(long, default_value = "30d", value_parser = wasmgrid_protocol::units::parse_duration)]
+        lookback: Duration,
         /// Accounts one address may create (over the API or by signing up) per 15 minutes.
         #[arg(long, default_value_t = 5)]
         accounts_per_address: i64,
@@ -176,6 +189,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_host_memory,
             browser_grace,
             private_grid,
+            trusted_after,
+            min_check_probability,
+            lookback,
             accounts_per_address,
             hosts_per_address,
             header_timeout,
@@ -200,6 +216,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.scheduler.max_host_memory_bytes = max_host_memory;
             config.scheduler.browser_grace = Duration::from_secs(browser_grace);
             config.scheduler.private_grid = private_grid;
+            config.scheduler.adaptive = AdaptiveReplication { trusted_after, min_check_probability, lookback };
             config.registration = RegistrationLimits { accounts_per_address, hosts_per_address };
             config.connections = ConnectionSettings {
                 header_timeout: Duration::from_secs(header_timeout.max(1)),
@@ -250,6 +267,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Parses a chance: a number above 0 and at most 1.
+fn parse_probability(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(value) if value > 0.0 && value <= 1.0 => Ok(value),
+        _ => Err(format!("{text:?} is not a chance above 0 and at most 1, such as 0.05")),
     }
 }
 

@@ -1,5 +1,5 @@
-//! Background sweeps: missed deadlines, credit folding, and outputs uploaded but never
-//! reported.
+//! Background sweeps: missed deadlines, rechecks of caught hosts' results accepted on
+//! trust, credit folding (grants and withdrawals), and outputs uploaded but never reported.
 //!
 //! Every server process runs them; they coordinate through PostgreSQL (`SKIP LOCKED`), so
 //! any number of replicas can sweep at once without doing anything twice. Each sweep loop
@@ -16,6 +16,7 @@ use crate::blobs::{BlobStore, unreported};
 use crate::credit;
 use crate::work_unit::Rules;
 use crate::work_unit::deadlines::expire_deadlines;
+use crate::work_unit::lookback::recheck_caught;
 
 /// Uploads the sweep of unreported outputs decides about per round.
 const UPLOAD_BATCH: usize = 500;
@@ -34,6 +35,7 @@ impl Sweeper {
     pub async fn run_once(&self) -> anyhow::Result<()> {
         let mut connection = self.pool.acquire().await?;
         while expire_deadlines(&mut connection, self.rules).await? > 0 {}
+        while recheck_caught(&mut connection, self.rules).await? {}
         loop {
             let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
             let folded = credit::fold_grants(&mut transaction).await?;

@@ -2,6 +2,10 @@
 //! quota (down to 1 replica per core) and resets its run of consecutive valid results; each
 //! valid result doubles the quota again, up to the configured maximum.
 //!
+//! For adaptive replication each host also has a run of checked valid results per app
+//! version (`host_app_version`); an invalid result ends every run of the host and asks for
+//! its results accepted on trust to be looked back at (see [`crate::work_unit::lookback`]).
+//!
 //! Effects on hosts are collected during a transaction and applied at its end, in host-id
 //! order, because one host's report can change other hosts' rows (validation marks their
 //! replicas valid or invalid); a fixed order keeps such transactions from deadlocking.
@@ -25,15 +29,21 @@ struct Effect {
 #[must_use = "effects on hosts change nothing until applied"]
 pub struct HostEffects {
     by_host: BTreeMap<i64, Effect>,
+    /// (valid, invalid) per (host, app version).
+    by_app_version: BTreeMap<(i64, i64), (i32, i32)>,
 }
 
 impl HostEffects {
-    pub fn valid(&mut self, host_id: i64) {
+    /// A result of the host for an app version was checked against others' and agrees.
+    pub fn valid(&mut self, host_id: i64, app_version_id: i64) {
         self.by_host.entry(host_id).or_default().valid += 1;
+        self.by_app_version.entry((host_id, app_version_id)).or_default().0 += 1;
     }
 
-    pub fn invalid(&mut self, host_id: i64) {
+    /// A result of the host was found wrong: it is caught.
+    pub fn invalid(&mut self, host_id: i64, app_version_id: i64) {
         self.by_host.entry(host_id).or_default().invalid += 1;
+        self.by_app_version.entry((host_id, app_version_id)).or_default().1 += 1;
     }
 
     pub fn error(&mut self, host_id: i64) {
@@ -57,10 +67,15 @@ impl HostEffects {
             mine.sent += effect.sent;
             mine.contacted |= effect.contacted;
         }
+        for (key, (valid, invalid)) in other.by_app_version {
+            let mine = self.by_app_version.entry(key).or_default();
+            mine.0 += valid;
+            mine.1 += invalid;
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.by_host.is_empty()
+        self.by_host.is_empty() && self.by_app_version.is_empty()
     }
 
     /// The per-core quota `host_id` will have once these effects are applied, given the one
@@ -110,6 +125,57 @@ impl HostEffects {
         .bind(column(|e| e.sent))
         .bind(effects.iter().map(|e| e.contacted).collect::<Vec<bool>>())
         .bind(i32::try_from(max_daily_quota).unwrap_or(i32::MAX))
+        .execute(&mut *connection)
+        .await?;
+        self.apply_app_versions(connection).await
+    }
+
+    /// The runs per app version (in (host, app version) order, after the hosts' rows); a
+    /// caught host loses every run it has and has its recent results on trust looked back at.
+    async fn apply_app_versions(&self, connection: &mut PgConnection) -> sqlx::Result<()> {
+        if self.by_app_version.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&(i64, i64)> = self.by_app_version.keys().collect();
+        let counts: Vec<&(i32, i32)> = self.by_app_version.values().collect();
+        sqlx::query(
+            "insert into host_app_version as t (host_id, app_version_id, consecutive_valid, valid_count, invalid_count)
+             select u.host_id, u.app_version_id, case when u.invalid > 0 then 0 else u.valid end, u.valid, u.invalid
+             from unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[]) as u(host_id, app_version_id, valid, invalid)
+             on conflict (host_id, app_version_id) do update set
+                 consecutive_valid = case when excluded.invalid_count > 0 then 0
+                                          else t.consecutive_valid + excluded.valid_count end,
+                 valid_count = t.valid_count + excluded.valid_count,
+                 invalid_count = t.invalid_count + excluded.invalid_count",
+        )
+        .bind(keys.iter().map(|(host, _)| *host).collect::<Vec<i64>>())
+        .bind(keys.iter().map(|(_, version)| *version).collect::<Vec<i64>>())
+        .bind(counts.iter().map(|(valid, _)| *valid).collect::<Vec<i32>>())
+        .bind(counts.iter().map(|(_, invalid)| *invalid).collect::<Vec<i32>>())
+        .execute(&mut *connection)
+        .await?;
+        let mut caught: Vec<i64> =
+            self.by_app_version.iter().filter(|(_, (_, invalid))| *invalid > 0).map(|((host, _), _)| *host).collect();
+        caught.dedup();
+        if caught.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "update host_app_version set consecutive_valid = 0
+             where (host_id, app_version_id) in (select host_id, app_version_id from host_app_version
+                                                 where host_id = any($1) and consecutive_valid > 0
+                                                 order by host_id, app_version_id for no key update)",
+        )
+        .bind(&caught)
+        .execute(&mut *connection)
+        .await?;
+        sqlx::query(
+            "insert into lookback (host_id, caught_at)
+             select caught.id, now() from unnest($1::bigint[]) as caught(id)
+             where exists (select 1 from replica where host_id = caught.id and on_trust)
+             on conflict do nothing",
+        )
+        .bind(&caught)
         .execute(connection)
         .await?;
         Ok(())

@@ -59,6 +59,11 @@ pub enum AppCommand {
         /// the app's volunteers share a network.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         distinct_networks: bool,
+        /// Give work units alone to hosts with a long run of checked valid results for the
+        /// app's version, checked at random; a host caught cheating has its results accepted
+        /// on trust checked again. For work units with a quorum of 2 or more.
+        #[arg(long)]
+        adaptive_replication: bool,
         #[arg(long)]
         json: bool,
     },
@@ -200,7 +205,7 @@ fn print(json: bool, value: &impl Serialize, text: impl FnOnce() -> String) -> a
 pub async fn app(connection: &Connection, command: AppCommand) -> anyhow::Result<()> {
     let client = connection.client()?;
     match command {
-        AppCommand::Create { name, description, validator, distinct_networks, json } => {
+        AppCommand::Create { name, description, validator, distinct_networks, adaptive_replication, json } => {
             let validator = match validator.as_str() {
                 "bitwise" => ValidatorSpec::Bitwise,
                 other => {
@@ -215,7 +220,9 @@ pub async fn app(connection: &Connection, command: AppCommand) -> anyhow::Result
                     ValidatorSpec::Wasm { module_sha256: hash }
                 }
             };
-            let app = client.create_app(&CreateAppRequest { name, description, validator, distinct_networks }).await?;
+            let app = client
+                .create_app(&CreateAppRequest { name, description, validator, distinct_networks, adaptive_replication })
+                .await?;
             print(json, &app, || format!("created app {} (id {})\n", app.name, app.id))
         }
         AppCommand::Publish { name, module, json } => {
@@ -251,7 +258,11 @@ pub async fn app(connection: &Connection, command: AppCommand) -> anyhow::Result
                         ValidatorSpec::Bitwise => "bitwise",
                         ValidatorSpec::Wasm { .. } => "wasm validator",
                     };
-                    text.push_str(&format!("{}\t{version}\t{validator}\t{}\n", app.name, app.description));
+                    let replication = if app.adaptive_replication { "adaptive" } else { "fixed" };
+                    text.push_str(&format!(
+                        "{}\t{version}\t{validator}\t{replication}\t{}\n",
+                        app.name, app.description
+                    ));
                 }
                 text
             })
@@ -304,6 +315,15 @@ pub async fn batch(connection: &Connection, command: BatchCommand) -> anyhow::Re
                 );
                 if collected.unfinished > 0 {
                     text.push_str(&format!("{} work units are not finished yet\n", collected.unfinished));
+                }
+                if collected.on_trust > 0 {
+                    text.push_str(&format!(
+                        "{} of the outputs rest on one trusted host's word, unchecked\n",
+                        collected.on_trust
+                    ));
+                }
+                for name in &collected.changed {
+                    text.push_str(&format!("changed after it was first given (its host was caught): {name}\n"));
                 }
                 for failure in &collected.failed {
                     text.push_str(&format!("failed: {}: {}\n", failure.name, failure.reason));
@@ -383,6 +403,17 @@ fn describe(status: &BatchStatus) -> String {
         status.replicas.in_progress,
         status.replicas.over
     ));
+    let checks = &status.checks;
+    if checks.on_trust + checks.rechecking + checks.confirmed + checks.corrected > 0 {
+        text.push_str(&format!(
+            "  checked by a quorum {}, accepted on trust {} (being rechecked {}, confirmed {}, corrected {})\n",
+            checks.checked,
+            checks.on_trust + checks.rechecking + checks.confirmed + checks.corrected,
+            checks.rechecking,
+            checks.confirmed,
+            checks.corrected,
+        ));
+    }
     for failure in &status.failures {
         text.push_str(&format!("  failed: {}: {}\n", failure.name, failure.reason));
     }

@@ -3,7 +3,9 @@
 //!
 //! Resumable: a finished download is unpacked next to the others and moved into place in
 //! one rename, with its hash in `OUT/<name>/.sha256`, so running the command again fetches
-//! only what is missing or changed, and never leaves half an output behind.
+//! only what is missing or changed, and never leaves half an output behind. A result that
+//! changed after it was first given (it had been accepted on one host's word, and other
+//! hosts found it wrong) is fetched again, or its folder removed if the work unit failed.
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +41,10 @@ pub struct Collected {
     pub failed: Vec<WorkUnitFailure>,
     /// Outputs that could not be put in place this time, and why; the others were.
     pub errors: Vec<WorkUnitFailure>,
+    /// Of the validated outputs, those resting on one trusted host's word, unchecked.
+    pub on_trust: u64,
+    /// Work units whose result changed after it was first given, by name.
+    pub changed: Vec<String>,
 }
 
 pub async fn collect(client: &PublisherClient, batch_id: i64, out: &Path) -> anyhow::Result<Collected> {
@@ -48,10 +54,16 @@ pub async fn collect(client: &PublisherClient, batch_id: i64, out: &Path) -> any
 
     let mut validated = Vec::new();
     let mut failed = Vec::new();
+    let mut changed = Vec::new();
+    let mut on_trust = 0;
     let mut after: Option<String> = None;
     loop {
         let page = client.results(batch_id, after.as_deref()).await?;
         for result in page.results {
+            if result.changed_at.is_some() {
+                changed.push(result.name.clone());
+            }
+            on_trust += u64::from(result.on_trust);
             match (result.output, result.failure_reason) {
                 (Some(output), _) => validated.push((result.name, output)),
                 (None, reason) => failed.push(WorkUnitFailure {
@@ -63,6 +75,14 @@ pub async fn collect(client: &PublisherClient, batch_id: i64, out: &Path) -> any
         match page.next_after {
             Some(next) => after = Some(next),
             None => break,
+        }
+    }
+
+    // A folder this command made for a result that has since become a failure goes.
+    for failure in &failed {
+        let folder = out.join(&failure.name);
+        if name_problem(&failure.name).is_none() && folder.join(HASH_FILE).exists() {
+            tokio::fs::remove_dir_all(&folder).await.with_context(|| format!("cannot remove {}", folder.display()))?;
         }
     }
 
@@ -100,6 +120,8 @@ pub async fn collect(client: &PublisherClient, batch_id: i64, out: &Path) -> any
         unfinished: status.work_units.active,
         failed,
         errors,
+        on_trust,
+        changed,
     })
 }
 

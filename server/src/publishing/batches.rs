@@ -5,8 +5,8 @@ use sqlx::PgConnection;
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::BlobRef;
 use wasmgrid_protocol::publish::{
-    BatchState, BatchStatus, MAX_LISTED_FAILURES, ReplicaCounts, ResultsPage, WorkUnitCounts, WorkUnitFailure,
-    WorkUnitResult,
+    BatchState, BatchStatus, CheckCounts, MAX_LISTED_FAILURES, ReplicaCounts, ResultsPage, WorkUnitCounts,
+    WorkUnitFailure, WorkUnitResult,
 };
 
 use crate::http::error::{ApiError, ApiResult};
@@ -73,6 +73,17 @@ pub async fn status(connection: &mut PgConnection, batch: &BatchRow) -> ApiResul
     .bind(batch.id)
     .fetch_one(&mut *connection)
     .await?;
+    let checks: (i64, i64, i64, i64, i64) = sqlx::query_as(
+        "select count(*) filter (where state = 'validated' and not accepted_on_trust),
+                count(*) filter (where accepted_on_trust and recheck is null),
+                count(*) filter (where recheck = 'pending'),
+                count(*) filter (where recheck = 'confirmed'),
+                count(*) filter (where recheck = 'corrected')
+         from work_unit where batch_id = $1 and state <> 'active'",
+    )
+    .bind(batch.id)
+    .fetch_one(&mut *connection)
+    .await?;
     let failures: Vec<(String, String)> = sqlx::query_as(
         "select name, failure_reason from work_unit
          where batch_id = $1 and state = 'failed'
@@ -115,6 +126,13 @@ pub async fn status(connection: &mut PgConnection, batch: &BatchRow) -> ApiResul
         state,
         work_units,
         replicas: ReplicaCounts { unsent: unsent as u64, in_progress: in_progress as u64, over: over as u64 },
+        checks: CheckCounts {
+            checked: checks.0 as u64,
+            on_trust: checks.1 as u64,
+            rechecking: checks.2 as u64,
+            confirmed: checks.3 as u64,
+            corrected: checks.4 as u64,
+        },
         fraction_done: if total == 0 { 0.0 } else { (validated + failed) as f64 / total as f64 },
         failures: failures.into_iter().map(failure).collect(),
         validator_failures: validator_failures as u64,
@@ -137,9 +155,14 @@ pub async fn results(
         failure_reason: Option<String>,
         output_sha256: Option<String>,
         output_bytes: Option<i64>,
+        on_trust: bool,
+        changed_at: Option<chrono::DateTime<chrono::Utc>>,
     }
     let rows: Vec<Row> = sqlx::query_as(
-        "select w.name, w.failure_reason, r.output_sha256, r.output_bytes
+        "select w.name, w.failure_reason, r.output_sha256, r.output_bytes,
+                w.accepted_on_trust and w.state = 'validated' and w.recheck is distinct from 'confirmed'
+                    and w.recheck is distinct from 'corrected' as on_trust,
+                w.result_changed_at as changed_at
          from work_unit w left join replica r on r.id = w.canonical_replica_id
          where w.batch_id = $1 and w.state <> 'active' and ($2::text is null or w.name > $2)
          order by w.name
@@ -162,7 +185,13 @@ pub async fn results(
             }
             _ => None,
         };
-        results.push(WorkUnitResult { name: row.name, output, failure_reason: row.failure_reason });
+        results.push(WorkUnitResult {
+            name: row.name,
+            output,
+            failure_reason: row.failure_reason,
+            on_trust: row.on_trust,
+            changed_at: row.changed_at,
+        });
     }
     let next_after = if more { results.last().map(|r| r.name.clone()) } else { None };
     Ok(ResultsPage { results, next_after })

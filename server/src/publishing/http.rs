@@ -51,13 +51,15 @@ struct AppRow {
     description: String,
     validator_module_sha256: Option<String>,
     distinct_networks: bool,
+    adaptive_replication: bool,
     created_at: chrono::DateTime<chrono::Utc>,
     version: Option<i32>,
     module_sha256: Option<String>,
     module_bytes: Option<i64>,
 }
 
-const APP_COLUMNS: &str = "a.id, a.name, a.description, a.validator_module_sha256, a.distinct_networks, a.created_at,
+const APP_COLUMNS: &str =
+    "a.id, a.name, a.description, a.validator_module_sha256, a.distinct_networks, a.adaptive_replication, a.created_at,
      v.version, v.module_sha256, b.bytes as module_bytes
      from app a
      left join lateral (select version, module_sha256 from app_version
@@ -88,6 +90,7 @@ impl AppRow {
             description: self.description,
             validator,
             distinct_networks: self.distinct_networks,
+            adaptive_replication: self.adaptive_replication,
             latest_version,
             created_at: self.created_at,
         })
@@ -139,9 +142,11 @@ async fn create_app(
     let mut transaction = state.pool.begin().await?;
     let app_id =
         super::create_app(&mut transaction, publisher.id, &request.name, &description, &request.validator).await?;
-    if !request.distinct_networks {
-        super::allow_shared_networks(&mut transaction, app_id).await?;
-    }
+    let replication = super::AppReplication {
+        distinct_networks: request.distinct_networks,
+        adaptive_replication: request.adaptive_replication,
+    };
+    super::set_replication(&mut transaction, app_id, replication).await?;
     let app = find_app(&mut transaction, publisher.id, &request.name).await?.into_info()?;
     transaction.commit().await?;
     tracing::info!(app.id = app.id, publisher.id = publisher.id, "app created");

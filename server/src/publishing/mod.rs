@@ -88,10 +88,31 @@ pub fn check_app_name(name: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Lets the replicas of app `app_id`'s work units go to hosts in one network (see
-/// [`wasmgrid_protocol::publish::CreateAppRequest::distinct_networks`]).
-pub async fn allow_shared_networks(connection: &mut PgConnection, app_id: i64) -> sqlx::Result<()> {
-    sqlx::query("update app set distinct_networks = false where id = $1").bind(app_id).execute(connection).await?;
+/// How an app's work units are replicated (see [`wasmgrid_protocol::publish::CreateAppRequest`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AppReplication {
+    pub distinct_networks: bool,
+    pub adaptive_replication: bool,
+}
+
+impl Default for AppReplication {
+    fn default() -> Self {
+        Self { distinct_networks: true, adaptive_replication: false }
+    }
+}
+
+/// Sets how app `app_id`'s work units are replicated.
+pub async fn set_replication(
+    connection: &mut PgConnection,
+    app_id: i64,
+    replication: AppReplication,
+) -> sqlx::Result<()> {
+    sqlx::query("update app set distinct_networks = $2, adaptive_replication = $3 where id = $1")
+        .bind(app_id)
+        .bind(replication.distinct_networks)
+        .bind(replication.adaptive_replication)
+        .execute(connection)
+        .await?;
     Ok(())
 }
 

@@ -524,28 +524,23 @@ pub async fn status(connection: &mut PgConnection, uptime: Duration) -> ApiResul
     .bind(HISTORY_DAYS as i32)
     .fetch_all(&mut *connection)
     .await?;
-    let apps: Vec<(i64, String, i64, i64, i64)> = sqlx::query_as(
-        "select a.id, a.name,
-                count(w.id) filter (where w.state = 'active'),
-                count(w.id) filter (where w.state = 'validated'),
-                count(w.id) filter (where w.state = 'failed')
+    let apps: Vec<ProgressRow> = sqlx::query_as(&format!(
+        "select a.id, a.name, null as app, {PROGRESS_COUNTS}
          from app a
          left join app_version v on v.app_id = a.id
          left join work_unit w on w.app_version_id = v.id
-         group by a.id order by a.name, a.id",
-    )
+         group by a.id order by a.name, a.id"
+    ))
     .fetch_all(&mut *connection)
     .await?;
-    let batches: Vec<(i64, String, String, i64, i64, i64)> = sqlx::query_as(
-        "select b.id, case when b.public then b.name else '' end, a.name,
-                count(w.id) filter (where w.state = 'active'),
-                count(w.id) filter (where w.state = 'validated'),
-                count(w.id) filter (where w.state = 'failed')
+    let batches: Vec<ProgressRow> = sqlx::query_as(&format!(
+        "select b.id, case when b.public then b.name else 'batch ' || b.id end as name, a.name as app,
+                {PROGRESS_COUNTS}
          from (select * from batch order by id desc limit 20) b
          join app a on a.id = b.app_id
          left join work_unit w on w.batch_id = b.id
-         group by b.id, b.name, b.public, a.name order by b.id desc",
-    )
+         group by b.id, b.name, b.public, a.name order by b.id desc"
+    ))
     .fetch_all(&mut *connection)
     .await?;
     Ok(ProjectStatus {
@@ -555,22 +550,48 @@ pub async fn status(connection: &mut PgConnection, uptime: Duration) -> ApiResul
         replicas: counts(replicas),
         active_hosts,
         replicas_per_hour: hours.into_iter().map(|(hour, count)| HourCount { hour, count }).collect(),
-        apps: apps
-            .into_iter()
-            .map(|(id, name, active, validated, failed)| Progress { id, name, app: None, active, validated, failed })
-            .collect(),
-        batches: batches
-            .into_iter()
-            .map(|(id, name, app, active, validated, failed)| Progress {
-                id,
-                name: if name.is_empty() { format!("batch {id}") } else { name },
-                app: Some(app),
-                active,
-                validated,
-                failed,
-            })
-            .collect(),
+        apps: apps.into_iter().map(ProgressRow::into_progress).collect(),
+        batches: batches.into_iter().map(ProgressRow::into_progress).collect(),
     })
+}
+
+/// The counts of [`Progress`], over the work units `w` of an app or batch.
+const PROGRESS_COUNTS: &str = "count(w.id) filter (where w.state = 'active') as active,
+     count(w.id) filter (where w.state = 'validated') as validated,
+     count(w.id) filter (where w.state = 'failed') as failed,
+     count(w.id) filter (where w.state = 'validated'
+                           and (not w.accepted_on_trust or w.recheck in ('confirmed', 'corrected'))) as checked,
+     count(w.id) filter (where w.state = 'validated' and w.accepted_on_trust
+                           and (w.recheck is null or w.recheck = 'pending')) as on_trust,
+     count(w.id) filter (where w.recheck = 'corrected') as corrected";
+
+#[derive(sqlx::FromRow)]
+struct ProgressRow {
+    id: i64,
+    name: String,
+    app: Option<String>,
+    active: i64,
+    validated: i64,
+    failed: i64,
+    checked: i64,
+    on_trust: i64,
+    corrected: i64,
+}
+
+impl ProgressRow {
+    fn into_progress(self) -> Progress {
+        Progress {
+            id: self.id,
+            name: self.name,
+            app: self.app,
+            active: self.active,
+            validated: self.validated,
+            failed: self.failed,
+            checked: self.checked,
+            on_trust: self.on_trust,
+            corrected: self.corrected,
+        }
+    }
 }
 
 async fn totals_handler(State(state): State<AppState>) -> ApiResult<Json<Totals>> {

@@ -485,6 +485,9 @@ struct ProgressLine {
     validated: i64,
     failed: i64,
     active: i64,
+    checked: i64,
+    on_trust: i64,
+    corrected: i64,
 }
 
 #[derive(Template)]
@@ -514,6 +517,9 @@ async fn status(State(state): State<AppState>) -> PageResult {
             validated: progress.validated,
             failed: progress.failed,
             active: progress.active,
+            checked: progress.checked,
+            on_trust: progress.on_trust,
+            corrected: progress.corrected,
         }
     };
     let reported: i64 = status.replicas_per_hour.iter().map(|hour| hour.count).sum();

@@ -3,7 +3,7 @@
 
 use sqlx::PgConnection;
 
-use super::decide::{Decision, End, Trust};
+use super::decide::{Decision, End, RecheckEnd, Trust, Withdrawal};
 use crate::credit::{self, CreditGrant};
 use crate::trust::HostEffects;
 use crate::validator::comparisons;
@@ -13,6 +13,15 @@ use crate::validator::comparisons;
 pub struct Changes {
     /// (work unit, canonical replica, credit).
     validated: Vec<(i64, i64, f64)>,
+    /// Work units of `validated` accepted on one trusted host's word.
+    on_trust: Vec<i64>,
+    /// Rechecks that confirmed the result accepted on trust.
+    confirmed: Vec<i64>,
+    /// (work unit, new canonical replica, credit): rechecks that replaced the result.
+    corrected: Vec<(i64, i64, f64)>,
+    /// (work unit, reason): rechecks that could not reproduce the result.
+    not_reproduced: Vec<(i64, String)>,
+    withdrawals: Vec<Withdrawal>,
     /// (work unit, reason).
     failed: Vec<(i64, String)>,
     /// (replica, new validation state, credit).
@@ -30,8 +39,11 @@ impl Changes {
     /// Adds the decision for `work_unit_id`, and what it says about hosts to `effects`.
     pub fn add(&mut self, work_unit_id: i64, decision: Decision, effects: &mut HostEffects) {
         match decision.end {
-            Some(End::Validated { canonical_replica_id, credit }) => {
+            Some(End::Validated { canonical_replica_id, credit, on_trust }) => {
                 self.validated.push((work_unit_id, canonical_replica_id, credit));
+                if on_trust {
+                    self.on_trust.push(work_unit_id);
+                }
                 self.finished.push(work_unit_id);
             }
             Some(End::Failed { reason }) => {
@@ -40,6 +52,18 @@ impl Changes {
             }
             None => {}
         }
+        if decision.recheck.is_some() {
+            self.finished.push(work_unit_id);
+        }
+        match decision.recheck {
+            Some(RecheckEnd::Confirmed) => self.confirmed.push(work_unit_id),
+            Some(RecheckEnd::Corrected { canonical_replica_id, credit }) => {
+                self.corrected.push((work_unit_id, canonical_replica_id, credit))
+            }
+            Some(RecheckEnd::Failed { reason }) => self.not_reproduced.push((work_unit_id, reason)),
+            None => {}
+        }
+        self.withdrawals.extend(decision.withdrawals);
         for judged in decision.judged {
             self.judged.push((judged.replica_id, judged.validation.as_str(), judged.credit));
         }
@@ -52,8 +76,8 @@ impl Changes {
         }
         for trust in decision.trust {
             match trust {
-                Trust::Valid { host_id } => effects.valid(host_id),
-                Trust::Invalid { host_id } => effects.invalid(host_id),
+                Trust::Valid { host_id, app_version_id } => effects.valid(host_id, app_version_id),
+                Trust::Invalid { host_id, app_version_id } => effects.invalid(host_id, app_version_id),
             }
         }
     }
@@ -73,6 +97,13 @@ impl Changes {
             .execute(&mut *connection)
             .await?;
         }
+        if !self.on_trust.is_empty() {
+            sqlx::query("update work_unit set accepted_on_trust = true where id = any($1)")
+                .bind(&self.on_trust)
+                .execute(&mut *connection)
+                .await?;
+        }
+        self.write_rechecks(connection).await?;
         if !self.failed.is_empty() {
             let (ids, reasons): (Vec<i64>, Vec<String>) = self.failed.into_iter().unzip();
             sqlx::query(
@@ -143,7 +174,50 @@ impl Changes {
                 sqlx::query("select pg_notify($1, '')").bind(comparisons::CHANNEL).execute(&mut *connection).await?;
             }
         }
-        credit::grant_all(connection, &self.grants).await
+        credit::grant_all(&mut *connection, &self.grants).await?;
+        credit::withdraw_all(connection, &self.withdrawals).await
+    }
+
+    /// The ends of rechecks: a result confirmed stays; a result corrected is replaced by the
+    /// other hosts' (or the work unit fails), and the replaced replica and the time are kept.
+    async fn write_rechecks(&self, connection: &mut PgConnection) -> sqlx::Result<()> {
+        if !self.confirmed.is_empty() {
+            sqlx::query("update work_unit set recheck = 'confirmed' where id = any($1) and recheck = 'pending'")
+                .bind(&self.confirmed)
+                .execute(&mut *connection)
+                .await?;
+        }
+        if !self.corrected.is_empty() {
+            let (ids, canonical, credit) = unzip3(&self.corrected);
+            sqlx::query(
+                "update work_unit w
+                 set recheck = 'corrected', replaced_replica_id = w.canonical_replica_id,
+                     canonical_replica_id = u.canonical, credit = u.credit, result_changed_at = now()
+                 from unnest($1::bigint[], $2::bigint[], $3::float8[]) as u(id, canonical, credit)
+                 where w.id = u.id and w.recheck = 'pending'",
+            )
+            .bind(ids)
+            .bind(canonical)
+            .bind(credit)
+            .execute(&mut *connection)
+            .await?;
+        }
+        if !self.not_reproduced.is_empty() {
+            let (ids, reasons): (Vec<i64>, Vec<String>) = self.not_reproduced.iter().cloned().unzip();
+            sqlx::query(
+                "update work_unit w
+                 set state = 'failed', failure_reason = u.reason, recheck = 'corrected',
+                     replaced_replica_id = w.canonical_replica_id, canonical_replica_id = null, credit = null,
+                     result_changed_at = now()
+                 from unnest($1::bigint[], $2::text[]) as u(id, reason)
+                 where w.id = u.id and w.recheck = 'pending'",
+            )
+            .bind(ids)
+            .bind(reasons)
+            .execute(&mut *connection)
+            .await?;
+        }
+        Ok(())
     }
 }
 

@@ -19,7 +19,7 @@ use wasmgrid_protocol::api::{Assignment, BlobRef, InputFile, RunLimits};
 
 use super::{AWAITS_REPORT, WorkUnitError};
 use crate::accounts::{Host, HostKind};
-use crate::config::SchedulerConfig;
+use crate::config::{AdaptiveReplication, SchedulerConfig};
 use crate::trust::HostEffects;
 
 #[derive(sqlx::FromRow)]
@@ -174,7 +174,76 @@ pub async fn claim_replicas(
     if claimed.is_empty() {
         return Ok(Vec::new());
     }
+    send_alone_on_trust(connection, host, &claimed, &scheduler.adaptive).await?;
     describe_assignments(connection, claimed).await
+}
+
+#[derive(sqlx::FromRow)]
+struct TrustedClaim {
+    replica_id: i64,
+    work_unit_id: i64,
+    consecutive_valid: i32,
+}
+
+/// Adaptive replication: of the replicas just claimed, those of apps that ask for it, whose
+/// host is trusted for the app version and whose work unit no other host is running or has
+/// run, go alone unless a check is drawn: their work units' unsent replicas are no longer
+/// needed, and the result will be accepted on the host's word (see [`super::decide`]).
+///
+/// An unsent sibling that another claim holds locked is skipped, not waited for (two claims
+/// doing this for one work unit would wait on each other): it goes out, and the work unit
+/// is then replicated as usual.
+async fn send_alone_on_trust(
+    connection: &mut PgConnection,
+    host: &Host,
+    claimed: &[Claimed],
+    adaptive: &AdaptiveReplication,
+) -> Result<(), WorkUnitError> {
+    let claimed_ids: Vec<i64> = claimed.iter().map(|c| c.replica_id).collect();
+    let trusted: Vec<TrustedClaim> = sqlx::query_as(
+        "select r.id as replica_id, r.work_unit_id, t.consecutive_valid
+         from replica r
+         join work_unit w on w.id = r.work_unit_id
+         join app_version v on v.id = w.app_version_id
+         join app a on a.id = v.app_id
+         join host_app_version t on t.host_id = $2 and t.app_version_id = w.app_version_id
+         where r.id = any($1) and a.adaptive_replication and w.min_quorum >= 2 and t.consecutive_valid >= $3
+           and not exists (select 1 from replica other
+                           where other.work_unit_id = r.work_unit_id and other.id <> r.id
+                             and (other.state = 'in_progress' or other.outcome = 'success'))",
+    )
+    .bind(&claimed_ids)
+    .bind(host.id)
+    .bind(i32::try_from(adaptive.trusted_after).unwrap_or(i32::MAX))
+    .fetch_all(&mut *connection)
+    .await?;
+    let alone: Vec<&TrustedClaim> = trusted
+        .iter()
+        .filter(|claim| {
+            let checked = adaptive.check_probability(u32::try_from(claim.consecutive_valid).unwrap_or(0));
+            rand::random::<f64>() >= checked
+        })
+        .collect();
+    if alone.is_empty() {
+        return Ok(());
+    }
+    let replica_ids: Vec<i64> = alone.iter().map(|claim| claim.replica_id).collect();
+    let work_unit_ids: Vec<i64> = alone.iter().map(|claim| claim.work_unit_id).collect();
+    sqlx::query("update replica set on_trust = true where id = any($1)")
+        .bind(&replica_ids)
+        .execute(&mut *connection)
+        .await?;
+    sqlx::query(
+        "update replica set state = 'over', outcome = 'didnt_need'
+         where id in (select id from replica
+                      where work_unit_id = any($1) and state = 'unsent'
+                      order by id for no key update skip locked)",
+    )
+    .bind(&work_unit_ids)
+    .execute(connection)
+    .await?;
+    tracing::debug!(host.id = host.id, replicas = replica_ids.len(), "replicas sent alone on trust");
+    Ok(())
 }
 
 /// Everything the host needs to run each claimed replica.

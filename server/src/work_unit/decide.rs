@@ -22,10 +22,17 @@
 //!   than the quorum to decide by themselves, whether on an output or on an error; and the
 //!   errors that count towards `max_error_replicas` come from distinct networks (replicas
 //!   are handed to distinct networks already, see [`super::claim`]).
+//! - Adaptive replication: a replica handed alone to a trusted host (see [`super::claim`])
+//!   is accepted by itself, on trust, while its host is still trusted; if it fails, or its
+//!   host is caught meanwhile, the work unit is replicated as usual.
+//! - Looking back: a work unit accepted on trust whose host was later caught returning a
+//!   wrong result is rechecked by other hosts, with its policy, as if it were new; its result
+//!   is then confirmed, or corrected (a new canonical result, or a failure), and the credit
+//!   of the wrong one withdrawn.
 
 use wasmgrid_protocol::Sha256Hash;
 
-use super::states::{Outcome, ReplicaState, Validation, WorkUnitState};
+use super::states::{Outcome, Recheck, ReplicaState, Validation, WorkUnitState};
 use crate::credit::{self, CreditGrant};
 use crate::validator::{self, Candidate, Validator, Verdict};
 
@@ -36,6 +43,7 @@ pub const RETRY_PRIORITY: i32 = 1;
 #[derive(Debug, Clone)]
 pub struct WorkUnit {
     pub id: i64,
+    pub app_version_id: i64,
     pub state: WorkUnitState,
     pub policy: Policy,
     pub canonical_replica_id: Option<i64>,
@@ -48,6 +56,10 @@ pub struct WorkUnit {
     pub distinct_networks: bool,
     /// Whether accounts without a validated result may decide by themselves (a private grid).
     pub new_accounts_decide: bool,
+    /// Whether its result rests on one trusted host's word, not checked.
+    pub accepted_on_trust: bool,
+    /// Where a recheck of a result accepted on trust is, if one was asked for.
+    pub recheck: Option<Recheck>,
 }
 
 /// How many replicas a work unit needs, and may have.
@@ -82,6 +94,11 @@ pub struct Replica {
     pub network: Option<String>,
     /// Whether its account had a validated result before.
     pub account_has_history: bool,
+    /// Whether it was handed alone to a trusted host (its siblings no longer needed).
+    pub on_trust: bool,
+    /// Whether its host is trusted for the work unit's app version now: a host caught since
+    /// it was handed the replica is not believed on its word.
+    pub host_trusted: bool,
 }
 
 impl Replica {
@@ -114,6 +131,10 @@ impl Replica {
 pub struct Decision {
     /// The work unit ends: its unsent replicas are then no longer needed.
     pub end: Option<End>,
+    /// A recheck ends: the same, and the result is confirmed or corrected.
+    pub recheck: Option<RecheckEnd>,
+    /// Credit granted for results found wrong afterwards, to be withdrawn.
+    pub withdrawals: Vec<Withdrawal>,
     pub judged: Vec<Judged>,
     pub grants: Vec<CreditGrant>,
     pub new_replicas: Option<NewReplicas>,
@@ -125,8 +146,33 @@ pub struct Decision {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum End {
-    Validated { canonical_replica_id: i64, credit: f64 },
+    /// `on_trust`: the canonical replica is the only one, of a trusted host, not checked.
+    Validated {
+        canonical_replica_id: i64,
+        credit: f64,
+        on_trust: bool,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
+/// How the recheck of a result accepted on trust ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecheckEnd {
+    /// The other hosts agree with the result.
+    Confirmed,
+    /// They agree on another result, which replaces it.
+    Corrected { canonical_replica_id: i64, credit: f64 },
+    /// They could not reproduce it: the work unit fails.
     Failed { reason: String },
+}
+
+/// Credit granted to a replica whose result was found wrong afterwards.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Withdrawal {
+    pub replica_id: i64,
+    pub reason: String,
 }
 
 /// A replica's new validation state, and its credit when it earns some.
@@ -143,28 +189,40 @@ pub struct NewReplicas {
     pub count: i32,
 }
 
-/// What a validation says about the host that ran a replica.
+/// What a validation says about the host that ran a replica of an app version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trust {
-    Valid { host_id: i64 },
-    Invalid { host_id: i64 },
+    Valid { host_id: i64, app_version_id: i64 },
+    Invalid { host_id: i64, app_version_id: i64 },
 }
 
 impl Decision {
-    fn valid(&mut self, replica: &Replica, credit: f64) -> anyhow::Result<()> {
+    /// `replica` agrees with the canonical result, as checked against other hosts'.
+    fn valid(&mut self, work_unit: &WorkUnit, replica: &Replica, credit: f64) -> anyhow::Result<()> {
+        let host_id = self.credit(replica, credit)?;
+        self.trust.push(Trust::Valid { host_id, app_version_id: work_unit.app_version_id });
+        Ok(())
+    }
+
+    /// `replica` is the result, accepted on its host's word: credited as if validated, but no
+    /// evidence of the host's trust.
+    fn valid_on_trust(&mut self, replica: &Replica, credit: f64) -> anyhow::Result<()> {
+        self.credit(replica, credit).map(drop)
+    }
+
+    fn credit(&mut self, replica: &Replica, credit: f64) -> anyhow::Result<i64> {
         let (Some(host_id), Some(account_id)) = (replica.host_id, replica.account_id) else {
             anyhow::bail!("valid replica {} has no host", replica.id);
         };
         self.judged.push(Judged { replica_id: replica.id, validation: Validation::Valid, credit: Some(credit) });
         self.grants.push(CreditGrant { replica_id: replica.id, host_id, account_id, credit });
-        self.trust.push(Trust::Valid { host_id });
-        Ok(())
+        Ok(host_id)
     }
 
-    fn invalid(&mut self, replica: &Replica) {
+    fn invalid(&mut self, work_unit: &WorkUnit, replica: &Replica) {
         self.judged.push(Judged { replica_id: replica.id, validation: Validation::Invalid, credit: Some(0.0) });
         if let Some(host_id) = replica.host_id {
-            self.trust.push(Trust::Invalid { host_id });
+            self.trust.push(Trust::Invalid { host_id, app_version_id: work_unit.app_version_id });
         }
     }
 
@@ -224,6 +282,9 @@ fn decide_state(
 ) -> anyhow::Result<()> {
     match work_unit.state {
         WorkUnitState::Active => decide_active(validator, work_unit, replicas, decision),
+        WorkUnitState::Validated if work_unit.recheck == Some(Recheck::Pending) => {
+            decide_recheck(validator, work_unit, replicas, decision)
+        }
         WorkUnitState::Validated => check_late_results(validator, work_unit, replicas, decision),
         WorkUnitState::Failed => Ok(()),
     }
@@ -264,6 +325,16 @@ pub fn comparisons_needed(work_unit: &WorkUnit, replicas: &[Replica]) -> anyhow:
                 for (i, a) in candidates.iter().enumerate() {
                     pairs.extend(candidates[i + 1..].iter().map(|b| (*a, *b)));
                 }
+            }
+        }
+        WorkUnitState::Validated if work_unit.recheck == Some(Recheck::Pending) => {
+            // The other hosts' outputs among themselves, as for a new work unit, and each
+            // against the result on trust, which may be the one they agree on.
+            let (suspect, others) = split_suspect(work_unit, replicas)?;
+            pairs = comparisons_needed(&as_new(work_unit), &others)?;
+            let suspect = suspect.candidate()?.output;
+            for other in comparable_candidates(&others) {
+                pairs.push((suspect, other.candidate()?.output));
             }
         }
         WorkUnitState::Validated => {
@@ -364,6 +435,13 @@ fn decide_active(
     }
 
     let successes = comparable_candidates(replicas);
+    if let [single] = successes[..]
+        && single.on_trust
+        && single.host_trusted
+        && replicas.iter().all(|r| r.id == single.id || !(r.is_outstanding() || r.is_success()))
+    {
+        return accept_on_trust(work_unit, single, decision);
+    }
     let mut inconclusive = false;
     // An answer only new accounts give, with no more support than the quorum: one more
     // replica, from another account and network, must confirm it.
@@ -429,15 +507,98 @@ fn accept(
         successes.iter().filter(|r| agreeing.contains(&r.id)).map(|r| r.fuel_used.unwrap_or(0)).collect();
     let credit = credit::credit_for_fuel(&fuels);
     let canonical = agreeing[0];
-    decision.end = Some(End::Validated { canonical_replica_id: canonical, credit });
+    decision.end = Some(End::Validated { canonical_replica_id: canonical, credit, on_trust: false });
     for replica in successes {
         if agreeing.contains(&replica.id) {
-            decision.valid(replica, credit)?;
+            decision.valid(work_unit, replica, credit)?;
         } else {
-            decision.invalid(replica);
+            decision.invalid(work_unit, replica);
         }
     }
     tracing::debug!(workunit.id = work_unit.id, replica.id = canonical, credit, "work unit validated");
+    Ok(())
+}
+
+/// The only replica, handed alone to a host that is still trusted, succeeded: its result is
+/// accepted on the host's word, and credited from the fuel it reported.
+fn accept_on_trust(work_unit: &WorkUnit, replica: &Replica, decision: &mut Decision) -> anyhow::Result<()> {
+    let credit = credit::credit_for_fuel(&[replica.fuel_used.unwrap_or(0)]);
+    decision.end = Some(End::Validated { canonical_replica_id: replica.id, credit, on_trust: true });
+    decision.valid_on_trust(replica, credit)?;
+    tracing::debug!(workunit.id = work_unit.id, replica.id = replica.id, credit, "work unit accepted on trust");
+    Ok(())
+}
+
+/// The result accepted on trust (the canonical replica), and every other replica.
+fn split_suspect<'r>(work_unit: &WorkUnit, replicas: &'r [Replica]) -> anyhow::Result<(&'r Replica, Vec<Replica>)> {
+    let canonical_id = work_unit
+        .canonical_replica_id
+        .ok_or_else(|| anyhow::anyhow!("validated work unit {} without a canonical replica", work_unit.id))?;
+    let suspect = replicas
+        .iter()
+        .find(|r| r.id == canonical_id)
+        .ok_or_else(|| anyhow::anyhow!("canonical replica {canonical_id} is missing"))?;
+    Ok((suspect, replicas.iter().filter(|r| r.id != canonical_id).cloned().collect()))
+}
+
+/// The work unit as a recheck decides it: active, with no result yet.
+fn as_new(work_unit: &WorkUnit) -> WorkUnit {
+    WorkUnit {
+        state: WorkUnitState::Active,
+        canonical_replica_id: None,
+        credit: None,
+        accepted_on_trust: false,
+        recheck: None,
+        ..work_unit.clone()
+    }
+}
+
+/// A result accepted on trust whose host was caught returning a wrong one: the other hosts'
+/// replicas decide the work unit again, with its policy, as if it were new (the suspect's
+/// result has no vote). What they agree on confirms the result, or replaces it; if they fail
+/// the work unit, it fails. Either correction makes the suspect's replica invalid and
+/// withdraws its credit.
+fn decide_recheck(
+    validator: &dyn Validator,
+    work_unit: &WorkUnit,
+    replicas: &[Replica],
+    decision: &mut Decision,
+) -> anyhow::Result<()> {
+    let (suspect, others) = split_suspect(work_unit, replicas)?;
+    let as_new = as_new(work_unit);
+    let mut check = Decision::default();
+    decide_active(validator, &as_new, &others, &mut check)?;
+    decision.judged.append(&mut check.judged);
+    decision.grants.append(&mut check.grants);
+    decision.trust.append(&mut check.trust);
+    decision.new_replicas = check.new_replicas;
+    let wrong = |decision: &mut Decision, reason: String| {
+        decision.invalid(work_unit, suspect);
+        decision.withdrawals.push(Withdrawal { replica_id: suspect.id, reason });
+    };
+    match check.end {
+        None => {}
+        Some(End::Validated { canonical_replica_id, credit, .. }) => {
+            let canonical = others
+                .iter()
+                .find(|r| r.id == canonical_replica_id)
+                .ok_or_else(|| anyhow::anyhow!("recheck's canonical replica {canonical_replica_id} is missing"))?;
+            if validator.equivalent(&suspect.candidate()?, &canonical.candidate()?)? {
+                tracing::info!(workunit.id = work_unit.id, "result accepted on trust confirmed");
+                decision.recheck = Some(RecheckEnd::Confirmed);
+            } else {
+                tracing::info!(workunit.id = work_unit.id, replica.id = canonical_replica_id, "result corrected");
+                decision.recheck = Some(RecheckEnd::Corrected { canonical_replica_id, credit });
+                wrong(decision, format!("other hosts agree on another result (replica {canonical_replica_id})"));
+            }
+        }
+        Some(End::Failed { reason }) => {
+            tracing::info!(workunit.id = work_unit.id, reason, "result accepted on trust not reproduced");
+            let reason = format!("the result accepted on trust was not reproduced: {reason}");
+            decision.recheck = Some(RecheckEnd::Failed { reason: reason.clone() });
+            wrong(decision, reason);
+        }
+    }
     Ok(())
 }
 
@@ -475,9 +636,9 @@ fn check_late_results(
     let credit = work_unit.credit.unwrap_or(0.0);
     for replica in late_results(replicas, canonical_row) {
         if validator.equivalent(&canonical, &replica.candidate()?)? {
-            decision.valid(replica, credit)?;
+            decision.valid(work_unit, replica, credit)?;
         } else {
-            decision.invalid(replica);
+            decision.invalid(work_unit, replica);
         }
     }
     Ok(())
@@ -493,6 +654,7 @@ mod tests {
     fn work_unit(min_quorum: usize, target_replicas: usize) -> WorkUnit {
         WorkUnit {
             id: 1,
+            app_version_id: 7,
             state: WorkUnitState::Active,
             policy: Policy { min_quorum, target_replicas, max_error_replicas: 3, max_total_replicas: 6 },
             canonical_replica_id: None,
@@ -500,6 +662,8 @@ mod tests {
             has_validator_module: false,
             distinct_networks: false,
             new_accounts_decide: true,
+            accepted_on_trust: false,
+            recheck: None,
         }
     }
 
@@ -523,6 +687,8 @@ mod tests {
             instrumentation_version: 2,
             network: Some(format!("10.0.{id}.0/24")),
             account_has_history: false,
+            on_trust: false,
+            host_trusted: false,
         }
     }
 
@@ -584,9 +750,12 @@ mod tests {
     fn an_agreeing_quorum_validates_credits_every_agreeing_host_and_ends_the_work_unit() {
         let decision = decided(&work_unit(2, 2), &[succeeded(1, "a"), succeeded(2, "a")]);
         let credit = FUEL as f64 / crate::credit::FUEL_PER_CREDIT;
-        assert_eq!(decision.end, Some(End::Validated { canonical_replica_id: 1, credit }));
+        assert_eq!(decision.end, Some(End::Validated { canonical_replica_id: 1, credit, on_trust: false }));
         assert_eq!(decision.grants.len(), 2);
-        assert_eq!(decision.trust, [Trust::Valid { host_id: 1 }, Trust::Valid { host_id: 2 }]);
+        assert_eq!(
+            decision.trust,
+            [Trust::Valid { host_id: 1, app_version_id: 7 }, Trust::Valid { host_id: 2, app_version_id: 7 }]
+        );
         assert_eq!(decision.new_replicas, None);
     }
 
@@ -609,7 +778,11 @@ mod tests {
         assert!(matches!(decision.end, Some(End::Validated { canonical_replica_id: 1, .. })));
         assert_eq!(
             decision.trust,
-            [Trust::Valid { host_id: 1 }, Trust::Invalid { host_id: 2 }, Trust::Valid { host_id: 3 }]
+            [
+                Trust::Valid { host_id: 1, app_version_id: 7 },
+                Trust::Invalid { host_id: 2, app_version_id: 7 },
+                Trust::Valid { host_id: 3, app_version_id: 7 }
+            ]
         );
     }
 
@@ -748,7 +921,10 @@ mod tests {
             decision.grants.iter().map(|grant| (grant.replica_id, grant.credit)).collect::<Vec<_>>(),
             [(3, 2.0)]
         );
-        assert_eq!(decision.trust, [Trust::Valid { host_id: 3 }, Trust::Invalid { host_id: 4 }]);
+        assert_eq!(
+            decision.trust,
+            [Trust::Valid { host_id: 3, app_version_id: 7 }, Trust::Invalid { host_id: 4, app_version_id: 7 }]
+        );
     }
 
     #[test]
@@ -806,5 +982,130 @@ mod tests {
         let decision = decide(&Compared { made: vec![pair], failed: true }, &with_module, &replicas, None).unwrap();
         let Some(End::Failed { reason }) = decision.end else { panic!("{decision:?}") };
         assert!(reason.starts_with("no consensus among 2") && reason.contains("validator module failed"), "{reason}");
+    }
+
+    /// Replica `id`, handed alone to a trusted host, which reported `output`.
+    fn alone_on_trust(id: i64, output: &str) -> Replica {
+        Replica { on_trust: true, host_trusted: true, ..established(succeeded(id, output)) }
+    }
+
+    fn no_longer_needed(id: i64) -> Replica {
+        Replica { state: ReplicaState::Over, outcome: Some(Outcome::DidntNeed), ..unsent(id) }
+    }
+
+    /// Work unit 1 accepted on trust from replica 1, `output`, and now being rechecked.
+    fn rechecking(output: &str) -> (WorkUnit, Replica) {
+        let unit = WorkUnit {
+            state: WorkUnitState::Validated,
+            canonical_replica_id: Some(1),
+            credit: Some(2.0),
+            accepted_on_trust: true,
+            recheck: Some(Recheck::Pending),
+            ..public(2, 2)
+        };
+        let suspect = Replica { validation: Validation::Valid, ..alone_on_trust(1, output) };
+        (unit, suspect)
+    }
+
+    #[test]
+    fn a_replica_alone_on_trust_is_accepted_by_itself_and_credited_but_proves_no_trust() {
+        let decision = decided(&public(2, 2), &[alone_on_trust(1, "a"), no_longer_needed(2)]);
+        let credit = credit::credit_for_fuel(&[FUEL]);
+        assert_eq!(decision.end, Some(End::Validated { canonical_replica_id: 1, credit, on_trust: true }));
+        assert_eq!(decision.grants.len(), 1);
+        assert_eq!(decision.judged[0].validation, Validation::Valid);
+        assert!(decision.trust.is_empty(), "an unchecked result is no evidence of trust");
+        assert_eq!(decision.new_replicas, None);
+    }
+
+    #[test]
+    fn a_replica_on_trust_is_replicated_as_usual_when_its_host_was_caught_or_it_failed_or_has_company() {
+        let caught = Replica { host_trusted: false, ..alone_on_trust(1, "a") };
+        let decision = decided(&public(2, 2), &[caught, no_longer_needed(2)]);
+        assert_eq!(decision.end, None, "a host caught since is not believed on its word");
+        assert_eq!(decision.new_replicas, Some(NewReplicas { priority: RETRY_PRIORITY, count: 1 }));
+
+        let failed_alone = Replica { on_trust: true, host_trusted: true, ..failed(1, "trap") };
+        let decision = decided(&public(2, 2), &[failed_alone, no_longer_needed(2)]);
+        assert_eq!(decision.new_replicas, Some(NewReplicas { priority: RETRY_PRIORITY, count: 2 }));
+
+        // A sibling another claim took at the same moment runs: it decides with the quorum.
+        let decision = decided(&public(2, 2), &[alone_on_trust(1, "a"), sent(2)]);
+        assert_eq!((decision.end, decision.new_replicas), (None, None));
+        let both = [alone_on_trust(1, "a"), established(succeeded(2, "a"))];
+        let decision = decided(&public(2, 2), &both);
+        assert!(matches!(decision.end, Some(End::Validated { on_trust: false, .. })));
+        assert_eq!(decision.trust.len(), 2, "a checked result counts");
+    }
+
+    #[test]
+    fn a_recheck_asks_the_policy_of_other_hosts_and_the_suspect_has_no_vote() {
+        let (unit, suspect) = rechecking("wrong");
+        let decision = decided(&unit, &[suspect.clone(), no_longer_needed(2)]);
+        assert_eq!(decision.new_replicas, Some(NewReplicas { priority: RETRY_PRIORITY, count: 2 }));
+        assert_eq!(decision.recheck, None);
+        // One other host agreeing with the suspect is not a quorum: the suspect does not vote.
+        let one = [suspect, no_longer_needed(2), established(succeeded(3, "wrong")), sent(4)];
+        assert_eq!(decided(&unit, &one).recheck, None);
+    }
+
+    #[test]
+    fn a_recheck_that_agrees_confirms_the_result_and_credits_the_checkers() {
+        let (unit, suspect) = rechecking("right");
+        let replicas =
+            [suspect, no_longer_needed(2), established(succeeded(3, "right")), established(succeeded(4, "right"))];
+        let decision = decided(&unit, &replicas);
+        assert_eq!(decision.recheck, Some(RecheckEnd::Confirmed));
+        assert!(decision.withdrawals.is_empty());
+        assert_eq!(decision.grants.iter().map(|g| g.replica_id).collect::<Vec<_>>(), [3, 4]);
+        assert_eq!(decision.end, None, "the work unit stays validated");
+    }
+
+    #[test]
+    fn a_recheck_that_disagrees_corrects_the_result_and_withdraws_the_wrong_credit() {
+        let (unit, suspect) = rechecking("wrong");
+        let replicas =
+            [suspect, no_longer_needed(2), established(succeeded(3, "right")), established(succeeded(4, "right"))];
+        let decision = decided(&unit, &replicas);
+        let credit = credit::credit_for_fuel(&[FUEL, FUEL]);
+        assert_eq!(decision.recheck, Some(RecheckEnd::Corrected { canonical_replica_id: 3, credit }));
+        assert_eq!(decision.withdrawals.len(), 1);
+        assert_eq!(decision.withdrawals[0].replica_id, 1);
+        assert!(decision.judged.contains(&Judged {
+            replica_id: 1,
+            validation: Validation::Invalid,
+            credit: Some(0.0)
+        }));
+        assert!(decision.trust.contains(&Trust::Invalid { host_id: 1, app_version_id: 7 }));
+    }
+
+    #[test]
+    fn a_result_on_trust_that_other_hosts_cannot_reproduce_fails_the_work_unit() {
+        let (unit, suspect) = rechecking("an output");
+        let trap = "trap: wasm trap: unreachable";
+        let replicas = [
+            suspect,
+            no_longer_needed(2),
+            established(failed_after(3, trap, 500)),
+            established(failed_after(4, trap, 500)),
+        ];
+        let decision = decided(&unit, &replicas);
+        let Some(RecheckEnd::Failed { reason }) = &decision.recheck else { panic!("{decision:?}") };
+        assert!(reason.contains("not reproduced") && reason.contains(trap), "{reason}");
+        assert_eq!(decision.withdrawals[0].replica_id, 1);
+    }
+
+    #[test]
+    fn a_recheck_with_a_validator_module_waits_for_comparisons_with_the_suspect_too() {
+        let (unit, suspect) = rechecking("x");
+        let unit = WorkUnit { has_validator_module: true, ..unit };
+        let replicas = [suspect, established(succeeded(3, "y")), established(succeeded(4, "y"))];
+        let needed = comparisons_needed(&unit, &replicas).unwrap();
+        let (x, y) = (Sha256Hash::of(b"x"), Sha256Hash::of(b"y"));
+        assert_eq!(needed, [(y, y), (x, y), (x, y)]);
+        let waiting = decide(&Compared { made: vec![(y, y)], failed: false }, &unit, &replicas, None).unwrap();
+        assert_eq!((waiting.awaiting_comparison, waiting.recheck), (Some(true), None));
+        let ready = decide(&Compared { made: vec![(y, y), (x, y)], failed: false }, &unit, &replicas, None).unwrap();
+        assert!(matches!(ready.recheck, Some(RecheckEnd::Corrected { canonical_replica_id: 3, .. })));
     }
 }

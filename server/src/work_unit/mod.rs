@@ -7,10 +7,11 @@
 //! - [`report`]: a host's reports of finished replicas.
 //! - [`deadlines`]: replicas whose hosts missed their deadlines.
 //! - [`cancel`]: a publisher cancelling a batch.
+//! - [`lookback`]: rechecking the results a caught host had accepted on trust.
 //! - [`error`]: what can go wrong, converted to the API's errors only at the HTTP edge.
 //!
 //! Every event that moves work units on (a report, a missed deadline, a comparison made by a
-//! validator module, a cancellation) goes through [`advance`]: it locks the work units (in id
+//! validator module, a cancellation, a recheck asked for) goes through [`advance`]: it locks the work units (in id
 //! order, as every writer does), lets the event write what it knows, decides for each work
 //! unit from its rows, and writes every decision in one go. The effects on the hosts' trust
 //! come back as [`Advanced`], which must be applied, alone or with the caller's own; a
@@ -22,6 +23,7 @@ pub mod claim;
 pub mod deadlines;
 pub mod decide;
 pub mod error;
+pub mod lookback;
 pub mod report;
 pub mod states;
 
@@ -31,14 +33,14 @@ use std::future::Future;
 use sqlx::PgConnection;
 use wasmgrid_protocol::Sha256Hash;
 
-use crate::config::SchedulerConfig;
+use crate::config::{AdaptiveReplication, SchedulerConfig};
 use crate::trust::HostEffects;
 use crate::validator::Bitwise;
 use crate::validator::comparisons::KnownComparisons;
 use changes::Changes;
 use decide::{Policy, Replica, WorkUnit};
 pub use error::WorkUnitError;
-use states::{Outcome, ReplicaState, Validation, WorkUnitState};
+use states::{Outcome, Recheck, ReplicaState, Validation, WorkUnitState};
 
 /// Whether replica `r` (a SQL alias) still waits for its report: it runs, or it missed its
 /// deadline while its work unit still needs an answer, or after the work unit was validated
@@ -80,11 +82,17 @@ pub struct Rules {
     pub max_daily_quota: u32,
     /// See [`SchedulerConfig::private_grid`].
     pub private_grid: bool,
+    /// See [`SchedulerConfig::adaptive`].
+    pub adaptive: AdaptiveReplication,
 }
 
 impl From<&SchedulerConfig> for Rules {
     fn from(scheduler: &SchedulerConfig) -> Self {
-        Self { max_daily_quota: scheduler.daily_quota_per_core, private_grid: scheduler.private_grid }
+        Self {
+            max_daily_quota: scheduler.daily_quota_per_core,
+            private_grid: scheduler.private_grid,
+            adaptive: scheduler.adaptive,
+        }
     }
 }
 
@@ -175,6 +183,7 @@ pub async fn advance<E: Event>(
 #[derive(sqlx::FromRow)]
 struct WorkUnitRow {
     id: i64,
+    app_version_id: i64,
     state: WorkUnitState,
     min_quorum: i32,
     target_replicas: i32,
@@ -184,6 +193,8 @@ struct WorkUnitRow {
     credit: Option<f64>,
     validator_module_sha256: Option<String>,
     distinct_networks: bool,
+    accepted_on_trust: bool,
+    recheck: Option<Recheck>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -202,6 +213,8 @@ struct ReplicaRow {
     network: Option<String>,
     /// Whether the replica's account had a validated result before this transaction.
     account_has_history: bool,
+    on_trust: bool,
+    host_trusted: bool,
 }
 
 /// The work units `ids` (each with its app's validator module, if any) and their replicas.
@@ -211,8 +224,9 @@ async fn load(
     rules: Rules,
 ) -> Result<(Vec<(WorkUnit, Option<Sha256Hash>)>, HashMap<i64, Vec<Replica>>), WorkUnitError> {
     let rows: Vec<WorkUnitRow> = sqlx::query_as(
-        "select w.id, w.state, w.min_quorum, w.target_replicas, w.max_error_replicas, w.max_total_replicas,
-                w.canonical_replica_id, w.credit, a.validator_module_sha256, a.distinct_networks
+        "select w.id, w.app_version_id, w.state, w.min_quorum, w.target_replicas, w.max_error_replicas,
+                w.max_total_replicas, w.canonical_replica_id, w.credit, a.validator_module_sha256,
+                a.distinct_networks, w.accepted_on_trust, w.recheck
          from work_unit w
          join app_version v on v.id = w.app_version_id
          join app a on a.id = v.app_id
@@ -227,6 +241,7 @@ async fn load(
         let validator = row.validator_module_sha256.as_deref().map(parse_hash).transpose()?;
         let work_unit = WorkUnit {
             id: row.id,
+            app_version_id: row.app_version_id,
             state: row.state,
             policy: Policy {
                 min_quorum: count(row.min_quorum),
@@ -239,20 +254,28 @@ async fn load(
             has_validator_module: validator.is_some(),
             distinct_networks: row.distinct_networks && !rules.private_grid,
             new_accounts_decide: rules.private_grid,
+            accepted_on_trust: row.accepted_on_trust,
+            recheck: row.recheck,
         };
         work_units.push((work_unit, validator));
     }
 
-    // An account's history is its hosts' valid results, as counted before this transaction
-    // (trust is applied at its end).
+    // An account's history is its hosts' valid results, and a host's trust its run of them
+    // for the app version, as counted before this transaction (trust is applied at its end).
     let rows: Vec<ReplicaRow> = sqlx::query_as(
         "select r.id, r.work_unit_id, r.state, r.outcome, r.validate_state, r.host_id, r.account_id, r.output_sha256,
                 r.fuel_used, r.error_reason, r.instrumentation_version, r.network,
                 coalesce((select sum(h.valid_count) > 0 from host h where h.account_id = r.account_id), false)
-                    as account_has_history
+                    as account_has_history,
+                r.on_trust,
+                r.on_trust and coalesce((select t.consecutive_valid >= $2 from host_app_version t
+                                         join work_unit w on w.app_version_id = t.app_version_id
+                                         where t.host_id = r.host_id and w.id = r.work_unit_id), false)
+                    as host_trusted
          from replica r where r.work_unit_id = any($1) order by r.id",
     )
     .bind(ids)
+    .bind(i32::try_from(rules.adaptive.trusted_after).unwrap_or(i32::MAX))
     .fetch_all(&mut *connection)
     .await?;
     let mut replicas: HashMap<i64, Vec<Replica>> = HashMap::new();
@@ -270,6 +293,8 @@ async fn load(
             instrumentation_version: row.instrumentation_version,
             network: row.network,
             account_has_history: row.account_has_history,
+            on_trust: row.on_trust,
+            host_trusted: row.host_trusted,
         };
         replicas.entry(row.work_unit_id).or_default().push(replica);
     }

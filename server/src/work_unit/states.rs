@@ -40,6 +40,19 @@ pub enum Outcome {
     ValidateError,
 }
 
+/// Where the recheck of a result accepted on trust is: asked for when its host was caught
+/// returning a wrong result (see [`super::lookback`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "recheck_state", rename_all = "snake_case")]
+pub enum Recheck {
+    /// Other hosts run the work unit again.
+    Pending,
+    /// They agree with the result.
+    Confirmed,
+    /// They did not: the result was replaced, or the work unit failed.
+    Corrected,
+}
+
 /// What validation made of a replica's output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
 #[sqlx(type_name = "validate_state", rename_all = "snake_case")]

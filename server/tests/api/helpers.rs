@@ -18,7 +18,7 @@ use wasmgrid_server::ServerConfig;
 use wasmgrid_server::config::RegistrationLimits;
 use wasmgrid_server::database::{DatabaseLocation, test_cluster};
 use wasmgrid_server::publishers;
-use wasmgrid_server::publishing::{self, ReplicationPolicy, WorkUnitSpec};
+use wasmgrid_server::publishing::{self, AppReplication, ReplicationPolicy, WorkUnitSpec};
 
 pub const FUEL: u64 = 2_000_000_000;
 pub const HOST_MEMORY: u64 = 8 << 30;
@@ -160,21 +160,44 @@ impl TestApp {
     }
 
     pub async fn publish_specs(&self, specs: Vec<WorkUnitSpec>) -> Vec<i64> {
+        self.publish_app(specs, AppReplication::default()).await.work_units
+    }
+
+    /// Publishes an app replicated as `replication`, its first version, and a batch of
+    /// `specs`.
+    pub async fn publish_app(&self, specs: Vec<WorkUnitSpec>, replication: AppReplication) -> Published {
         let mut transaction = self.pool.begin().await.unwrap();
-        let store = wasmgrid_server::blobs::DirectoryStore::open(self.data_dir.path().join("blobs")).unwrap();
-        let module = wasmgrid_server::blobs::store_bytes(&mut transaction, &store, b"\0asm\x01\0\0\0").await.unwrap();
         let app_name = format!("app-{}", rand_suffix());
         let publisher = publishers::ensure(&mut transaction, "tests").await.unwrap();
         let app_id =
             publishing::create_app(&mut transaction, publisher, &app_name, "", &ValidatorSpec::Bitwise).await.unwrap();
+        publishing::set_replication(&mut transaction, app_id, replication).await.unwrap();
+        transaction.commit().await.unwrap();
+        self.publish_module(app_id, b"\0asm\x01\0\0\0", specs).await
+    }
+
+    /// Publishes a new version of app `app_id` (a module of its own) and a batch of `specs`
+    /// that run it.
+    pub async fn publish_version(&self, app_id: i64, specs: Vec<WorkUnitSpec>) -> Published {
+        // An empty module, with a custom section that tells the versions apart.
+        let mut module = b"\0asm\x01\0\0\0\0\x09\x08".to_vec();
+        module.extend_from_slice(format!("{:08}", rand_suffix()).as_bytes());
+        self.publish_module(app_id, &module, specs).await
+    }
+
+    async fn publish_module(&self, app_id: i64, module: &[u8], specs: Vec<WorkUnitSpec>) -> Published {
+        let mut transaction = self.pool.begin().await.unwrap();
+        let store = wasmgrid_server::blobs::DirectoryStore::open(self.data_dir.path().join("blobs")).unwrap();
+        let module = wasmgrid_server::blobs::store_bytes(&mut transaction, &store, module).await.unwrap();
         publishing::add_app_version(&mut transaction, app_id, module).await.unwrap();
         let batch_id = publishing::create_batch(&mut transaction, app_id, "batch", &specs).await.unwrap();
         transaction.commit().await.unwrap();
-        sqlx::query_scalar("select id from work_unit where batch_id = $1 order by id")
+        let work_units = sqlx::query_scalar("select id from work_unit where batch_id = $1 order by id")
             .bind(batch_id)
             .fetch_all(&self.pool)
             .await
-            .unwrap()
+            .unwrap();
+        Published { app_id, batch_id, work_units }
     }
 
     pub async fn work_unit(&self, id: i64) -> WorkUnitView {
@@ -335,6 +358,13 @@ pub fn failure(replica_id: i64, reason: &str) -> ReplicaReport {
         stderr: "trap".into(),
         instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
     }
+}
+
+/// An app's batch, as published by [`TestApp::publish_app`].
+pub struct Published {
+    pub app_id: i64,
+    pub batch_id: i64,
+    pub work_units: Vec<i64>,
 }
 
 #[derive(Debug, sqlx::FromRow)]

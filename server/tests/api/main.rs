@@ -1,6 +1,7 @@
 //! Integration tests of the server: a real server and a real PostgreSQL (a fresh database
 //! per test), driven through the real client library.
 
+mod adaptive;
 mod bad_input;
 mod blobs;
 mod cheating;

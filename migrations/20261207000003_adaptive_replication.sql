@@ -7,11 +7,13 @@ alter table app add column if not exists adaptive_replication boolean not null d
 
 -- A host's record for one version of an app: trust starts again with a new version.
 -- `consecutive_valid` counts checked results only (replicated, and agreeing); results
--- accepted on trust are never evidence of trust.
+-- accepted on trust are never evidence of trust. `accepted_in_a_row` counts both, and sets
+-- how rarely a trusted host is checked.
 create table if not exists host_app_version (
     host_id bigint not null references host (id),
     app_version_id bigint not null references app_version (id),
     consecutive_valid integer not null default 0 check (consecutive_valid >= 0),
+    accepted_in_a_row integer not null default 0 check (accepted_in_a_row >= 0),
     valid_count bigint not null default 0,
     invalid_count bigint not null default 0,
     primary key (host_id, app_version_id)

@@ -92,12 +92,17 @@ pub struct SchedulerConfig {
     pub private_grid: bool,
     /// Adaptive replication, for the apps that ask for it.
     pub adaptive: AdaptiveReplication,
+    /// Whether every module published must be signed by its publisher's key (see
+    /// [`crate::signing`]); volunteers' clients then refuse unsigned modules too.
+    pub require_signatures: bool,
 }
 
 /// Adaptive replication (see [`crate::work_unit::claim`]): a host whose results for an app
 /// version have been checked and found valid `trusted_after` times in a row may be handed a
-/// work unit alone, and is then checked anyway with a chance that falls as its run grows,
-/// never below `min_check_probability`.
+/// work unit alone, and is then checked anyway with a chance that falls as its run of
+/// accepted results (checked or not) grows, never below `min_check_probability`. Trust is
+/// earned by checked results only; how often it is checked afterwards follows everything
+/// the host returned since, since every one of them could have been the one checked.
 #[derive(Debug, Clone, Copy)]
 pub struct AdaptiveReplication {
     pub trusted_after: u32,
@@ -114,14 +119,16 @@ impl Default for AdaptiveReplication {
 }
 
 impl AdaptiveReplication {
-    /// The chance that a work unit handed to a host with `consecutive_valid` checked valid
-    /// results in a row is replicated anyway, to check it: certain below `trusted_after`, a
-    /// half there, and falling as `trusted_after / 2n` for a run of n, to the floor.
-    pub fn check_probability(&self, consecutive_valid: u32) -> f64 {
-        if consecutive_valid < self.trusted_after.max(1) {
+    /// The chance that a work unit handed to a host is replicated anyway, to check it, when
+    /// the host has `checked` checked valid results in a row and `accepted` results accepted
+    /// in a row, checked or on trust: certain below `trusted_after` checked ones, a half
+    /// there, and falling as `trusted_after / 2n` for a run of n accepted, to the floor.
+    pub fn check_probability(&self, checked: u32, accepted: u32) -> f64 {
+        let trusted_after = self.trusted_after.max(1);
+        if checked < trusted_after {
             return 1.0;
         }
-        let falling = f64::from(self.trusted_after.max(1)) / (2.0 * f64::from(consecutive_valid));
+        let falling = f64::from(trusted_after) / (2.0 * f64::from(accepted.max(checked)));
         falling.clamp(self.min_check_probability, 1.0)
     }
 }
@@ -140,6 +147,7 @@ impl Default for SchedulerConfig {
             browser_grace: Duration::from_secs(600),
             private_grid: false,
             adaptive: AdaptiveReplication::default(),
+            require_signatures: false,
         }
     }
 }
@@ -178,12 +186,13 @@ mod tests {
     #[test]
     fn a_trusted_host_is_checked_less_the_longer_its_run_but_never_never() {
         let adaptive = AdaptiveReplication { trusted_after: 10, min_check_probability: 0.05, ..Default::default() };
-        assert_eq!(adaptive.check_probability(0), 1.0);
-        assert_eq!(adaptive.check_probability(9), 1.0, "not trusted yet");
-        assert_eq!(adaptive.check_probability(10), 0.5);
-        assert_eq!(adaptive.check_probability(50), 0.1);
-        assert_eq!(adaptive.check_probability(1_000_000), 0.05, "the floor");
-        let probabilities: Vec<f64> = (10..500).map(|n| adaptive.check_probability(n)).collect();
+        assert_eq!(adaptive.check_probability(0, 0), 1.0);
+        assert_eq!(adaptive.check_probability(9, 9), 1.0, "not trusted yet");
+        assert_eq!(adaptive.check_probability(9, 1000), 1.0, "results on trust earn no trust");
+        assert_eq!(adaptive.check_probability(10, 10), 0.5);
+        assert_eq!(adaptive.check_probability(10, 50), 0.1, "results on trust count towards the run");
+        assert_eq!(adaptive.check_probability(1_000_000, 1_000_000), 0.05, "the floor");
+        let probabilities: Vec<f64> = (10..500).map(|n| adaptive.check_probability(10, n)).collect();
         assert!(probabilities.windows(2).all(|pair| pair[1] <= pair[0]));
     }
 }

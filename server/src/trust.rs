@@ -2,9 +2,11 @@
 //! quota (down to 1 replica per core) and resets its run of consecutive valid results; each
 //! valid result doubles the quota again, up to the configured maximum.
 //!
-//! For adaptive replication each host also has a run of checked valid results per app
-//! version (`host_app_version`); an invalid result ends every run of the host and asks for
-//! its results accepted on trust to be looked back at (see [`crate::work_unit::lookback`]).
+//! For adaptive replication each host also has, per app version (`host_app_version`), a run
+//! of checked valid results, which earns trust, and a run of accepted results, checked or
+//! on trust, which sets how often a trusted host is checked; an invalid result ends every
+//! run of the host and asks for its results accepted on trust to be looked back at (see
+//! [`crate::work_unit::lookback`]).
 //!
 //! Effects on hosts are collected during a transaction and applied at its end, in host-id
 //! order, because one host's report can change other hosts' rows (validation marks their
@@ -29,21 +31,34 @@ struct Effect {
 #[must_use = "effects on hosts change nothing until applied"]
 pub struct HostEffects {
     by_host: BTreeMap<i64, Effect>,
-    /// (valid, invalid) per (host, app version).
-    by_app_version: BTreeMap<(i64, i64), (i32, i32)>,
+    by_app_version: BTreeMap<(i64, i64), Results>,
+}
+
+/// A host's results for an app version, as judged in one transaction.
+#[derive(Debug, Default, Clone, Copy)]
+struct Results {
+    valid: i32,
+    on_trust: i32,
+    invalid: i32,
 }
 
 impl HostEffects {
     /// A result of the host for an app version was checked against others' and agrees.
     pub fn valid(&mut self, host_id: i64, app_version_id: i64) {
         self.by_host.entry(host_id).or_default().valid += 1;
-        self.by_app_version.entry((host_id, app_version_id)).or_default().0 += 1;
+        self.by_app_version.entry((host_id, app_version_id)).or_default().valid += 1;
+    }
+
+    /// A result of the host for an app version was accepted on its word: no evidence of
+    /// trust, but one more result in its run.
+    pub fn accepted_on_trust(&mut self, host_id: i64, app_version_id: i64) {
+        self.by_app_version.entry((host_id, app_version_id)).or_default().on_trust += 1;
     }
 
     /// A result of the host was found wrong: it is caught.
     pub fn invalid(&mut self, host_id: i64, app_version_id: i64) {
         self.by_host.entry(host_id).or_default().invalid += 1;
-        self.by_app_version.entry((host_id, app_version_id)).or_default().1 += 1;
+        self.by_app_version.entry((host_id, app_version_id)).or_default().invalid += 1;
     }
 
     pub fn error(&mut self, host_id: i64) {
@@ -67,10 +82,11 @@ impl HostEffects {
             mine.sent += effect.sent;
             mine.contacted |= effect.contacted;
         }
-        for (key, (valid, invalid)) in other.by_app_version {
+        for (key, results) in other.by_app_version {
             let mine = self.by_app_version.entry(key).or_default();
-            mine.0 += valid;
-            mine.1 += invalid;
+            mine.valid += results.valid;
+            mine.on_trust += results.on_trust;
+            mine.invalid += results.invalid;
         }
     }
 
@@ -137,33 +153,43 @@ impl HostEffects {
             return Ok(());
         }
         let keys: Vec<&(i64, i64)> = self.by_app_version.keys().collect();
-        let counts: Vec<&(i32, i32)> = self.by_app_version.values().collect();
+        let results: Vec<&Results> = self.by_app_version.values().collect();
+        let column = |f: fn(&Results) -> i32| results.iter().map(|r| f(r)).collect::<Vec<i32>>();
+        // `valid_count` and `invalid_count` count checked results; a caught host's runs are
+        // reset below, for every version.
         sqlx::query(
-            "insert into host_app_version as t (host_id, app_version_id, consecutive_valid, valid_count, invalid_count)
-             select u.host_id, u.app_version_id, case when u.invalid > 0 then 0 else u.valid end, u.valid, u.invalid
-             from unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[]) as u(host_id, app_version_id, valid, invalid)
+            "insert into host_app_version as t
+                 (host_id, app_version_id, consecutive_valid, accepted_in_a_row, valid_count, invalid_count)
+             select u.host_id, u.app_version_id, case when u.invalid > 0 then 0 else u.valid end,
+                    case when u.invalid > 0 then 0 else u.valid + u.on_trust end, u.valid, u.invalid
+             from unnest($1::bigint[], $2::bigint[], $3::int[], $4::int[], $5::int[])
+                  as u(host_id, app_version_id, valid, on_trust, invalid)
              on conflict (host_id, app_version_id) do update set
                  consecutive_valid = case when excluded.invalid_count > 0 then 0
                                           else t.consecutive_valid + excluded.valid_count end,
+                 accepted_in_a_row = case when excluded.invalid_count > 0 then 0
+                                          else t.accepted_in_a_row + excluded.accepted_in_a_row end,
                  valid_count = t.valid_count + excluded.valid_count,
                  invalid_count = t.invalid_count + excluded.invalid_count",
         )
         .bind(keys.iter().map(|(host, _)| *host).collect::<Vec<i64>>())
         .bind(keys.iter().map(|(_, version)| *version).collect::<Vec<i64>>())
-        .bind(counts.iter().map(|(valid, _)| *valid).collect::<Vec<i32>>())
-        .bind(counts.iter().map(|(_, invalid)| *invalid).collect::<Vec<i32>>())
+        .bind(column(|r| r.valid))
+        .bind(column(|r| r.on_trust))
+        .bind(column(|r| r.invalid))
         .execute(&mut *connection)
         .await?;
         let mut caught: Vec<i64> =
-            self.by_app_version.iter().filter(|(_, (_, invalid))| *invalid > 0).map(|((host, _), _)| *host).collect();
+            self.by_app_version.iter().filter(|(_, results)| results.invalid > 0).map(|((host, _), _)| *host).collect();
         caught.dedup();
         if caught.is_empty() {
             return Ok(());
         }
         sqlx::query(
-            "update host_app_version set consecutive_valid = 0
+            "update host_app_version set consecutive_valid = 0, accepted_in_a_row = 0
              where (host_id, app_version_id) in (select host_id, app_version_id from host_app_version
-                                                 where host_id = any($1) and consecutive_valid > 0
+                                                 where host_id = any($1)
+                                                   and (consecutive_valid > 0 or accepted_in_a_row > 0)
                                                  order by host_id, app_version_id for no key update)",
         )
         .bind(&caught)

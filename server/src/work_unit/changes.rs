@@ -77,6 +77,7 @@ impl Changes {
         for trust in decision.trust {
             match trust {
                 Trust::Valid { host_id, app_version_id } => effects.valid(host_id, app_version_id),
+                Trust::OnTrust { host_id, app_version_id } => effects.accepted_on_trust(host_id, app_version_id),
                 Trust::Invalid { host_id, app_version_id } => effects.invalid(host_id, app_version_id),
             }
         }

@@ -183,6 +183,7 @@ struct TrustedClaim {
     replica_id: i64,
     work_unit_id: i64,
     consecutive_valid: i32,
+    accepted_in_a_row: i32,
 }
 
 /// Adaptive replication: of the replicas just claimed, those of apps that ask for it, whose
@@ -201,7 +202,7 @@ async fn send_alone_on_trust(
 ) -> Result<(), WorkUnitError> {
     let claimed_ids: Vec<i64> = claimed.iter().map(|c| c.replica_id).collect();
     let trusted: Vec<TrustedClaim> = sqlx::query_as(
-        "select r.id as replica_id, r.work_unit_id, t.consecutive_valid
+        "select r.id as replica_id, r.work_unit_id, t.consecutive_valid, t.accepted_in_a_row
          from replica r
          join work_unit w on w.id = r.work_unit_id
          join app_version v on v.id = w.app_version_id
@@ -220,7 +221,8 @@ async fn send_alone_on_trust(
     let alone: Vec<&TrustedClaim> = trusted
         .iter()
         .filter(|claim| {
-            let checked = adaptive.check_probability(u32::try_from(claim.consecutive_valid).unwrap_or(0));
+            let count = |run: i32| u32::try_from(run).unwrap_or(0);
+            let checked = adaptive.check_probability(count(claim.consecutive_valid), count(claim.accepted_in_a_row));
             rand::random::<f64>() >= checked
         })
         .collect();

@@ -192,8 +192,19 @@ pub struct NewReplicas {
 /// What a validation says about the host that ran a replica of an app version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trust {
-    Valid { host_id: i64, app_version_id: i64 },
-    Invalid { host_id: i64, app_version_id: i64 },
+    Valid {
+        host_id: i64,
+        app_version_id: i64,
+    },
+    /// Accepted on the host's word: one more result in its run, no evidence of trust.
+    OnTrust {
+        host_id: i64,
+        app_version_id: i64,
+    },
+    Invalid {
+        host_id: i64,
+        app_version_id: i64,
+    },
 }
 
 impl Decision {
@@ -206,8 +217,10 @@ impl Decision {
 
     /// `replica` is the result, accepted on its host's word: credited as if validated, but no
     /// evidence of the host's trust.
-    fn valid_on_trust(&mut self, replica: &Replica, credit: f64) -> anyhow::Result<()> {
-        self.credit(replica, credit).map(drop)
+    fn valid_on_trust(&mut self, work_unit: &WorkUnit, replica: &Replica, credit: f64) -> anyhow::Result<()> {
+        let host_id = self.credit(replica, credit)?;
+        self.trust.push(Trust::OnTrust { host_id, app_version_id: work_unit.app_version_id });
+        Ok(())
     }
 
     fn credit(&mut self, replica: &Replica, credit: f64) -> anyhow::Result<i64> {
@@ -524,7 +537,7 @@ fn accept(
 fn accept_on_trust(work_unit: &WorkUnit, replica: &Replica, decision: &mut Decision) -> anyhow::Result<()> {
     let credit = credit::credit_for_fuel(&[replica.fuel_used.unwrap_or(0)]);
     decision.end = Some(End::Validated { canonical_replica_id: replica.id, credit, on_trust: true });
-    decision.valid_on_trust(replica, credit)?;
+    decision.valid_on_trust(work_unit, replica, credit)?;
     tracing::debug!(workunit.id = work_unit.id, replica.id = replica.id, credit, "work unit accepted on trust");
     Ok(())
 }
@@ -1014,7 +1027,11 @@ mod tests {
         assert_eq!(decision.end, Some(End::Validated { canonical_replica_id: 1, credit, on_trust: true }));
         assert_eq!(decision.grants.len(), 1);
         assert_eq!(decision.judged[0].validation, Validation::Valid);
-        assert!(decision.trust.is_empty(), "an unchecked result is no evidence of trust");
+        assert_eq!(
+            decision.trust,
+            [Trust::OnTrust { host_id: 1, app_version_id: 7 }],
+            "an unchecked result is no evidence of trust, only one more in the host's run"
+        );
         assert_eq!(decision.new_replicas, None);
     }
 

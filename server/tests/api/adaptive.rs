@@ -136,6 +136,14 @@ async fn a_host_earns_trust_per_app_version_then_gets_work_units_alone_accepted_
         .unwrap();
     assert!(accepted_on_trust);
     assert_eq!(run_of(&app, &veteran, published.app_id).await, run_before, "an unchecked result proves nothing");
+    let accepted_in_a_row = app
+        .count(&format!(
+            "select accepted_in_a_row::bigint from host_app_version t join app_version v on v.id = t.app_version_id
+             where t.host_id = {} and v.app_id = {}",
+            veteran.host_id, published.app_id
+        ))
+        .await;
+    assert_eq!(accepted_in_a_row, run_before + 1, "but it lengthens the run that makes checks rarer");
 
     // The status page counts results on trust apart from checked ones.
     let status: wasmgrid_protocol::stats::ProjectStatus =
@@ -212,6 +220,13 @@ async fn a_caught_host_has_its_results_on_trust_rechecked_corrected_and_its_cred
     };
     assert_eq!(app.work_unit(caught_in).await.state, "validated");
     assert_eq!(run_of(&app, &veteran, published.app_id).await, 0, "caught: its run is over");
+    let longest_run = app
+        .count(&format!(
+            "select max(accepted_in_a_row)::bigint from host_app_version where host_id = {}",
+            veteran.host_id
+        ))
+        .await;
+    assert_eq!(longest_run, 0, "both runs");
 
     veteran.succeed(held.replica_id, RIGHT).await;
     assert_eq!(app.work_unit(held.work_unit_id).await.state, "active", "a caught host's word is not enough");

@@ -15,6 +15,7 @@ use wasmgrid_protocol::api::{
     CreateAccountRequest, CreateAccountResponse, ErrorBody, OutputUploaded, RegisterHostRequest, RegisterHostResponse,
     SchedulerReply, SchedulerRequest, blob_path, output_upload_path,
 };
+use wasmgrid_protocol::signing::ProjectKeys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -135,6 +136,18 @@ impl ServerClient {
         let request =
             self.http.put(self.url(&output_upload_path(replica_id, &claimed))).bearer_auth(host_token).body(output);
         decode(request.send().await?).await
+    }
+
+    /// Every publisher's signing keys, and whether the project requires signatures.
+    pub async fn project_keys(&self) -> ApiResult<ProjectKeys> {
+        decode(self.http.get(self.url("/api/v1/keys")).send().await?).await
+    }
+
+    /// Tells the server that this host may be sent the app versions it refused again (its
+    /// volunteer trusted new keys).
+    pub async fn clear_refusals(&self, host_token: &str) -> ApiResult<()> {
+        let request = self.http.delete(self.url("/api/v1/hosts/me/refusals")).bearer_auth(host_token);
+        check(request.send().await?).await.map(drop)
     }
 
     /// Downloads a whole blob. The caller verifies its hash before trusting it.

@@ -61,6 +61,11 @@ impl DataDir {
         self.root.join("projects.json")
     }
 
+    /// The publishers' keys pinned per project (see [`crate::pinned_keys`]).
+    pub fn keys_file(&self) -> PathBuf {
+        self.root.join("keys.json")
+    }
+
     pub fn state_file(&self) -> PathBuf {
         self.root.join("state.json")
     }

@@ -6,6 +6,7 @@
 //! - [`state`]: the tasks and unreported results, kept on disk across crashes.
 //! - [`blob_cache`]: modules and inputs downloaded by hash, verified, evicted LRU.
 //! - [`projects`]: attached projects and their secrets.
+//! - [`pinned_keys`]: the publishers' keys a volunteer trusts, and which modules run.
 //! - [`publish`]: the scientist's side: apps, batches and their results.
 //! - [`local_run`]: `wasmgrid exec` and `wasmgrid instrument`, for trying a module locally.
 //! - [`settings`]: `client.toml` and the resource limits it sets.
@@ -23,6 +24,7 @@ pub mod data_dir;
 pub mod host_info;
 pub mod local_run;
 pub mod machine;
+pub mod pinned_keys;
 pub mod projects;
 pub mod publish;
 pub mod settings;

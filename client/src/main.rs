@@ -10,8 +10,10 @@ use wasmgrid_client::control::{self, Reply, Request};
 use wasmgrid_client::daemon::{self, Daemon, RunOptions};
 use wasmgrid_client::data_dir::DataDir;
 use wasmgrid_client::local_run::{self, ExecRequest};
+use wasmgrid_client::pinned_keys::{KeyStore, PinnedKeys};
 use wasmgrid_client::projects::{self, Project, Projects, check_transport, normalize_url};
 use wasmgrid_client::publish::commands::{self, AppCommand, BatchCommand, Connection};
+use wasmgrid_client::publish::keys::{self, KeyCommand};
 use wasmgrid_client::settings::{Overrides, Settings};
 use wasmgrid_client::state::ClientState;
 use wasmgrid_client::{host_info, status};
@@ -50,6 +52,14 @@ enum Command {
     },
     /// Detach from a project, abandoning its tasks (through the daemon, if it runs).
     Detach { server_url: String },
+    /// Trust a project's publisher keys as its server lists them now, after a key change
+    /// that the old key did not sign (this client refuses their modules until then).
+    Trust {
+        server_url: String,
+        /// Only show what would change.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Suspend computing on the running daemon: tasks pause where they are.
     Suspend {
         /// Resume by itself after this long (90s, 15m, 2h, 1d) [default: until `wasmgrid resume`].
@@ -158,6 +168,13 @@ enum Command {
         #[command(subcommand)]
         command: BatchCommand,
     },
+    /// For scientists: the key that signs the modules you publish.
+    Key {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
 }
 
 /// The computing preferences, as flags of `run` (each wins over client.toml).
@@ -210,6 +227,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::App { connection, command } => commands::app(&connection, command).await,
         Command::Batch { connection, command } => commands::batch(&connection, command).await,
+        Command::Key { connection, command } => keys::key(&connection, command).await,
+        Command::Trust { server_url, dry_run } => trust(&data_dir()?, &server_url, dry_run).await,
         Command::Attach { server_url, account_key, name, resource_share, allow_insecure, bind } => {
             attach(&data_dir()?, &server_url, account_key, name, resource_share, allow_insecure, bind).await
         }
@@ -364,6 +383,13 @@ async fn attach(
     };
     let host =
         server.register_host(&account_key, &host_info::describe(&name)).await.context("cannot register this host")?;
+    // Trust on first use: the keys the project's publishers sign with now are the ones this
+    // client will believe.
+    let keys = server.project_keys().await.context("cannot read the project's publisher keys")?;
+    let pinned = PinnedKeys::first_use(&keys);
+    let mut store = KeyStore::load(data_dir)?;
+    store.projects.insert(url.clone(), pinned.clone());
+    store.save(data_dir)?;
     let mut projects = Projects::load(data_dir)?;
     projects.upsert(Project {
         url: url.clone(),
@@ -375,6 +401,43 @@ async fn attach(
     });
     projects.save(data_dir)?;
     println!("attached to {url} as host {}", host.host_id);
+    for (publisher, key) in &pinned.publishers {
+        println!("pinned the key of publisher {publisher}: {key}");
+    }
+    if pinned.require_signatures {
+        println!("the project runs signed modules only");
+    }
+    Ok(())
+}
+
+/// `wasmgrid trust`: pins the keys the project lists now, and tells the server that this
+/// host may be sent the modules it refused.
+async fn trust(data_dir: &DataDir, server_url: &str, dry_run: bool) -> anyhow::Result<()> {
+    let url = normalize_url(server_url);
+    let project = Projects::load(data_dir)?.find(&url).cloned().with_context(|| format!("not attached to {url}"))?;
+    let settings = Settings::load(data_dir)?;
+    let server = ServerClient::with_local_address(&url, settings.bind)?;
+    let keys = server.project_keys().await.context("cannot read the project's publisher keys")?;
+    let trusted = PinnedKeys::first_use(&keys);
+    let mut store = KeyStore::load(data_dir)?;
+    let changes = store.projects.get(&url).cloned().unwrap_or_default().changes_to(&trusted);
+    if changes.is_empty() {
+        println!("the keys pinned for {url} are the ones it lists; nothing to change");
+    }
+    for change in &changes {
+        println!("{change}");
+    }
+    if dry_run {
+        return Ok(());
+    }
+    // Keys it no longer lists stay pinned: trusting the server now adds, it does not forget.
+    let mut pinned = store.projects.remove(&url).unwrap_or_default();
+    pinned.publishers.extend(trusted.publishers);
+    pinned.require_signatures = trusted.require_signatures;
+    store.projects.insert(url.clone(), pinned);
+    store.save(data_dir)?;
+    server.clear_refusals(&project.host_token).await.context("cannot tell the server")?;
+    println!("trusted the keys of {url}");
     Ok(())
 }
 

@@ -151,6 +151,11 @@ pub fn detach(data_dir: &DataDir, state: &mut ClientState, url: &str) -> anyhow:
     // rather than tasks of a project that is gone.
     state.save(data_dir)?;
     projects.save(data_dir)?;
+    // Attaching again is a first use again.
+    let mut keys = crate::pinned_keys::KeyStore::load(data_dir)?;
+    if keys.projects.remove(url).is_some() {
+        keys.save(data_dir)?;
+    }
     for task in &abandoned {
         let task_dir = data_dir.task(&task.id());
         let _ = std::fs::remove_dir_all(&task_dir);

@@ -200,6 +200,8 @@ mod tests {
                 limits: RunLimits { fuel: 1, memory_bytes: 1, output_bytes: 1, wall_time_seconds: 1 },
                 seed: 1,
                 deadline: Utc::now(),
+                publisher: "publisher".into(),
+                module_signature: None,
             },
             phase: Phase::Pending,
         }

@@ -110,6 +110,9 @@ impl StatusReport {
                             wasmgrid_protocol::api::ReportedOutcome::HostError { reason } => {
                                 format!("this host cannot run it: {reason}")
                             }
+                            wasmgrid_protocol::api::ReportedOutcome::Refused { reason } => {
+                                format!("refused: {reason}")
+                            }
                         };
                         let elapsed = report.run_time_ms as f64 / 1000.0;
                         ("finished", Some(report.fuel_used), Some(1.0), elapsed, Some(outcome))

@@ -128,6 +128,10 @@ pub enum ReportedOutcome {
     /// That says nothing about the work unit or the module: the replica goes to another host
     /// as if this one had never answered.
     HostError { reason: String },
+    /// The host would not run the module: its signature does not verify under the keys the
+    /// volunteer pinned (see [`crate::signing`]). The replica goes to another host; this
+    /// one is sent no more work of the app version until its volunteer trusts its key.
+    Refused { reason: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +228,12 @@ pub struct Assignment {
     pub seed: u64,
     /// Report by then, or the replica is given to someone else.
     pub deadline: DateTime<Utc>,
+    /// The publisher of the module's app, whose pinned key must have signed it.
+    #[serde(default)]
+    pub publisher: String,
+    /// The publisher's signature of the module, when it signs its modules.
+    #[serde(default)]
+    pub module_signature: Option<crate::signing::ModuleSignature>,
 }
 
 /// `PUT /api/v1/replicas/{id}/output/{sha256}` answers with this.

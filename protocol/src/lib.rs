@@ -5,6 +5,7 @@
 //! - [`api`]: request and response bodies of the JSON API under [`API_PREFIX`].
 //! - [`publish`]: the publishing API that scientists use.
 //! - [`stats`]: the public statistics behind the web pages.
+//! - [`signing`]: publishers' keys and module signatures, which volunteers' clients pin.
 //! - [`units`]: durations and sizes as people type them on the command line.
 //!
 //! Times are RFC 3339 in UTC; ids are 64-bit integers assigned by the server.
@@ -12,6 +13,7 @@
 pub mod api;
 pub mod hash;
 pub mod publish;
+pub mod signing;
 pub mod stats;
 pub mod units;
 

@@ -13,6 +13,7 @@
 //! - [`accounts`]: volunteer accounts and hosts, their secrets and authentication.
 //! - [`publishers`]: the scientists who own apps and batches, and their tokens.
 //! - [`secrets`]: the bearer secrets of the API, stored hashed.
+//! - [`signing`]: publishers' signing keys and module signatures, which clients pin.
 //! - [`rate_limit`]: attempts counted per key (an address, a name) over a window.
 //! - [`text`]: text from outside, checked before it is stored or shown.
 //! - [`work_fetch`]: the scheduler request at the HTTP edge: reports in, replicas out.
@@ -40,6 +41,7 @@ pub mod publishers;
 pub mod publishing;
 pub mod rate_limit;
 pub mod secrets;
+pub mod signing;
 pub mod startup;
 pub mod stats;
 pub mod sweeps;

@@ -86,6 +86,10 @@ enum Command {
         /// it had accepted on trust this far back (30d, 12h) are sent out again and corrected.
         #[arg(long, default_value = "30d", value_parser = wasmgrid_protocol::units::parse_duration)]
         lookback: Duration,
+        /// Accept only modules signed by their publisher's key (`wasmgrid key register`).
+        /// Volunteers' clients learn it when they attach, and then refuse unsigned modules.
+        #[arg(long)]
+        require_signatures: bool,
         /// Accounts one address may create (over the API or by signing up) per 15 minutes.
         #[arg(long, default_value_t = 5)]
         accounts_per_address: i64,
@@ -192,6 +196,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             trusted_after,
             min_check_probability,
             lookback,
+            require_signatures,
             accounts_per_address,
             hosts_per_address,
             header_timeout,
@@ -217,6 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.scheduler.browser_grace = Duration::from_secs(browser_grace);
             config.scheduler.private_grid = private_grid;
             config.scheduler.adaptive = AdaptiveReplication { trusted_after, min_check_probability, lookback };
+            config.scheduler.require_signatures = require_signatures;
             config.registration = RegistrationLimits { accounts_per_address, hosts_per_address };
             config.connections = ConnectionSettings {
                 header_timeout: Duration::from_secs(header_timeout.max(1)),

@@ -14,6 +14,7 @@
 
 mod execute;
 mod shares;
+mod signatures;
 pub mod staging;
 pub mod suspension;
 
@@ -680,7 +681,7 @@ impl Daemon {
             SchedulerRequest { reports: reports.clone(), want_replicas: want, held_replicas: Some(held.collect()) };
         let contact = &self.contacts[index];
         match contact.server.scheduler(&contact.project.host_token, &request).await {
-            Ok(reply) => self.apply_reply(index, want, reply),
+            Ok(reply) => self.take_reply(index, want, reply).await,
             Err(error) if error.is_transient() => {
                 self.back_off(index, &error);
                 Ok(())
@@ -743,11 +744,40 @@ impl Daemon {
         self.state.record_phase(&self.data_dir, id, Phase::Finished { report, output: None, uploaded: false })
     }
 
-    fn apply_reply(&mut self, index: usize, want: u32, reply: SchedulerReply) -> anyhow::Result<()> {
+    /// Checks the reply's new work against the pinned keys, then applies it.
+    async fn take_reply(&mut self, index: usize, want: u32, reply: SchedulerReply) -> anyhow::Result<()> {
+        let contact = &self.contacts[index];
+        let url = &contact.project.url;
+        let new_work = reply
+            .assignments
+            .iter()
+            .filter(|assignment| !self.state.tasks.contains_key(&TaskId::new(url, assignment.replica_id)));
+        let verdicts = signatures::check(&self.data_dir, &contact.server, url, new_work).await?;
+        self.apply_reply(index, want, reply, verdicts)
+    }
+
+    fn apply_reply(
+        &mut self,
+        index: usize,
+        want: u32,
+        reply: SchedulerReply,
+        mut verdicts: signatures::Verdicts,
+    ) -> anyhow::Result<()> {
         let url = self.contacts[index].project.url.clone();
-        // New work is on disk before anything else happens to it.
+        // New work is on disk before anything else happens to it; a module refused is
+        // reported as such, with nothing downloaded.
         for assignment in reply.assignments.iter().cloned() {
-            let task = Task { project_url: url.clone(), assignment, phase: Phase::Pending };
+            let replica_id = assignment.replica_id;
+            if verdicts.deferred.contains(&replica_id) {
+                continue;
+            }
+            let phase = match verdicts.refused.remove(&replica_id) {
+                Some(reason) => {
+                    Phase::Finished { report: signatures::refusal(replica_id, reason), output: None, uploaded: true }
+                }
+                None => Phase::Pending,
+            };
+            let task = Task { project_url: url.clone(), assignment, phase };
             self.state.tasks.entry(task.id()).or_insert(task);
         }
         let mut gone: Vec<TaskId> =
@@ -809,7 +839,7 @@ impl Daemon {
             match contact.server.scheduler(&contact.project.host_token, &request).await {
                 Ok(reply) => {
                     let retry_after = reply.retry_after_seconds;
-                    self.apply_reply(index, 0, reply)?;
+                    self.take_reply(index, 0, reply).await?;
                     if retry_after > 0 {
                         // The rest wait for the server's retry_after, like any request.
                         return Ok(());

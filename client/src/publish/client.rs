@@ -9,6 +9,7 @@ use wasmgrid_protocol::publish::{
     AddWorkUnitsRequest, AppInfo, AppVersionInfo, BatchCreated, BatchStatus, CreateAppRequest, CreateBatchRequest,
     FileStored, MissingFilesRequest, MissingFilesResponse, ResultsPage, WorkUnitsAdded,
 };
+use wasmgrid_protocol::signing::{MODULE_SIGNATURE_HEADER, PublisherKeys, RegisterKeyRequest, Signature};
 use wasmgrid_protocol::{API_PREFIX, Sha256Hash};
 
 use crate::api::{ApiResult, ServerClient, check, decode};
@@ -36,9 +37,27 @@ impl PublisherClient {
         self.json::<(), _>(Method::GET, "/apps", None).await
     }
 
-    pub async fn publish_version(&self, app: &str, module: Bytes) -> ApiResult<AppVersionInfo> {
-        let request = self.request(Method::POST, &format!("/apps/{app}/versions")).body(module);
+    /// Publishes a module, with the publisher's signature of it when it signs its modules.
+    pub async fn publish_version(
+        &self,
+        app: &str,
+        module: Bytes,
+        signature: Option<&Signature>,
+    ) -> ApiResult<AppVersionInfo> {
+        let mut request = self.request(Method::POST, &format!("/apps/{app}/versions")).body(module);
+        if let Some(signature) = signature {
+            request = request.header(MODULE_SIGNATURE_HEADER, signature.to_string());
+        }
         decode(request.send().await?).await
+    }
+
+    /// This publisher's name and keys.
+    pub async fn own_keys(&self) -> ApiResult<PublisherKeys> {
+        self.json::<(), _>(Method::GET, "/publisher/key", None).await
+    }
+
+    pub async fn register_key(&self, request: &RegisterKeyRequest) -> ApiResult<PublisherKeys> {
+        self.json(Method::PUT, "/publisher/key", Some(request)).await
     }
 
     /// Which of these blobs the server lacks.

@@ -12,6 +12,7 @@ use serde::Serialize;
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::RunLimits;
 use wasmgrid_protocol::publish::{BatchState, BatchStatus, CreateAppRequest, SubmitPolicy, ValidatorSpec};
+use wasmgrid_protocol::signing::sign_module;
 
 use super::client::PublisherClient;
 use super::jobs::{self, Job};
@@ -35,7 +36,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    fn client(&self) -> anyhow::Result<PublisherClient> {
+    pub(crate) fn client(&self) -> anyhow::Result<PublisherClient> {
         let server = self.server.as_deref().context("no server: pass --server URL or set WASMGRID_SERVER")?;
         let token = self.token.as_deref().context("no publisher token: pass --token or set WASMGRID_TOKEN")?;
         let url = normalize_url(server);
@@ -71,6 +72,10 @@ pub enum AppCommand {
     Publish {
         name: String,
         module: PathBuf,
+        /// Sign the module with this key (`wasmgrid key generate`); needed once you have
+        /// registered a key, or when the project runs signed modules only.
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -193,7 +198,7 @@ impl SubmitArgs {
 }
 
 /// Prints `value` as JSON, or `text` for people.
-fn print(json: bool, value: &impl Serialize, text: impl FnOnce() -> String) -> anyhow::Result<()> {
+pub(crate) fn print(json: bool, value: &impl Serialize, text: impl FnOnce() -> String) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(value)?);
     } else {
@@ -225,7 +230,7 @@ pub async fn app(connection: &Connection, command: AppCommand) -> anyhow::Result
                 .await?;
             print(json, &app, || format!("created app {} (id {})\n", app.name, app.id))
         }
-        AppCommand::Publish { name, module, json } => {
+        AppCommand::Publish { name, module, signing_key, json } => {
             let bytes = std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
             // The server refuses it too, but may close the connection before the upload
             // ends, and then the client sees a broken pipe instead of the reason.
@@ -233,7 +238,11 @@ pub async fn app(connection: &Connection, command: AppCommand) -> anyhow::Result
             if bytes.len() as u64 > limit {
                 bail!("{} is larger than the limit of {limit} bytes for a module", module.display());
             }
-            let version = client.publish_version(&name, Bytes::from(bytes)).await?;
+            let signature = signing_key
+                .map(|path| super::keys::load(&path))
+                .transpose()?
+                .map(|key| sign_module(&key, &Sha256Hash::of(&bytes)));
+            let version = client.publish_version(&name, Bytes::from(bytes), signature.as_ref()).await?;
             #[derive(Serialize)]
             struct Published<'a> {
                 app: &'a str,

@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::work_fetch::router())
         .merge(crate::blobs::router())
         .merge(crate::publishing::http::router())
+        .merge(crate::signing::router())
         .merge(crate::stats::router())
         .merge(crate::web::router())
         .fallback(not_found)

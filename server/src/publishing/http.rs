@@ -13,6 +13,7 @@ use wasmgrid_protocol::publish::{
     FileStored, MAX_INPUT_BYTES, MAX_MISSING_QUERY, MAX_MODULE_BYTES, MAX_RESULTS_PAGE, MAX_WORK_UNITS_PER_CHUNK,
     MissingFilesRequest, MissingFilesResponse, ResultsPage, SubmitPolicy, ValidatorSpec, WorkUnitsAdded,
 };
+use wasmgrid_protocol::signing::MODULE_SIGNATURE_HEADER;
 use wasmgrid_protocol::{API_PREFIX, Sha256Hash};
 
 use super::batches::{self, BatchRow};
@@ -217,11 +218,24 @@ async fn publish_version(
         SpooledContent::Memory(bytes) => bytes.to_vec(),
         SpooledContent::File(path) => tokio::fs::read(path).await.map_err(|error| ApiError::Internal(error.into()))?,
     };
+    let module_hash = spooled.hash;
     check_module(&state, module).await?;
     let module_bytes = spooled.bytes;
+    let signature = headers
+        .get(MODULE_SIGNATURE_HEADER)
+        .map(|value| value.to_str().map_err(|_| ApiError::bad_request("the module signature is not text")))
+        .transpose()?;
     let mut transaction = state.pool.begin().await?;
+    let signature = crate::signing::check_module_signature(
+        &mut transaction,
+        &publisher,
+        &module_hash,
+        signature,
+        state.scheduler.require_signatures,
+    )
+    .await?;
     let module_sha256 = blobs::store_spooled(&mut transaction, state.blobs.as_ref(), spooled).await?;
-    let version = super::add_app_version(&mut transaction, app.id, module_sha256).await?;
+    let version = super::add_signed_app_version(&mut transaction, app.id, module_sha256, signature.as_ref()).await?;
     transaction.commit().await?;
     tracing::info!(app.id = app.id, version, bytes = module_bytes, "app version published");
     let version = AppVersionInfo { version, module_sha256, module_bytes };

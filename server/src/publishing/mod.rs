@@ -154,15 +154,28 @@ pub async fn create_app(
 
 /// Adds a version whose module is the stored blob `module`; returns its version number.
 pub async fn add_app_version(connection: &mut PgConnection, app_id: i64, module: Sha256Hash) -> ApiResult<i32> {
+    add_signed_app_version(connection, app_id, module, None).await
+}
+
+/// Adds a version with its module's signature, checked by the caller (see
+/// [`crate::signing::check_module_signature`]).
+pub async fn add_signed_app_version(
+    connection: &mut PgConnection,
+    app_id: i64,
+    module: Sha256Hash,
+    signature: Option<&crate::signing::CheckedSignature>,
+) -> ApiResult<i32> {
     // Two versions published at once must not both take the next number.
     sqlx::query("select id from app where id = $1 for no key update").bind(app_id).execute(&mut *connection).await?;
     Ok(sqlx::query_scalar(
-        "insert into app_version (app_id, version, module_sha256)
-         select $1, coalesce(max(version), 0) + 1, $2 from app_version where app_id = $1
+        "insert into app_version (app_id, version, module_sha256, signing_key_id, module_signature)
+         select $1, coalesce(max(version), 0) + 1, $2, $3, $4 from app_version where app_id = $1
          returning version",
     )
     .bind(app_id)
     .bind(module.to_hex())
+    .bind(signature.map(|signature| signature.key_id))
+    .bind(signature.map(|signature| signature.signature.to_string()))
     .fetch_one(connection)
     .await?)
 }

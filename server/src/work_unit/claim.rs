@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::{Assignment, BlobRef, InputFile, RunLimits};
+use wasmgrid_protocol::signing::ModuleSignature;
 
 use super::{AWAITS_REPORT, WorkUnitError};
 use crate::accounts::{Host, HostKind};
@@ -79,6 +80,9 @@ struct WorkUnitForRun {
     memory_limit_bytes: i64,
     output_limit_bytes: i64,
     wall_time_limit_seconds: i64,
+    publisher: String,
+    public_key: Option<String>,
+    module_signature: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -90,6 +94,7 @@ struct WorkUnitFileRow {
 }
 
 /// Hands up to `want` unsent replicas to `host`, in `network`: at most one per work unit,
+/// none of an app version the host refused to run (see [`crate::signing`]),
 /// none of a work unit its account already holds, none of a work unit a host of its network
 /// was handed (unless the grid is private or the app allows it), none that needs more memory
 /// than the host has, no more than its daily quota (as `effects`, the request's reports so
@@ -135,6 +140,9 @@ pub async fn claim_replicas(
                and ($7 or not a.distinct_networks or not exists (
                    select 1 from replica near
                    where near.work_unit_id = r.work_unit_id and near.network = $8))
+               and not exists (
+                   select 1 from module_refusal refused
+                   where refused.host_id = $1 and refused.app_version_id = w.app_version_id)
              order by r.priority desc, r.id
              limit $4 * 2
              for no key update of r skip locked
@@ -257,9 +265,13 @@ async fn describe_assignments(
     let work_units: Vec<WorkUnitForRun> = sqlx::query_as(
         "select w.id, w.name, w.args, v.module_sha256, mb.bytes as module_bytes,
                 w.stdin_sha256, sb.bytes as stdin_bytes, w.seed,
-                w.fuel_limit, w.memory_limit_bytes, w.output_limit_bytes, w.wall_time_limit_seconds
+                w.fuel_limit, w.memory_limit_bytes, w.output_limit_bytes, w.wall_time_limit_seconds,
+                p.name as publisher, k.public_key, v.module_signature
          from work_unit w
          join app_version v on v.id = w.app_version_id
+         join app a on a.id = v.app_id
+         join publisher p on p.id = a.publisher_id
+         left join publisher_key k on k.id = v.signing_key_id
          join blob mb on mb.sha256 = v.module_sha256
          left join blob sb on sb.sha256 = w.stdin_sha256
          where w.id = any($1)",
@@ -313,9 +325,23 @@ async fn describe_assignments(
                 },
                 seed: work_unit.seed as u64,
                 deadline: claim.deadline_at,
+                publisher: work_unit.publisher.clone(),
+                module_signature: module_signature(work_unit)?,
             })
         })
         .collect()
+}
+
+/// The stored signature of the work unit's module, as the client checks it.
+fn module_signature(work_unit: &WorkUnitForRun) -> Result<Option<ModuleSignature>, WorkUnitError> {
+    let (Some(public_key), Some(signature)) = (&work_unit.public_key, &work_unit.module_signature) else {
+        return Ok(None);
+    };
+    let stored = |error| anyhow::anyhow!("stored signature of work unit {}: {error}", work_unit.id);
+    Ok(Some(ModuleSignature {
+        public_key: public_key.parse().map_err(stored)?,
+        signature: signature.parse().map_err(stored)?,
+    }))
 }
 
 fn blob_ref(hash: &str, bytes: i64) -> Result<BlobRef, WorkUnitError> {

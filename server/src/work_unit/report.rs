@@ -97,8 +97,19 @@ impl Event for Reports<'_> {
             .collect();
         let recorded = record_reports(connection, &awaiting).await?;
         for (row, report) in awaiting {
-            if recorded.contains(&row.id) && matches!(report.outcome, ReportedOutcome::Error { .. }) {
-                effects.error(self.host_id);
+            if !recorded.contains(&row.id) {
+                continue;
+            }
+            match &report.outcome {
+                ReportedOutcome::Error { .. } => effects.error(self.host_id),
+                ReportedOutcome::Refused { reason } => {
+                    // Loud: either the publisher's key changed, or this server hands out
+                    // modules their publisher never signed.
+                    tracing::warn!(host.id = self.host_id, replica.id = row.id, reason, "a host refused a module");
+                    let reason = truncate_to_boundary(reason, MAX_REASON_BYTES);
+                    crate::signing::record_refusal(connection, self.host_id, row.id, &reason).await?;
+                }
+                _ => {}
             }
         }
         Ok(self.acknowledged)
@@ -152,6 +163,11 @@ async fn record_reports(
             // Like a host that never answered: another replica, and no error counted.
             ReportedOutcome::HostError { reason } => {
                 (Outcome::NoReply, None, None, Some(truncate_to_boundary(reason, MAX_REASON_BYTES)))
+            }
+            // The same, and the host is sent no more of the app version (see `record`).
+            ReportedOutcome::Refused { reason } => {
+                let reason = format!("refused by the host: {reason}");
+                (Outcome::NoReply, None, None, Some(truncate_to_boundary(&reason, MAX_REASON_BYTES)))
             }
         };
         columns.id.push(row.id);

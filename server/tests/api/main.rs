@@ -17,6 +17,7 @@ mod networks;
 mod publishers;
 mod quotas;
 mod registration;
+mod signing;
 mod state_machine;
 mod uploads;
 mod web;

@@ -124,6 +124,12 @@ impl Server {
         self.child = Some(child);
     }
 
+    /// Starts it again as [`Self::restart`] does, with other `serve` flags.
+    pub async fn restart_with(&mut self, extra_args: &[&str]) {
+        self.extra_args = extra_args.iter().map(|arg| arg.to_string()).collect();
+        self.restart().await;
+    }
+
     /// A second server process on the same database and data directory (so the same blob
     /// store), as a project with several server replicas runs them. Returns it and its URL.
     pub async fn start_twin(&self) -> (Child, String) {

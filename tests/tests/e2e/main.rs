@@ -18,6 +18,7 @@ mod packaging;
 mod projects;
 mod publishing;
 mod settings;
+mod signing;
 mod suspension;
 mod transport;
 mod validators;

@@ -66,6 +66,11 @@ impl DataDir {
         self.root.join("keys.json")
     }
 
+    /// Held while the pinned keys are read, changed and written.
+    pub fn keys_lock_file(&self) -> PathBuf {
+        self.root.join("keys.lock")
+    }
+
     pub fn state_file(&self) -> PathBuf {
         self.root.join("state.json")
     }
@@ -102,6 +107,18 @@ impl DataDir {
 
     pub fn tasks(&self) -> PathBuf {
         self.root.join("tasks")
+    }
+}
+
+/// The JSON document in `path`, or the default when there is none yet; a file that does not
+/// parse is an error naming it, never silently replaced.
+pub fn read_json_or_default<T: serde::de::DeserializeOwned + Default>(path: &Path) -> anyhow::Result<T> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|error| anyhow::anyhow!("{} is damaged: {error}", path.display()))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        Err(error) => Err(error.into()),
     }
 }
 

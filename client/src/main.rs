@@ -49,6 +49,10 @@ enum Command {
         /// The local address to connect from [default: from client.toml, else the system's choice].
         #[arg(long)]
         bind: Option<std::net::IpAddr>,
+        /// Run only signed modules of this project, even if the project allows unsigned ones
+        /// (a server broken into could otherwise hand out a module of a publisher with no key).
+        #[arg(long)]
+        require_signatures: bool,
     },
     /// Detach from a project, abandoning its tasks (through the daemon, if it runs).
     Detach { server_url: String },
@@ -229,8 +233,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Batch { connection, command } => commands::batch(&connection, command).await,
         Command::Key { connection, command } => keys::key(&connection, command).await,
         Command::Trust { server_url, dry_run } => trust(&data_dir()?, &server_url, dry_run).await,
-        Command::Attach { server_url, account_key, name, resource_share, allow_insecure, bind } => {
-            attach(&data_dir()?, &server_url, account_key, name, resource_share, allow_insecure, bind).await
+        Command::Attach { server_url, account_key, name, resource_share, allow_insecure, bind, require_signatures } => {
+            let options = AttachOptions { account_key, name, resource_share, allow_insecure, bind, require_signatures };
+            attach(&data_dir()?, &server_url, options).await
         }
         Command::Detach { server_url } => {
             let data_dir = data_dir()?;
@@ -352,15 +357,18 @@ fn print_reply(reply: Reply) -> anyhow::Result<()> {
     }
 }
 
-async fn attach(
-    data_dir: &DataDir,
-    server_url: &str,
+/// What `attach` was told besides the URL.
+struct AttachOptions {
     account_key: Option<String>,
     name: Option<String>,
     resource_share: f64,
     allow_insecure: Option<bool>,
     bind: Option<std::net::IpAddr>,
-) -> anyhow::Result<()> {
+    require_signatures: bool,
+}
+
+async fn attach(data_dir: &DataDir, server_url: &str, options: AttachOptions) -> anyhow::Result<()> {
+    let AttachOptions { account_key, name, resource_share, allow_insecure, bind, require_signatures } = options;
     let url = normalize_url(server_url);
     let settings = Settings::load(data_dir)?;
     // Before any connection: the account key would travel in the clear.
@@ -384,12 +392,21 @@ async fn attach(
     let host =
         server.register_host(&account_key, &host_info::describe(&name)).await.context("cannot register this host")?;
     // Trust on first use: the keys the project's publishers sign with now are the ones this
-    // client will believe.
+    // client will believe. Attaching again (another account, say) is no first use: the pins
+    // stay, and only `wasmgrid trust` changes them.
     let keys = server.project_keys().await.context("cannot read the project's publisher keys")?;
-    let pinned = PinnedKeys::first_use(&keys);
-    let mut store = KeyStore::load(data_dir)?;
-    store.projects.insert(url.clone(), pinned.clone());
-    store.save(data_dir)?;
+    let mut first_use = PinnedKeys::first_use(&keys);
+    first_use.require_signatures |= require_signatures;
+    let (pinned, kept) = KeyStore::update(data_dir, |store| match store.projects.get_mut(&url) {
+        Some(pinned) => {
+            pinned.require_signatures |= require_signatures;
+            (pinned.clone(), true)
+        }
+        None => {
+            store.projects.insert(url.clone(), first_use.clone());
+            (first_use, false)
+        }
+    })?;
     let mut projects = Projects::load(data_dir)?;
     projects.upsert(Project {
         url: url.clone(),
@@ -401,11 +418,12 @@ async fn attach(
     });
     projects.save(data_dir)?;
     println!("attached to {url} as host {}", host.host_id);
+    let pinned_how = if kept { "kept the pinned key" } else { "pinned the key" };
     for (publisher, key) in &pinned.publishers {
-        println!("pinned the key of publisher {publisher}: {key}");
+        println!("{pinned_how} of publisher {publisher}: {key}");
     }
     if pinned.require_signatures {
-        println!("the project runs signed modules only");
+        println!("only signed modules of this project will run here");
     }
     Ok(())
 }
@@ -418,9 +436,15 @@ async fn trust(data_dir: &DataDir, server_url: &str, dry_run: bool) -> anyhow::R
     let settings = Settings::load(data_dir)?;
     let server = ServerClient::with_local_address(&url, settings.bind)?;
     let keys = server.project_keys().await.context("cannot read the project's publisher keys")?;
-    let trusted = PinnedKeys::first_use(&keys);
-    let mut store = KeyStore::load(data_dir)?;
-    let changes = store.projects.get(&url).cloned().unwrap_or_default().changes_to(&trusted);
+    let changes = KeyStore::update(data_dir, |store| {
+        let pinned = store.projects.entry(url.clone()).or_default();
+        let trusted = pinned.trusting(&keys);
+        let changes = pinned.changes_to(&trusted);
+        if !dry_run {
+            *pinned = trusted;
+        }
+        changes
+    })?;
     if changes.is_empty() {
         println!("the keys pinned for {url} are the ones it lists; nothing to change");
     }
@@ -430,12 +454,6 @@ async fn trust(data_dir: &DataDir, server_url: &str, dry_run: bool) -> anyhow::R
     if dry_run {
         return Ok(());
     }
-    // Keys it no longer lists stay pinned: trusting the server now adds, it does not forget.
-    let mut pinned = store.projects.remove(&url).unwrap_or_default();
-    pinned.publishers.extend(trusted.publishers);
-    pinned.require_signatures = trusted.require_signatures;
-    store.projects.insert(url.clone(), pinned);
-    store.save(data_dir)?;
     server.clear_refusals(&project.host_token).await.context("cannot tell the server")?;
     println!("trusted the keys of {url}");
     Ok(())

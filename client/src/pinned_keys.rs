@@ -3,12 +3,17 @@
 //! signed modules run here (see [`wasmgrid_protocol::signing`]).
 //!
 //! Stored in `keys.json`, apart from `projects.json`, so that `wasmgrid trust` can change it
-//! while the daemon runs: the daemon reads it afresh whenever it checks new work.
+//! while the daemon runs: the daemon reads it afresh whenever it checks new work, and every
+//! change is made under a lock (`keys.lock`), read, changed and written as one step, so that
+//! no writer undoes another's.
 //!
 //! What runs, for a module of publisher P:
 //! - signed by P's pinned key: yes;
 //! - signed by a key that follows P's pinned key through key changes each signed by the key
 //!   before: yes, and that key is pinned from then on;
+//! - signed by a key that precedes P's pinned key so (retired in a signed change): yes, so
+//!   that versions published before a routine change still run. A key replaced because it
+//!   was stolen is replaced without its signature, which breaks the chain;
 //! - signed by any other key of P: no, until the volunteer runs `wasmgrid trust`;
 //! - not signed, while P has a pinned key or the project requires signatures: no;
 //! - signed by a publisher with no pinned key: pinned on first use, unless the project
@@ -16,16 +21,20 @@
 //! - not signed, by such a publisher, in a project that does not require signatures: yes
 //!   (the project chose to allow unsigned modules).
 //!
-//! A project that once required signatures is held to it: a server can make this client
-//! stricter but never looser; only `wasmgrid trust` takes what the server says now.
+//! A project that once required signatures is held to it: neither the server nor `wasmgrid
+//! trust` makes this client looser (detaching forgets the pins; attaching again is a first
+//! use). A volunteer may require signatures of a project that does not
+//! (`attach --require-signatures`): without that, a server broken into can hand out an
+//! unsigned module under the name of a publisher that has no key.
 
 use std::collections::BTreeMap;
 
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use wasmgrid_protocol::api::Assignment;
 use wasmgrid_protocol::signing::{ProjectKeys, PublicKey};
 
-use crate::data_dir::{DataDir, write_atomically};
+use crate::data_dir::{DataDir, read_json_or_default, write_atomically};
 
 /// Every project's pins, by project URL.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -62,17 +71,26 @@ pub enum Check {
 
 impl KeyStore {
     pub fn load(data_dir: &DataDir) -> anyhow::Result<Self> {
-        let path = data_dir.keys_file();
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|error| anyhow::anyhow!("{} is damaged: {error}", path.display())),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(error) => Err(error.into()),
-        }
+        read_json_or_default(&data_dir.keys_file())
     }
 
-    pub fn save(&self, data_dir: &DataDir) -> anyhow::Result<()> {
-        write_atomically(&data_dir.keys_file(), &serde_json::to_vec_pretty(self)?)
+    /// Reads the pins, lets `change` change them and writes them back if it did, holding the
+    /// lock throughout.
+    pub fn update<R>(data_dir: &DataDir, change: impl FnOnce(&mut KeyStore) -> R) -> anyhow::Result<R> {
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(data_dir.keys_lock_file())
+            .context("cannot open the lock of the pinned keys")?;
+        lock.lock().context("cannot lock the pinned keys")?;
+        let mut store = Self::load(data_dir)?;
+        let before = store.clone();
+        let result = change(&mut store);
+        if store != before {
+            write_atomically(&data_dir.keys_file(), &serde_json::to_vec_pretty(&store)?)?;
+        }
+        Ok(result)
     }
 }
 
@@ -121,19 +139,35 @@ impl PinnedKeys {
         }
     }
 
-    /// Follows a key change that the pinned key signed (through any number of changes);
-    /// whether `key` is now pinned. Takes the project's requirement of signatures if it has
+    /// Whether a module of `publisher` signed by `key`, which is not the pinned key, runs,
+    /// by the project's list of keys: `Some(true)` when `key` follows the pinned key through
+    /// key changes each signed by the key before (it is pinned from now on); `Some(false)`
+    /// when it precedes the pinned key so (a key retired in a signed change: what it signed
+    /// stands); `None` otherwise. Takes the project's requirement of signatures if it has
     /// one now.
-    pub fn follow(&mut self, keys: &ProjectKeys, publisher: &str, key: &PublicKey) -> bool {
+    pub fn follow(&mut self, keys: &ProjectKeys, publisher: &str, key: &PublicKey) -> Option<bool> {
         self.require_signatures |= keys.require_signatures;
         let (Some(pinned), Some(chain)) = (self.publishers.get(publisher), keys.publisher(publisher)) else {
-            return false;
+            return None;
         };
-        if !chain.endorsed_from(pinned, key) {
-            return false;
+        if chain.endorsed_from(pinned, key) {
+            self.publishers.insert(publisher.to_owned(), *key);
+            Some(true)
+        } else if chain.endorsed_from(key, pinned) {
+            Some(false)
+        } else {
+            None
         }
-        self.publishers.insert(publisher.to_owned(), *key);
-        true
+    }
+
+    /// These pins once the volunteer trusts `keys`, as `wasmgrid trust` does: every
+    /// publisher's current key pinned; keys the server no longer lists stay (trusting the
+    /// server now adds, it does not forget), and so does a requirement of signatures.
+    pub fn trusting(&self, keys: &ProjectKeys) -> PinnedKeys {
+        let listed = PinnedKeys::first_use(keys);
+        let mut publishers = self.publishers.clone();
+        publishers.extend(listed.publishers);
+        PinnedKeys { require_signatures: self.require_signatures || listed.require_signatures, publishers }
     }
 
     /// What `wasmgrid trust` changes: the lines to tell the volunteer.
@@ -146,17 +180,8 @@ impl PinnedKeys {
                 None => changes.push(format!("publisher {publisher}: key {key} pinned")),
             }
         }
-        for (publisher, pinned) in &self.publishers {
-            if !trusted.publishers.contains_key(publisher) {
-                changes.push(format!("publisher {publisher}: key {pinned} kept (the server lists no key for it now)"));
-            }
-        }
-        if self.require_signatures != trusted.require_signatures {
-            changes.push(if trusted.require_signatures {
-                "the project runs signed modules only".to_owned()
-            } else {
-                "the project runs unsigned modules too".to_owned()
-            });
+        if trusted.require_signatures && !self.require_signatures {
+            changes.push("only signed modules of this project will run here".to_owned());
         }
         changes
     }
@@ -264,30 +289,47 @@ mod tests {
     #[test]
     fn a_key_change_signed_by_the_pinned_key_is_followed_and_others_are_not() {
         let mut pinned = pins(false, &[("alice", 1)]);
-        let endorsed = project(false, vec![record(1, None), record(2, Some(1))]);
-        assert!(pinned.follow(&endorsed, "alice", &public(2)));
+        let endorsed = project(false, vec![record(1, None), record(2, Some(1)), record(3, Some(2))]);
+        assert_eq!(pinned.follow(&endorsed, "alice", &public(2)), Some(true));
         assert_eq!(pinned.publishers["alice"], public(2));
+        // What the retired key signed before the change still runs, and moves no pin.
+        assert_eq!(pinned.follow(&endorsed, "alice", &public(1)), Some(false));
+        assert_eq!(pinned.publishers["alice"], public(2));
+        assert_eq!(pinned.follow(&endorsed, "alice", &public(3)), Some(true));
+        assert_eq!(pinned.follow(&endorsed, "alice", &public(1)), Some(false));
 
         let mut pinned = pins(false, &[("alice", 1)]);
         let unendorsed = project(true, vec![record(1, None), record(2, None)]);
-        assert!(!pinned.follow(&unendorsed, "alice", &public(2)));
+        assert_eq!(pinned.follow(&unendorsed, "alice", &public(2)), None);
         assert_eq!(pinned.publishers["alice"], public(1));
+        // After trusting a key that replaced a stolen one, the stolen one signs nothing.
+        let mut trusting_the_new = pins(false, &[("alice", 2)]);
+        assert_eq!(trusting_the_new.follow(&unendorsed, "alice", &public(1)), None);
         // The server may make the client stricter, and it stays so.
         assert!(pinned.require_signatures);
-        assert!(!pinned.follow(&project(false, vec![record(1, None)]), "alice", &public(2)));
+        assert_eq!(pinned.follow(&project(false, vec![record(1, None)]), "alice", &public(2)), None);
         assert!(pinned.require_signatures);
     }
 
     #[test]
-    fn first_use_pins_each_publishers_current_key_and_trust_says_what_changes() {
-        let keys = project(true, vec![record(1, None), record(2, Some(1))]);
+    fn first_use_pins_each_publishers_current_key_and_trust_adds_never_loosens_and_says_what_changes() {
+        let keys = project(false, vec![record(1, None), record(2, Some(1))]);
         let first = PinnedKeys::first_use(&keys);
-        assert_eq!(first, pins(true, &[("alice", 2)]));
-        let later = PinnedKeys::first_use(&project(false, vec![record(3, None)]));
-        let changes = first.changes_to(&later);
+        assert_eq!(first, pins(false, &[("alice", 2)]));
+        let strict = PinnedKeys { require_signatures: true, ..first.clone() };
+        let mut later = project(false, vec![record(3, None)]);
+        later.publishers[0].publisher = "bob".into();
+        let trusted = strict.trusting(&later);
+        assert_eq!(trusted, pins(true, &[("alice", 2), ("bob", 3)]), "alice's key stays, strictness too");
+        assert_eq!(
+            strict.changes_to(&trusted),
+            ["publisher bob: key ".to_owned() + &public(3).to_string() + " pinned"]
+        );
+        let replaced = first.trusting(&project(true, vec![record(4, None)]));
+        let changes = first.changes_to(&replaced);
         assert_eq!(changes.len(), 2, "{changes:?}");
         assert!(changes[0].contains("replaced by"), "{changes:?}");
-        assert!(changes[1].contains("unsigned modules too"), "{changes:?}");
+        assert!(changes[1].contains("signed modules"), "{changes:?}");
         assert!(first.changes_to(&first).is_empty());
     }
 }

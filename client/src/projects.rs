@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::data_dir::{DataDir, write_atomically};
+use crate::data_dir::{DataDir, read_json_or_default, write_atomically};
 use crate::state::{ClientState, Phase, Task};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,13 +27,7 @@ pub struct Projects {
 
 impl Projects {
     pub fn load(data_dir: &DataDir) -> anyhow::Result<Self> {
-        let path = data_dir.projects_file();
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|error| anyhow::anyhow!("{} is damaged: {error}", path.display())),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(error) => Err(error.into()),
-        }
+        read_json_or_default(&data_dir.projects_file())
     }
 
     pub fn save(&self, data_dir: &DataDir) -> anyhow::Result<()> {
@@ -152,10 +146,7 @@ pub fn detach(data_dir: &DataDir, state: &mut ClientState, url: &str) -> anyhow:
     state.save(data_dir)?;
     projects.save(data_dir)?;
     // Attaching again is a first use again.
-    let mut keys = crate::pinned_keys::KeyStore::load(data_dir)?;
-    if keys.projects.remove(url).is_some() {
-        keys.save(data_dir)?;
-    }
+    crate::pinned_keys::KeyStore::update(data_dir, |keys| keys.projects.remove(url))?;
     for task in &abandoned {
         let task_dir = data_dir.task(&task.id());
         let _ = std::fs::remove_dir_all(&task_dir);

@@ -227,3 +227,40 @@ pub fn run_spec(module_path: &Path, wasm: &[u8], args: &[&str], scratch: &Path) 
         seed: 1,
     })
 }
+
+/// Work units loaded per transaction by [`load_bench_work_units`].
+const LOAD_CHUNK: usize = 10_000;
+
+/// Loads `count` work units (quorum 2, named `wu-N`) of an empty module straight into the
+/// database of a server whose data directory is `data_dir`, as one app replicated as
+/// `replication`: the server's load, not the publishing API's, is what the benchmarks
+/// measure.
+pub async fn load_bench_work_units(
+    pool: &sqlx::PgPool,
+    data_dir: &Path,
+    count: usize,
+    replication: wasmgrid_server::publishing::AppReplication,
+) -> anyhow::Result<()> {
+    use wasmgrid_server::publishing::{self, WorkUnitSpec};
+    let api_error = |error: wasmgrid_server::http::error::ApiError| anyhow::anyhow!("{error}");
+    let store = wasmgrid_server::blobs::DirectoryStore::open(data_dir.join("blobs"))?;
+    let mut transaction = pool.begin().await?;
+    let module =
+        wasmgrid_server::blobs::store_bytes(&mut transaction, &store, b"\0asm\x01\0\0\0").await.map_err(api_error)?;
+    let publisher = wasmgrid_server::publishers::ensure(&mut transaction, "bench").await?;
+    let validator = wasmgrid_protocol::publish::ValidatorSpec::Bitwise;
+    let app = publishing::create_app(&mut transaction, publisher, "bench", "", &validator).await.map_err(api_error)?;
+    publishing::set_replication(&mut transaction, app, replication).await?;
+    publishing::add_app_version(&mut transaction, app, module).await.map_err(api_error)?;
+    let batch = publishing::create_batch(&mut transaction, app, "bench", &[]).await.map_err(api_error)?;
+    transaction.commit().await?;
+    for start in (0..count).step_by(LOAD_CHUNK) {
+        let specs: Vec<WorkUnitSpec> =
+            (start..(start + LOAD_CHUNK).min(count)).map(|i| WorkUnitSpec::new(format!("wu-{i}"))).collect();
+        let mut transaction = pool.begin().await?;
+        publishing::add_work_units(&mut transaction, batch, &specs).await.map_err(api_error)?;
+        transaction.commit().await?;
+    }
+    publishing::refresh_queue_statistics(&mut *pool.acquire().await?).await?;
+    Ok(())
+}

@@ -752,7 +752,15 @@ impl Daemon {
             .assignments
             .iter()
             .filter(|assignment| !self.state.tasks.contains_key(&TaskId::new(url, assignment.replica_id)));
-        let verdicts = signatures::check(&self.data_dir, &contact.server, url, new_work).await?;
+        let verdicts = match signatures::check(&self.data_dir, &contact.server, url, new_work.clone()).await {
+            Ok(verdicts) => verdicts,
+            Err(error) => {
+                // Nothing unchecked runs, and the daemon goes on: the server sends this work
+                // again later, as replicas this host does not hold.
+                tracing::error!(project = %url, error = %format!("{error:#}"), "cannot check new work against the pinned keys");
+                signatures::Verdicts::defer_all(new_work)
+            }
+        };
         self.apply_reply(index, want, reply, verdicts)
     }
 

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use wasmgrid_protocol::api::{Assignment, ReplicaReport, ReportedOutcome};
-use wasmgrid_protocol::signing::ProjectKeys;
+use wasmgrid_protocol::signing::{ProjectKeys, PublicKey};
 
 use crate::api::ServerClient;
 use crate::data_dir::DataDir;
@@ -15,9 +15,24 @@ use crate::pinned_keys::{Check, KeyStore, PinnedKeys, unendorsed_change};
 pub struct Verdicts {
     /// Refused, with the reason the server is told.
     pub refused: HashMap<i64, String>,
-    /// Not decided now (the project's keys could not be read): left out, so that the server
-    /// sends them again with the next request, as replicas this host does not hold.
+    /// Not decided now (the project's keys could not be read, or the pins could not be):
+    /// left out, so that the server sends them again with the next request, as replicas
+    /// this host does not hold.
     pub deferred: HashSet<i64>,
+}
+
+impl Verdicts {
+    /// Every assignment left for later.
+    pub fn defer_all<'a>(assignments: impl Iterator<Item = &'a Assignment>) -> Self {
+        Self { refused: HashMap::new(), deferred: assignments.map(|assignment| assignment.replica_id).collect() }
+    }
+}
+
+/// A pin the check adds: `publisher`'s key becomes `key` if it is still `was`.
+struct NewPin {
+    publisher: String,
+    was: Option<PublicKey>,
+    key: PublicKey,
 }
 
 /// Checks `assignments` (those not held already) of the project at `url` against its pinned
@@ -29,40 +44,39 @@ pub async fn check(
     url: &str,
     assignments: impl Iterator<Item = &Assignment>,
 ) -> anyhow::Result<Verdicts> {
-    let mut verdicts = Verdicts::default();
     let assignments: Vec<&Assignment> = assignments.collect();
     if assignments.is_empty() {
-        return Ok(verdicts);
+        return Ok(Verdicts::default());
     }
     // Read afresh: `wasmgrid trust` may have changed it while the daemon runs.
-    let mut store = KeyStore::load(data_dir)?;
     let mut project_keys: Option<ProjectKeys> = None;
-    let mut changed = false;
-    if !store.projects.contains_key(url) {
-        // Attached before this client pinned keys: trust on first use, now.
-        match server.project_keys().await {
-            Ok(keys) => {
-                store.projects.insert(url.to_owned(), PinnedKeys::first_use(&keys));
-                project_keys = Some(keys);
-                changed = true;
-                tracing::info!(project = url, "pinned the project's publisher keys");
-            }
-            Err(error) => {
-                tracing::warn!(project = url, error = %error, "cannot read the project's keys; new work waits");
-                verdicts.deferred.extend(assignments.iter().map(|assignment| assignment.replica_id));
-                return Ok(verdicts);
-            }
+    let mut pinned = match KeyStore::load(data_dir)?.projects.remove(url) {
+        Some(pinned) => pinned,
+        None => {
+            // Attached before this client pinned keys: trust on first use, now (unless
+            // another writer pinned them meanwhile).
+            let keys = match server.project_keys().await {
+                Ok(keys) => keys,
+                Err(error) => {
+                    tracing::warn!(project = url, error = %error, "cannot read the project's keys; new work waits");
+                    return Ok(Verdicts::defer_all(assignments.into_iter()));
+                }
+            };
+            let first_use = PinnedKeys::first_use(&keys);
+            project_keys = Some(keys);
+            KeyStore::update(data_dir, |store| store.projects.entry(url.to_owned()).or_insert(first_use).clone())?
         }
-    }
-    let pinned = store.projects.get_mut(url).expect("inserted above");
+    };
+    let mut verdicts = Verdicts::default();
+    let mut new_pins: Vec<NewPin> = Vec::new();
     for assignment in assignments {
         let replica_id = assignment.replica_id;
         match pinned.check(assignment) {
             Check::Run => {}
             Check::PinAndRun { publisher, key } => {
                 tracing::info!(project = url, publisher, %key, "pinned a new publisher's key on first use");
-                pinned.publishers.insert(publisher, key);
-                changed = true;
+                pinned.publishers.insert(publisher.clone(), key);
+                new_pins.push(NewPin { publisher, was: None, key });
             }
             Check::KeyChanged { publisher, pinned: old, key } => {
                 if project_keys.is_none() {
@@ -76,11 +90,16 @@ pub async fn check(
                     }
                 }
                 let keys = project_keys.as_ref().expect("read above");
-                if pinned.follow(keys, &publisher, &key) {
-                    tracing::info!(project = url, publisher, from = %old, to = %key, "followed a signed key change");
-                    changed = true;
-                } else {
-                    verdicts.refused.insert(replica_id, unendorsed_change(&publisher, &old, &key));
+                match pinned.follow(keys, &publisher, &key) {
+                    Some(followed) => {
+                        if followed {
+                            tracing::info!(project = url, publisher, from = %old, to = %key, "followed a signed key change");
+                            new_pins.push(NewPin { publisher, was: Some(old), key });
+                        }
+                    }
+                    None => {
+                        verdicts.refused.insert(replica_id, unendorsed_change(&publisher, &old, &key));
+                    }
                 }
             }
             Check::Refuse(reason) => {
@@ -91,8 +110,18 @@ pub async fn check(
     for (replica_id, reason) in &verdicts.refused {
         tracing::warn!(project = url, replica.id = replica_id, reason, "refused to run a module");
     }
-    if changed {
-        store.save(data_dir)?;
+    let require_signatures = pinned.require_signatures;
+    if !new_pins.is_empty() || project_keys.is_some() {
+        KeyStore::update(data_dir, |store| {
+            let Some(stored) = store.projects.get_mut(url) else { return };
+            // Only stricter: another writer's choice stands otherwise.
+            stored.require_signatures |= require_signatures;
+            for pin in new_pins {
+                if stored.publishers.get(&pin.publisher) == pin.was.as_ref() {
+                    stored.publishers.insert(pin.publisher, pin.key);
+                }
+            }
+        })?;
     }
     Ok(verdicts)
 }

@@ -4,7 +4,7 @@
 //! corrected, and the credit for the wrong results is withdrawn, on record.
 
 use reqwest::Method;
-use wasmgrid_protocol::publish::{BatchStatus, ResultsPage};
+use wasmgrid_client::publish::client::PublisherClient;
 use wasmgrid_server::publishing::{AppReplication, ReplicationPolicy, WorkUnitSpec};
 
 use crate::helpers::{Published, TestApp, Volunteer, policy};
@@ -154,10 +154,8 @@ async fn a_host_earns_trust_per_app_version_then_gets_work_units_alone_accepted_
 
     // A new version of the app starts trust again (the old version's batch is cancelled,
     // so that the new one's work comes next).
-    let token = app.publisher_token("tests").await;
-    let cancel = format!("/api/v1/batches/{}/cancel", published.batch_id);
-    let cancelled = app.client.request(Method::POST, &cancel).bearer_auth(&token).send().await.unwrap();
-    assert!(cancelled.status().is_success());
+    let publisher = PublisherClient::new(app.client.clone(), app.publisher_token("tests").await);
+    publisher.cancel_batch(published.batch_id).await.unwrap();
     let newer = app.publish_version(published.app_id, specs(5, policy(2, 2))).await;
     for _ in 0..3 {
         let assignment = veteran.fetch(1).await.pop().unwrap();
@@ -232,9 +230,8 @@ async fn a_caught_host_has_its_results_on_trust_rechecked_corrected_and_its_cred
     assert_eq!(app.work_unit(held.work_unit_id).await.state, "active", "a caught host's word is not enough");
     // The rest of the batch is cancelled, so that only the rechecks are left to hand out
     // (validated work units stay validated, and their rechecks go on).
-    let token = app.publisher_token("tests").await;
-    let cancel = format!("/api/v1/batches/{}/cancel", published.batch_id);
-    assert!(app.client.request(Method::POST, &cancel).bearer_auth(&token).send().await.unwrap().status().is_success());
+    let publisher = PublisherClient::new(app.client.clone(), app.publisher_token("tests").await);
+    publisher.cancel_batch(published.batch_id).await.unwrap();
 
     // The look-back sends its recent results on trust out again, and not the old one.
     app.sweep().await;
@@ -280,28 +277,10 @@ async fn a_caught_host_has_its_results_on_trust_rechecked_corrected_and_its_cred
     assert!((credit_before - withdrawn - credit_after).abs() < 1e-9, "{credit_before} - {withdrawn} != {credit_after}");
 
     // The batch says so: the status counts, and each changed result in the results.
-    let status: BatchStatus = app
-        .client
-        .request(Method::GET, &format!("/api/v1/batches/{}", published.batch_id))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = publisher.batch_status(published.batch_id).await.unwrap();
     assert_eq!((status.checks.confirmed, status.checks.corrected), (honest.len() as u64, 2));
     assert_eq!(status.checks.on_trust, 1, "the old one still rests on trust");
-    let page: ResultsPage = app
-        .client
-        .request(Method::GET, &format!("/api/v1/batches/{}/results", published.batch_id))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = publisher.results(published.batch_id, None).await.unwrap();
     let right = wasmgrid_protocol::Sha256Hash::of(RIGHT);
     let names: std::collections::HashMap<i64, String> =
         sqlx::query_as::<_, (i64, String)>("select id, name from work_unit")

@@ -20,13 +20,10 @@ use bytes::Bytes;
 use clap::Parser;
 use tokio::sync::{Mutex, watch};
 use wasmgrid_client::api::ServerClient;
-use wasmgrid_e2e::bench::{BenchServer, ms, peak_rss_kib, percentile};
+use wasmgrid_e2e::bench::{BenchServer, load_bench_work_units, ms, peak_rss_kib, percentile};
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::{RegisterHostRequest, ReplicaReport, ReportedOutcome, SchedulerRequest};
-use wasmgrid_protocol::publish::ValidatorSpec;
-use wasmgrid_server::blobs::{DirectoryStore, store_bytes};
-use wasmgrid_server::publishers;
-use wasmgrid_server::publishing::{self, WorkUnitSpec};
+use wasmgrid_server::publishing::AppReplication;
 
 #[derive(Parser)]
 #[command(about = "Measures the server's replica throughput over real HTTP")]
@@ -46,7 +43,6 @@ struct Args {
 const OUTPUT: &[u8] = b"42\n";
 /// Every replica reports this fuel: one credit.
 const FUEL: u64 = 1_000_000_000;
-const LOAD_CHUNK: usize = 10_000;
 
 #[derive(Default)]
 struct Latencies {
@@ -87,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!("loading {} work units (quorum 2)...", args.work_units);
     let load_started = Instant::now();
-    load_work_units(&pool, &data_path, args.work_units).await?;
+    load_bench_work_units(&pool, &data_path, args.work_units, AppReplication::default()).await?;
     let load_time = load_started.elapsed();
 
     let volunteers = register_volunteers(&url, args.volunteers).await?;
@@ -164,32 +160,6 @@ async fn main() -> anyhow::Result<()> {
     println!("credit granted                  {:>12.1}  (expected {valid_replicas}.0: one per valid replica)", credit);
 
     server.stop().await
-}
-
-async fn load_work_units(pool: &sqlx::PgPool, data_dir: &Path, count: usize) -> anyhow::Result<()> {
-    let store = DirectoryStore::open(data_dir.join("blobs"))?;
-    let mut transaction = pool.begin().await?;
-    let module = store_bytes(&mut transaction, &store, b"\0asm\x01\0\0\0").await.map_err(api_error)?;
-    let publisher = publishers::ensure(&mut transaction, "bench").await?;
-    let app = publishing::create_app(&mut transaction, publisher, "bench", "", &ValidatorSpec::Bitwise)
-        .await
-        .map_err(api_error)?;
-    publishing::add_app_version(&mut transaction, app, module).await.map_err(api_error)?;
-    let batch = publishing::create_batch(&mut transaction, app, "bench", &[]).await.map_err(api_error)?;
-    transaction.commit().await?;
-    for start in (0..count).step_by(LOAD_CHUNK) {
-        let specs: Vec<WorkUnitSpec> =
-            (start..(start + LOAD_CHUNK).min(count)).map(|i| WorkUnitSpec::new(format!("wu-{i}"))).collect();
-        let mut transaction = pool.begin().await?;
-        publishing::add_work_units(&mut transaction, batch, &specs).await.map_err(api_error)?;
-        transaction.commit().await?;
-    }
-    publishing::refresh_queue_statistics(&mut *pool.acquire().await?).await?;
-    Ok(())
-}
-
-fn api_error(error: wasmgrid_server::http::error::ApiError) -> anyhow::Error {
-    anyhow::anyhow!("{error}")
 }
 
 async fn register_volunteers(url: &str, count: usize) -> anyhow::Result<Vec<(ServerClient, String)>> {

@@ -110,6 +110,16 @@ async fn a_volunteer_runs_only_what_the_keys_it_pinned_signed() {
             first_key.to_str().unwrap(),
         ])
         .await;
+    // A volunteer who attaches now pins the new key, and still runs the version the retired
+    // key signed before the change.
+    let newcomer = Volunteer::unattached();
+    let attached = succeed(&mut newcomer.command(&["attach", &server.url, "--name", "newcomer"])).await;
+    assert!(!attached.contains(&first_public), "{attached}");
+    let batch = submit(&scientist, "sim", dir.path()).await;
+    newcomer.run_until_idle(TIMEOUT).await;
+    assert_eq!(batch_state(&scientist, &batch).await, "done");
+    assert_ne!(pinned(&newcomer, &server)["publishers"]["alice"], first_public);
+
     let v2 = write(dir.path(), "v2.wasm", &module("version two"));
     scientist
         .json(&["app", "publish", "sim", v2.to_str().unwrap(), "--signing-key", second_key.to_str().unwrap()])
@@ -119,6 +129,9 @@ async fn a_volunteer_runs_only_what_the_keys_it_pinned_signed() {
     assert_eq!(batch_state(&scientist, &batch).await, "done");
     let second_public = pinned(&volunteer, &server)["publishers"]["alice"].as_str().unwrap().to_owned();
     assert_ne!(second_public, first_public, "the pin followed the signed change");
+    // Attaching again (another account) is no first use: the pins stay.
+    let again = succeed(&mut volunteer.command(&["attach", &server.url, "--name", "careful-too"])).await;
+    assert!(again.contains(&format!("kept the pinned key of publisher alice: {second_public}")), "{again}");
 
     // Now the server is broken into. First: a module of the attacker's, stored as a new
     // version under the signature of version two.
@@ -228,4 +241,16 @@ async fn a_client_attached_before_pinning_pins_at_its_next_contact_and_a_strict_
     volunteer.run_until_idle(TIMEOUT).await;
     assert_eq!(batch_state(&mallory, &batch).await, "in_progress");
     assert_eq!(refusals(&server, "the module is not signed, and this project runs signed modules only").await, 1);
+
+    // A volunteer attaching now sees a project that allows unsigned modules: one who asks
+    // for signatures anyway refuses mallory's module; one who does not runs it (the limit
+    // of trust on first use, in a project that does not require signatures).
+    let strict = Volunteer::unattached();
+    succeed(&mut strict.command(&["attach", &server.url, "--name", "strict", "--require-signatures"])).await;
+    assert_eq!(pinned(&strict, &server)["require_signatures"], true);
+    strict.run_until_idle(TIMEOUT).await;
+    assert_eq!(refusals(&server, "the module is not signed, and this project runs signed modules only").await, 2);
+    let lax = Volunteer::attach(&server, "lax").await;
+    lax.run_until_idle(TIMEOUT).await;
+    assert_eq!(batch_state(&mallory, &batch).await, "done");
 }

@@ -31,13 +31,10 @@ use futures::StreamExt;
 use rand::SeedableRng;
 use tokio::sync::{Semaphore, watch};
 use wasmgrid_client::api::ServerClient;
-use wasmgrid_e2e::bench::BenchServer;
+use wasmgrid_e2e::bench::{BenchServer, load_bench_work_units};
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::{RegisterHostRequest, ReplicaReport, ReportedOutcome, SchedulerRequest};
-use wasmgrid_protocol::publish::ValidatorSpec;
-use wasmgrid_server::blobs::{DirectoryStore, store_bytes};
-use wasmgrid_server::publishers;
-use wasmgrid_server::publishing::{self, AppReplication, WorkUnitSpec};
+use wasmgrid_server::publishing::AppReplication;
 
 use population::{Behaviour, Member, population, right_answer};
 
@@ -78,7 +75,6 @@ enum Replication {
 
 /// Every replica reports this fuel: one credit.
 const FUEL: u64 = 1_000_000_000;
-const LOAD_CHUNK: usize = 10_000;
 
 /// What one run measured.
 struct Figures {
@@ -146,7 +142,9 @@ async fn run(replication: Replication, args: &Args, members: &[Member]) -> anyho
     ])
     .await?;
     let pool = server.pool.clone();
-    load_work_units(&pool, &server.data_dir, args.work_units, replication == Replication::Adaptive).await?;
+    let adaptive =
+        AppReplication { adaptive_replication: replication == Replication::Adaptive, ..AppReplication::default() };
+    load_bench_work_units(&pool, &server.data_dir, args.work_units, adaptive).await?;
     let hosts = register(&server.url, members).await?;
     let host_index: HashMap<i64, usize> = hosts.iter().enumerate().map(|(index, host)| (host.host_id, index)).collect();
 
@@ -306,39 +304,6 @@ async fn host_loop(
             tokio::time::sleep(pause + Duration::from_millis(rand::random_range(0..500))).await;
         }
     }
-}
-
-async fn load_work_units(
-    pool: &sqlx::PgPool,
-    data_dir: &std::path::Path,
-    count: usize,
-    adaptive: bool,
-) -> anyhow::Result<()> {
-    let store = DirectoryStore::open(data_dir.join("blobs"))?;
-    let mut transaction = pool.begin().await?;
-    let module = store_bytes(&mut transaction, &store, b"\0asm\x01\0\0\0").await.map_err(api_error)?;
-    let publisher = publishers::ensure(&mut transaction, "bench").await?;
-    let app = publishing::create_app(&mut transaction, publisher, "bench", "", &ValidatorSpec::Bitwise)
-        .await
-        .map_err(api_error)?;
-    let replication = AppReplication { adaptive_replication: adaptive, ..AppReplication::default() };
-    publishing::set_replication(&mut transaction, app, replication).await?;
-    publishing::add_app_version(&mut transaction, app, module).await.map_err(api_error)?;
-    let batch = publishing::create_batch(&mut transaction, app, "bench", &[]).await.map_err(api_error)?;
-    transaction.commit().await?;
-    for start in (0..count).step_by(LOAD_CHUNK) {
-        let specs: Vec<WorkUnitSpec> =
-            (start..(start + LOAD_CHUNK).min(count)).map(|i| WorkUnitSpec::new(format!("wu-{i}"))).collect();
-        let mut transaction = pool.begin().await?;
-        publishing::add_work_units(&mut transaction, batch, &specs).await.map_err(api_error)?;
-        transaction.commit().await?;
-    }
-    publishing::refresh_queue_statistics(&mut *pool.acquire().await?).await?;
-    Ok(())
-}
-
-fn api_error(error: wasmgrid_server::http::error::ApiError) -> anyhow::Error {
-    anyhow::anyhow!("{error}")
 }
 
 #[derive(sqlx::FromRow)]

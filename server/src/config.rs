@@ -122,14 +122,17 @@ impl AdaptiveReplication {
     /// The chance that a work unit handed to a host is replicated anyway, to check it, when
     /// the host has `checked` checked valid results in a row and `accepted` results accepted
     /// in a row, checked or on trust: certain below `trusted_after` checked ones, a half
-    /// there, and falling as `trusted_after / 2n` for a run of n accepted, to the floor.
+    /// there, and falling as `(trusted_after / n)² / 2` for a run of n accepted, to the
+    /// floor. The square brings a proven host to the floor within a few times the threshold
+    /// (about 3.2 times, at the defaults): from then on the floor alone decides how soon a
+    /// cheater is caught, and the look-back what it costs the science.
     pub fn check_probability(&self, checked: u32, accepted: u32) -> f64 {
         let trusted_after = self.trusted_after.max(1);
         if checked < trusted_after {
             return 1.0;
         }
-        let falling = f64::from(trusted_after) / (2.0 * f64::from(accepted.max(checked)));
-        falling.clamp(self.min_check_probability, 1.0)
+        let ratio = f64::from(trusted_after) / f64::from(accepted.max(checked));
+        (ratio * ratio / 2.0).clamp(self.min_check_probability, 1.0)
     }
 }
 
@@ -190,7 +193,8 @@ mod tests {
         assert_eq!(adaptive.check_probability(9, 9), 1.0, "not trusted yet");
         assert_eq!(adaptive.check_probability(9, 1000), 1.0, "results on trust earn no trust");
         assert_eq!(adaptive.check_probability(10, 10), 0.5);
-        assert_eq!(adaptive.check_probability(10, 50), 0.1, "results on trust count towards the run");
+        assert_eq!(adaptive.check_probability(10, 20), 0.125, "results on trust count towards the run");
+        assert_eq!(adaptive.check_probability(10, 40), 0.05, "the floor, within a few times the threshold");
         assert_eq!(adaptive.check_probability(1_000_000, 1_000_000), 0.05, "the floor");
         let probabilities: Vec<f64> = (10..500).map(|n| adaptive.check_probability(10, n)).collect();
         assert!(probabilities.windows(2).all(|pair| pair[1] <= pair[0]));

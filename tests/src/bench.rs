@@ -264,3 +264,21 @@ pub async fn load_bench_work_units(
     publishing::refresh_queue_statistics(&mut *pool.acquire().await?).await?;
     Ok(())
 }
+
+/// Creates an account and registers its host number `index`, as a simulated volunteer with
+/// 4 cores and 8 GiB does; returns the host's id and token.
+pub async fn register_simulated_host(
+    client: &wasmgrid_client::api::ServerClient,
+    index: usize,
+) -> anyhow::Result<wasmgrid_protocol::api::RegisterHostResponse> {
+    let account = client.create_account(&format!("volunteer-{index}")).await?;
+    let host = wasmgrid_protocol::api::RegisterHostRequest {
+        name: format!("host-{index}"),
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        cores: 4,
+        memory_bytes: 8 << 30,
+        client_version: "bench".into(),
+    };
+    Ok(client.register_host(&account.account_key, &host).await?)
+}

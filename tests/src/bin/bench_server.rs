@@ -20,9 +20,9 @@ use bytes::Bytes;
 use clap::Parser;
 use tokio::sync::{Mutex, watch};
 use wasmgrid_client::api::ServerClient;
-use wasmgrid_e2e::bench::{BenchServer, load_bench_work_units, ms, peak_rss_kib, percentile};
+use wasmgrid_e2e::bench::{BenchServer, load_bench_work_units, ms, peak_rss_kib, percentile, register_simulated_host};
 use wasmgrid_protocol::Sha256Hash;
-use wasmgrid_protocol::api::{RegisterHostRequest, ReplicaReport, ReportedOutcome, SchedulerRequest};
+use wasmgrid_protocol::api::{ReplicaReport, ReportedOutcome, SchedulerRequest};
 use wasmgrid_server::publishing::AppReplication;
 
 #[derive(Parser)]
@@ -166,20 +166,7 @@ async fn register_volunteers(url: &str, count: usize) -> anyhow::Result<Vec<(Ser
     let mut volunteers = Vec::new();
     for i in 0..count {
         let client = ServerClient::new(url)?;
-        let account = client.create_account(&format!("volunteer-{i}")).await?;
-        let host = client
-            .register_host(
-                &account.account_key,
-                &RegisterHostRequest {
-                    name: format!("host-{i}"),
-                    os: "linux".into(),
-                    arch: "x86_64".into(),
-                    cores: 4,
-                    memory_bytes: 8 << 30,
-                    client_version: "bench".into(),
-                },
-            )
-            .await?;
+        let host = register_simulated_host(&client, i).await?;
         volunteers.push((client, host.host_token));
     }
     Ok(volunteers)

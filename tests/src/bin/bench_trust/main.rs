@@ -31,9 +31,9 @@ use futures::StreamExt;
 use rand::SeedableRng;
 use tokio::sync::{Semaphore, watch};
 use wasmgrid_client::api::ServerClient;
-use wasmgrid_e2e::bench::{BenchServer, load_bench_work_units};
+use wasmgrid_e2e::bench::{BenchServer, load_bench_work_units, register_simulated_host};
 use wasmgrid_protocol::Sha256Hash;
-use wasmgrid_protocol::api::{RegisterHostRequest, ReplicaReport, ReportedOutcome, SchedulerRequest};
+use wasmgrid_protocol::api::{ReplicaReport, ReportedOutcome, SchedulerRequest};
 use wasmgrid_server::publishing::AppReplication;
 
 use population::{Behaviour, Member, population, right_answer};
@@ -213,20 +213,7 @@ struct SimHost {
 async fn register(url: &str, members: &[Member]) -> anyhow::Result<Vec<SimHost>> {
     let registrations = members.iter().enumerate().map(|(index, member)| async move {
         let client = ServerClient::with_local_address(url, Some(member.address))?;
-        let account = client.create_account(&format!("volunteer-{index}")).await?;
-        let host = client
-            .register_host(
-                &account.account_key,
-                &RegisterHostRequest {
-                    name: format!("host-{index}"),
-                    os: "linux".into(),
-                    arch: "x86_64".into(),
-                    cores: 4,
-                    memory_bytes: 8 << 30,
-                    client_version: "bench".into(),
-                },
-            )
-            .await?;
+        let host = register_simulated_host(&client, index).await?;
         anyhow::Ok(SimHost { client, token: host.host_token, host_id: host.host_id })
     });
     // In order: the index of a host is the index of its member.

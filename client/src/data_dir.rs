@@ -110,6 +110,16 @@ impl DataDir {
     }
 }
 
+/// Opens (creating it if needed) the file at `path` that a lock is taken on.
+pub fn open_lock_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open the lock {}", path.display()))
+}
+
 /// The JSON document in `path`, or the default when there is none yet; a file that does not
 /// parse is an error naming it, never silently replaced.
 pub fn read_json_or_default<T: serde::de::DeserializeOwned + Default>(path: &Path) -> anyhow::Result<T> {

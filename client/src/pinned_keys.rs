@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use wasmgrid_protocol::api::Assignment;
 use wasmgrid_protocol::signing::{ProjectKeys, PublicKey};
 
-use crate::data_dir::{DataDir, read_json_or_default, write_atomically};
+use crate::data_dir::{DataDir, open_lock_file, read_json_or_default, write_atomically};
 
 /// Every project's pins, by project URL.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -77,12 +77,7 @@ impl KeyStore {
     /// Reads the pins, lets `change` change them and writes them back if it did, holding the
     /// lock throughout.
     pub fn update<R>(data_dir: &DataDir, change: impl FnOnce(&mut KeyStore) -> R) -> anyhow::Result<R> {
-        let lock = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(data_dir.keys_lock_file())
-            .context("cannot open the lock of the pinned keys")?;
+        let lock = open_lock_file(&data_dir.keys_lock_file())?;
         lock.lock().context("cannot lock the pinned keys")?;
         let mut store = Self::load(data_dir)?;
         let before = store.clone();

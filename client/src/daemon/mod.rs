@@ -1021,12 +1021,7 @@ fn drop_detached_tasks(state: &mut ClientState, data_dir: &DataDir, contacts: &[
 
 /// Holds the data directory's lock for the daemon's lifetime: one daemon per directory.
 pub fn lock(data_dir: &DataDir) -> anyhow::Result<std::fs::File> {
-    let file = std::fs::File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(data_dir.lock_file())
-        .context("cannot open the daemon lock")?;
+    let file = crate::data_dir::open_lock_file(&data_dir.lock_file())?;
     file.try_lock()
         .map_err(|_| anyhow::anyhow!("another wasmgrid daemon is running on {}", data_dir.root().display()))?;
     Ok(file)

@@ -64,6 +64,10 @@ struct Claimed {
     replica_id: i64,
     work_unit_id: i64,
     deadline_at: DateTime<Utc>,
+    /// Whether its app asks for adaptive replication (read by a new claim only: a replica
+    /// sent again was decided when first claimed).
+    #[sqlx(default)]
+    adaptive: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -167,7 +171,9 @@ pub async fn claim_replicas(
              end
          from chosen, work_unit w
          where r.id = chosen.id and w.id = r.work_unit_id
-         returning r.id as replica_id, r.work_unit_id, r.deadline_at",
+         returning r.id as replica_id, r.work_unit_id, r.deadline_at,
+                   exists (select 1 from app_version v join app a on a.id = v.app_id
+                           where v.id = w.app_version_id and a.adaptive_replication) as adaptive",
     )
     .bind(host.id)
     .bind(host.account_id)
@@ -182,7 +188,10 @@ pub async fn claim_replicas(
     if claimed.is_empty() {
         return Ok(Vec::new());
     }
-    send_alone_on_trust(connection, host, &claimed, &scheduler.adaptive).await?;
+    // Most apps replicate every work unit: their claims skip the query for trust.
+    if claimed.iter().any(|claim| claim.adaptive) {
+        send_alone_on_trust(connection, host, &claimed, &scheduler.adaptive).await?;
+    }
     describe_assignments(connection, claimed).await
 }
 

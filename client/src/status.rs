@@ -48,8 +48,9 @@ pub struct TaskStatus {
     pub replica_id: i64,
     pub work_unit: String,
     pub project: String,
-    /// pending, running, pausing (asked to pause, not yet held), paused, or finished
-    /// (waiting to be uploaded and reported).
+    /// pending, preparing (it has a slot, and its files are being fetched), running, pausing
+    /// (asked to pause, not yet held), paused, or finished (waiting to be uploaded and
+    /// reported).
     pub state: String,
     /// So far while running (as of the module's latest function call), final once ended.
     pub fuel_used: Option<u64>,
@@ -74,6 +75,20 @@ pub struct RunningTask {
     pub priority: Option<String>,
     pub pause_requested: bool,
     pub paused: bool,
+    /// Its files are staged and the sandbox has it; before, it is still being prepared.
+    pub started: bool,
+}
+
+impl RunningTask {
+    /// What the volunteer sees of a task that holds a slot.
+    fn state(&self) -> &'static str {
+        match (self.started, self.pause_requested, self.paused) {
+            (_, _, true) => "paused",
+            (_, true, false) => "pausing",
+            (false, false, false) => "preparing",
+            (true, false, false) => "running",
+        }
+    }
 }
 
 impl StatusReport {
@@ -92,11 +107,7 @@ impl StatusReport {
                 let run = running.get(&task.id());
                 let (state, fuel_used, fraction_done, elapsed, outcome) = match (&task.phase, run) {
                     (Phase::Pending, Some(run)) => (
-                        match (run.pause_requested, run.paused) {
-                            (_, true) => "paused",
-                            (true, false) => "pausing",
-                            (false, false) => "running",
-                        },
+                        run.state(),
                         Some(run.progress.fuel_used),
                         run.progress.fraction_done,
                         run.elapsed.as_secs_f64(),
@@ -233,5 +244,24 @@ pub async fn query(data_dir: &DataDir) -> anyhow::Result<StatusReport> {
         Ok(Some(Reply::Done { .. })) => anyhow::bail!("the daemon answered something else than its status"),
         // No daemon, or one that does not answer (stopping, or stuck): the state on disk.
         Ok(None) | Err(_) => StatusReport::from_disk(data_dir),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(started: bool, pause_requested: bool, paused: bool) -> RunningTask {
+        let progress = Progress { fuel_used: 0, fraction_done: None };
+        RunningTask { elapsed: Duration::ZERO, progress, priority: None, pause_requested, paused, started }
+    }
+
+    #[test]
+    fn a_task_runs_only_once_its_files_are_staged_and_a_pause_shows_either_way() {
+        assert_eq!(run(false, false, false).state(), "preparing");
+        assert_eq!(run(true, false, false).state(), "running");
+        assert_eq!(run(false, true, false).state(), "pausing");
+        assert_eq!(run(true, true, false).state(), "pausing");
+        assert_eq!(run(true, true, true).state(), "paused");
     }
 }

@@ -37,7 +37,7 @@ pub mod watch;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -98,6 +98,8 @@ pub enum StopReason {
 #[derive(Debug, Default)]
 pub struct RunControl {
     stop: AtomicU8,
+    /// The run has its files and has begun (compiling, or running the module).
+    started: AtomicBool,
     fuel_used: AtomicU64,
     /// The module's fraction done as `f64` bits, plus one (0: not reported).
     fraction_done: AtomicU64,
@@ -175,6 +177,12 @@ impl RunControl {
     /// platform where [`pause::PAUSES_ANYWHERE`]. Otherwise it pauses at its next host call.
     pub fn pauses_anywhere(&self) -> bool {
         self.pause.holds_anywhere()
+    }
+
+    /// Whether the run has begun: its caller has staged its files and handed it to the
+    /// sandbox. Before, the task holds a slot but is still being prepared.
+    pub fn has_started(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
     }
 
     /// Whether the run has reached the module's code. Before (while it is staged or
@@ -398,6 +406,7 @@ impl Sandbox {
     ) -> std::io::Result<tokio::sync::oneshot::Receiver<RunReport>> {
         let (send, receive) = tokio::sync::oneshot::channel();
         let sandbox = self.clone();
+        control.started.store(true, Ordering::SeqCst);
         std::thread::Builder::new().name("wasm-run".into()).spawn(move || {
             if background {
                 let _ = control.background.set(priority::enter_background());

@@ -920,6 +920,7 @@ impl Daemon {
                     priority: running.control.background().map(ToString::to_string),
                     pause_requested: running.control.is_pause_requested(),
                     paused: running.control.is_paused(),
+                    started: running.control.has_started(),
                 };
                 (id.clone(), task)
             })

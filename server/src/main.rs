@@ -74,7 +74,8 @@ enum Command {
         #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
         private_grid: bool,
         /// Adaptive replication (for apps created with it): checked valid results in a row,
-        /// for an app version, after which a host may be handed work units alone.
+        /// for an app version, after which a host may be handed work units alone (never, on a
+        /// version where it was once found invalid).
         #[arg(long, default_value_t = AdaptiveReplication::default().trusted_after)]
         trusted_after: u32,
         /// Adaptive replication: the least chance that a trusted host's work unit is

@@ -204,7 +204,8 @@ struct TrustedClaim {
 }
 
 /// Adaptive replication: of the replicas just claimed, those of apps that ask for it, whose
-/// host is trusted for the app version and whose work unit no other host is running or has
+/// host is trusted for the app version (a run of checked valid results, and never caught
+/// with a wrong one for this version) and whose work unit no other host is running or has
 /// run, go alone unless a check is drawn: their work units' unsent replicas are no longer
 /// needed, and the result will be accepted on the host's word (see [`super::decide`]).
 ///
@@ -225,7 +226,8 @@ async fn send_alone_on_trust(
          join app_version v on v.id = w.app_version_id
          join app a on a.id = v.app_id
          join host_app_version t on t.host_id = $2 and t.app_version_id = w.app_version_id
-         where r.id = any($1) and a.adaptive_replication and w.min_quorum >= 2 and t.consecutive_valid >= $3
+         where r.id = any($1) and a.adaptive_replication and w.min_quorum >= 2
+           and t.consecutive_valid >= $3 and t.invalid_count = 0
            and not exists (select 1 from replica other
                            where other.work_unit_id = r.work_unit_id and other.id <> r.id
                              and (other.state = 'in_progress' or other.outcome = 'success'))",

@@ -268,7 +268,8 @@ async fn load(
                 coalesce((select sum(h.valid_count) > 0 from host h where h.account_id = r.account_id), false)
                     as account_has_history,
                 r.on_trust,
-                r.on_trust and coalesce((select t.consecutive_valid >= $2 from host_app_version t
+                r.on_trust and coalesce((select t.consecutive_valid >= $2 and t.invalid_count = 0
+                                         from host_app_version t
                                          join work_unit w on w.app_version_id = t.app_version_id
                                          where t.host_id = r.host_id and w.id = r.work_unit_id), false)
                     as host_trusted

@@ -300,3 +300,48 @@ async fn a_caught_host_has_its_results_on_trust_rechecked_corrected_and_its_cred
         assert!(result.changed_at.is_none() && !result.on_trust, "{result:?}");
     }
 }
+
+#[tokio::test]
+async fn a_host_caught_once_never_works_alone_again_on_that_app_version() {
+    let app = adaptive_grid().await;
+    let published = publish_adaptive(&app, 150).await;
+    let veteran = app.volunteer("veteran").await;
+    let checker = app.volunteer("checker").await;
+    let second_checker = app.volunteer("second checker").await;
+    for _ in 0..TRUSTED_AFTER {
+        one_round(&app, &veteran, &checker, RIGHT).await;
+    }
+    until_alone(&app, &veteran, &checker, RIGHT, 1).await;
+
+    // Caught on a checked work unit: its wrong answer loses to two right ones.
+    loop {
+        let assignment = veteran.fetch(1).await.pop().unwrap();
+        if went_alone(&app, assignment.replica_id).await {
+            veteran.succeed(assignment.replica_id, RIGHT).await;
+            continue;
+        }
+        veteran.succeed(assignment.replica_id, WRONG).await;
+        let sibling = checker.fetch(1).await.pop().unwrap();
+        checker.succeed(sibling.replica_id, RIGHT).await;
+        let third = second_checker.fetch(1).await.pop().unwrap();
+        second_checker.succeed(third.replica_id, RIGHT).await;
+        break;
+    }
+
+    // A run of right answers several times the threshold earns it nothing alone: a host
+    // that was wrong once, cheating or faulty, is checked on every result of this version.
+    for round in 0..4 * TRUSTED_AFTER {
+        let (alone, _) = one_round(&app, &veteran, &checker, RIGHT).await;
+        assert!(!alone, "alone again after {round} checked results");
+    }
+    assert_eq!(run_of(&app, &veteran, published.app_id).await, i64::from(4 * TRUSTED_AFTER));
+
+    // A new version of the app is a fresh start.
+    let publisher = PublisherClient::new(app.client.clone(), app.publisher_token("tests").await);
+    publisher.cancel_batch(published.batch_id).await.unwrap();
+    app.publish_version(published.app_id, specs(60, policy(2, 2))).await;
+    for _ in 0..TRUSTED_AFTER {
+        one_round(&app, &veteran, &checker, RIGHT).await;
+    }
+    until_alone(&app, &veteran, &checker, RIGHT, 1).await;
+}

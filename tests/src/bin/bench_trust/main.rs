@@ -88,6 +88,11 @@ struct Figures {
     wrong_ever: i64,
     /// ... and still is at the end.
     wrong_standing: i64,
+    /// ... of those, the ones whose host was never caught (so never looked back at).
+    wrong_standing_uncaught: i64,
+    /// Replicas run per validated work unit, for each tenth of the queue in the order it was
+    /// handed out: the cost of earning trust falls in the first tenths.
+    replicas_per_tenth: Vec<f64>,
     on_trust: i64,
     confirmed: i64,
     corrected: i64,
@@ -191,7 +196,7 @@ async fn run(replication: Replication, args: &Args, members: &[Member]) -> anyho
         worker.await??;
     }
 
-    let figures = measure(&pool, members, &caught_at, seconds, finished, &shared).await?;
+    let figures = measure(&pool, members, &caught_at, &host_index, seconds, finished, &shared).await?;
     server.stop().await?;
     Ok(figures)
 }
@@ -291,6 +296,7 @@ async fn host_loop(
 #[derive(sqlx::FromRow)]
 struct Outcome {
     name: String,
+    canonical_host: Option<i64>,
     validated: bool,
     canonical: Option<String>,
     replaced: Option<String>,
@@ -300,12 +306,13 @@ async fn measure(
     pool: &sqlx::PgPool,
     members: &[Member],
     caught_at: &HashMap<usize, (u64, f64)>,
+    host_index: &HashMap<i64, usize>,
     seconds: f64,
     finished: bool,
     shared: &Shared,
 ) -> anyhow::Result<Figures> {
     let outcomes: Vec<Outcome> = sqlx::query_as(
-        "select w.name, w.state = 'validated' as validated, c.output_sha256 as canonical, p.output_sha256 as replaced
+        "select w.name, c.host_id as canonical_host, w.state = 'validated' as validated, c.output_sha256 as canonical, p.output_sha256 as replaced
          from work_unit w
          left join replica c on c.id = w.canonical_replica_id
          left join replica p on p.id = w.replaced_replica_id
@@ -313,14 +320,28 @@ async fn measure(
     )
     .fetch_all(pool)
     .await?;
-    let (mut wrong_ever, mut wrong_standing) = (0, 0);
+    let (mut wrong_ever, mut wrong_standing, mut wrong_standing_uncaught) = (0, 0, 0);
     for outcome in &outcomes {
         let right = Sha256Hash::of(&right_answer(&outcome.name)).to_hex();
         let wrong_now = outcome.validated && outcome.canonical.as_deref() != Some(right.as_str());
         let wrong_before = outcome.replaced.as_deref().is_some_and(|replaced| replaced != right);
         wrong_standing += i64::from(wrong_now);
+        let host = outcome.canonical_host.and_then(|host| host_index.get(&host));
+        wrong_standing_uncaught += i64::from(wrong_now && host.is_none_or(|index| !caught_at.contains_key(index)));
         wrong_ever += i64::from(wrong_now || wrong_before);
     }
+    let replicas_per_tenth: Vec<f64> = sqlx::query_as::<_, (i64, i64)>(
+        "select count(r.id) filter (where r.host_id is not null),
+                count(distinct w.id) filter (where w.state = 'validated')
+         from (select id, state, ntile(10) over (order by id) as tenth from work_unit) w
+         left join replica r on r.work_unit_id = w.id
+         group by w.tenth order by w.tenth",
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|(runs, validated)| runs as f64 / validated.max(1) as f64)
+    .collect();
     let count = |sql: &'static str| async move { sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await };
     let mut caught: BTreeMap<Behaviour, (usize, Vec<(u64, f64)>)> = BTreeMap::new();
     let mut honest_caught = 0;
@@ -343,6 +364,8 @@ async fn measure(
         replicas_run: count("select count(*) from replica where host_id is not null").await?,
         wrong_ever,
         wrong_standing,
+        wrong_standing_uncaught,
+        replicas_per_tenth,
         on_trust: count("select count(*) from work_unit where accepted_on_trust").await?,
         confirmed: count("select count(*) from work_unit where recheck = 'confirmed'").await?,
         corrected: count("select count(*) from work_unit where recheck = 'corrected'").await?,
@@ -378,10 +401,16 @@ fn print_figures(results: &[(Replication, Figures)], members: &[Member]) {
     row("work units validated / failed", &|f| format!("{} / {}", f.validated, f.failed));
     row("replicas run", &|f| f.replicas_run.to_string());
     row("replicas per validated work unit", &|f| format!("{:.3}", f.replicas_run as f64 / f.validated.max(1) as f64));
+    for tenth in 0..10 {
+        row(&format!("  in tenth {} of the queue", tenth + 1), &|f| {
+            f.replicas_per_tenth.get(tenth).map_or("-".into(), |ratio| format!("{ratio:.3}"))
+        });
+    }
     row("results accepted on trust", &|f| f.on_trust.to_string());
     row("  rechecked: confirmed / corrected", &|f| format!("{} / {}", f.confirmed, f.corrected));
     row("wrong results accepted, at any time", &|f| f.wrong_ever.to_string());
     row("wrong results standing at the end", &|f| f.wrong_standing.to_string());
+    row("  from hosts never caught", &|f| f.wrong_standing_uncaught.to_string());
     let kinds: Vec<Behaviour> = results.first().map(|(_, f)| f.caught.keys().copied().collect()).unwrap_or_default();
     for kind in kinds {
         row(&format!("{} caught", kind.name()), &|f| {

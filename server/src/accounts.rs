@@ -30,6 +30,9 @@ const MAX_LABEL_CHARS: usize = 100;
 pub struct Account {
     pub id: i64,
     pub name: String,
+    /// Why the operator banned it (`wasmgrid-server account ban`), if it is banned.
+    #[sqlx(default)]
+    pub banned: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -39,6 +42,12 @@ pub struct Host {
     pub cores: i32,
     pub memory_bytes: i64,
     pub kind: HostKind,
+    /// Why the operator banned it or its account, if either is banned.
+    #[sqlx(default)]
+    pub banned: Option<String>,
+    /// Whether the ban is its account's.
+    #[sqlx(default)]
+    pub account_banned: bool,
 }
 
 /// What a host runs work units in.
@@ -187,15 +196,25 @@ pub async fn create_account(connection: &mut PgConnection, name: &str) -> sqlx::
 }
 
 pub async fn account_by_key(connection: &mut PgConnection, key: &str) -> sqlx::Result<Option<Account>> {
-    sqlx::query_as("select id, name from account where key_hash = $1")
-        .bind(secret_hash(key))
-        .fetch_optional(connection)
-        .await
+    sqlx::query_as(
+        "select id, name, case when banned_at is not null then coalesce(ban_reason, '') end as banned
+         from account where key_hash = $1",
+    )
+    .bind(secret_hash(key))
+    .fetch_optional(connection)
+    .await
 }
 
 pub async fn host_by_token(connection: &mut PgConnection, token: &str) -> sqlx::Result<Option<Host>> {
-    sqlx::query_as("select id, account_id, cores, memory_bytes, kind from host where token_hash = $1")
-        .bind(secret_hash(token))
-        .fetch_optional(connection)
-        .await
+    sqlx::query_as(
+        "select h.id, h.account_id, h.cores, h.memory_bytes, h.kind,
+                case when h.banned_at is not null then coalesce(h.ban_reason, '')
+                     when a.banned_at is not null then coalesce(a.ban_reason, '') end as banned,
+                h.banned_at is null and a.banned_at is not null as account_banned
+         from host h join account a on a.id = h.account_id
+         where h.token_hash = $1",
+    )
+    .bind(secret_hash(token))
+    .fetch_optional(connection)
+    .await
 }

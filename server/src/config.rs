@@ -22,6 +22,8 @@ pub struct ServerConfig {
     pub registration: RegistrationLimits,
     /// How HTTP connections are limited.
     pub connections: ConnectionSettings,
+    /// Whether the server migrates the database when it starts, or only checks it.
+    pub schema: crate::database::Schema,
 }
 
 /// How HTTP connections are limited (see [`crate::http::connections`]).
@@ -55,6 +57,7 @@ impl ServerConfig {
             site: SiteConfig::default(),
             registration: RegistrationLimits::default(),
             connections: ConnectionSettings::default(),
+            schema: crate::database::Schema::default(),
         }
     }
 }

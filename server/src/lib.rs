@@ -28,8 +28,10 @@
 //! - [`background`]: what every background loop shares: backoff and quiet failures.
 //! - [`stats`]: the public statistics (leaderboards, users, teams, hosts, status), as JSON.
 //! - [`web`]: the public web pages built on them.
+//! - [`admin`]: the operator's commands: tokens, bans, the project's status.
 
 pub mod accounts;
+pub mod admin;
 pub mod availability;
 pub mod background;
 pub mod blobs;

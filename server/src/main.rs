@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
 use wasmgrid_server::ServerConfig;
+use wasmgrid_server::admin::{self, bans::Target};
 use wasmgrid_server::config::{AdaptiveReplication, ConnectionSettings, RegistrationLimits};
-use wasmgrid_server::database::{Database, DatabaseLocation};
+use wasmgrid_server::database::{Database, DatabaseLocation, Schema};
 use wasmgrid_server::http::visitor::{PublicUrl, SiteConfig, parse_network};
 use wasmgrid_server::publishers;
 
@@ -119,12 +120,85 @@ enum Command {
         /// X-Forwarded-Proto are believed; from anyone else they are ignored.
         #[arg(long = "trusted-proxy", env = "WASMGRID_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_network)]
         trusted_proxies: Vec<IpNet>,
+        /// Do not migrate the database: refuse to start unless it has every migration this
+        /// binary has (for rolling upgrades, where `migrate` runs once, first).
+        #[arg(long)]
+        no_migrate: bool,
     },
-    /// Manage API tokens. Works on the data directory (or DATABASE_URL) of a running server
-    /// without stopping it.
+    /// Apply the database migrations this binary has, then exit: the first step of an
+    /// upgrade whose servers start with `serve --no-migrate`.
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Manage API tokens. Like every command below, works on the data directory (or
+    /// DATABASE_URL) of a running server without stopping it.
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Ban or unban a volunteer's host.
+    Host {
+        #[command(subcommand)]
+        command: BanCommand,
+    },
+    /// Ban or unban a volunteer's account, with every host of it.
+    Account {
+        #[command(subcommand)]
+        command: BanCommand,
+    },
+    /// The queue by state, the active hosts, the validation rate and the oldest unsent work.
+    Status {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Print it as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where an administrative command finds the server's database.
+#[derive(Args)]
+struct DatabaseArgs {
+    /// The server's data directory (for its embedded database).
+    #[arg(long, default_value = "./wasmgrid-data")]
+    data_dir: PathBuf,
+    /// Use this PostgreSQL database instead of the embedded one.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+}
+
+impl DatabaseArgs {
+    async fn open(&self) -> anyhow::Result<Database> {
+        let location = match &self.database_url {
+            Some(url) => DatabaseLocation::Url(url.clone()),
+            None => DatabaseLocation::Embedded,
+        };
+        Database::open_for_admin(&location, &self.data_dir).await
+    }
+}
+
+#[derive(Subcommand)]
+enum BanCommand {
+    /// Refuse it work and reports from now on; what it holds and its results not yet
+    /// validated go to other hosts, and its results accepted on trust are rechecked.
+    Ban {
+        /// Its id (the statistics pages and `status` name hosts and accounts by id).
+        id: i64,
+        /// Why, as the volunteer's client will be told.
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Also withdraw every credit it was granted (recorded in the credit ledger).
+        #[arg(long)]
+        revoke_credit: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Lift a ban. Credit withdrawn during it stays withdrawn.
+    Unban {
+        id: i64,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
 }
 
@@ -140,15 +214,28 @@ enum TokenCommand {
         /// A new publisher with a generated name by default.
         #[arg(long)]
         name: Option<String>,
-        /// The server's data directory (for its embedded database).
-        #[arg(long, default_value = "./wasmgrid-data")]
-        data_dir: PathBuf,
-        /// Use this PostgreSQL database instead of the embedded one.
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
         /// Print the token and its publisher as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// List publisher tokens (never the tokens themselves: only their hashes are kept).
+    List {
+        /// Only this publisher's.
+        #[arg(long)]
+        publisher: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by its id (see `token list`): it is refused from now on.
+    Revoke {
+        id: i64,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
 }
 
@@ -205,6 +292,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_connections_per_address,
             public_url,
             trusted_proxies,
+            no_migrate,
         } => {
             let database = match database_url {
                 Some(url) => DatabaseLocation::Url(url),
@@ -231,6 +319,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_per_address: max_connections_per_address.max(1),
             };
             config.site = SiteConfig { public_url, trusted_proxies };
+            config.schema = if no_migrate { Schema::Check } else { Schema::Migrate };
             let app = wasmgrid_server::build(config).await?;
             // Before the line below: whoever reads it may send SIGTERM at once, and a signal
             // that arrives before its handler is installed kills the process outright.
@@ -239,14 +328,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("wasmgrid-server listening on http://{}", app.local_addr());
             app.run_until_stopped(shutdown).await
         }
-        Command::Token {
-            command: TokenCommand::Create { scope: TokenScope::Publish, name, data_dir, database_url, json },
-        } => {
-            let location = match database_url {
-                Some(url) => DatabaseLocation::Url(url),
-                None => DatabaseLocation::Embedded,
-            };
-            let database = Database::open_for_admin(&location, &data_dir).await?;
+        Command::Migrate { database } => {
+            let database = database.open().await?;
+            let applied = wasmgrid_server::database::MIGRATOR.iter().filter(|m| !m.migration_type.is_down_migration());
+            let latest = applied.map(|migration| migration.version).max().unwrap_or_default();
+            database.close().await?;
+            eprintln!("the database has every migration of this server, up to {latest}");
+            Ok(())
+        }
+        Command::Token { command: TokenCommand::Create { scope: TokenScope::Publish, name, database, json } } => {
+            let database = database.open().await?;
             let created = async {
                 let mut connection = database.pool.acquire().await?;
                 publishers::create_token(&mut connection, name.as_deref()).await
@@ -271,6 +362,112 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 println!("{}", created.token);
                 eprintln!("keep it secret; it is shown only once. Use it with: export WASMGRID_TOKEN=<token>");
+            }
+            Ok(())
+        }
+        Command::Token { command: TokenCommand::List { publisher, database, json } } => {
+            let tokens = with_database(&database, async |connection| {
+                admin::tokens::list(connection, publisher.as_deref()).await.map_err(Into::into)
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tokens)?);
+                return Ok(());
+            }
+            println!("{:>6}  {:<24}  {:<20}  revoked", "id", "publisher", "created");
+            for token in tokens {
+                let revoked = token.revoked_at.map_or("-".to_owned(), |at| at.format("%Y-%m-%d %H:%M").to_string());
+                let created = token.created_at.format("%Y-%m-%d %H:%M");
+                println!("{:>6}  {:<24}  {created:<20}  {revoked}", token.id, token.publisher);
+            }
+            Ok(())
+        }
+        Command::Token { command: TokenCommand::Revoke { id, database } } => {
+            let revoked = with_database(&database, async |connection| {
+                admin::tokens::revoke(connection, id).await.map_err(Into::into)
+            })
+            .await?;
+            match revoked {
+                Some(token) => {
+                    eprintln!("token {id} of publisher {:?} is revoked; requests with it are refused", token.publisher);
+                    Ok(())
+                }
+                None => anyhow::bail!("there is no publisher token {id} (see `wasmgrid-server token list`)"),
+            }
+        }
+        Command::Host { command } => ban_command(command, Target::Host).await,
+        Command::Account { command } => ban_command(command, Target::Account).await,
+        Command::Status { database, json } => {
+            let summary = with_database(&database, async |connection| {
+                admin::status::summary(connection).await.map_err(Into::into)
+            })
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                println!("{summary}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs `work` on one connection to the database `database` names, then closes it (and
+/// stops the embedded cluster if this command started it), whether `work` succeeded or not.
+async fn with_database<T>(
+    database: &DatabaseArgs,
+    work: impl AsyncFnOnce(&mut sqlx::PgConnection) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let database = database.open().await?;
+    let result = async {
+        let mut connection = database.pool.acquire().await?;
+        work(&mut connection).await
+    }
+    .await;
+    database.close().await?;
+    result
+}
+
+async fn ban_command(command: BanCommand, target: fn(i64) -> Target) -> anyhow::Result<()> {
+    match command {
+        BanCommand::Ban { id, reason, revoke_credit, database } => {
+            let summary = with_database(&database, async |connection| {
+                admin::bans::ban(connection, target(id), &reason, revoke_credit).await.map_err(Into::into)
+            })
+            .await?;
+            let what = match target(id) {
+                Target::Host(_) => format!("host {id}"),
+                Target::Account(_) => format!("account {id} ({} hosts)", summary.hosts.len()),
+            };
+            eprintln!("{what} is banned: its requests are refused from now on");
+            eprintln!(
+                "{} replicas it holds or results not yet validated go to other hosts at the server's next sweep",
+                summary.replicas_to_take_back
+            );
+            if revoke_credit {
+                eprintln!(
+                    "{} credit grants withdrawn (the totals drop at the next sweep)",
+                    summary.credit_grants_withdrawn
+                );
+            }
+            if summary.rechecking_results_on_trust {
+                eprintln!("its recent results accepted on trust are sent out again to be rechecked");
+            }
+            Ok(())
+        }
+        BanCommand::Unban { id, database } => {
+            let was_banned = with_database(&database, async |connection| {
+                admin::bans::unban(connection, target(id)).await.map_err(Into::into)
+            })
+            .await?;
+            let what = match target(id) {
+                Target::Host(_) => "host",
+                Target::Account(_) => "account",
+            };
+            if was_banned {
+                eprintln!("{what} {id} may work again");
+            } else {
+                eprintln!("{what} {id} was not banned");
             }
             Ok(())
         }

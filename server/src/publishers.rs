@@ -78,7 +78,7 @@ pub async fn create_token(connection: &mut PgConnection, name: Option<&str>) -> 
 pub async fn publisher_by_token(connection: &mut PgConnection, token: &str) -> sqlx::Result<Option<Publisher>> {
     sqlx::query_as(
         "select p.id, p.name from publisher_token t join publisher p on p.id = t.publisher_id
-         where t.token_hash = $1",
+         where t.token_hash = $1 and t.revoked_at is null",
     )
     .bind(secret_hash(token))
     .fetch_optional(connection)

@@ -33,7 +33,8 @@ pub struct App {
 pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
-    let database = Database::open(&config.database, &config.data_dir, config.max_database_connections).await?;
+    let database =
+        Database::open_with(&config.database, &config.data_dir, config.max_database_connections, config.schema).await?;
     let blobs = DirectoryStore::open(config.data_dir.join("blobs")).context("cannot open the blob store")?;
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;

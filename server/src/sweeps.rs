@@ -1,4 +1,4 @@
-//! Background sweeps: missed deadlines, rechecks of caught hosts' results accepted on
+//! Background sweeps: missed deadlines, what banned hosts held, rechecks of caught hosts' results accepted on
 //! trust, credit folding (grants and withdrawals), and outputs uploaded but never reported.
 //!
 //! Every server process runs them; they coordinate through PostgreSQL (`SKIP LOCKED`), so
@@ -15,6 +15,7 @@ use crate::background;
 use crate::blobs::{BlobStore, unreported};
 use crate::credit;
 use crate::work_unit::Rules;
+use crate::work_unit::ban::take_back_from_banned;
 use crate::work_unit::deadlines::expire_deadlines;
 use crate::work_unit::lookback::recheck_caught;
 
@@ -35,6 +36,7 @@ impl Sweeper {
     pub async fn run_once(&self) -> anyhow::Result<()> {
         let mut connection = self.pool.acquire().await?;
         while expire_deadlines(&mut connection, self.rules).await? > 0 {}
+        while take_back_from_banned(&mut connection, self.rules).await? > 0 {}
         while recheck_caught(&mut connection, self.rules).await? {}
         loop {
             let mut transaction = sqlx::Connection::begin(&mut *connection).await?;

@@ -31,6 +31,18 @@ pub enum DatabaseLocation {
     Embedded,
 }
 
+/// What opening the database does about the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Schema {
+    /// Applies the migrations this binary has and the database lacks.
+    #[default]
+    Migrate,
+    /// Changes nothing, and refuses a database that lacks one of this binary's migrations:
+    /// for a rolling upgrade, where `wasmgrid-server migrate` runs once, before the new
+    /// binaries start, and the old ones go on serving meanwhile.
+    Check,
+}
+
 /// A connection pool, plus the embedded cluster behind it when the server owns one.
 pub struct Database {
     pub pool: PgPool,
@@ -40,6 +52,17 @@ pub struct Database {
 impl Database {
     /// Connects (starting the embedded cluster first when needed) and migrates.
     pub async fn open(location: &DatabaseLocation, data_dir: &Path, max_connections: u32) -> anyhow::Result<Self> {
+        Self::open_with(location, data_dir, max_connections, Schema::Migrate).await
+    }
+
+    /// Connects (starting the embedded cluster first when needed), then migrates or checks
+    /// the schema as `schema` says.
+    pub async fn open_with(
+        location: &DatabaseLocation,
+        data_dir: &Path,
+        max_connections: u32,
+        schema: Schema,
+    ) -> anyhow::Result<Self> {
         let (options, embedded) = match location {
             DatabaseLocation::Url(url) => {
                 let options: PgConnectOptions = url.parse().context("DATABASE_URL is not a valid PostgreSQL URL")?;
@@ -51,7 +74,10 @@ impl Database {
             }
         };
         let pool = pool_options(max_connections).connect_with(options).await.context("cannot connect to PostgreSQL")?;
-        MIGRATOR.run(&pool).await.context("cannot apply database migrations")?;
+        match schema {
+            Schema::Migrate => MIGRATOR.run(&pool).await.context("cannot apply database migrations")?,
+            Schema::Check => check_schema(&pool).await?,
+        }
         Ok(Self { pool, embedded })
     }
 
@@ -91,6 +117,37 @@ impl Database {
         }
         Ok(())
     }
+}
+
+/// Fails unless every migration of this binary is applied, unchanged. Migrations the
+/// binary does not know (a newer binary applied them) are fine: each migration keeps the
+/// schema usable by the release before it.
+pub async fn check_schema(pool: &PgPool) -> anyhow::Result<()> {
+    let applied: Vec<(i64, Vec<u8>)> =
+        match sqlx::query_as("select version, checksum from _sqlx_migrations where success").fetch_all(pool).await {
+            Ok(applied) => applied,
+            Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42P01") => Vec::new(),
+            Err(error) => return Err(error).context("cannot read which migrations the database has"),
+        };
+    let missing: Vec<String> = MIGRATOR
+        .iter()
+        .filter(|migration| !migration.migration_type.is_down_migration())
+        .filter_map(|migration| match applied.iter().find(|(version, _)| *version == migration.version) {
+            None => Some(format!("{} ({}) is not applied", migration.version, migration.description)),
+            Some((_, checksum)) if checksum.as_slice() != &*migration.checksum => {
+                Some(format!("{} ({}) was applied with different contents", migration.version, migration.description))
+            }
+            Some(_) => None,
+        })
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the database's schema is not the one this server needs, and it was asked not to migrate: {}; \
+             run `wasmgrid-server migrate` first",
+            missing.join("; ")
+        );
+    }
+    Ok(())
 }
 
 pub fn pool_options(max_connections: u32) -> PgPoolOptions {

@@ -69,6 +69,15 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
+/// A 403 for a host or account the operator banned (`wasmgrid-server host ban`), saying why.
+pub fn refuse_if_banned(what: &str, reason: Option<&str>) -> Result<(), ApiError> {
+    match reason {
+        None => Ok(()),
+        Some("") => Err(ApiError::Forbidden(format!("this {what} is banned from the project"))),
+        Some(reason) => Err(ApiError::Forbidden(format!("this {what} is banned from the project: {reason}"))),
+    }
+}
+
 /// A volunteer machine, authenticated by its host token.
 pub struct VolunteerHost(pub Host);
 
@@ -84,6 +93,7 @@ where
         let token = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         let mut connection = state.pool.acquire().await?;
         let host = accounts::host_by_token(&mut connection, token).await?.ok_or(ApiError::Unauthorized)?;
+        refuse_if_banned(if host.account_banned { "host's account" } else { "host" }, host.banned.as_deref())?;
         Ok(Self(host))
     }
 }
@@ -103,6 +113,7 @@ where
         let key = bearer(&parts.headers).ok_or(ApiError::Unauthorized)?;
         let mut connection = state.pool.acquire().await?;
         let account = accounts::account_by_key(&mut connection, key).await?.ok_or(ApiError::Unauthorized)?;
+        refuse_if_banned("account", account.banned.as_deref())?;
         Ok(Self(account))
     }
 }

@@ -212,7 +212,7 @@ async fn signup(
     let cookie = session::start(&mut transaction, created.account_id, &headers).await?;
     transaction.commit().await?;
     tracing::info!(account.id = created.account_id, "account signed up");
-    let account = Account { id: created.account_id, name };
+    let account = Account { id: created.account_id, name, banned: None };
     let mut response = account_page(&state, &headers, &account, Some(created.account_key), "Welcome!").await?;
     response.headers_mut().append(header::SET_COOKIE, cookie);
     Ok(response)

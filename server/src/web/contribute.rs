@@ -33,7 +33,7 @@ use super::{PageResult, page};
 use crate::accounts::{self, Account, HostKind};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::extract::{ApiJson, ApiPath, bearer};
+use crate::http::extract::{ApiJson, ApiPath, bearer, refuse_if_banned};
 use crate::http::visitor::ClientAddress;
 use crate::rate_limit;
 
@@ -128,6 +128,9 @@ async fn register_browser_host(
             ));
         }
     };
+    if let Some(account) = &existing {
+        refuse_if_banned("account", account.banned.as_deref())?;
+    }
     // Attempts are counted on their own connection, before the transaction, so that requests
     // sent together see each other's.
     if !accounts::may_register_host(&mut connection, &state.registration, address).await? {
@@ -146,7 +149,7 @@ async fn register_browser_host(
         None => {
             let name = anonymous_name();
             let created = accounts::create_account(&mut transaction, &name).await?;
-            (Account { id: created.account_id, name }, Some(created.account_key))
+            (Account { id: created.account_id, name, banned: None }, Some(created.account_key))
         }
     };
     let registered = accounts::insert_host(&mut transaction, &state, &account, &request, HostKind::Browser).await?;

@@ -136,7 +136,8 @@ pub async fn end_all(connection: &mut PgConnection, account_id: i64) -> sqlx::Re
 pub async fn signed_in(connection: &mut PgConnection, headers: &HeaderMap) -> sqlx::Result<Option<Account>> {
     let Some(secret) = cookie(headers, SESSION_COOKIE) else { return Ok(None) };
     sqlx::query_as(
-        "select a.id, a.name from web_session s join account a on a.id = s.account_id
+        "select a.id, a.name, case when a.banned_at is not null then coalesce(a.ban_reason, '') end as banned
+         from web_session s join account a on a.id = s.account_id
          where s.secret_hash = $1 and s.expires_at > now()",
     )
     .bind(secret_hash(secret))

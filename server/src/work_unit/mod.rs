@@ -7,6 +7,7 @@
 //! - [`report`]: a host's reports of finished replicas.
 //! - [`deadlines`]: replicas whose hosts missed their deadlines.
 //! - [`cancel`]: a publisher cancelling a batch.
+//! - [`ban`]: the operator banning hosts.
 //! - [`lookback`]: rechecking the results a caught host had accepted on trust.
 //! - [`error`]: what can go wrong, converted to the API's errors only at the HTTP edge.
 //!
@@ -17,6 +18,7 @@
 //! come back as [`Advanced`], which must be applied, alone or with the caller's own; a
 //! transaction applies them once, in host-id order, so that two cannot deadlock on host rows.
 
+pub mod ban;
 pub mod cancel;
 pub mod changes;
 pub mod claim;

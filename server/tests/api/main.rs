@@ -2,6 +2,7 @@
 //! per test), driven through the real client library.
 
 mod adaptive;
+mod administration;
 mod bad_input;
 mod blobs;
 mod cheating;

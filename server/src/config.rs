@@ -24,6 +24,8 @@ pub struct ServerConfig {
     pub connections: ConnectionSettings,
     /// Whether the server migrates the database when it starts, or only checks it.
     pub schema: crate::database::Schema,
+    /// Where Prometheus metrics are served (`/metrics`), if anywhere: apart from the site.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// How HTTP connections are limited (see [`crate::http::connections`]).
@@ -58,6 +60,7 @@ impl ServerConfig {
             registration: RegistrationLimits::default(),
             connections: ConnectionSettings::default(),
             schema: crate::database::Schema::default(),
+            metrics_listen: None,
         }
     }
 }

@@ -19,8 +19,20 @@ use wasmgrid_server::publishers;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How log lines are written to standard error: text for people, or JSON, one object
+    /// per line, for a log collector.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "WASMGRID_LOG_FORMAT")]
+    log_format: LogFormat,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+// Parsed once per run: the size of the serve variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Serve the project. Without DATABASE_URL, starts a private PostgreSQL cluster in the
@@ -120,6 +132,10 @@ enum Command {
         /// X-Forwarded-Proto are believed; from anyone else they are ignored.
         #[arg(long = "trusted-proxy", env = "WASMGRID_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_network)]
         trusted_proxies: Vec<IpNet>,
+        /// Serve Prometheus metrics at /metrics on this address (keep it private: it is not
+        /// the public site, and has no authentication).
+        #[arg(long, env = "WASMGRID_METRICS_LISTEN")]
+        metrics_listen: Option<SocketAddr>,
         /// Do not migrate the database: refuse to start unless it has every migration this
         /// binary has (for rolling upgrades, where `migrate` runs once, first).
         #[arg(long)]
@@ -246,14 +262,15 @@ enum TokenScope {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,sqlx=warn,tower_http=warn".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        // Each line carries the spans it was written in: a request's id among them.
+        LogFormat::Json => logs.json().with_current_span(true).with_span_list(false).init(),
+        LogFormat::Text => logs.init(),
+    }
     let runtime = tokio::runtime::Runtime::new().expect("cannot start the async runtime");
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -293,6 +310,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             public_url,
             trusted_proxies,
             no_migrate,
+            metrics_listen,
         } => {
             let database = match database_url {
                 Some(url) => DatabaseLocation::Url(url),
@@ -320,12 +338,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             config.site = SiteConfig { public_url, trusted_proxies };
             config.schema = if no_migrate { Schema::Check } else { Schema::Migrate };
+            config.metrics_listen = metrics_listen;
             let app = wasmgrid_server::build(config).await?;
             // Before the line below: whoever reads it may send SIGTERM at once, and a signal
             // that arrives before its handler is installed kills the process outright.
             let shutdown = shutdown_signal()?;
             // Scripts and tests read this line to learn the port (useful with port 0).
             println!("wasmgrid-server listening on http://{}", app.local_addr());
+            if let Some(metrics) = app.metrics_addr() {
+                tracing::info!("metrics at http://{metrics}/metrics");
+            }
             app.run_until_stopped(shutdown).await
         }
         Command::Migrate { database } => {

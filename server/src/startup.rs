@@ -24,6 +24,7 @@ const SWEEP_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct App {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     connection_limits: connections::Limits,
     state: AppState,
     database: Database,
@@ -38,6 +39,12 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
     let blobs = DirectoryStore::open(config.data_dir.join("blobs")).context("cannot open the blob store")?;
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let metrics_listener = match config.metrics_listen {
+        Some(address) => {
+            Some(TcpListener::bind(address).await.with_context(|| format!("cannot listen on {address} for metrics"))?)
+        }
+        None => None,
+    };
     let connection_limits = connection_limits(&config)?;
     let sandbox = wasmgrid_sandbox::Sandbox::new(&config.data_dir.join("compiled"))
         .context("cannot set up the sandbox for validator modules")?;
@@ -55,8 +62,9 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
         started_at: Instant::now(),
         site: Arc::new(config.site.clone()),
         availability: Arc::default(),
+        metrics: Arc::default(),
     };
-    Ok(App { listener, connection_limits, state, database, config })
+    Ok(App { listener, metrics_listener, connection_limits, state, database, config })
 }
 
 /// The connection limits for `config`, after raising the open-file limit as far as it goes.
@@ -79,6 +87,11 @@ impl App {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// Where the metrics are served, when they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().map(|listener| listener.local_addr().expect("a bound listener has an address"))
+    }
+
     pub fn port(&self) -> u16 {
         self.local_addr().port()
     }
@@ -90,14 +103,19 @@ impl App {
     /// Serves until `shutdown` completes, then drains in-flight requests, stops the sweeps
     /// and closes the database (stopping the embedded cluster, if any).
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let App { listener, connection_limits, state, database, config } = self;
+        let App { listener, metrics_listener, connection_limits, state, database, config } = self;
         let (stop_sweeps, sweeps_stopped) = tokio::sync::watch::channel(false);
         let sweeper = sweeps::Sweeper {
             pool: state.pool.clone(),
             blobs: state.blobs.clone(),
             rules: Rules::from(&config.scheduler),
         };
-        let sweeper = tokio::spawn(sweeps::run_periodically(sweeper, config.sweep_interval, sweeps_stopped));
+        let sweeper = tokio::spawn(sweeps::run_periodically(
+            sweeper,
+            config.sweep_interval,
+            state.metrics.clone(),
+            sweeps_stopped,
+        ));
         let supervisor = database.embedded.clone().map(|embedded| {
             let stop = stop_sweeps.subscribe();
             tokio::spawn(async move { embedded.supervise(stop).await })
@@ -107,8 +125,12 @@ impl App {
             state.availability.clone(),
             stop_sweeps.subscribe(),
         ));
-        let runner =
-            ValidatorRunner::new(state.sandbox.clone(), state.blobs.clone(), config.data_dir.join("validators"))?;
+        let runner = ValidatorRunner::new(
+            state.sandbox.clone(),
+            state.blobs.clone(),
+            config.data_dir.join("validators"),
+            state.metrics.clone(),
+        )?;
         let validator = tokio::spawn(comparisons::run_until_stopped(
             state.pool.clone(),
             runner,
@@ -116,12 +138,17 @@ impl App {
             Rules::from(&config.scheduler),
             stop_sweeps.subscribe(),
         ));
+        let metrics = metrics_listener
+            .map(|listener| tokio::spawn(crate::metrics::serve(listener, state.clone(), stop_sweeps.subscribe())));
         connections::serve(listener, http::router(state), connection_limits, shutdown).await;
         let _ = stop_sweeps.send(true);
         let background = async {
             let _ = sweeper.await;
             let _ = validator.await;
             let _ = probe.await;
+            if let Some(metrics) = metrics {
+                let _ = metrics.await;
+            }
             if let Some(supervisor) = supervisor {
                 let _ = supervisor.await;
             }

@@ -54,8 +54,13 @@ impl Sweeper {
 
 /// Runs the sweeps every `interval` until `shutdown` fires, which also cuts a sweep short
 /// (its transaction rolls back). A failing sweep backs off (see [`crate::background`]);
-/// missed ticks are skipped rather than run in a burst.
-pub async fn run_periodically(sweeper: Sweeper, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+/// missed ticks are skipped rather than run in a burst. Each round is counted in `metrics`.
+pub async fn run_periodically(
+    sweeper: Sweeper,
+    interval: Duration,
+    metrics: Arc<crate::metrics::Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut failures = background::Failures::new("the background sweeps", interval);
@@ -64,10 +69,12 @@ pub async fn run_periodically(sweeper: Sweeper, interval: Duration, mut shutdown
             _ = ticker.tick() => {}
             _ = shutdown.changed() => break,
         }
+        let started = std::time::Instant::now();
         let swept = tokio::select! {
             swept = sweeper.run_once() => swept,
             _ = shutdown.changed() => break,
         };
+        metrics.observe_sweep(swept.is_ok(), started.elapsed());
         match swept {
             Ok(()) => failures.succeeded(),
             Err(error) => {

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use wasmgrid_protocol::API_PREFIX;
-use wasmgrid_protocol::api::{MAX_HELD_REPLICAS, SchedulerReply, SchedulerRequest};
+use wasmgrid_protocol::api::{MAX_HELD_REPLICAS, ReportedOutcome, SchedulerReply, SchedulerRequest};
 
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
@@ -64,12 +64,23 @@ async fn scheduler_request(
     }
     // Only new replicas count against the quota: the lost ones were counted when claimed.
     effects.contacted(host.id, assignments.len() as i32);
+    let claimed = assignments.len() as u64;
     assignments.append(&mut reconciled.lost);
     abort.append(&mut reconciled.unwanted);
     abort.sort_unstable();
     abort.dedup();
     effects.apply(&mut transaction, state.scheduler.daily_quota_per_core).await?;
     transaction.commit().await?;
+    state.metrics.replicas_claimed.inc_by(claimed);
+    for report in &request.reports {
+        let outcome = match report.outcome {
+            ReportedOutcome::Success { .. } => "success",
+            ReportedOutcome::Error { .. } => "error",
+            ReportedOutcome::HostError { .. } => "host_error",
+            ReportedOutcome::Refused { .. } => "refused",
+        };
+        state.metrics.replicas_reported.with_label_values(&[outcome]).inc();
+    }
 
     let retry_after = if want > 0 && assignments.is_empty() {
         state.scheduler.idle_retry_after

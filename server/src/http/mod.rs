@@ -1,9 +1,10 @@
 //! The HTTP surface: shared state, the router that merges every feature's routes, and the
-//! layers around them (body limits, timeouts, tracing).
+//! layers around them (body limits, timeouts, request ids, metrics, tracing).
 
 pub mod connections;
 pub mod error;
 pub mod extract;
+pub mod request_id;
 pub mod visitor;
 
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub site: Arc<visitor::SiteConfig>,
     /// Whether the database and the blob store are usable, and since when not.
     pub availability: Arc<Availability>,
+    /// What the metrics listener exports.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// JSON request bodies are small; uploads have their own, per-work-unit limit.
@@ -68,7 +71,9 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), advise_retry))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), crate::metrics::count_requests))
         .layer(TraceLayer::new_for_http().on_failure(log_failure))
+        .layer(axum::middleware::from_fn(request_id::with_request_id))
         .with_state(state)
 }
 
@@ -105,10 +110,12 @@ async fn advise_retry(
             state.availability.database.retry_after()
         }
         Some(FailedDependency::BlobStore) => {
+            state.metrics.blob_store_errors.inc();
             state.availability.blob_store.failed(&"no space left for an upload");
             state.availability.blob_store.retry_after()
         }
         Some(FailedDependency::Busy) => {
+            state.metrics.database_busy.inc();
             state.availability.note_busy();
             availability::MIN_RETRY_AFTER
         }

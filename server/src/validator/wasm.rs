@@ -44,19 +44,37 @@ pub struct ValidatorRunner {
     sandbox: Arc<Sandbox>,
     blobs: Arc<dyn BlobStore>,
     work_dir: PathBuf,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl ValidatorRunner {
-    pub fn new(sandbox: Arc<Sandbox>, blobs: Arc<dyn BlobStore>, work_dir: PathBuf) -> anyhow::Result<Self> {
+    pub fn new(
+        sandbox: Arc<Sandbox>,
+        blobs: Arc<dyn BlobStore>,
+        work_dir: PathBuf,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(work_dir.join("modules"))
             .with_context(|| format!("cannot create {}", work_dir.display()))?;
-        Ok(Self { sandbox, blobs, work_dir })
+        Ok(Self { sandbox, blobs, work_dir, metrics })
     }
 
     /// Compares outputs `a` and `b` with the validator module `validator`. An error means the
     /// comparison could not be made at all (a missing blob, a full disk), not that the
     /// validator failed.
     pub async fn compare(&self, validator: Sha256Hash, a: Sha256Hash, b: Sha256Hash) -> anyhow::Result<Comparison> {
+        let comparison = self.run_comparison(validator, a, b).await;
+        let result = match &comparison {
+            Ok(Comparison { failure: Some(_), .. }) => "validator_failed",
+            Ok(Comparison { equivalent: true, .. }) => "equivalent",
+            Ok(Comparison { equivalent: false, .. }) => "different",
+            Err(_) => "not_made",
+        };
+        self.metrics.validator_runs.with_label_values(&[result]).inc();
+        comparison
+    }
+
+    async fn run_comparison(&self, validator: Sha256Hash, a: Sha256Hash, b: Sha256Hash) -> anyhow::Result<Comparison> {
         let module_path = self.module_file(validator).await?;
         let dir = tempfile::tempdir_in(&self.work_dir)?;
         let archives = [("a", a), ("b", b)].map(|(side, hash)| (side, hash, dir.path().join(format!("{side}.tar"))));

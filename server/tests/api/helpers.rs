@@ -33,6 +33,8 @@ pub struct TestApp {
     rules: wasmgrid_server::work_unit::Rules,
     /// The server's blob store.
     pub blobs: std::sync::Arc<dyn wasmgrid_server::blobs::BlobStore>,
+    /// Where its metrics are scraped, when `metrics_listen` was set.
+    pub metrics_url: Option<String>,
 }
 
 impl TestApp {
@@ -71,6 +73,7 @@ impl TestApp {
         let address = format!("http://{}", app.local_addr());
         let pool = app.state().pool.clone();
         let blobs = app.state().blobs.clone();
+        let metrics_url = app.metrics_addr().map(|address| format!("http://{address}/metrics"));
         let (shutdown, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
@@ -84,6 +87,7 @@ impl TestApp {
             server: Some(server),
             rules,
             blobs,
+            metrics_url,
         }
     }
 

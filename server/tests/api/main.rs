@@ -15,6 +15,7 @@ mod helpers;
 mod idempotency;
 mod lost_replies;
 mod networks;
+mod observability;
 mod publishers;
 mod quotas;
 mod registration;

@@ -6,3 +6,6 @@
 alter table publisher_token add column if not exists revoked_at timestamptz;
 alter table host add column if not exists banned_at timestamptz, add column if not exists ban_reason text;
 alter table account add column if not exists banned_at timestamptz, add column if not exists ban_reason text;
+-- Every sweep looks for banned hosts: few, so these stay tiny and the look is cheap.
+create index if not exists host_banned on host (id) where banned_at is not null;
+create index if not exists account_banned on account (id) where banned_at is not null;

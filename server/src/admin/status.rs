@@ -119,7 +119,10 @@ impl fmt::Display for ProjectSummary {
             r.unsent, r.in_progress, r.awaiting_validation
         )?;
         match self.oldest_unsent_seconds {
-            Some(seconds) => writeln!(f, "oldest unsent replica: waiting {}", human_duration(seconds))?,
+            Some(seconds) => {
+                let waited = crate::web::format::duration(std::time::Duration::from_secs_f64(seconds.max(0.0)));
+                writeln!(f, "oldest unsent replica: waiting {waited}")?
+            }
             None => writeln!(f, "oldest unsent replica: none waiting")?,
         }
         writeln!(
@@ -133,28 +136,5 @@ impl fmt::Display for ProjectSummary {
             "background:  {} look-backs pending, {} credit entries not yet in the totals",
             self.lookbacks_pending, self.credit_unapplied
         )
-    }
-}
-
-/// "3 s", "12 min", "5.5 h", "2.0 days".
-fn human_duration(seconds: f64) -> String {
-    match seconds {
-        s if s < 120.0 => format!("{s:.0} s"),
-        s if s < 7200.0 => format!("{:.0} min", s / 60.0),
-        s if s < 172_800.0 => format!("{:.1} h", s / 3600.0),
-        s => format!("{:.1} days", s / 86_400.0),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::human_duration;
-
-    #[test]
-    fn durations_read_in_the_unit_that_suits_them() {
-        assert_eq!(human_duration(3.2), "3 s");
-        assert_eq!(human_duration(720.0), "12 min");
-        assert_eq!(human_duration(19_800.0), "5.5 h");
-        assert_eq!(human_duration(172_800.0), "2.0 days");
     }
 }

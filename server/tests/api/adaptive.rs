@@ -106,6 +106,33 @@ async fn until_alone(
     panic!("the veteran went alone only {} times in 200 rounds", alone.len());
 }
 
+/// The veteran answers right when alone and wrong when checked, until it is caught: its
+/// wrong answer loses to the two checkers' right ones. Returns the work unit it was caught
+/// in, and those it answered alone (rightly) meanwhile.
+async fn get_caught(
+    app: &TestApp,
+    veteran: &Volunteer,
+    checker: &Volunteer,
+    second_checker: &Volunteer,
+) -> (i64, Vec<i64>) {
+    let mut alone = Vec::new();
+    loop {
+        let assignment = veteran.fetch(1).await.pop().unwrap();
+        if went_alone(app, assignment.replica_id).await {
+            veteran.succeed(assignment.replica_id, RIGHT).await;
+            alone.push(assignment.work_unit_id);
+            continue;
+        }
+        veteran.succeed(assignment.replica_id, WRONG).await;
+        let sibling = checker.fetch(1).await.pop().unwrap();
+        checker.succeed(sibling.replica_id, RIGHT).await;
+        let third = second_checker.fetch(1).await.pop().unwrap();
+        assert_eq!(third.work_unit_id, assignment.work_unit_id, "the disagreement is settled first");
+        second_checker.succeed(third.replica_id, RIGHT).await;
+        return (assignment.work_unit_id, alone);
+    }
+}
+
 #[tokio::test]
 async fn a_host_earns_trust_per_app_version_then_gets_work_units_alone_accepted_on_its_word() {
     let app = adaptive_grid().await;
@@ -200,22 +227,8 @@ async fn a_caught_host_has_its_results_on_trust_rechecked_corrected_and_its_cred
     };
 
     // Caught: a checked work unit where its answer loses.
-    let mut honest = honest;
-    let caught_in = loop {
-        let assignment = veteran.fetch(1).await.pop().unwrap();
-        if went_alone(&app, assignment.replica_id).await {
-            veteran.succeed(assignment.replica_id, RIGHT).await;
-            honest.push(assignment.work_unit_id);
-            continue;
-        }
-        veteran.succeed(assignment.replica_id, WRONG).await;
-        let sibling = checker.fetch(1).await.pop().unwrap();
-        checker.succeed(sibling.replica_id, RIGHT).await;
-        let third = second_checker.fetch(1).await.pop().unwrap();
-        assert_eq!(third.work_unit_id, assignment.work_unit_id, "the disagreement is settled first");
-        second_checker.succeed(third.replica_id, RIGHT).await;
-        break assignment.work_unit_id;
-    };
+    let (caught_in, honest_alone) = get_caught(&app, &veteran, &checker, &second_checker).await;
+    let honest: Vec<i64> = honest.into_iter().chain(honest_alone).collect();
     assert_eq!(app.work_unit(caught_in).await.state, "validated");
     assert_eq!(run_of(&app, &veteran, published.app_id).await, 0, "caught: its run is over");
     let longest_run = app
@@ -314,19 +327,7 @@ async fn a_host_caught_once_never_works_alone_again_on_that_app_version() {
     until_alone(&app, &veteran, &checker, RIGHT, 1).await;
 
     // Caught on a checked work unit: its wrong answer loses to two right ones.
-    loop {
-        let assignment = veteran.fetch(1).await.pop().unwrap();
-        if went_alone(&app, assignment.replica_id).await {
-            veteran.succeed(assignment.replica_id, RIGHT).await;
-            continue;
-        }
-        veteran.succeed(assignment.replica_id, WRONG).await;
-        let sibling = checker.fetch(1).await.pop().unwrap();
-        checker.succeed(sibling.replica_id, RIGHT).await;
-        let third = second_checker.fetch(1).await.pop().unwrap();
-        second_checker.succeed(third.replica_id, RIGHT).await;
-        break;
-    }
+    get_caught(&app, &veteran, &checker, &second_checker).await;
 
     // A run of right answers several times the threshold earns it nothing alone: a host
     // that was wrong once, cheating or faulty, is checked on every result of this version.

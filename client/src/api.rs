@@ -1,8 +1,12 @@
 //! A typed client for the server's JSON API. Every error the server sends comes back as
 //! [`ApiError::Server`] with its status and JSON body, so callers can tell a rejected
 //! request (4xx: do not retry as is) from an unavailable server (5xx, network: retry later).
+//! A project with several URLs is one client: requests fail over between them (see
+//! [`crate::failover`]).
 
 use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,6 +21,8 @@ use wasmgrid_protocol::api::{
 };
 use wasmgrid_protocol::signing::ProjectKeys;
 
+use crate::failover::ServerUrls;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The server answered with an error status.
@@ -24,14 +30,32 @@ pub enum ApiError {
     Server { status: StatusCode, body: Option<ErrorBody>, retry_after: Option<Duration> },
     /// The server could not be reached, or the connection broke.
     #[error("cannot reach the server: {0}")]
-    Transport(#[from] reqwest::Error),
+    Transport(#[source] reqwest::Error),
+    /// The server's certificate is not one this client trusts.
+    #[error(
+        "the certificate of {server} is not trusted ({reason}); if the project has a certificate authority \
+         of its own, give its certificate with --ca-cert FILE (or ca_cert in client.toml)"
+    )]
+    UntrustedCertificate { server: String, reason: String },
+}
+
+impl From<reqwest::Error> for ApiError {
+    fn from(error: reqwest::Error) -> Self {
+        match crate::certificates::untrusted_certificate(&error) {
+            Some(reason) => {
+                let server = error.url().map_or_else(String::new, |url| url.origin().ascii_serialization());
+                Self::UntrustedCertificate { server, reason }
+            }
+            None => Self::Transport(error),
+        }
+    }
 }
 
 impl ApiError {
     pub fn status(&self) -> Option<StatusCode> {
         match self {
             Self::Server { status, .. } => Some(*status),
-            Self::Transport(_) => None,
+            Self::Transport(_) | Self::UntrustedCertificate { .. } => None,
         }
     }
 
@@ -59,9 +83,11 @@ impl ApiError {
     }
 
     /// Worth retrying later, unchanged: the server is unreachable, overloaded or failing.
+    /// A certificate refused counts too: its owner may fix it, or the volunteer add its
+    /// authority, and a finished result must wait for that rather than be dropped.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Transport(_) => true,
+            Self::Transport(_) | Self::UntrustedCertificate { .. } => true,
             Self::Server { status, .. } => status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS,
         }
     }
@@ -69,11 +95,33 @@ impl ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
-/// A connection to one project server.
+/// How this client connects, beyond what the system decides.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// The local address requests leave from: the server sees the network it is in (and
+    /// hands no two replicas of a work unit to one network).
+    pub local_address: Option<IpAddr>,
+    /// Certificate authorities trusted besides the system's (see [`crate::certificates`]).
+    pub extra_roots: Vec<reqwest::Certificate>,
+}
+
+impl ConnectOptions {
+    /// Options leaving from `local_address`, trusting the certificate authorities in the
+    /// PEM file `ca_cert` too (an error naming the file if it is unusable).
+    pub fn new(local_address: Option<IpAddr>, ca_cert: Option<&Path>) -> anyhow::Result<Self> {
+        let extra_roots = match ca_cert {
+            Some(path) => crate::certificates::load_ca_file(path)?,
+            None => Vec::new(),
+        };
+        Ok(Self { local_address, extra_roots })
+    }
+}
+
+/// A connection to one project's server, at one URL or several.
 #[derive(Clone)]
 pub struct ServerClient {
     http: reqwest::Client,
-    base_url: String,
+    urls: Arc<ServerUrls>,
 }
 
 impl ServerClient {
@@ -82,24 +130,33 @@ impl ServerClient {
         Self::with_local_address(base_url, None)
     }
 
-    /// A connection whose requests leave from `local_address`, when given: the server
-    /// sees the network it is in (and hands no two replicas of a work unit to one network).
+    /// A connection whose requests leave from `local_address`, when given.
     pub fn with_local_address(base_url: &str, local_address: Option<IpAddr>) -> ApiResult<Self> {
-        let http = reqwest::Client::builder()
-            .local_address(local_address)
+        let options = ConnectOptions { local_address, ..ConnectOptions::default() };
+        Self::connect(ServerUrls::single(normalized(base_url)), &options)
+    }
+
+    /// A connection to the project at `urls`, failing over between them.
+    pub fn connect(urls: ServerUrls, options: &ConnectOptions) -> ApiResult<Self> {
+        let mut builder = reqwest::Client::builder()
+            .local_address(options.local_address)
             .user_agent(concat!("wasmgrid/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(30))
             .timeout(Duration::from_secs(600))
             // Servers close kept-alive connections that sit idle (wasmgrid's after its
             // header timeout, 10 s by default); reusing one just as it closes fails the
             // request, so idle connections are given up first.
-            .pool_idle_timeout(Duration::from_secs(5))
-            .build()?;
-        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned() })
+            .pool_idle_timeout(Duration::from_secs(5));
+        // Added to the system's roots, which stay in force.
+        for root in &options.extra_roots {
+            builder = builder.add_root_certificate(root.clone());
+        }
+        Ok(Self { http: builder.build()?, urls: Arc::new(urls) })
     }
 
+    /// The URL requests go to now.
     pub fn base_url(&self) -> &str {
-        &self.base_url
+        self.urls.in_use()
     }
 
     pub async fn create_account(&self, name: &str) -> ApiResult<CreateAccountResponse> {
@@ -133,37 +190,69 @@ impl ServerClient {
         claimed: Sha256Hash,
         output: Bytes,
     ) -> ApiResult<OutputUploaded> {
-        let request =
-            self.http.put(self.url(&output_upload_path(replica_id, &claimed))).bearer_auth(host_token).body(output);
-        decode(request.send().await?).await
+        let path = output_upload_path(replica_id, &claimed);
+        let response = self
+            .send(|base| self.http.put(format!("{base}{path}")).bearer_auth(host_token).body(output.clone()))
+            .await?;
+        decode(response).await
     }
 
     /// Every publisher's signing keys, and whether the project requires signatures.
     pub async fn project_keys(&self) -> ApiResult<ProjectKeys> {
-        decode(self.http.get(self.url("/api/v1/keys")).send().await?).await
+        decode(self.send(|base| self.http.get(format!("{base}/api/v1/keys"))).await?).await
     }
 
     /// Tells the server that this host may be sent the app versions it refused again (its
     /// volunteer trusted new keys).
     pub async fn clear_refusals(&self, host_token: &str) -> ApiResult<()> {
-        let request = self.http.delete(self.url("/api/v1/hosts/me/refusals")).bearer_auth(host_token);
-        check(request.send().await?).await.map(drop)
+        let response = self
+            .send(|base| self.http.delete(format!("{base}/api/v1/hosts/me/refusals")).bearer_auth(host_token))
+            .await?;
+        check(response).await.map(drop)
     }
 
     /// Downloads a whole blob. The caller verifies its hash before trusting it.
     pub async fn download_blob(&self, hash: &Sha256Hash) -> ApiResult<Bytes> {
-        let response = self.http.get(self.url(&blob_path(hash))).send().await?;
-        let response = check(response).await?;
+        let response = check(self.get(&blob_path(hash)).await?).await?;
         Ok(response.bytes().await?)
     }
 
-    /// A raw request, for callers that need headers (ranges, caching).
-    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http.request(method, self.url(path))
+    /// `GET path`, at whichever of the project's URLs answers; any status.
+    pub async fn get(&self, path: &str) -> ApiResult<reqwest::Response> {
+        self.send(|base| self.http.get(format!("{base}{path}"))).await
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base_url)
+    /// A raw request to the URL in use, for callers that need headers (ranges, caching);
+    /// it does not fail over.
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base_url()))
+    }
+
+    /// Sends the request `build` makes for a base URL: to the URL in use, and on to the
+    /// project's next URLs while the server cannot be reached or answers with a 5xx (see
+    /// [`crate::failover`]). The last URL's answer or error is returned as it is.
+    async fn send(&self, build: impl Fn(&str) -> reqwest::RequestBuilder) -> ApiResult<reqwest::Response> {
+        let attempts = self.urls.attempts();
+        let last = attempts.len() - 1;
+        for (attempt, (index, base)) in attempts.enumerate() {
+            let result = build(base).send().await;
+            let failed = match &result {
+                Ok(response) => response.status().is_server_error(),
+                Err(_) => true,
+            };
+            if failed {
+                self.urls.failed(index);
+            }
+            if !failed || attempt == last {
+                return Ok(result?);
+            }
+            let failure = match result {
+                Ok(response) => format!("it answered {}", response.status()),
+                Err(error) => ApiError::from(error).to_string(),
+            };
+            tracing::warn!(server = base, error = %failure, "trying the project's next URL");
+        }
+        unreachable!("a project has at least one URL")
     }
 
     async fn json<B: Serialize, T: DeserializeOwned>(
@@ -173,11 +262,16 @@ impl ServerClient {
         bearer: Option<&str>,
         body: &B,
     ) -> ApiResult<T> {
-        let mut request = self.http.request(method, self.url(path)).json(body);
-        if let Some(secret) = bearer {
-            request = request.bearer_auth(secret);
-        }
-        decode(request.send().await?).await
+        let response = self
+            .send(|base| {
+                let request = self.http.request(method.clone(), format!("{base}{path}")).json(body);
+                match bearer {
+                    Some(secret) => request.bearer_auth(secret),
+                    None => request,
+                }
+            })
+            .await?;
+        decode(response).await
     }
 }
 
@@ -199,4 +293,8 @@ pub(crate) async fn check(response: reqwest::Response) -> ApiResult<reqwest::Res
         .map(Duration::from_secs);
     let body = response.json::<ErrorBody>().await.ok();
     Err(ApiError::Server { status, body, retry_after })
+}
+
+fn normalized(base_url: &str) -> String {
+    base_url.trim_end_matches('/').to_owned()
 }

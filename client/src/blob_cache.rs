@@ -47,11 +47,8 @@ impl BlobCache {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
             Err(error) => return Err(error).with_context(|| format!("cannot read {}", path.display())),
         }
-        let response = server
-            .request(reqwest::Method::GET, &blob.url)
-            .send()
+        let response = async { crate::api::check(server.get(&blob.url).await?).await }
             .await
-            .and_then(|response| response.error_for_status())
             .with_context(|| format!("cannot download {}", blob.sha256))?;
         let temporary = tempfile::NamedTempFile::new_in(&self.dir)?;
         let mut file = tokio::fs::File::create(temporary.path()).await?;

@@ -1,6 +1,8 @@
 //! The wasmgrid volunteer client and publishing commands.
 //!
 //! - [`api`]: the typed HTTP client for the server's API.
+//! - [`failover`]: a project's several server URLs, and which one requests go to.
+//! - [`certificates`]: certificate authorities trusted besides the system's (`--ca-cert`).
 //! - [`daemon`]: keeps the slots busy: fetch, stage, run (in `wasmgrid_sandbox`), upload,
 //!   report.
 //! - [`state`]: the tasks and unreported results, kept on disk across crashes.
@@ -17,10 +19,12 @@
 pub mod api;
 pub mod backoff;
 pub mod blob_cache;
+pub mod certificates;
 pub mod compute_hours;
 pub mod control;
 pub mod daemon;
 pub mod data_dir;
+pub mod failover;
 pub mod host_info;
 pub mod local_run;
 pub mod machine;

@@ -9,6 +9,7 @@ use wasmgrid_client::api::ServerClient;
 use wasmgrid_client::control::{self, Reply, Request};
 use wasmgrid_client::daemon::{self, Daemon, RunOptions};
 use wasmgrid_client::data_dir::DataDir;
+use wasmgrid_client::failover::ServerUrls;
 use wasmgrid_client::local_run::{self, ExecRequest};
 use wasmgrid_client::pinned_keys::{KeyStore, PinnedKeys};
 use wasmgrid_client::projects::{self, Project, Projects, check_transport, normalize_url};
@@ -34,6 +35,10 @@ enum Command {
     /// Attach this machine to a project (creating an account unless a key is given).
     Attach {
         server_url: String,
+        /// Another URL of the same project (another of its servers, on its database), tried
+        /// when the one in use cannot be reached or fails; repeatable, tried in order.
+        #[arg(long = "mirror", value_name = "URL")]
+        mirrors: Vec<String>,
         /// Attach to an existing account.
         #[arg(long, env = "WASMGRID_ACCOUNT_KEY", hide_env_values = true)]
         account_key: Option<String>,
@@ -49,6 +54,11 @@ enum Command {
         /// The local address to connect from [default: from client.toml, else the system's choice].
         #[arg(long)]
         bind: Option<std::net::IpAddr>,
+        /// Trust this certificate authority (a PEM file) besides the system's, for a project
+        /// with a private one [default: ca_cert from client.toml]. Give it to `run` too, or set
+        /// ca_cert in client.toml.
+        #[arg(long, value_name = "FILE")]
+        ca_cert: Option<PathBuf>,
         /// Run only signed modules of this project, even if the project allows unsigned ones
         /// (a server broken into could otherwise hand out a module of a publisher with no key).
         #[arg(long)]
@@ -99,6 +109,10 @@ enum Command {
         /// The local address that connections to projects leave from (on a machine with several).
         #[arg(long)]
         bind: Option<std::net::IpAddr>,
+        /// Trust this certificate authority (a PEM file) besides the system's, for projects
+        /// with a private one [default: ca_cert from client.toml].
+        #[arg(long, value_name = "FILE")]
+        ca_cert: Option<PathBuf>,
         #[command(flatten)]
         preferences: PreferenceFlags,
     },
@@ -233,8 +247,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Batch { connection, command } => commands::batch(&connection, command).await,
         Command::Key { connection, command } => keys::key(&connection, command).await,
         Command::Trust { server_url, dry_run } => trust(&data_dir()?, &server_url, dry_run).await,
-        Command::Attach { server_url, account_key, name, resource_share, allow_insecure, bind, require_signatures } => {
-            let options = AttachOptions { account_key, name, resource_share, allow_insecure, bind, require_signatures };
+        Command::Attach {
+            server_url,
+            mirrors,
+            account_key,
+            name,
+            resource_share,
+            allow_insecure,
+            bind,
+            ca_cert,
+            require_signatures,
+        } => {
+            let connection = Overrides { allow_insecure, bind, ca_cert, ..Overrides::default() };
+            let options = AttachOptions { mirrors, account_key, name, resource_share, connection, require_signatures };
             attach(&data_dir()?, &server_url, options).await
         }
         Command::Detach { server_url } => {
@@ -262,7 +287,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Run { cores, memory, disk, exit_when_idle, allow_insecure, bind, preferences } => {
+        Command::Run { cores, memory, disk, exit_when_idle, allow_insecure, bind, ca_cert, preferences } => {
             let data_dir = data_dir()?;
             let flags = Overrides {
                 cores,
@@ -276,6 +301,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 compute_hours: preferences.compute_hours,
                 max_cpu_percent: preferences.max_cpu_percent,
                 bind,
+                ca_cert,
             };
             let settings = Settings::load(&data_dir)?.overridden_by(&flags);
             settings.check()?;
@@ -359,24 +385,34 @@ fn print_reply(reply: Reply) -> anyhow::Result<()> {
 
 /// What `attach` was told besides the URL.
 struct AttachOptions {
+    mirrors: Vec<String>,
     account_key: Option<String>,
     name: Option<String>,
     resource_share: f64,
-    allow_insecure: Option<bool>,
-    bind: Option<std::net::IpAddr>,
+    /// How to connect, over client.toml: `allow_insecure`, `bind` and `ca_cert`.
+    connection: Overrides,
     require_signatures: bool,
 }
 
 async fn attach(data_dir: &DataDir, server_url: &str, options: AttachOptions) -> anyhow::Result<()> {
-    let AttachOptions { account_key, name, resource_share, allow_insecure, bind, require_signatures } = options;
+    let AttachOptions { mirrors, account_key, name, resource_share, connection, require_signatures } = options;
     let url = normalize_url(server_url);
-    let settings = Settings::load(data_dir)?;
+    let mut unique_mirrors: Vec<String> = Vec::new();
+    for mirror in mirrors.iter().map(|mirror| normalize_url(mirror)) {
+        if mirror != url && !unique_mirrors.contains(&mirror) {
+            unique_mirrors.push(mirror);
+        }
+    }
+    let mirrors = unique_mirrors;
+    let settings = Settings::load(data_dir)?.overridden_by(&connection);
     // Before any connection: the account key would travel in the clear.
-    check_transport(&url, allow_insecure.unwrap_or(settings.allow_insecure))?;
+    for url in std::iter::once(&url).chain(&mirrors) {
+        check_transport(url, settings.allow_insecure)?;
+    }
     if resource_share.is_nan() || resource_share <= 0.0 {
         anyhow::bail!("--resource-share must be positive");
     }
-    let server = ServerClient::with_local_address(&url, bind.or(settings.bind))?;
+    let server = ServerClient::connect(ServerUrls::new(url.clone(), mirrors.clone()), &settings.connect_options()?)?;
     let name = name.unwrap_or_else(host_info::hostname);
     let account_key = match account_key {
         Some(key) => key,
@@ -410,6 +446,7 @@ async fn attach(data_dir: &DataDir, server_url: &str, options: AttachOptions) ->
     let mut projects = Projects::load(data_dir)?;
     projects.upsert(Project {
         url: url.clone(),
+        mirrors: mirrors.clone(),
         account_id: host.account_id,
         account_key,
         host_id: host.host_id,
@@ -418,6 +455,9 @@ async fn attach(data_dir: &DataDir, server_url: &str, options: AttachOptions) ->
     });
     projects.save(data_dir)?;
     println!("attached to {url} as host {}", host.host_id);
+    for mirror in &mirrors {
+        println!("mirror {mirror}: tried in turn when the URL in use fails");
+    }
     let pinned_how = if kept { "kept the pinned key" } else { "pinned the key" };
     for (publisher, key) in &pinned.publishers {
         println!("{pinned_how} of publisher {publisher}: {key}");
@@ -434,7 +474,7 @@ async fn trust(data_dir: &DataDir, server_url: &str, dry_run: bool) -> anyhow::R
     let url = normalize_url(server_url);
     let project = Projects::load(data_dir)?.find(&url).cloned().with_context(|| format!("not attached to {url}"))?;
     let settings = Settings::load(data_dir)?;
-    let server = ServerClient::with_local_address(&url, settings.bind)?;
+    let server = ServerClient::connect(project.server_urls(), &settings.connect_options()?)?;
     let keys = server.project_keys().await.context("cannot read the project's publisher keys")?;
     let changes = KeyStore::update(data_dir, |store| {
         let pinned = store.projects.entry(url.clone()).or_default();

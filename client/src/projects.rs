@@ -1,23 +1,44 @@
 //! The projects this host is attached to, with the secrets that authenticate it.
 //! Stored in `projects.json`, readable by the volunteer only.
+//!
+//! A project is known by the URL it was attached at; its tasks and pinned keys are filed
+//! under it. It may list mirrors too: more URLs of the same project (server processes on
+//! its database), which requests fail over to (see [`crate::failover`]).
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::data_dir::{DataDir, read_json_or_default, write_atomically};
+use crate::failover::ServerUrls;
 use crate::state::{ClientState, Phase, Task};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Project {
     /// The server's base URL, as given to `attach` (without a trailing slash).
     pub url: String,
+    /// Other URLs of the same project, tried in order when the one in use fails (`attach
+    /// --mirror`). Absent from files written before mirrors existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<String>,
     pub account_id: i64,
     pub account_key: String,
     pub host_id: i64,
     pub host_token: String,
     /// This project's share of the machine, relative to the other projects'.
     pub resource_share: f64,
+}
+
+impl Project {
+    /// Every URL of the project: its own, then its mirrors.
+    pub fn urls(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.url.as_str()).chain(self.mirrors.iter().map(String::as_str))
+    }
+
+    /// Its URLs, for a client that fails over between them.
+    pub fn server_urls(&self) -> ServerUrls {
+        ServerUrls::new(self.url.clone(), self.mirrors.clone())
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -103,6 +124,40 @@ mod tests {
         assert!(check_transport("http://192.168.1.10", false).is_err());
         assert!(check_transport("http://grid.example.org", true).is_ok());
         assert!(check_transport("ftp://grid.example.org", true).is_err());
+    }
+
+    fn project(mirrors: &[&str]) -> Project {
+        Project {
+            url: "https://a.example.org".into(),
+            mirrors: mirrors.iter().map(|url| url.to_string()).collect(),
+            account_id: 1,
+            account_key: "key".into(),
+            host_id: 2,
+            host_token: "token".into(),
+            resource_share: 100.0,
+        }
+    }
+
+    #[test]
+    fn a_projects_file_written_before_mirrors_still_loads() {
+        let old = r#"{"projects":[{"url":"https://a.example.org","account_id":1,"account_key":"key",
+            "host_id":2,"host_token":"token","resource_share":100.0}]}"#;
+        let projects: Projects = serde_json::from_str(old).unwrap();
+        assert_eq!(projects.projects, [project(&[])]);
+        assert_eq!(projects.projects[0].urls().collect::<Vec<_>>(), ["https://a.example.org"]);
+    }
+
+    #[test]
+    fn mirrors_are_kept_in_order_and_left_out_of_the_file_when_there_are_none() {
+        let with_mirrors = Projects { projects: vec![project(&["https://b.example.org", "https://c.example.org"])] };
+        let json = serde_json::to_string(&with_mirrors).unwrap();
+        let loaded: Projects = serde_json::from_str(&json).unwrap();
+        assert_eq!(loaded.projects, with_mirrors.projects);
+        let urls: Vec<&str> = loaded.projects[0].urls().collect();
+        assert_eq!(urls, ["https://a.example.org", "https://b.example.org", "https://c.example.org"]);
+
+        let json = serde_json::to_string(&Projects { projects: vec![project(&[])] }).unwrap();
+        assert!(!json.contains("mirrors"), "{json}");
     }
 }
 

@@ -5,6 +5,7 @@
 //! names a condition that suspends computing while it holds (see `daemon::suspension`).
 
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,9 @@ pub struct Settings {
     /// The local address that connections to projects leave from, on a machine with
     /// several (each project sees the network it is in); default: the system's choice.
     pub bind: Option<IpAddr>,
+    /// A certificate authority to trust besides the system's, for a project whose server
+    /// certificate it signed: a PEM file (a relative path is in the data directory).
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -69,6 +73,7 @@ impl Default for Settings {
             compute_hours: Vec::new(),
             max_cpu_percent: None,
             bind: None,
+            ca_cert: None,
         }
     }
 }
@@ -88,6 +93,7 @@ pub struct Overrides {
     pub compute_hours: Vec<HoursWindow>,
     pub max_cpu_percent: Option<u8>,
     pub bind: Option<IpAddr>,
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl Overrides {
@@ -105,6 +111,7 @@ impl Overrides {
             "compute_hours" => !self.compute_hours.is_empty(),
             "max_cpu_percent" => self.max_cpu_percent.is_some(),
             "bind" => self.bind.is_some(),
+            "ca_cert" => self.ca_cert.is_some(),
             _ => false,
         }
     }
@@ -118,6 +125,7 @@ impl Settings {
             // The parse error names the line and column and quotes it; the path says which
             // file, since a volunteer may not know the daemon reads one.
             Ok(text) => Self::parse(&text)
+                .map(|settings| settings.in_data_dir(data_dir))
                 .map_err(|error| anyhow::anyhow!("the settings file {} is invalid: {error}", path.display())),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(error) => Err(anyhow::anyhow!("cannot read the settings file {}: {error}", path.display())),
@@ -128,6 +136,18 @@ impl Settings {
         let settings: Self = toml::from_str(text)?;
         settings.check()?;
         Ok(settings)
+    }
+
+    /// Paths in the file are relative to the data directory it lives in.
+    fn in_data_dir(mut self, data_dir: &DataDir) -> Self {
+        self.ca_cert = self.ca_cert.map(|path| data_dir.root().join(path));
+        self
+    }
+
+    /// How to connect to projects: from [`Self::bind`], trusting [`Self::ca_cert`] too (an
+    /// error naming the file if it cannot be used).
+    pub fn connect_options(&self) -> anyhow::Result<crate::api::ConnectOptions> {
+        crate::api::ConnectOptions::new(self.bind, self.ca_cert.as_deref())
     }
 
     /// Refuses values that parse but mean nothing.
@@ -172,7 +192,13 @@ impl Settings {
             document[key] = toml_edit::value(value);
         }
         let new_text = document.to_string();
-        let settings = Self::parse(&new_text).map_err(|error| anyhow::anyhow!("{key} = {value}: {error}"))?;
+        let settings = Self::parse(&new_text)
+            .map(|settings| settings.in_data_dir(data_dir))
+            .map_err(|error| anyhow::anyhow!("{key} = {value}: {error}"))?;
+        // A certificate file that cannot be used is refused now, not at the next start.
+        if key == "ca_cert" {
+            settings.connect_options()?;
+        }
         crate::data_dir::write_atomically(&path, new_text.as_bytes())?;
         Ok(settings)
     }
@@ -193,6 +219,7 @@ impl Settings {
         "compute_hours",
         "max_cpu_percent",
         "bind",
+        "ca_cert",
     ];
 
     /// These settings with the flags that were given put over them.
@@ -213,6 +240,7 @@ impl Settings {
             },
             max_cpu_percent: flags.max_cpu_percent.or(self.max_cpu_percent),
             bind: flags.bind.or(self.bind),
+            ca_cert: flags.ca_cert.clone().or(self.ca_cert),
             ..self
         }
     }
@@ -282,6 +310,7 @@ mod tests {
             suspend_when_memory_below: Some(1),
             max_cpu_percent: Some(1),
             bind: Some(std::net::Ipv4Addr::LOCALHOST.into()),
+            ca_cert: Some("ca.pem".into()),
             ..Settings::default()
         })
         .unwrap();
@@ -314,6 +343,20 @@ mod tests {
 
         let settings = Settings::set_in_file(&data_dir, "cores", "default").unwrap();
         assert_eq!(settings.cores, None);
+    }
+
+    #[test]
+    fn a_relative_ca_cert_is_in_the_data_directory_and_one_that_cannot_be_used_is_not_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::open(dir.path().to_path_buf()).unwrap();
+        std::fs::write(data_dir.settings_file(), "ca_cert = \"grid-ca.pem\"\n").unwrap();
+        assert_eq!(Settings::load(&data_dir).unwrap().ca_cert, Some(data_dir.root().join("grid-ca.pem")));
+
+        let message = format!("{:#}", Settings::set_in_file(&data_dir, "ca_cert", "\"other-ca.pem\"").unwrap_err());
+        assert!(message.contains("cannot read the CA certificate") && message.contains("other-ca.pem"), "{message}");
+        let text = std::fs::read_to_string(data_dir.settings_file()).unwrap();
+        assert_eq!(text, "ca_cert = \"grid-ca.pem\"\n", "nothing changed");
+        assert_eq!(Settings::set_in_file(&data_dir, "ca_cert", "default").unwrap().ca_cert, None);
     }
 
     #[test]

@@ -37,6 +37,13 @@ pub struct ComputingStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProjectStatus {
     pub url: String,
+    /// The project's other URLs, tried in turn when the one in use fails.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    /// The URL requests go to now (the daemon moves on from one that fails); `None` when no
+    /// daemon runs.
+    #[serde(default)]
+    pub url_in_use: Option<String>,
     pub host_id: i64,
     pub resource_share: f64,
     pub failed_contacts: u32,
@@ -154,6 +161,8 @@ impl StatusReport {
             .into_iter()
             .map(|project| ProjectStatus {
                 url: project.url,
+                mirrors: project.mirrors,
+                url_in_use: None,
                 host_id: project.host_id,
                 resource_share: project.resource_share,
                 failed_contacts: 0,
@@ -189,8 +198,15 @@ impl StatusReport {
             out.push_str("no project attached (wasmgrid attach <SERVER_URL>)\n");
         }
         for project in &self.projects {
+            let mut urls = String::new();
+            if !project.mirrors.is_empty() {
+                urls += &format!("  mirrors {}", project.mirrors.join(", "));
+                if let Some(in_use) = &project.url_in_use {
+                    urls += &format!("  using {in_use}");
+                }
+            }
             out.push_str(&format!(
-                "project {}  host {}  share {}{}\n",
+                "project {}  host {}  share {}{urls}{}\n",
                 project.url,
                 project.host_id,
                 project.resource_share,
@@ -254,6 +270,49 @@ mod tests {
     fn run(started: bool, pause_requested: bool, paused: bool) -> RunningTask {
         let progress = Progress { fuel_used: 0, fraction_done: None };
         RunningTask { elapsed: Duration::ZERO, progress, priority: None, pause_requested, paused, started }
+    }
+
+    fn project(mirrors: &[&str], url_in_use: Option<&str>) -> ProjectStatus {
+        ProjectStatus {
+            url: "https://a.example.org".into(),
+            mirrors: mirrors.iter().map(|url| url.to_string()).collect(),
+            url_in_use: url_in_use.map(str::to_owned),
+            host_id: 7,
+            resource_share: 100.0,
+            failed_contacts: 0,
+            next_contact_in_seconds: 0,
+        }
+    }
+
+    fn rendered(project: ProjectStatus) -> String {
+        let report = StatusReport::new(
+            true,
+            ComputingStatus::default(),
+            vec![project],
+            &ClientState::default(),
+            &HashMap::new(),
+        );
+        report.render().lines().find(|line| line.starts_with("project ")).unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_project_with_mirrors_shows_them_and_the_url_in_use() {
+        let line = rendered(project(&["https://b.example.org"], Some("https://b.example.org")));
+        assert_eq!(
+            line,
+            "project https://a.example.org  host 7  share 100  mirrors https://b.example.org  using https://b.example.org"
+        );
+        let line = rendered(project(&[], Some("https://a.example.org")));
+        assert_eq!(line, "project https://a.example.org  host 7  share 100", "one URL: nothing to say");
+        let line = rendered(project(&["https://b.example.org"], None));
+        assert!(line.ends_with("mirrors https://b.example.org"), "no daemon, no URL in use: {line}");
+    }
+
+    #[test]
+    fn a_status_from_a_daemon_without_mirrors_still_reads() {
+        let json = r#"{"url":"https://a.example.org","host_id":7,"resource_share":100.0,"failed_contacts":0,"next_contact_in_seconds":0}"#;
+        let project: ProjectStatus = serde_json::from_str(json).unwrap();
+        assert_eq!(project, self::project(&[], None));
     }
 
     #[test]

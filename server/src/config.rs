@@ -22,6 +22,9 @@ pub struct ServerConfig {
     pub registration: RegistrationLimits,
     /// How HTTP connections are limited.
     pub connections: ConnectionSettings,
+    /// Serve HTTPS with this certificate and key (`--tls-cert`, `--tls-key`), read and
+    /// checked already; plain HTTP without.
+    pub tls: Option<crate::http::tls::Tls>,
     /// Whether the server migrates the database when it starts, or only checks it.
     pub schema: crate::database::Schema,
     /// Where Prometheus metrics are served (`/metrics`), if anywhere: apart from the site.
@@ -59,8 +62,10 @@ impl ServerConfig {
             site: SiteConfig::default(),
             registration: RegistrationLimits::default(),
             connections: ConnectionSettings::default(),
+            tls: None,
             schema: crate::database::Schema::default(),
             metrics_listen: None,
+            blobs: BlobSettings::default(),
         }
     }
 }

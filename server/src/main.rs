@@ -11,6 +11,7 @@ use wasmgrid_server::ServerConfig;
 use wasmgrid_server::admin::{self, bans::Target};
 use wasmgrid_server::config::{AdaptiveReplication, ConnectionSettings, RegistrationLimits};
 use wasmgrid_server::database::{Database, DatabaseLocation, Schema};
+use wasmgrid_server::http::tls::{Tls, TlsFiles};
 use wasmgrid_server::http::visitor::{PublicUrl, SiteConfig, parse_network};
 use wasmgrid_server::publishers;
 
@@ -136,10 +137,36 @@ enum Command {
         /// the public site, and has no authentication).
         #[arg(long, env = "WASMGRID_METRICS_LISTEN")]
         metrics_listen: Option<SocketAddr>,
+        /// Serve HTTPS with this certificate chain, without a reverse proxy: a PEM file with
+        /// the server's certificate first, then the intermediates up to its root. SIGHUP
+        /// reads it and the key again (a renewed certificate). Needs --tls-key.
+        #[arg(long, env = "WASMGRID_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert: a PEM file, PKCS#8, RSA or EC.
+        #[arg(long, env = "WASMGRID_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// Do not migrate the database: refuse to start unless it has every migration this
         /// binary has (for rolling upgrades, where `migrate` runs once, first).
         #[arg(long)]
         no_migrate: bool,
+        /// Keep blobs (modules, inputs, outputs) in an S3-compatible object store,
+        /// s3://bucket/prefix, instead of the data directory: what several server machines
+        /// need. The endpoint and credentials come from the standard AWS_ENDPOINT_URL,
+        /// AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION (and AWS_ALLOW_HTTP=true for
+        /// an endpoint without TLS).
+        #[arg(long, env = "WASMGRID_BLOB_STORE")]
+        blob_store: Option<url::Url>,
+        /// Answer blob downloads with a presigned URL of the object store, valid this long
+        /// (15m if no time is given), so that the bytes bypass the server. Browser volunteers
+        /// then fetch from the store: its bucket must allow this site's origin (CORS).
+        #[arg(long, env = "WASMGRID_BLOB_REDIRECT", num_args = 0..=1, default_missing_value = "15m",
+              value_parser = wasmgrid_protocol::units::parse_duration)]
+        blob_redirect: Option<Duration>,
+        /// How long a batch's inputs and outputs are kept after it ends (its publisher may
+        /// delete it sooner); outputs found invalid go an hour after.
+        #[arg(long, env = "WASMGRID_RETENTION", default_value = "30d",
+              value_parser = wasmgrid_protocol::units::parse_duration)]
+        retention: Duration,
     },
     /// Apply the database migrations this binary has, then exit: the first step of an
     /// upgrade whose servers start with `serve --no-migrate`.
@@ -311,6 +338,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             trusted_proxies,
             no_migrate,
             metrics_listen,
+            tls_cert,
+            tls_key,
+            blob_store,
+            blob_redirect,
+            retention,
         } => {
             let database = match database_url {
                 Some(url) => DatabaseLocation::Url(url),
@@ -339,6 +371,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.site = SiteConfig { public_url, trusted_proxies };
             config.schema = if no_migrate { Schema::Check } else { Schema::Migrate };
             config.metrics_listen = metrics_listen;
+            // Read before the database starts, so that a wrong file is named at once.
+            if let (Some(certificate), Some(key)) = (tls_cert, tls_key) {
+                config.tls = Some(Tls::load(TlsFiles { certificate, key })?);
+            }
+            let scheme = if config.tls.is_some() { "https" } else { "http" };
+            config.blobs = wasmgrid_server::config::BlobSettings {
+                store: blob_store,
+                redirect: blob_redirect,
+                s3_settings: Vec::new(),
+                retention,
+            };
             let app = wasmgrid_server::build(config).await?;
             // Before the line below: whoever reads it may send SIGTERM at once, and a signal
             // that arrives before its handler is installed kills the process outright.

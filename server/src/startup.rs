@@ -78,6 +78,7 @@ fn connection_limits(config: &ServerConfig) -> anyhow::Result<connections::Limit
         limits.max_connections = max.min(limits.max_connections);
     }
     limits.trusted_proxies = config.site.trusted_proxies.clone();
+    limits.tls = config.tls.clone();
     tracing::info!(open_files, max_connections = limits.max_connections, "connection limits");
     Ok(limits)
 }

@@ -148,10 +148,13 @@ impl Daemon {
             anyhow::bail!("no project attached: run `wasmgrid attach <SERVER_URL>` first");
         }
         let (min, max) = settings.backoff();
+        let connect = settings.connect_options()?;
         let mut contacts = Vec::new();
         for project in projects.projects {
-            check_transport(&project.url, options.allow_insecure)?;
-            let server = ServerClient::with_local_address(&project.url, settings.bind)?;
+            for url in project.urls() {
+                check_transport(url, options.allow_insecure)?;
+            }
+            let server = ServerClient::connect(project.server_urls(), &connect)?;
             contacts.push(Contact {
                 project,
                 server,
@@ -406,6 +409,7 @@ impl Daemon {
             ("backoff_min_seconds", new.backoff_min_seconds != old.backoff_min_seconds),
             ("backoff_max_seconds", new.backoff_max_seconds != old.backoff_max_seconds),
             ("bind", new.bind != old.bind),
+            ("ca_cert", new.ca_cert != old.ca_cert),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
@@ -419,6 +423,7 @@ impl Daemon {
             backoff_min_seconds: old.backoff_min_seconds,
             backoff_max_seconds: old.backoff_max_seconds,
             bind: old.bind,
+            ca_cert: old.ca_cert.clone(),
             ..new
         };
         self.options.exit_when_idle = settings.exit_when_idle;
@@ -930,6 +935,8 @@ impl Daemon {
             .iter()
             .map(|contact| status::ProjectStatus {
                 url: contact.project.url.clone(),
+                mirrors: contact.project.mirrors.clone(),
+                url_in_use: Some(contact.server.base_url().to_owned()),
                 host_id: contact.project.host_id,
                 resource_share: contact.project.resource_share,
                 failed_contacts: contact.backoff.failures(),

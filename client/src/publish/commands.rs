@@ -18,7 +18,8 @@ use super::client::PublisherClient;
 use super::jobs::{self, Job};
 use super::progress::{ProgressBar, render};
 use super::{results, submit, units};
-use crate::api::ServerClient;
+use crate::api::{ConnectOptions, ServerClient};
+use crate::failover::ServerUrls;
 use crate::projects::{check_transport, normalize_url};
 
 /// Where to publish, and as whom.
@@ -33,6 +34,10 @@ pub struct Connection {
     /// Allow plain http to a server that is not on this machine (the token travels in clear).
     #[arg(long, global = true)]
     allow_insecure: bool,
+    /// Trust this certificate authority (a PEM file) besides the system's, for a server
+    /// with a private one [env: WASMGRID_CA_CERT].
+    #[arg(long, global = true, env = "WASMGRID_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
 }
 
 impl Connection {
@@ -41,7 +46,8 @@ impl Connection {
         let token = self.token.as_deref().context("no publisher token: pass --token or set WASMGRID_TOKEN")?;
         let url = normalize_url(server);
         check_transport(&url, self.allow_insecure)?;
-        Ok(PublisherClient::new(ServerClient::new(&url)?, token.trim()))
+        let options = ConnectOptions::new(None, self.ca_cert.as_deref())?;
+        Ok(PublisherClient::new(ServerClient::connect(ServerUrls::single(url), &options)?, token.trim()))
     }
 }
 

@@ -15,7 +15,10 @@
 //!   when every one is is the new connection refused;
 //! - holds at most [`Limits::max_per_address`] connections from one address (trusted
 //!   proxies excepted), so that one client filling its share only closes its own;
-//! - raises the soft open-file limit to the hard one at start ([`raise_open_file_limit`]).
+//! - raises the soft open-file limit to the hard one at start ([`raise_open_file_limit`]);
+//! - with [`Limits::tls`], does the TLS handshake in each connection's own task, within the
+//!   header timeout, so that a client that never finishes it holds up neither the accept
+//!   loop nor anyone else (see [`super::tls`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -34,15 +37,19 @@ use http_body::Body as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use ipnet::IpNet;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tower::ServiceExt;
 
-/// How connections are limited.
+use super::tls::Tls;
+use super::visitor::TlsConnection;
+
+/// How connections are served and limited.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Time a request's headers have to arrive, from the connection's start or the end of
-    /// the previous response.
+    /// the previous response. A TLS handshake has as long again, before the first request.
     pub header_timeout: Duration,
     /// Connections held at once.
     pub max_connections: usize,
@@ -53,6 +60,8 @@ pub struct Limits {
     pub trusted_proxies: Vec<IpNet>,
     /// How long a shutdown waits for requests in flight before closing their connections.
     pub shutdown_grace: Duration,
+    /// Serve HTTPS with this certificate; plain HTTP without.
+    pub tls: Option<Tls>,
 }
 
 /// Descriptors kept free for everything but connections: files being uploaded and served,
@@ -71,6 +80,7 @@ impl Limits {
             max_per_address: 256,
             trusted_proxies: Vec::new(),
             shutdown_grace: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -354,7 +364,8 @@ impl http_body::Body for TrackedBody {
 }
 
 /// Serves `router` on `listener` until `shutdown` completes; then stops accepting, lets
-/// requests in flight finish (for up to [`Limits::shutdown_grace`]) and returns.
+/// requests in flight finish (for up to [`Limits::shutdown_grace`]) and returns. With TLS,
+/// SIGHUP reads the certificate and key again.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -363,6 +374,8 @@ pub async fn serve(
 ) {
     let grace = limits.shutdown_grace;
     let header_timeout = limits.header_timeout;
+    let tls = limits.tls.clone();
+    let mut reload_signal = tls.as_ref().and_then(Tls::take_reload_signal);
     let registry =
         Arc::new(Mutex::new(Registry { limits, next_id: 0, open: HashMap::new(), per_address: HashMap::new() }));
     let (stop, stopping) = watch::channel(false);
@@ -373,6 +386,12 @@ pub async fn serve(
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
+            Some(()) = async { reload_signal.as_mut()?.recv().await }, if reload_signal.is_some() => {
+                if let Some(tls) = &tls {
+                    reload_certificate(tls);
+                }
+                continue;
+            }
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => {
@@ -396,7 +415,6 @@ pub async fn serve(
             continue;
         };
         let connection = Connection {
-            stream,
             peer,
             router: router.clone(),
             registry: registry.clone(),
@@ -405,7 +423,10 @@ pub async fn serve(
             stopping: stopping.clone(),
             closed: closed.clone(),
         };
-        tokio::spawn(connection.serve());
+        match &tls {
+            Some(tls) => tokio::spawn(connection.serve_tls(stream, tls.clone())),
+            None => tokio::spawn(connection.serve(stream, false)),
+        };
     }
     drop(listener);
     let _ = stop.send(true);
@@ -415,9 +436,20 @@ pub async fn serve(
     }
 }
 
+/// Reads the certificate and key again (on SIGHUP), keeping the ones in force if the new
+/// files do not work.
+fn reload_certificate(tls: &Tls) {
+    let files = tls.files();
+    match tls.reload() {
+        Ok(()) => tracing::info!(certificate = %files.certificate.display(), "SIGHUP: TLS certificate reloaded"),
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "SIGHUP: keeping the TLS certificate in force");
+        }
+    }
+}
+
 /// One accepted connection and what serving it needs.
 struct Connection {
-    stream: TcpStream,
     peer: SocketAddr,
     router: Router,
     registry: Arc<Mutex<Registry>>,
@@ -429,12 +461,51 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(mut self) {
+    /// Completes the TLS handshake, within the header timeout, then serves HTTP over it. A
+    /// connection closed to make room, or a shutdown, ends a handshake under way.
+    async fn serve_tls(self, stream: TcpStream, tls: Tls) {
+        let peer = self.peer;
+        let close = self.admitted.close.clone();
+        let mut stopping = self.stopping.clone();
+        let handshake = tokio::time::timeout(self.header_timeout, tls.accept(stream));
+        let stream = tokio::select! {
+            accepted = handshake => match accepted {
+                Ok(Ok(Some(stream))) => stream,
+                Ok(Ok(None)) => {
+                    tracing::debug!(%peer, "plain HTTP on the TLS port: told to use https");
+                    return;
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake not finished within the header timeout");
+                    return;
+                }
+            },
+            () = close.notified() => {
+                tracing::debug!(%peer, "connection closed during its handshake to make room for another");
+                return;
+            }
+            _ = stopping.wait_for(|stop| *stop) => return,
+        };
+        self.serve(stream, true).await;
+    }
+
+    /// Serves HTTP on `io`, the connection's stream or the TLS session over it (`tls`).
+    async fn serve<I>(mut self, io: I, tls: bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (peer, registry, id) = (self.peer, self.registry.clone(), self.admitted.id);
         let router = self.router.clone();
         let service = tower::service_fn(move |mut request: axum::http::Request<hyper::body::Incoming>| {
             let in_flight = InFlight::start(&registry, id);
             request.extensions_mut().insert(ConnectInfo(peer));
+            if tls {
+                request.extensions_mut().insert(TlsConnection);
+            }
             let arrived_whole = Arc::new(AtomicBool::new(true));
             let request = request.map(|inner| {
                 if inner.is_end_stream() {
@@ -459,7 +530,7 @@ impl Connection {
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder.timer(TokioTimer::new()).header_read_timeout(self.header_timeout);
-        let served = builder.serve_connection(TokioIo::new(self.stream), TowerToHyperService::new(service));
+        let served = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
         let mut served = std::pin::pin!(served);
         let close = self.admitted.close.clone();
         let mut graceful = false;

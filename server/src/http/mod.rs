@@ -1,10 +1,12 @@
 //! The HTTP surface: shared state, the router that merges every feature's routes, and the
 //! layers around them (body limits, timeouts, request ids, metrics, tracing).
+//! [`connections`] serves them, over [`tls`] when the server has a certificate of its own.
 
 pub mod connections;
 pub mod error;
 pub mod extract;
 pub mod request_id;
+pub mod tls;
 pub mod visitor;
 
 use std::sync::Arc;

@@ -5,7 +5,8 @@
 //! sign-in attempts are limited by) and the scheme they used (which decides `Secure`
 //! cookies) come from the proxy's `X-Forwarded-For` and `X-Forwarded-Proto`. Anyone can
 //! send those headers, so they are believed only from the addresses the operator names as
-//! trusted proxies, and removed from every other request.
+//! trusted proxies, and removed from every other request. A request that came over the
+//! server's own TLS (`serve --tls-cert`) was made with https, whoever sent it.
 //!
 //! The site's public URL, when the operator sets one, is where volunteers are told to
 //! attach and the only origin forms are accepted from, whatever `Host` a request names.
@@ -29,6 +30,11 @@ const FORWARDED_FOR: &str = "x-forwarded-for";
 const FORWARDED_PROTO: &str = "x-forwarded-proto";
 /// RFC 7239's header; this server does not read it, and drops it so no handler trusts it.
 const FORWARDED: &str = "forwarded";
+
+/// Marks a request that arrived on a TLS connection to this server (see
+/// [`super::connections`]).
+#[derive(Debug, Clone, Copy)]
+pub struct TlsConnection;
 
 /// How the site is reached from outside.
 #[derive(Debug, Clone, Default)]
@@ -128,6 +134,7 @@ pub async fn resolve(State(state): State<AppState>, mut request: Request, next: 
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |ConnectInfo(address)| address.ip().to_canonical());
+    let over_tls = request.extensions().get::<TlsConnection>().is_some();
     let headers = request.headers_mut();
     let client = if site.is_trusted_proxy(peer) {
         let forwarded: Vec<&str> = headers
@@ -143,6 +150,10 @@ pub async fn resolve(State(state): State<AppState>, mut request: Request, next: 
         peer
     };
     headers.remove(FORWARDED);
+    // A proxy that says how its own client came is believed over how the proxy came.
+    if over_tls && !headers.contains_key(FORWARDED_PROTO) {
+        headers.insert(FORWARDED_PROTO, HeaderValue::from_static("https"));
+    }
     if let Some(public) = &site.public_url {
         let scheme = if public.https { "https" } else { "http" };
         headers.insert(FORWARDED_PROTO, HeaderValue::from_static(scheme));

@@ -22,7 +22,7 @@ const WRONG: &[u8] = b"a made-up answer";
 fn refusal(error: &ApiError) -> (Option<StatusCode>, String) {
     let message = match error {
         ApiError::Server { body, .. } => body.as_ref().map(|b| b.error.message.clone()).unwrap_or_default(),
-        ApiError::Transport(error) => error.to_string(),
+        other => other.to_string(),
     };
     (error.status(), message)
 }

@@ -135,7 +135,7 @@ async fn connections_that_trickle_their_headers_or_bodies_cannot_keep_healthz_ou
 
 /// Waits until the server closes `stream` (a read sees the end or an error); how long that
 /// took, or `None` if it stayed open for `patience`.
-async fn closed_by_server(stream: &mut TcpStream, patience: Duration) -> Option<Duration> {
+pub async fn closed_by_server(stream: &mut TcpStream, patience: Duration) -> Option<Duration> {
     use tokio::io::AsyncReadExt;
     let started = Instant::now();
     let mut buffer = [0u8; 4096];

@@ -74,18 +74,9 @@ impl Server {
         open_files: Option<(u64, u64)>,
     ) -> Self {
         let extra_args: Vec<String> = extra_args.iter().map(|arg| arg.to_string()).collect();
-        let (child, port) = spawn_server(&database_url, data_dir.path(), 0, &extra_args, open_files).await;
+        let (child, url) = spawn_server(&database_url, data_dir.path(), 0, &extra_args, open_files).await;
         let pool = sqlx::PgPool::connect(&database_url).await.unwrap();
-        Self {
-            child: Some(child),
-            url: format!("http://127.0.0.1:{port}"),
-            port,
-            data_dir,
-            database_url,
-            pool,
-            extra_args,
-            open_files,
-        }
+        Self { child: Some(child), port: port_of(&url), url, data_dir, database_url, pool, extra_args, open_files }
     }
 
     /// The server process's id, while it runs.
@@ -96,6 +87,13 @@ impl Server {
     /// The server's log, when it has one (see [`Self::start_in`]).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Sends the server `signal_number` (SIGHUP, say) and leaves it running.
+    pub fn send(&self, signal_number: libc::c_int) {
+        if let Some(child) = &self.child {
+            signal(child, signal_number);
+        }
     }
 
     /// Sends the server `signal` and waits for it to exit; returns how long that took.
@@ -133,9 +131,7 @@ impl Server {
     /// A second server process on the same database and data directory (so the same blob
     /// store), as a project with several server replicas runs them. Returns it and its URL.
     pub async fn start_twin(&self) -> (Child, String) {
-        let (child, port) =
-            spawn_server(&self.database_url, self.data_dir.path(), 0, &self.extra_args, self.open_files).await;
-        (child, format!("http://127.0.0.1:{port}"))
+        spawn_server(&self.database_url, self.data_dir.path(), 0, &self.extra_args, self.open_files).await
     }
 
     /// Publishes `count` work units running `wasm`, with `policy`; returns their ids.
@@ -223,13 +219,14 @@ const DEFAULT_SERVER_ARGS: [(&str, &str); 5] = [
     ("--hosts-per-address", "100000"),
 ];
 
+/// Starts a server process; returns it and the URL it announced (https with `--tls-cert`).
 async fn spawn_server(
     database_url: &str,
     data_dir: &Path,
     port: u16,
     extra_args: &[String],
     open_files: Option<(u64, u64)>,
-) -> (Child, u16) {
+) -> (Child, String) {
     let defaults = DEFAULT_SERVER_ARGS
         .into_iter()
         .filter(|(flag, _)| !extra_args.iter().any(|arg| arg == flag))
@@ -270,8 +267,13 @@ async fn spawn_server(
         .expect("the server announces itself")
         .unwrap()
         .expect("an announcement line");
-    let port = line.rsplit(':').next().unwrap().parse().expect("a port");
-    (child, port)
+    let url = line.rsplit(' ').next().expect("a URL").to_owned();
+    (child, url)
+}
+
+/// The port of a URL the server announced.
+pub fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().unwrap().parse().expect("a port")
 }
 
 pub fn signal(child: &Child, signal: libc::c_int) {

@@ -11,11 +11,13 @@ use crate::Sha256Hash;
 /// The body of every error response: a stable machine-readable `code` and a sentence for
 /// people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
@@ -23,6 +25,7 @@ pub struct ErrorDetail {
 
 /// `GET /healthz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     /// "ok" when the server can reach its database and has room for uploads,
     /// "unavailable" otherwise (with a 503).
@@ -38,11 +41,14 @@ pub struct Health {
 
 /// `POST /api/v1/accounts`: create a volunteer account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateAccountRequest {
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::label))]
     pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateAccountResponse {
     pub account_id: i64,
     /// The secret that attaches hosts to this account. Shown once; the server keeps only a
@@ -52,16 +58,24 @@ pub struct CreateAccountResponse {
 
 /// `POST /api/v1/hosts`, authenticated by the account key: register one volunteer machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterHostRequest {
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::label))]
     pub name: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::label))]
     pub os: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::label))]
     pub arch: String,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65536))]
     pub cores: u32,
+    #[cfg_attr(feature = "openapi", schema(maximum = 9223372036854775807_i64))]
     pub memory_bytes: u64,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::label))]
     pub client_version: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterHostResponse {
     pub host_id: i64,
     pub account_id: i64,
@@ -72,10 +86,12 @@ pub struct RegisterHostResponse {
 /// `POST /api/v1/scheduler`, authenticated by the host token: report finished replicas and
 /// ask for new ones, in one call.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SchedulerRequest {
     /// Finished replicas. Reporting one again is harmless: it is acknowledged and changes
     /// nothing.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 1000))]
     pub reports: Vec<ReplicaReport>,
     /// How many new replicas the host wants; 0 only reports.
     #[serde(default)]
@@ -85,6 +101,7 @@ pub struct SchedulerRequest {
     /// sends again any replica it handed this host that is not on it (a reply lost after
     /// the server committed it), and aborts any on it the host should not run.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 50000))]
     pub held_replicas: Option<Vec<i64>>,
 }
 
@@ -93,6 +110,7 @@ pub const MAX_HELD_REPLICAS: usize = 50_000;
 
 /// What a host says about one replica it ran.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplicaReport {
     pub replica_id: i64,
     pub outcome: ReportedOutcome,
@@ -112,12 +130,37 @@ pub struct ReplicaReport {
     /// only compared between replicas of one version.
     #[serde(default)]
     pub instrumentation_version: u32,
+    /// The output itself, for a success whose output is at most the server's
+    /// [`SchedulerReply::inline_output_limit`]: the report then needs no upload before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = Byte))]
+    pub output: Option<InlineOutput>,
+}
+
+/// A replica's output carried inside its report, in base64.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InlineOutput(pub Vec<u8>);
+
+impl Serialize for InlineOutput {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for InlineOutput {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use base64::Engine;
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        base64::engine::general_purpose::STANDARD.decode(text.as_bytes()).map(Self).map_err(serde::de::Error::custom)
+    }
 }
 
 /// How much of a replica's standard error the server keeps.
 pub const MAX_STDERR_BYTES: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "status", rename_all = "snake_case")]
 pub enum ReportedOutcome {
     /// The run finished and its output was uploaded under `output_hash` beforehand.
@@ -135,6 +178,7 @@ pub enum ReportedOutcome {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SchedulerReply {
     /// Replica ids whose reports are now safely stored; the host may forget them.
     pub acknowledged: Vec<i64>,
@@ -149,6 +193,7 @@ pub struct SchedulerReply {
 
 /// A link to a content-addressed file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BlobRef {
     pub sha256: Sha256Hash,
     pub bytes: u64,
@@ -180,6 +225,7 @@ pub fn output_upload_path(replica_id: i64, hash: &Sha256Hash) -> String {
 
 /// A file placed in the run's read-only input directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InputFile {
     pub name: String,
     pub blob: BlobRef,
@@ -187,10 +233,15 @@ pub struct InputFile {
 
 /// Per-run limits the client enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RunLimits {
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 9223372036854775807_i64))]
     pub fuel: u64,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 9223372036854775807_i64))]
     pub memory_bytes: u64,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 9223372036854775807_i64))]
     pub output_bytes: u64,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 9223372036854775807_i64))]
     pub wall_time_seconds: u64,
 }
 
@@ -215,6 +266,7 @@ pub fn credit_for(fuel: u64) -> f64 {
 
 /// One replica handed to a host: everything it needs to run it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Assignment {
     pub replica_id: i64,
     pub work_unit_id: i64,
@@ -238,6 +290,7 @@ pub struct Assignment {
 
 /// `PUT /api/v1/replicas/{id}/output/{sha256}` answers with this.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OutputUploaded {
     pub sha256: Sha256Hash,
     pub bytes: u64,

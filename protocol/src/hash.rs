@@ -99,6 +99,17 @@ impl<'de> Deserialize<'de> for Sha256Hash {
     }
 }
 
+/// On the wire a hash is the string its `Serialize` writes: 64 lowercase hex digits.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Sha256Hash {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::openapi::text_schema("A SHA-256 digest: 64 lowercase hexadecimal digits.", "^[0-9a-f]{64}$", 64, 64)
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Sha256Hash {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,10 +8,15 @@
 //! - [`signing`]: publishers' keys and module signatures, which volunteers' clients pin.
 //! - [`units`]: durations and sizes as people type them on the command line.
 //!
+//! With the `openapi` feature (the server's), every type also derives its OpenAPI schema,
+//! from which the server generates its API document; the client leaves it out.
+//!
 //! Times are RFC 3339 in UTC; ids are 64-bit integers assigned by the server.
 
 pub mod api;
 pub mod hash;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod publish;
 pub mod signing;
 pub mod stats;

@@ -32,6 +32,7 @@ pub const MAX_LISTED_FAILURES: usize = 100;
 
 /// How an app decides that two outputs agree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ValidatorSpec {
     /// Byte-for-byte equal outputs (the sandbox is deterministic, so this is the default).
@@ -44,9 +45,12 @@ pub enum ValidatorSpec {
 
 /// `POST /apps`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateAppRequest {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"))]
     pub name: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::paragraph))]
     pub description: String,
     #[serde(default = "bitwise")]
     pub validator: ValidatorSpec,
@@ -73,6 +77,7 @@ fn bitwise() -> ValidatorSpec {
 
 /// An app as its publisher sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AppInfo {
     pub id: i64,
     pub name: String,
@@ -90,6 +95,7 @@ pub struct AppInfo {
 
 /// `POST /apps/{name}/versions` answers with this.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AppVersionInfo {
     pub version: i32,
     pub module_sha256: Sha256Hash,
@@ -98,17 +104,21 @@ pub struct AppVersionInfo {
 
 /// `POST /files/missing`: which of these blobs does the server lack?
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MissingFilesRequest {
+    #[cfg_attr(feature = "openapi", schema(max_items = 10000))]
     pub sha256: Vec<Sha256Hash>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MissingFilesResponse {
     pub missing: Vec<Sha256Hash>,
 }
 
 /// `PUT /files/{sha256}` answers with this.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileStored {
     pub sha256: Sha256Hash,
     pub bytes: u64,
@@ -116,9 +126,12 @@ pub struct FileStored {
 
 /// `POST /batches`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateBatchRequest {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"))]
     pub app: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::batch_name))]
     pub name: String,
     /// Show the name on the project's public status page; without it the page says
     /// "batch N".
@@ -127,31 +140,41 @@ pub struct CreateBatchRequest {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchCreated {
     pub batch_id: i64,
 }
 
 /// How each work unit of a chunk is replicated, validated and limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SubmitPolicy {
     /// Agreeing successful replicas needed (a strict majority of them must agree).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub quorum: u32,
     /// Replicas created at first.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 100))]
     pub replicas: u32,
     /// Failed replicas at which a work unit fails.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub max_errors: u32,
     /// Replicas, of every outcome, that may ever be created for one work unit.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub max_total: u32,
     /// Time a volunteer has to return a replica.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 31536000))]
     pub deadline_seconds: u64,
     pub limits: RunLimits,
 }
 
 /// One work unit to create: its standard input and input files are uploaded blobs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkUnitSubmission {
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::file_name))]
     pub name: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::arguments))]
     pub args: Vec<String>,
     #[serde(default)]
     pub stdin: Option<Sha256Hash>,
@@ -163,12 +186,15 @@ pub struct WorkUnitSubmission {
 /// `POST /batches/{id}/work-units`: one chunk. Sending a chunk again is harmless: work units
 /// whose names the batch already has are left as they are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddWorkUnitsRequest {
     pub policy: SubmitPolicy,
+    #[cfg_attr(feature = "openapi", schema(max_items = 5000))]
     pub work_units: Vec<WorkUnitSubmission>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkUnitsAdded {
     pub created: u64,
     /// Already in the batch from an earlier attempt.
@@ -176,6 +202,7 @@ pub struct WorkUnitsAdded {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BatchState {
     /// Work units are still being submitted.
@@ -189,6 +216,7 @@ pub enum BatchState {
 
 /// Work units per state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkUnitCounts {
     pub active: u64,
     pub validated: u64,
@@ -204,6 +232,7 @@ impl WorkUnitCounts {
 /// How a batch's finished work units were checked (see adaptive replication in
 /// [`CreateAppRequest::adaptive_replication`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckCounts {
     /// Validated by a quorum of hosts that agree.
     pub checked: u64,
@@ -220,6 +249,7 @@ pub struct CheckCounts {
 
 /// Replicas of a batch per state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplicaCounts {
     pub unsent: u64,
     pub in_progress: u64,
@@ -228,6 +258,7 @@ pub struct ReplicaCounts {
 
 /// A work unit that failed, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkUnitFailure {
     pub name: String,
     pub reason: String,
@@ -235,6 +266,7 @@ pub struct WorkUnitFailure {
 
 /// `GET /batches/{id}` (and the answer to `close` and `cancel`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchStatus {
     pub id: i64,
     pub app: String,
@@ -259,6 +291,7 @@ pub struct BatchStatus {
 
 /// One finished work unit in `GET /batches/{id}/results`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkUnitResult {
     pub name: String,
     /// The canonical output (a tar archive of `stdout` and `files/...`) of a validated work
@@ -277,6 +310,7 @@ pub struct WorkUnitResult {
 
 /// `GET /batches/{id}/results?after=NAME&limit=N`: finished work units in name order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResultsPage {
     pub results: Vec<WorkUnitResult>,
     /// Pass as `after` for the next page; absent on the last one.

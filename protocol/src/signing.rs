@@ -161,8 +161,42 @@ macro_rules! serde_as_text {
 serde_as_text!(PublicKey);
 serde_as_text!(Signature);
 
+// On the wire a key and a signature are the text their `Display` writes (see
+// `serde_as_text!`): the base64 of 32 bytes has 43 digits and one `=`, of 64 bytes 86 and
+// two.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for PublicKey {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::openapi::text_schema(
+            "An Ed25519 public key: `ed25519:` and its 32 bytes in base64.",
+            "^ed25519:[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$",
+            52,
+            52,
+        )
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for PublicKey {}
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Signature {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::openapi::text_schema(
+            "An Ed25519 signature: its 64 bytes in base64.",
+            "^[A-Za-z0-9+/]{85}[AQgw]==$",
+            88,
+            88,
+        )
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Signature {}
+
 /// An assignment's module signature: whose, and by which key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModuleSignature {
     pub public_key: PublicKey,
     pub signature: Signature,
@@ -171,6 +205,7 @@ pub struct ModuleSignature {
 /// `GET /api/v1/keys`: the keys of every publisher that registered one, which a client pins
 /// when it attaches.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProjectKeys {
     /// Whether the project publishes signed modules only.
     pub require_signatures: bool,
@@ -179,12 +214,14 @@ pub struct ProjectKeys {
 
 /// A publisher's keys, oldest first: the last one is the current one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PublisherKeys {
     pub publisher: String,
     pub keys: Vec<KeyRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct KeyRecord {
     pub public_key: PublicKey,
     /// The previous key's signature of this one ([`sign_key_change`]); none for the first
@@ -230,6 +267,7 @@ impl PublisherKeys {
 
 /// `PUT /api/v1/publisher/key`: register the publisher's signing key, or replace it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterKeyRequest {
     pub public_key: PublicKey,
     /// [`sign_ownership`] by the new key, for this publisher's name.

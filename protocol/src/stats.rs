@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// `GET /stats/totals`: the project at a glance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Totals {
     pub volunteers: i64,
     pub hosts: i64,
@@ -20,6 +21,7 @@ pub struct Totals {
 
 /// Which leaderboard ordering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Order {
     /// By total credit.
@@ -31,6 +33,7 @@ pub enum Order {
 
 /// One row of a leaderboard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Ranked {
     pub rank: i64,
     pub id: i64,
@@ -43,6 +46,7 @@ pub struct Ranked {
 
 /// A link to a user, a team or a host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Named {
     pub id: i64,
     pub name: String,
@@ -50,6 +54,7 @@ pub struct Named {
 
 /// `GET /stats/{users,teams,hosts}?order=total|recent&page=N`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Leaderboard {
     pub order: Order,
     /// From 1.
@@ -62,6 +67,7 @@ pub struct Leaderboard {
 
 /// A host as its owner's page lists it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostSummary {
     pub id: i64,
     pub name: String,
@@ -78,6 +84,7 @@ pub struct HostSummary {
 
 /// `GET /stats/users/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserStats {
     pub id: i64,
     pub name: String,
@@ -93,6 +100,7 @@ pub struct UserStats {
 
 /// `GET /stats/teams/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TeamStats {
     pub id: i64,
     pub name: String,
@@ -114,6 +122,7 @@ pub const CREDIT_HISTORY_DAYS: i64 = 90;
 
 /// The credit earned on one UTC day.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DayCredit {
     pub day: NaiveDate,
     pub credit: f64,
@@ -121,6 +130,7 @@ pub struct DayCredit {
 
 /// One of a host's recent results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecentResult {
     pub replica_id: i64,
     pub work_unit: String,
@@ -138,6 +148,7 @@ pub struct RecentResult {
 
 /// `GET /stats/hosts/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HostStats {
     pub id: i64,
     pub name: String,
@@ -164,6 +175,7 @@ pub struct HostStats {
 
 /// Counts by state, in a fixed order for display.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StateCount {
     pub state: String,
     pub count: i64,
@@ -171,6 +183,7 @@ pub struct StateCount {
 
 /// Progress of one app or batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     pub id: i64,
     pub name: String,
@@ -192,6 +205,7 @@ pub struct Progress {
 
 /// `GET /stats/status`: the project's state, for operators and the curious.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProjectStatus {
     pub server_version: String,
     pub uptime_seconds: u64,
@@ -207,6 +221,7 @@ pub struct ProjectStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HourCount {
     pub hour: DateTime<Utc>,
     pub count: i64,

@@ -66,6 +66,18 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{API_PREFIX}/hosts"), post(register_host_handler))
 }
 
+/// Creates a volunteer account.
+#[utoipa::path(
+    post,
+    path = "/api/v1/accounts",
+    tag = "volunteers",
+    request_body = CreateAccountRequest,
+    responses(
+        (status = 201, description = "The account, with its key: shown this once.", body = CreateAccountResponse),
+        (status = 429, description = "Too many accounts were created from this address lately.", body = wasmgrid_protocol::api::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 async fn create_account_handler(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,
@@ -96,6 +108,19 @@ pub async fn may_create_account(
     Ok(rate_limit::record_attempt(connection, &key).await?.is_some())
 }
 
+/// Registers a volunteer's machine under the account whose key is the secret.
+#[utoipa::path(
+    post,
+    path = "/api/v1/hosts",
+    tag = "volunteers",
+    request_body = RegisterHostRequest,
+    security(("account_key" = [])),
+    responses(
+        (status = 201, description = "The host, with its token: shown this once.", body = RegisterHostResponse),
+        (status = 429, description = "Too many hosts were registered from this address lately.", body = wasmgrid_protocol::api::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 async fn register_host_handler(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,

@@ -28,6 +28,7 @@
 //! - [`background`]: what every background loop shares: backoff and quiet failures.
 //! - [`stats`]: the public statistics (leaderboards, users, teams, hosts, status), as JSON.
 //! - [`web`]: the public web pages built on them.
+//! - [`openapi`]: the OpenAPI document of the JSON API, generated from the handlers.
 //! - [`metrics`]: Prometheus metrics, on a listener of their own.
 //! - [`admin`]: the operator's commands: tokens, bans, the project's status.
 
@@ -41,6 +42,7 @@ pub mod credit;
 pub mod database;
 pub mod http;
 pub mod metrics;
+pub mod openapi;
 pub mod publishers;
 pub mod publishing;
 pub mod rate_limit;

@@ -101,6 +101,20 @@ pub async fn check_module_signature(
     Ok(Some(CheckedSignature { key_id: key.id, signature }))
 }
 
+/// Registers the publisher's signing key, or replaces its current one.
+#[utoipa::path(
+    put,
+    path = "/api/v1/publisher/key",
+    tag = "signing",
+    request_body = RegisterKeyRequest,
+    security(("publisher_token" = [])),
+    responses(
+        (status = 201, description = "The publisher's keys, the new one last.", body = PublisherKeys),
+        (status = 400, description = "The proof of ownership or the endorsement does not verify, or an \
+            endorsement is missing.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 409, description = "The key is the current one already, or was registered before.", body = wasmgrid_protocol::api::ErrorBody),
+    ),
+)]
 async fn register_key(
     State(state): State<AppState>,
     PublisherAuth(publisher): PublisherAuth,
@@ -170,6 +184,14 @@ async fn register_key(
     Ok((StatusCode::CREATED, Json(keys)))
 }
 
+/// The publisher's name (which the proof of ownership covers) and keys.
+#[utoipa::path(
+    get,
+    path = "/api/v1/publisher/key",
+    tag = "signing",
+    security(("publisher_token" = [])),
+    responses((status = 200, description = "The publisher's keys, oldest first.", body = PublisherKeys)),
+)]
 async fn own_keys(
     State(state): State<AppState>,
     PublisherAuth(publisher): PublisherAuth,
@@ -179,6 +201,14 @@ async fn own_keys(
     Ok(Json(keys.unwrap_or(PublisherKeys { publisher: publisher.name, keys: Vec::new() })))
 }
 
+/// Every publisher's keys, which a volunteer's client pins when it attaches.
+#[utoipa::path(
+    get,
+    path = "/api/v1/keys",
+    tag = "signing",
+    responses((status = 200, description = "Every publisher's keys, and whether signatures are required.",
+        body = ProjectKeys)),
+)]
 async fn project_keys(State(state): State<AppState>) -> ApiResult<Json<ProjectKeys>> {
     let mut connection = state.pool.acquire().await?;
     let publishers = publisher_keys(&mut connection, None).await?;
@@ -243,6 +273,14 @@ pub async fn record_refusal(
     Ok(())
 }
 
+/// The host's volunteer trusts new keys: the app versions it refused may be sent to it again.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/hosts/me/refusals",
+    tag = "signing",
+    security(("host_token" = [])),
+    responses((status = 204, description = "The host's refusals are forgotten.")),
+)]
 async fn clear_refusals(State(state): State<AppState>, VolunteerHost(host): VolunteerHost) -> ApiResult<StatusCode> {
     let cleared = sqlx::query("delete from module_refusal where host_id = $1")
         .bind(host.id)

@@ -25,6 +25,25 @@ pub fn router() -> Router<AppState> {
     Router::new().route(&format!("{API_PREFIX}/scheduler"), post(scheduler_request))
 }
 
+/// Reports finished replicas and asks for new ones, in one transaction.
+#[utoipa::path(
+    post,
+    path = "/api/v1/scheduler",
+    tag = "volunteers",
+    request_body = SchedulerRequest,
+    security(("host_token" = [])),
+    responses(
+        (status = 200, description = "The reports stored, new and resent replicas, and replicas to abort.",
+            body = SchedulerReply),
+        (status = 400, description = "Too many reports or held replicas, a replica reported twice in one request, \
+            a success whose output was neither uploaded first nor carried inline, or an inline output that does \
+            not match its report.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 413, description = "An inline output over the server's inline_output_limit.",
+            body = wasmgrid_protocol::api::ErrorBody),
+        (status = 403, description = "A reported replica is not this host's.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 404, description = "A reported replica does not exist.", body = wasmgrid_protocol::api::ErrorBody),
+    ),
+)]
 async fn scheduler_request(
     State(state): State<AppState>,
     ClientAddress(address): ClientAddress,

@@ -19,6 +19,45 @@ use crate::http::extract::ApiPath;
 
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
+/// Downloads a module, an input or a reported output by its hash.
+#[utoipa::path(
+    get,
+    path = "/api/v1/blobs/{sha256}",
+    tag = "blobs",
+    params(
+        ("sha256" = wasmgrid_protocol::Sha256Hash, Path, description = "The SHA-256 of the blob."),
+        ("Range" = Option<String>, Header, description = "One `bytes=` range; anything else is served whole."),
+        ("If-Range" = Option<String>, Header, description = "The range applies only if this is the blob's ETag."),
+        ("If-None-Match" = Option<String>, Header, description = "ETags the client has: 304 if one is the blob's."),
+    ),
+    responses(
+        (status = 200, description = "The whole blob.", content_type = "application/octet-stream",
+            body = crate::openapi::Binary,
+            headers(
+                ("ETag" = String, description = "The blob's hash in quotes: a strong validator."),
+                ("Cache-Control" = String, description = "`public, max-age=31536000, immutable`: a blob never changes."),
+                ("Accept-Ranges" = String, description = "`bytes`."),
+            )),
+        (status = 206, description = "The range asked for.", content_type = "application/octet-stream",
+            body = crate::openapi::Binary,
+            headers(
+                ("ETag" = String, description = "The blob's hash in quotes: a strong validator."),
+                ("Cache-Control" = String, description = "`public, max-age=31536000, immutable`: a blob never changes."),
+                ("Content-Range" = String, description = "`bytes first-last/size`."),
+            )),
+        (status = 304, description = "The client's copy (If-None-Match) is the blob.",
+            headers(("ETag" = String, description = "The blob's hash in quotes: a strong validator."),
+                ("Cache-Control" = String, description = "`public, max-age=31536000, immutable`: a blob never changes."),)),
+        (status = 307, description = "With `--blob-redirect`: a short-lived presigned URL of the object store \
+            that serves the bytes, ranges and conditions.",
+            headers(("Location" = String, description = "The presigned URL."))),
+        (status = 400, description = "The hash is not 64 lowercase hexadecimal digits.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 404, description = "No such blob, or an output no replica has reported.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 410, description = "The blob was deleted under the project's retention.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 416, description = "The range starts past the end.", body = wasmgrid_protocol::api::ErrorBody,
+            headers(("Content-Range" = String, description = "`bytes */size`."))),
+    ),
+)]
 pub(super) async fn get_blob(
     State(state): State<AppState>,
     ApiPath(hash): ApiPath<String>,

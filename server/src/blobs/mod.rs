@@ -9,10 +9,14 @@
 //! Published blobs (modules, inputs) are served to anyone with their hash; an uploaded
 //! output only once a replica reported it (see [`unreported`]).
 
-mod download;
+pub(crate) mod download;
+pub mod inline;
+pub mod retention;
+pub mod s3;
 mod store;
+pub mod test_s3;
 pub mod unreported;
-mod upload;
+pub(crate) mod upload;
 
 use axum::Router;
 use axum::body::Body;

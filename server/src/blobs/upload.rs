@@ -31,6 +31,29 @@ struct UploadTarget {
     output_limit_bytes: i64,
 }
 
+/// Uploads the output of a replica the host holds, before it reports it.
+#[utoipa::path(
+    put,
+    path = "/api/v1/replicas/{replica_id}/output/{sha256}",
+    tag = "volunteers",
+    params(
+        ("replica_id" = i64, Path, description = "The replica's id."),
+        ("sha256" = wasmgrid_protocol::Sha256Hash, Path, description = "The SHA-256 of the body."),
+    ),
+    request_body(content = crate::openapi::Binary, content_type = "application/octet-stream",
+        description = "The output archive, within the work unit's output limit and 64 KiB of headers."),
+    security(("host_token" = [])),
+    responses(
+        (status = 200, description = "The output is stored.", body = OutputUploaded),
+        (status = 400, description = "The hash is malformed, or the body does not hash to it.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 403, description = "The replica is not this host's.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 404, description = "There is no such replica.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 409, description = "The replica no longer takes output.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 413, description = "The output is larger than its work unit allows.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 507, description = "The blob store has no room now: retry after `Retry-After`.", body = wasmgrid_protocol::api::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 pub(super) async fn put_output(
     State(state): State<AppState>,
     VolunteerHost(host): VolunteerHost,

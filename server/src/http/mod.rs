@@ -57,7 +57,9 @@ pub const JSON_BODY_LIMIT: usize = 1024 * 1024;
 /// connection (or a graceful shutdown) forever.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
 
-pub fn router(state: AppState) -> Router {
+/// Every route, before the layers: the API's (each in the OpenAPI document, see
+/// [`crate::openapi`]) and the web site's pages.
+pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health))
         .merge(crate::accounts::router())
@@ -66,7 +68,12 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::publishing::http::router())
         .merge(crate::signing::router())
         .merge(crate::stats::router())
+        .merge(crate::openapi::router())
         .merge(crate::web::router())
+}
+
+pub fn router(state: AppState) -> Router {
+    routes()
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), visitor::resolve))
         .layer(axum::middleware::from_fn(refuse_nul_in_url))
@@ -150,6 +157,16 @@ async fn not_found() -> ApiError {
 
 /// Liveness and readiness, at once and without a database query: 200 while the database's
 /// probe answers (see [`crate::availability`]) and the blob store has room, 503 otherwise.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "server",
+    responses(
+        (status = 200, description = "The database's probe answers and the blob store has room.", body = Health),
+        (status = 503, description = "The database cannot be reached, or the blob store is full; the body says \
+            which.", body = Health, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 async fn health(State(state): State<AppState>) -> axum::response::Response {
     let version = env!("CARGO_PKG_VERSION").to_owned();
     let database_up = !state.availability.database.is_down();

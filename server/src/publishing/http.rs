@@ -21,7 +21,7 @@ use super::{ReplicationPolicy, WorkUnitSpec};
 use crate::blobs::{self, Spooled, SpooledContent};
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::extract::{ApiJson, ApiPath, PublisherAuth};
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery, PublisherAuth};
 use crate::text;
 use crate::work_unit;
 
@@ -108,6 +108,23 @@ async fn find_app(connection: &mut PgConnection, publisher_id: i64, name: &str) 
         .ok_or_else(|| ApiError::not_found(format!("you have no app named {name:?}")))
 }
 
+/// Creates an app: how its work units are validated and replicated.
+#[utoipa::path(
+    post,
+    path = "/api/v1/apps",
+    tag = "publishing",
+    request_body = CreateAppRequest,
+    security(("publisher_token" = [])),
+    responses(
+        (status = 201, description = "The app, without a version yet.", body = AppInfo),
+        (status = 400, description = "A refused name or description, or a validator module not uploaded.",
+            body = wasmgrid_protocol::api::ErrorBody),
+        (status = 409, description = "The publisher has an app of that name already.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 413, description = "The validator module is larger than a module may be.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 422, description = "The validator module cannot run in the sandbox; the message says why.",
+            body = wasmgrid_protocol::api::ErrorBody),
+    ),
+)]
 async fn create_app(
     State(state): State<AppState>,
     PublisherAuth(publisher): PublisherAuth,
@@ -154,6 +171,14 @@ async fn create_app(
     Ok((StatusCode::CREATED, Json(app)))
 }
 
+/// The publisher's apps, by name.
+#[utoipa::path(
+    get,
+    path = "/api/v1/apps",
+    tag = "publishing",
+    security(("publisher_token" = [])),
+    responses((status = 200, description = "The publisher's apps.", body = Vec<AppInfo>)),
+)]
 async fn list_apps(
     State(state): State<AppState>,
     PublisherAuth(publisher): PublisherAuth,
@@ -165,6 +190,18 @@ async fn list_apps(
     Ok(Json(rows.into_iter().map(AppRow::into_info).collect::<ApiResult<_>>()?))
 }
 
+/// One of the publisher's apps.
+#[utoipa::path(
+    get,
+    path = "/api/v1/apps/{name}",
+    tag = "publishing",
+    params(("name" = String, Path, description = "The app's name.")),
+    security(("publisher_token" = [])),
+    responses(
+        (status = 200, description = "The app and its newest version.", body = AppInfo),
+        (status = 404, description = "The publisher has no app of that name.", body = wasmgrid_protocol::api::ErrorBody),
+    ),
+)]
 async fn get_app(
     State(state): State<AppState>,
     PublisherAuth(publisher): PublisherAuth,
@@ -202,6 +239,30 @@ async fn spool_body(state: &AppState, headers: &HeaderMap, body: Body, limit: u6
     })
 }
 
+/// Publishes a new version of an app: the module is the body.
+#[utoipa::path(
+    post,
+    path = "/api/v1/apps/{name}/versions",
+    tag = "publishing",
+    params(
+        ("name" = String, Path, description = "The app's name."),
+        ("Wasmgrid-Module-Signature" = Option<wasmgrid_protocol::signing::Signature>, Header,
+            description = "The publisher's signature of the module, when it has a key."),
+    ),
+    request_body(content = crate::openapi::Binary, content_type = "application/octet-stream",
+        description = "The WebAssembly module, at most 64 MiB."),
+    security(("publisher_token" = [])),
+    responses(
+        (status = 201, description = "The new version.", body = AppVersionInfo),
+        (status = 400, description = "The signature is malformed, missing where the project or the publisher's \
+            key requires one, or does not verify.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 404, description = "The publisher has no app of that name.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 413, description = "The module is larger than 64 MiB.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 422, description = "The module cannot be a work unit; the message says why.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 507, description = "The blob store has no room now: retry after `Retry-After`.", body = wasmgrid_protocol::api::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 async fn publish_version(
     State(state): State<AppState>,
     PublisherAuth(publisher): PublisherAuth,
@@ -245,6 +306,19 @@ async fn publish_version(
 /// Which of the files a publisher asks about it must upload: all but those it stored itself
 /// and the public modules. So a publisher learns nothing about another's files, not even
 /// whether the server has them.
+/// Which of these files the publisher must upload.
+#[utoipa::path(
+    post,
+    path = "/api/v1/files/missing",
+    tag = "publishing",
+    request_body = MissingFilesRequest,
+    security(("publisher_token" = [])),
+    responses(
+        (status = 200, description = "The hashes to upload: all but the publisher's own files and public \
+            modules.", body = MissingFilesResponse),
+        (status = 400, description = "Too many hashes in one request.", body = wasmgrid_protocol::api::ErrorBody),
+    ),
+)]
 async fn missing_files(
     State(state): State<AppState>,
     PublisherAuth(publisher): PublisherAuth,
@@ -260,6 +334,23 @@ async fn missing_files(
     Ok(Json(MissingFilesResponse { missing }))
 }
 
+/// Uploads an input file or a validator module, named by the SHA-256 of its bytes.
+#[utoipa::path(
+    put,
+    path = "/api/v1/files/{sha256}",
+    tag = "publishing",
+    params(("sha256" = wasmgrid_protocol::Sha256Hash, Path, description = "The SHA-256 of the body.")),
+    request_body(content = crate::openapi::Binary, content_type = "application/octet-stream",
+        description = "The file, at most 1 GiB."),
+    security(("publisher_token" = [])),
+    responses(
+        (status = 200, description = "The file is stored.", body = FileStored),
+        (status = 400, description = "The hash is malformed, or the body does not hash to it.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 413, description = "The file is larger than 1 GiB.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 507, description = "The blob store has no room now: retry after `Retry-After`.", body = wasmgrid_protocol::api::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ),
+)]
 async fn put_file(
     State(state): State<AppState>,
     PublisherAuth(publisher): PublisherAuth,
@@ -280,6 +371,20 @@ async fn put_file(
     Ok(Json(FileStored { sha256: claimed, bytes }))
 }
 
+/// Opens a batch of one of the publisher's apps, on its newest version.
+#[utoipa::path(
+    post,
+    path = "/api/v1/batches",
+    tag = "publishing",
+    request_body = CreateBatchRequest,
+    security(("publisher_token" = [])),
+    responses(
+        (status = 201, description = "The batch.", body = BatchCreated),
+        (status = 400, description = "A refused name.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 404, description = "The publisher has no app of that name.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 409, description = "The app has no version yet.", body = wasmgrid_protocol::api::ErrorBody),
+    ),
+)]
 async fn create_batch(
     State(state): State<AppState>,
     PublisherAuth(publisher): PublisherAuth,
@@ -310,6 +415,24 @@ fn replication_policy(policy: &SubmitPolicy) -> ReplicationPolicy {
     }
 }
 
+/// Adds a chunk of work units to an open batch; work units it has already are left as they are.
+#[utoipa::path(
+    post,
+    path = "/api/v1/batches/{id}/work-units",
+    tag = "publishing",
+    params(("id" = i64, Path, description = "The batch's id.")),
+    request_body = AddWorkUnitsRequest,
+    security(("publisher_token" = [])),
+    responses(
+        (status = 200, description = "How many work units were created, and how many the batch had already.",
+            body = WorkUnitsAdded),
+        (status = 400, description = "Too many work units, a refused name, argument or policy, a name twice, \
+            or an input not uploaded.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 404, description = "The publisher has no such batch.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 409, description = "The batch is closed or cancelled, or an input was deleted under the \
+            project's retention.", body = wasmgrid_protocol::api::ErrorBody),
+    ),
+)]
 async fn add_work_units(
     State(state): State<AppState>,
     PublisherAuth(publisher): PublisherAuth,
@@ -363,6 +486,19 @@ async fn add_work_units(
     Ok(Json(WorkUnitsAdded { created: added.created, existing: added.existing }))
 }
 
+/// Ends the submission of a batch.
+#[utoipa::path(
+    post,
+    path = "/api/v1/batches/{id}/close",
+    tag = "publishing",
+    params(("id" = i64, Path, description = "The batch's id.")),
+    security(("publisher_token" = [])),
+    responses(
+        (status = 200, description = "The batch's status.", body = BatchStatus),
+        (status = 404, description = "The publisher has no such batch.", body = wasmgrid_protocol::api::ErrorBody),
+        (status = 409, description = "The batch was cancelled.", body = wasmgrid_protocol::api::ErrorBody),
+    ),
+)]
 async fn close_batch(
     State(state): State<AppState>,
     PublisherAuth(publisher): PublisherAuth,
@@ -387,6 +523,14 @@ async fn close_batch(
     Ok(Json(status))
 }
 
+/// The publisher's newest 100 batches.
+#[utoipa::path(
+    get,
+    path = "/api/v1/batches",
+    tag = "publishing",
+    security(("publisher_token" = [])),
+    responses((status = 200, description = "The batches' status, newest first.", body = Vec<BatchStatus>)),
+)]
 async fn list_batches(
     State(state): State<AppState>,
     PublisherAuth(publisher): PublisherAuth,
@@ -400,6 +544,18 @@ async fn list_batches(
     Ok(Json(statuses))
 }
 
+/// A batch's progress.
+#[utoipa::path(
+    get,
+    path = "/api/v1/batches/{id}",
+    tag = "publishing",
+    params(("id" = i64, Path, description = "The batch's id.")),
+    security(("publisher_token" = [])),
+    responses(
+        (status = 200, description = "The batch's status.", body = BatchStatus),
+        (status = 404, description = "The publisher has no such batch.", body = wasmgrid_protocol::api::ErrorBody),
+    ),
+)]
 async fn batch_status(
     State(state): State<AppState>,
     PublisherAuth(publisher): PublisherAuth,
@@ -410,24 +566,81 @@ async fn batch_status(
     Ok(Json(batches::status(&mut connection, &batch).await?))
 }
 
-#[derive(Deserialize)]
+/// `?after=NAME&limit=N`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ResultsQuery {
+    /// The `next_after` of the page before.
     after: Option<String>,
-    limit: Option<usize>,
+    /// Results on the page: at most 1000, the default (larger asks get 1000, 0 gets 1).
+    limit: Option<u64>,
 }
 
+/// A page of a batch's finished work units, in name order.
+#[utoipa::path(
+    get,
+    path = "/api/v1/batches/{id}/results",
+    tag = "publishing",
+    params(("id" = i64, Path, description = "The batch's id."), ResultsQuery),
+    security(("publisher_token" = [])),
+    responses(
+        (status = 200, description = "The page.", body = ResultsPage),
+        (status = 404, description = "The publisher has no such batch.", body = wasmgrid_protocol::api::ErrorBody),
+    ),
+)]
 async fn batch_results(
     State(state): State<AppState>,
     PublisherAuth(publisher): PublisherAuth,
     ApiPath(batch_id): ApiPath<i64>,
-    Query(query): Query<ResultsQuery>,
+    ApiQuery(query): ApiQuery<ResultsQuery>,
 ) -> ApiResult<Json<ResultsPage>> {
     let batch = owned_batch(&state, publisher.id, batch_id).await?;
-    let limit = query.limit.unwrap_or(MAX_RESULTS_PAGE).clamp(1, MAX_RESULTS_PAGE);
+    let limit = query.limit.map_or(MAX_RESULTS_PAGE, |limit| limit.clamp(1, MAX_RESULTS_PAGE as u64) as usize);
     let mut connection = state.pool.acquire().await?;
     Ok(Json(batches::results(&mut connection, &batch, query.after.as_deref(), limit).await?))
 }
 
+/// Cancels the batch if it still runs, and has its inputs and outputs deleted at the next
+/// sweep rather than after the project's retention. Deleting twice changes nothing.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/batches/{id}",
+    tag = "publishing",
+    params(("id" = i64, Path, description = "The batch's id.")),
+    security(("publisher_token" = [])),
+    responses(
+        (status = 200, description = "The batch's status.", body = BatchStatus),
+        (status = 404, description = "The publisher has no such batch.", body = wasmgrid_protocol::api::ErrorBody),
+    ),
+)]
+async fn delete_batch(
+    State(state): State<AppState>,
+    PublisherAuth(publisher): PublisherAuth,
+    ApiPath(batch_id): ApiPath<i64>,
+) -> ApiResult<Json<BatchStatus>> {
+    let batch = owned_batch(&state, publisher.id, batch_id).await?;
+    let mut connection = state.pool.acquire().await?;
+    work_unit::cancel::cancel_batch(&mut connection, batch.id, (&*state.scheduler).into()).await?;
+    sqlx::query("update batch set deleted_at = coalesce(deleted_at, now()) where id = $1")
+        .bind(batch.id)
+        .execute(&mut *connection)
+        .await?;
+    let batch = batches::find_owned(&mut connection, publisher.id, batch_id).await?;
+    Ok(Json(batches::status(&mut connection, &batch).await?))
+}
+
+/// Cancels a batch: its unfinished work units end.
+#[utoipa::path(
+    post,
+    path = "/api/v1/batches/{id}/cancel",
+    tag = "publishing",
+    params(("id" = i64, Path, description = "The batch's id.")),
+    security(("publisher_token" = [])),
+    responses(
+        (status = 200, description = "The batch's status.", body = BatchStatus),
+        (status = 404, description = "The publisher has no such batch.", body = wasmgrid_protocol::api::ErrorBody),
+    ),
+)]
 async fn cancel_batch(
     State(state): State<AppState>,
     PublisherAuth(publisher): PublisherAuth,

@@ -172,6 +172,20 @@ fn internal(error: std::io::Error) -> ApiError {
     ApiError::Internal(error.into())
 }
 
+/// Today's export of every user's, team's or host's credit, as a gzipped JSON array.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats/export/{file}",
+    tag = "statistics",
+    params(("file" = String, Path, description = "Which export.",
+        pattern = r"^(users|teams|hosts)\.json\.gz$")),
+    responses(
+        (status = 200, description = "The gzipped JSON array, made once a day.",
+            content_type = "application/gzip", body = crate::openapi::Binary,
+            headers(("Last-Modified" = String, description = "When it was made."))),
+        (status = 404, description = "There is no such export.", body = wasmgrid_protocol::api::ErrorBody),
+    ),
+)]
 pub async fn export_handler(State(state): State<AppState>, ApiPath(file): ApiPath<String>) -> ApiResult<Response> {
     let export = Export::from_file_name(&file).ok_or_else(|| {
         ApiError::not_found(format!("no export {file:?}: users.json.gz, teams.json.gz or hosts.json.gz"))

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -26,7 +26,7 @@ use wasmgrid_protocol::stats::{
 
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::extract::ApiPath;
+use crate::http::extract::{ApiPath, ApiQuery};
 
 /// Rows per leaderboard page: the top 100 on the first.
 pub const PER_PAGE: i64 = 100;
@@ -57,10 +57,15 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `?order=total|recent&page=N`.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// By total credit (the default) or by recent average credit.
     #[serde(default)]
+    #[param(inline)]
     pub order: Order,
+    /// The page, from 1 (the default); 100 rows a page.
+    #[param(minimum = 1, maximum = 1000)]
     pub page: Option<i64>,
 }
 
@@ -349,8 +354,11 @@ async fn credit_per_day(
 }
 
 /// `?page=N` of a team's members.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MembersQuery {
+    /// The page of members, from 1 (the default); 100 a page.
+    #[param(minimum = 1, maximum = 1000)]
     pub page: Option<i64>,
 }
 
@@ -594,6 +602,13 @@ impl ProgressRow {
     }
 }
 
+/// The project at a glance.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats/totals",
+    tag = "statistics",
+    responses((status = 200, description = "The totals, counted at most every ten seconds.", body = Totals)),
+)]
 async fn totals_handler(State(state): State<AppState>) -> ApiResult<Json<Totals>> {
     let mut connection = state.pool.acquire().await?;
     Ok(Json(state.stats.totals(&mut connection).await?))
@@ -604,37 +619,110 @@ async fn board(state: &AppState, board: Board, query: PageQuery) -> ApiResult<Js
     Ok(Json(leaderboard(&mut connection, board, query).await?))
 }
 
-async fn users_handler(State(state): State<AppState>, Query(query): Query<PageQuery>) -> ApiResult<Json<Leaderboard>> {
+/// A page of the leaderboard of users.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats/users",
+    tag = "statistics",
+    params(PageQuery),
+    responses((status = 200, description = "The page.", body = Leaderboard)),
+)]
+async fn users_handler(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> ApiResult<Json<Leaderboard>> {
     board(&state, Board::Users, query).await
 }
 
-async fn teams_handler(State(state): State<AppState>, Query(query): Query<PageQuery>) -> ApiResult<Json<Leaderboard>> {
+/// A page of the leaderboard of teams.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats/teams",
+    tag = "statistics",
+    params(PageQuery),
+    responses((status = 200, description = "The page.", body = Leaderboard)),
+)]
+async fn teams_handler(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> ApiResult<Json<Leaderboard>> {
     board(&state, Board::Teams, query).await
 }
 
-async fn hosts_handler(State(state): State<AppState>, Query(query): Query<PageQuery>) -> ApiResult<Json<Leaderboard>> {
+/// A page of the leaderboard of hosts.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats/hosts",
+    tag = "statistics",
+    params(PageQuery),
+    responses((status = 200, description = "The page.", body = Leaderboard)),
+)]
+async fn hosts_handler(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> ApiResult<Json<Leaderboard>> {
     board(&state, Board::Hosts, query).await
 }
 
+/// One user's statistics.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats/users/{id}",
+    tag = "statistics",
+    params(("id" = i64, Path, description = "The user's id."),),
+    responses(
+        (status = 200, description = "The user.", body = UserStats),
+        (status = 404, description = "There is no such user.", body = wasmgrid_protocol::api::ErrorBody),
+    ),
+)]
 async fn user_handler(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<UserStats>> {
     let mut connection = state.pool.acquire().await?;
     Ok(Json(user(&mut connection, id).await?))
 }
 
+/// One team's statistics.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats/teams/{id}",
+    tag = "statistics",
+    params(("id" = i64, Path, description = "The team's id."), MembersQuery,),
+    responses(
+        (status = 200, description = "The team.", body = TeamStats),
+        (status = 404, description = "There is no such team.", body = wasmgrid_protocol::api::ErrorBody),
+    ),
+)]
 async fn team_handler(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
-    Query(query): Query<MembersQuery>,
+    ApiQuery(query): ApiQuery<MembersQuery>,
 ) -> ApiResult<Json<TeamStats>> {
     let mut connection = state.pool.acquire().await?;
     Ok(Json(team(&mut connection, id, query).await?))
 }
 
+/// One host's statistics.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats/hosts/{id}",
+    tag = "statistics",
+    params(("id" = i64, Path, description = "The host's id."),),
+    responses(
+        (status = 200, description = "The host.", body = HostStats),
+        (status = 404, description = "There is no such host.", body = wasmgrid_protocol::api::ErrorBody),
+    ),
+)]
 async fn host_handler(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> ApiResult<Json<HostStats>> {
     let mut connection = state.pool.acquire().await?;
     Ok(Json(host(&mut connection, id).await?))
 }
 
+/// The project's state: work units and replicas per state, progress per app and batch.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats/status",
+    tag = "statistics",
+    responses((status = 200, description = "The status, counted at most every ten seconds.", body = ProjectStatus)),
+)]
 async fn status_handler(State(state): State<AppState>) -> ApiResult<Json<ProjectStatus>> {
     let mut connection = state.pool.acquire().await?;
     Ok(Json(state.stats.status(&mut connection, state.started_at.elapsed()).await?))

@@ -220,6 +220,7 @@ mod tests {
             exit_status: None,
             stderr: String::new(),
             instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
+            output: None,
         };
         Phase::Finished { report, output: None, uploaded: true }
     }

@@ -189,6 +189,10 @@ pub struct SchedulerReply {
     pub abort: Vec<i64>,
     /// Seconds the host must wait before its next scheduler request.
     pub retry_after_seconds: u64,
+    /// Outputs up to this many bytes may travel inside their reports
+    /// ([`ReplicaReport::output`]) instead of being uploaded first; 0: none may.
+    #[serde(default)]
+    pub inline_output_limit: u64,
 }
 
 /// A link to a content-addressed file.
@@ -308,6 +312,27 @@ mod tests {
         assert_eq!(json["output_hash"], Sha256Hash::of(b"out").to_hex());
         let error: ReportedOutcome = serde_json::from_str(r#"{"status":"error","reason":"fuel exhausted"}"#).unwrap();
         assert_eq!(error, ReportedOutcome::Error { reason: "fuel exhausted".into() });
+    }
+
+    #[test]
+    fn an_inline_output_travels_as_base64_and_is_left_out_when_absent() {
+        let report = ReplicaReport {
+            replica_id: 7,
+            outcome: ReportedOutcome::Success { output_hash: Sha256Hash::of(b"\0out\xff"), output_bytes: 5 },
+            fuel_used: 1,
+            run_time_ms: 1,
+            exit_status: Some(0),
+            stderr: String::new(),
+            instrumentation_version: 1,
+            output: Some(InlineOutput(b"\0out\xff".to_vec())),
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["output"], "AG91dP8=");
+        assert_eq!(serde_json::from_value::<ReplicaReport>(json).unwrap(), report);
+        let without = serde_json::to_value(ReplicaReport { output: None, ..report }).unwrap();
+        assert!(without.get("output").is_none(), "older servers never see the field");
+        let malformed = r#"{"replica_id":1,"outcome":{"status":"error","reason":"x"},"fuel_used":0,"run_time_ms":0,"output":"not base64!"}"#;
+        assert!(serde_json::from_str::<ReplicaReport>(malformed).is_err());
     }
 
     #[test]

@@ -287,6 +287,11 @@ pub struct BatchStatus {
     /// The newest validator failures, with the work unit they concern.
     pub recent_validator_failures: Vec<WorkUnitFailure>,
     pub created_at: DateTime<Utc>,
+    /// When the batch's inputs and outputs were deleted (the project keeps them for a set
+    /// time after the batch ends, or until its publisher deletes it); its results list
+    /// stays, and downloads of its files answer 410 Gone.
+    #[serde(default)]
+    pub files_deleted_at: Option<DateTime<Utc>>,
 }
 
 /// One finished work unit in `GET /batches/{id}/results`.

@@ -29,6 +29,35 @@ pub struct ServerConfig {
     pub schema: crate::database::Schema,
     /// Where Prometheus metrics are served (`/metrics`), if anywhere: apart from the site.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where blobs live and how downloads are served.
+    pub blobs: BlobSettings,
+}
+
+/// Where blobs live and how downloads are served.
+#[derive(Debug, Clone)]
+pub struct BlobSettings {
+    /// An `s3://bucket/prefix` object store; `None`: the `blobs` directory of the data
+    /// directory.
+    pub store: Option<url::Url>,
+    /// Downloads answer with a presigned URL of the object store, valid this long, so that
+    /// the bytes bypass the server (needs an object store).
+    pub redirect: Option<Duration>,
+    /// Object store settings over the `AWS_*` variables, by object_store's names
+    /// (`aws_endpoint`, `aws_access_key_id`…): for a server embedded in another program.
+    pub s3_settings: Vec<(String, String)>,
+    /// How long a batch's inputs and outputs are kept after it ends.
+    pub retention: Duration,
+}
+
+impl Default for BlobSettings {
+    fn default() -> Self {
+        Self {
+            store: None,
+            redirect: None,
+            s3_settings: Vec::new(),
+            retention: crate::blobs::retention::DEFAULT_RETENTION,
+        }
+    }
 }
 
 /// How HTTP connections are limited (see [`crate::http::connections`]).
@@ -106,6 +135,9 @@ pub struct SchedulerConfig {
     /// Whether every module published must be signed by its publisher's key (see
     /// [`crate::signing`]); volunteers' clients then refuse unsigned modules too.
     pub require_signatures: bool,
+    /// Outputs up to this many bytes may travel inside scheduler reports instead of being
+    /// uploaded first (0: none may).
+    pub inline_output_limit: u64,
 }
 
 /// Adaptive replication (see [`crate::work_unit::claim`]): a host whose results for an app
@@ -162,6 +194,7 @@ impl Default for SchedulerConfig {
             private_grid: false,
             adaptive: AdaptiveReplication::default(),
             require_signatures: false,
+            inline_output_limit: crate::blobs::inline::DEFAULT_INLINE_OUTPUT_LIMIT,
         }
     }
 }

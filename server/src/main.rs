@@ -101,6 +101,12 @@ enum Command {
         /// it had accepted on trust this far back (30d, 12h) are sent out again and corrected.
         #[arg(long, default_value = "30d", value_parser = wasmgrid_protocol::units::parse_duration)]
         lookback: Duration,
+        /// Outputs up to this many bytes may travel inside scheduler reports instead of being
+        /// uploaded first, one request fewer per replica (0: every output is uploaded; at most
+        /// 512 KiB, as a request and its base64 must stay under 1 MiB).
+        #[arg(long, default_value_t = wasmgrid_server::blobs::inline::DEFAULT_INLINE_OUTPUT_LIMIT,
+              value_parser = clap::value_parser!(u64).range(..=512 * 1024))]
+        inline_output_limit: u64,
         /// Accept only modules signed by their publisher's key (`wasmgrid key register`).
         /// Volunteers' clients learn it when they attach, and then refuse unsigned modules.
         #[arg(long)]
@@ -329,6 +335,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             min_check_probability,
             lookback,
             require_signatures,
+            inline_output_limit,
             accounts_per_address,
             hosts_per_address,
             header_timeout,
@@ -362,6 +369,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.scheduler.private_grid = private_grid;
             config.scheduler.adaptive = AdaptiveReplication { trusted_after, min_check_probability, lookback };
             config.scheduler.require_signatures = require_signatures;
+            config.scheduler.inline_output_limit = inline_output_limit;
             config.registration = RegistrationLimits { accounts_per_address, hosts_per_address };
             config.connections = ConnectionSettings {
                 header_timeout: Duration::from_secs(header_timeout.max(1)),
@@ -387,7 +395,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // that arrives before its handler is installed kills the process outright.
             let shutdown = shutdown_signal()?;
             // Scripts and tests read this line to learn the port (useful with port 0).
-            println!("wasmgrid-server listening on http://{}", app.local_addr());
+            println!("wasmgrid-server listening on {scheme}://{}", app.local_addr());
             if let Some(metrics) = app.metrics_addr() {
                 tracing::info!("metrics at http://{metrics}/metrics");
             }

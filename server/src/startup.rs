@@ -10,7 +10,8 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::availability;
-use crate::blobs::DirectoryStore;
+use crate::blobs::s3::S3Store;
+use crate::blobs::{BlobStore, DirectoryStore};
 use crate::config::ServerConfig;
 use crate::database::Database;
 use crate::http::{self, AppState, connections};
@@ -36,7 +37,7 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
         .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
     let database =
         Database::open_with(&config.database, &config.data_dir, config.max_database_connections, config.schema).await?;
-    let blobs = DirectoryStore::open(config.data_dir.join("blobs")).context("cannot open the blob store")?;
+    let blobs = open_blob_store(&config).await?;
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let metrics_listener = match config.metrics_listen {
@@ -50,7 +51,8 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
         .context("cannot set up the sandbox for validator modules")?;
     let state = AppState {
         pool: database.pool.clone(),
-        blobs: Arc::new(blobs),
+        blobs,
+        blob_redirect: config.blobs.redirect,
         scheduler: Arc::new(config.scheduler.clone()),
         registration: Arc::new(config.registration.clone()),
         sandbox,
@@ -65,6 +67,21 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
         metrics: Arc::default(),
     };
     Ok(App { listener, metrics_listener, connection_limits, state, database, config })
+}
+
+async fn open_blob_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn BlobStore>> {
+    Ok(match &config.blobs.store {
+        None => {
+            anyhow::ensure!(
+                config.blobs.redirect.is_none(),
+                "download redirects need an object store to presign URLs: set --blob-store s3://bucket/prefix"
+            );
+            Arc::new(DirectoryStore::open(config.data_dir.join("blobs")).context("cannot open the blob store")?)
+        }
+        Some(url) => {
+            Arc::new(S3Store::open(url, &config.blobs.s3_settings, config.data_dir.join("blob-staging")).await?)
+        }
+    })
 }
 
 /// The connection limits for `config`, after raising the open-file limit as far as it goes.
@@ -110,6 +127,7 @@ impl App {
             pool: state.pool.clone(),
             blobs: state.blobs.clone(),
             rules: Rules::from(&config.scheduler),
+            retention: config.blobs.retention,
         };
         let sweeper = tokio::spawn(sweeps::run_periodically(
             sweeper,

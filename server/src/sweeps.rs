@@ -1,5 +1,6 @@
 //! Background sweeps: missed deadlines, what banned hosts held, rechecks of caught hosts' results accepted on
-//! trust, credit folding (grants and withdrawals), and outputs uploaded but never reported.
+//! trust, credit folding (grants and withdrawals), outputs uploaded but never reported, and
+//! retention (see [`crate::blobs::retention`]).
 //!
 //! Every server process runs them; they coordinate through PostgreSQL (`SKIP LOCKED`), so
 //! any number of replicas can sweep at once without doing anything twice. Each sweep loop
@@ -12,7 +13,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 
 use crate::background;
-use crate::blobs::{BlobStore, unreported};
+use crate::blobs::{BlobStore, retention, unreported};
 use crate::credit;
 use crate::work_unit::Rules;
 use crate::work_unit::ban::take_back_from_banned;
@@ -29,6 +30,8 @@ pub struct Sweeper {
     pub blobs: Arc<dyn BlobStore>,
     /// The server's settings for the lives of work units.
     pub rules: Rules,
+    /// How long a batch's files are kept after it ends.
+    pub retention: Duration,
 }
 
 impl Sweeper {
@@ -48,6 +51,11 @@ impl Sweeper {
         }
         drop(connection);
         while unreported::sweep(&self.pool, self.blobs.as_ref(), UPLOAD_BATCH).await?.total() == UPLOAD_BATCH {}
+        let mut connection = self.pool.acquire().await?;
+        retention::note_ended_batches(&mut connection).await?;
+        while retention::purge_due_batches(&mut connection, self.retention).await? {}
+        drop(connection);
+        while retention::release_blobs(&self.pool, self.blobs.as_ref(), UPLOAD_BATCH).await?.total() == UPLOAD_BATCH {}
         Ok(())
     }
 }

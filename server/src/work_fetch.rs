@@ -10,6 +10,7 @@ use axum::{Json, Router};
 use wasmgrid_protocol::API_PREFIX;
 use wasmgrid_protocol::api::{MAX_HELD_REPLICAS, ReportedOutcome, SchedulerReply, SchedulerRequest};
 
+use crate::blobs;
 use crate::http::AppState;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, VolunteerHost};
@@ -57,8 +58,10 @@ async fn scheduler_request(
         return Err(ApiError::bad_request(format!("list at most {MAX_HELD_REPLICAS} held replicas")));
     }
     let want = request.want_replicas.min(state.scheduler.max_replicas_per_request);
+    let inline_outputs = blobs::inline::checked(&request.reports, state.scheduler.inline_output_limit)?;
 
     let mut transaction = state.pool.begin().await?;
+    blobs::inline::store(&mut transaction, state.blobs.as_ref(), &inline_outputs).await?;
     let mut effects = HostEffects::default();
     // The reports' effects on trust are applied with the request's own, once, at the end.
     let acknowledged = report::report(&mut transaction, &host, &request.reports, (&*state.scheduler).into())
@@ -112,5 +115,11 @@ async fn scheduler_request(
         assigned = assignments.len(),
         "scheduler request"
     );
-    Ok(Json(SchedulerReply { acknowledged, assignments, abort, retry_after_seconds: retry_after.as_secs() }))
+    Ok(Json(SchedulerReply {
+        acknowledged,
+        assignments,
+        abort,
+        retry_after_seconds: retry_after.as_secs(),
+        inline_output_limit: state.scheduler.inline_output_limit,
+    }))
 }

@@ -35,6 +35,8 @@ pub struct BenchServer {
     pub pid: u32,
     pub pool: sqlx::PgPool,
     pub data_dir: PathBuf,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -42,21 +44,37 @@ impl BenchServer {
     /// Starts `wasmgrid-server serve` with `extra_args`, as a private grid unless they say
     /// otherwise: the simulated volunteers all connect from this machine.
     pub async fn start(extra_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(extra_args, &[]).await
+    }
+
+    /// [`BenchServer::start`], with variables added to the server's environment.
+    pub async fn start_with_env(extra_args: &[&str], env: &[(&str, String)]) -> anyhow::Result<Self> {
         let private_grid: &[&str] =
             if extra_args.contains(&"--private-grid") { &[] } else { &["--private-grid", "true"] };
         let dir = tempfile::Builder::new().prefix("wgbench-").tempdir_in("/tmp")?;
         // When run as root, the embedded PostgreSQL runs as another user, who must get in.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
         let data_dir = dir.path().canonicalize()?;
+        let args: Vec<String> = private_grid.iter().chain(extra_args).map(|arg| arg.to_string()).collect();
+        let env: Vec<(String, String)> = env.iter().map(|(key, value)| (key.to_string(), value.clone())).collect();
+        let (child, url, pid, pool) = Self::spawn(&data_dir, &args, &env).await?;
+        Ok(Self { child, url, pid, pool, data_dir, args, env, _dir: dir })
+    }
+
+    async fn spawn(
+        data_dir: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> anyhow::Result<(Child, String, u32, sqlx::PgPool)> {
         let mut command = Command::new(sibling_binary("wasmgrid-server")?);
         command
             .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(private_grid)
-            .args(extra_args)
+            .args(args)
             .arg("--data-dir")
-            .arg(&data_dir)
+            .arg(data_dir)
             .env_remove("DATABASE_URL")
-            .env("RUST_LOG", "warn");
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(key, value)| (key, value)));
         let (child, url) = start_announced_server(command, &data_dir.join("server.log")).await?;
         let pid = child.id().context("the server has a pid")?;
         let pool = sqlx::postgres::PgPoolOptions::new()
@@ -64,7 +82,19 @@ impl BenchServer {
             .connect_with(connect_options_for(&data_dir.join("postgres"), "wasmgrid"))
             .await
             .context("cannot connect to the server's embedded database")?;
-        Ok(Self { child, url, pid, pool, data_dir, _dir: dir })
+        Ok((child, url, pid, pool))
+    }
+
+    /// Stops the server and starts it again on the same data directory (and so restarts
+    /// its cluster, which takes settings such as `shared_preload_libraries` only then).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.pool.close().await;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+        self.child.wait().await?;
+        let (child, url, pid, pool) = Self::spawn(&self.data_dir, &self.args, &self.env).await?;
+        (self.child, self.url, self.pid, self.pool) = (child, url, pid, pool);
+        Ok(())
     }
 
     /// Stops the server (SIGTERM) and waits for it to shut its database down.

@@ -126,6 +126,7 @@ fn failed(replica_id: i64, reason: String, run: Option<&RunReport>) -> Phase {
             exit_status: None,
             stderr: String::new(),
             instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
+            output: None,
         },
     };
     Phase::Finished { report, output: None, uploaded: true }
@@ -140,5 +141,6 @@ fn replica_report(replica_id: i64, outcome: ReportedOutcome, run: &RunReport) ->
         exit_status: run.exit_status,
         stderr: run.stderr.clone(),
         instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
+        output: None,
     }
 }

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::mpsc;
-use wasmgrid_protocol::api::{OutputUploaded, ReplicaReport, SchedulerReply, SchedulerRequest};
+use wasmgrid_protocol::api::{InlineOutput, OutputUploaded, ReplicaReport, SchedulerReply, SchedulerRequest};
 
 use crate::api::{ApiError, ApiResult, ServerClient};
 use crate::backoff::Backoff;
@@ -90,6 +90,16 @@ struct Contact {
     /// so that a failing server is not asked for every buffered task's files in turn.
     staging_held_until: Option<Instant>,
     staging_backoff: Backoff,
+    /// Outputs up to this size go inside their reports, as the server's last reply allowed;
+    /// 0 (before the first reply, or from a server that takes none) uploads every one.
+    inline_output_limit: u64,
+}
+
+impl Contact {
+    /// Whether `output` travels inside its report rather than being uploaded first.
+    fn carries_inline(&self, output: &crate::state::StoredOutput) -> bool {
+        output.bytes <= self.inline_output_limit
+    }
 }
 
 impl Contact {
@@ -166,6 +176,7 @@ impl Daemon {
                 recent_use: RecentUse::default(),
                 staging_held_until: None,
                 staging_backoff: Backoff::new(min, max),
+                inline_output_limit: 0,
             });
         }
         let mut state = ClientState::load(&data_dir)?;
@@ -562,7 +573,11 @@ impl Daemon {
                 let upload_now = contact.backoff.failures() == 0;
                 let destination = (contact.server.clone(), contact.project.host_token.clone());
                 let output = match &phase {
-                    Phase::Finished { output: Some(output), uploaded: false, .. } => Some(output.sha256),
+                    Phase::Finished { output: Some(output), uploaded: false, .. }
+                        if !contact.carries_inline(output) =>
+                    {
+                        Some(output.sha256)
+                    }
                     _ => None,
                 };
                 self.state.record_phase(&self.data_dir, &id, phase)?;
@@ -672,9 +687,23 @@ impl Daemon {
             return Ok(());
         }
         let url = self.contacts[index].project.url.clone();
+        let contact = &self.contacts[index];
         let ready = self.state.finished_for(&url).filter_map(|task| match &task.phase {
             Phase::Finished { report, uploaded: true, .. } => Some(report.clone()),
             Phase::Finished { report, output: None, .. } => Some(report.clone()),
+            Phase::Finished { report, output: Some(output), uploaded: false }
+                if contact.carries_inline(output) && !self.uploading.contains(&task.id()) =>
+            {
+                // Small: read back (the run left it on disk) and sent inside the report. A
+                // file that cannot be read waits, as an upload that cannot would.
+                let path = self.data_dir.task(&task.id()).join(execute::OUTPUT_FILE);
+                let bytes = std::fs::read(&path)
+                    .inspect_err(
+                        |error| tracing::warn!(path = %path.display(), %error, "cannot read an output to report"),
+                    )
+                    .ok()?;
+                Some(ReplicaReport { output: Some(InlineOutput(bytes)), ..report.clone() })
+            }
             _ => None,
         });
         let reports = report_batch(ready, MAX_REPORTS, MAX_REPORT_BYTES);
@@ -691,6 +720,14 @@ impl Daemon {
                 self.back_off(index, &error);
                 Ok(())
             }
+            Err(error) if error.refuses_the_content() && reports.iter().any(|report| report.output.is_some()) => {
+                // The server may now take less inside a report than its last reply said (its
+                // operator lowered the limit): the outputs are uploaded instead, from the
+                // next exchange on, and nothing is dropped.
+                tracing::warn!(project = %url, error = %error, "the server refused outputs inside reports; uploading them instead");
+                self.contacts[index].inline_output_limit = 0;
+                Ok(())
+            }
             Err(error) if !reports.is_empty() && error.refuses_the_content() => {
                 tracing::warn!(project = %url, error = %error, "the server refused a batch of reports; sending them one by one");
                 self.report_one_by_one(index, reports).await
@@ -705,12 +742,15 @@ impl Daemon {
     /// Uploads outputs not yet uploaded; `false` if the server is unreachable (back off).
     async fn upload_outputs(&mut self, index: usize) -> anyhow::Result<bool> {
         let url = self.contacts[index].project.url.clone();
+        let contact = &self.contacts[index];
         let waiting: Vec<(TaskId, crate::state::StoredOutput)> = self
             .state
             .finished_for(&url)
             .filter(|task| !self.uploading.contains(&task.id()))
             .filter_map(|task| match &task.phase {
-                Phase::Finished { output: Some(output), uploaded: false, .. } => Some((task.id(), output.clone())),
+                Phase::Finished { output: Some(output), uploaded: false, .. } if !contact.carries_inline(output) => {
+                    Some((task.id(), output.clone()))
+                }
                 _ => None,
             })
             .collect();
@@ -823,6 +863,7 @@ impl Daemon {
         }
         contact.backoff.succeeded();
         contact.out_of_work = want > 0 && reply.assignments.is_empty();
+        contact.inline_output_limit = reply.inline_output_limit;
         contact.next_contact = Instant::now() + Duration::from_secs(reply.retry_after_seconds);
         let keep: HashSet<_> = self
             .state
@@ -884,7 +925,7 @@ impl Daemon {
             }
             _ => backoff,
         };
-        tracing::warn!(project = %contact.project.url, error = %error, wait_seconds = wait.as_secs(), "backing off");
+        tracing::warn!(project = %contact.project.url, server = contact.server.base_url(), error = %error, wait_seconds = wait.as_secs(), "backing off");
         contact.next_contact = Instant::now() + wait;
     }
 
@@ -1050,6 +1091,7 @@ mod tests {
             exit_status: None,
             stderr: "e".repeat(stderr_bytes),
             instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
+            output: None,
         }
     }
 

@@ -136,5 +136,6 @@ pub fn refusal(replica_id: i64, reason: String) -> ReplicaReport {
         exit_status: None,
         stderr: String::new(),
         instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
+        output: None,
     }
 }

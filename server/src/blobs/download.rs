@@ -2,7 +2,8 @@
 //! may be cached forever; ranges let clients resume large downloads.
 //!
 //! Published blobs are served to anyone with the hash; an output only once a replica
-//! reported it. Whatever the bytes, a browser is told not to guess a type for them and to
+//! reported it. With `--blob-redirect`, the server checks that much and sends the client to
+//! a short-lived presigned URL of the object store, so the bytes bypass the server. Whatever the bytes, a browser is told not to guess a type for them and to
 //! open them, if at all, as a sandboxed document of no origin, so that a blob can never run
 //! as a page of this site.
 
@@ -69,9 +70,26 @@ pub(super) async fn get_blob(
 
     let mut connection = state.pool.acquire().await?;
     if !super::is_public(&mut connection, hash).await? {
+        let deleted: Option<bool> = sqlx::query_scalar("select deleted_at is not null from blob where sha256 = $1")
+            .bind(hash.to_hex())
+            .fetch_optional(&mut *connection)
+            .await?;
+        if deleted == Some(true) {
+            return Err(ApiError::Gone(format!(
+                "blob {hash} was deleted: the project keeps a batch's files only for a set time after it ends"
+            )));
+        }
         return Err(not_found());
     }
     drop(connection);
+    if let Some(valid_for) = state.blob_redirect {
+        if if_none_match_hits(&headers, &etag) {
+            return Ok(with_cache_headers(StatusCode::NOT_MODIFIED.into_response(), &etag));
+        }
+        if let Some(url) = state.blobs.download_url(hash, valid_for).await.map_err(internal)? {
+            return redirect_to(&url);
+        }
+    }
     let total = state.blobs.size(hash).await.map_err(internal)?.ok_or_else(not_found)?;
     if if_none_match_hits(&headers, &etag) {
         return Ok(with_cache_headers(StatusCode::NOT_MODIFIED.into_response(), &etag));
@@ -99,6 +117,18 @@ pub(super) async fn get_blob(
         );
     }
     Ok(with_cache_headers(response, &etag))
+}
+
+/// Sends the client to a presigned URL of the object store for the bytes. The redirect is
+/// temporary and must not be cached: the URL expires, and ranges and conditions are asked of
+/// the store again (a 307 keeps the method and the headers).
+fn redirect_to(url: &url::Url) -> ApiResult<Response> {
+    let location = HeaderValue::from_str(url.as_str()).map_err(|error| ApiError::Internal(error.into()))?;
+    let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::LOCATION, location);
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 fn internal(error: std::io::Error) -> ApiError {

@@ -117,6 +117,9 @@ pub fn is_out_of_space(error: &std::io::Error) -> bool {
 
 /// Stores spooled bytes as a published blob and records it (in a transaction of its own,
 /// or a savepoint of the caller's).
+///
+/// Bytes that retention deleted come back: the row is no longer marked deleted, and the
+/// store puts the bytes back.
 pub async fn store_spooled(
     connection: &mut PgConnection,
     store: &dyn BlobStore,
@@ -127,11 +130,15 @@ pub async fn store_spooled(
     // The row first: its lock keeps the sweep of unreported outputs from deleting these
     // bytes (if they were an output) between the store's "already there" and the commit.
     sqlx::query(
-        "insert into blob (sha256, bytes, origin) values ($1, $2, 'published')
-         on conflict (sha256) do update set origin = 'published'",
+        "insert into blob (sha256, bytes, origin, held_until)
+         values ($1, $2, 'published', now() + make_interval(secs => $3))
+         on conflict (sha256) do update set origin = 'published', deleted_at = null, held_until = excluded.held_until",
     )
     .bind(hash.to_hex())
     .bind(bytes as i64)
+    // Stored for work units to come: retention keeps it for them a while, and brings back
+    // bytes it had deleted (put back just below).
+    .bind(retention::PROMISED_FOR.as_secs_f64())
     .execute(&mut *transaction)
     .await?;
     put_content(store, hash, content).await?;
@@ -158,10 +165,10 @@ pub async fn store_bytes(
 }
 
 /// Whether a blob is served to anyone who asks for it by hash: published, or an output that
-/// a replica reported.
+/// a replica reported, and not deleted by retention.
 pub async fn is_public(connection: &mut PgConnection, hash: Sha256Hash) -> sqlx::Result<bool> {
     sqlx::query_scalar(
-        "select exists (select 1 from blob b where b.sha256 = $1
+        "select exists (select 1 from blob b where b.sha256 = $1 and b.deleted_at is null
                         and (b.origin = 'published'
                              or exists (select 1 from replica r where r.output_sha256 = $1)))",
     )

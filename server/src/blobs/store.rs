@@ -1,13 +1,16 @@
 //! Where blob bytes live. Handlers see only [`BlobStore`], so an S3-compatible object store
-//! (for several server replicas) can stand in for the directory without touching them.
+//! (for several server replicas, see [`super::s3`]) stands in for the directory without
+//! touching them.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt};
+use url::Url;
 use wasmgrid_protocol::Sha256Hash;
 
 /// A readable part of a blob.
@@ -41,6 +44,13 @@ pub trait BlobStore: Send + Sync + 'static {
 
     /// How much room the store has, if it can tell.
     fn space(&self) -> io::Result<Option<Space>>;
+
+    /// A URL anyone may download the blob from for `valid_for`, without the server in
+    /// between (a presigned URL), if the store can make one.
+    fn download_url(&self, hash: Sha256Hash, valid_for: Duration) -> BoxFuture<'_, io::Result<Option<Url>>> {
+        let _ = (hash, valid_for);
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// A store's room, in bytes.

@@ -164,10 +164,18 @@ async fn hold_blob_row(transaction: &mut sqlx::PgConnection, hex: &str, bytes: u
     // A row can vanish between the two statements (the sweep deleted it) or appear (another
     // upload committed it); each turn of the loop sees one of them settle.
     for _ in 0..3 {
-        let existing: Option<i32> = sqlx::query_scalar("select 1 from blob where sha256 = $1 for key share")
-            .bind(hex)
-            .fetch_optional(&mut *transaction)
-            .await?;
+        let existing: Option<bool> =
+            sqlx::query_scalar("select deleted_at is not null from blob where sha256 = $1 for key share")
+                .bind(hex)
+                .fetch_optional(&mut *transaction)
+                .await?;
+        if existing == Some(true) {
+            // Retention deleted these bytes (another batch's output); they are stored again.
+            sqlx::query("update blob set deleted_at = null where sha256 = $1")
+                .bind(hex)
+                .execute(&mut *transaction)
+                .await?;
+        }
         if existing.is_some() {
             return Ok(());
         }

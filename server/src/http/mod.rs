@@ -32,6 +32,8 @@ use error::{ApiError, FailedDependency};
 pub struct AppState {
     pub pool: PgPool,
     pub blobs: Arc<dyn BlobStore>,
+    /// Downloads answer with a presigned URL of the blob store valid this long, if set.
+    pub blob_redirect: Option<Duration>,
     pub scheduler: Arc<SchedulerConfig>,
     pub registration: Arc<RegistrationLimits>,
     /// Checks published modules and runs apps' validator modules.

@@ -20,6 +20,8 @@ pub struct BatchRow {
     pub name: String,
     pub closed_at: Option<chrono::DateTime<chrono::Utc>>,
     pub cancelled_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When retention (or its publisher) had its files deleted.
+    pub purged_at: Option<chrono::DateTime<chrono::Utc>>,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -27,7 +29,7 @@ pub struct BatchRow {
 /// if it did not exist, so ids say nothing about other publishers.
 pub async fn find_owned(connection: &mut PgConnection, publisher_id: i64, batch_id: i64) -> ApiResult<BatchRow> {
     sqlx::query_as(
-        "select b.id, b.app_id, a.name as app_name, b.name, b.closed_at, b.cancelled_at, b.created_at
+        "select b.id, b.app_id, a.name as app_name, b.name, b.closed_at, b.cancelled_at, b.purged_at, b.created_at
          from batch b join app a on a.id = b.app_id
          where b.id = $1 and a.publisher_id = $2",
     )
@@ -41,7 +43,7 @@ pub async fn find_owned(connection: &mut PgConnection, publisher_id: i64, batch_
 /// The publisher's newest batches, newest first.
 pub async fn list_owned(connection: &mut PgConnection, publisher_id: i64, limit: i64) -> ApiResult<Vec<BatchRow>> {
     Ok(sqlx::query_as(
-        "select b.id, b.app_id, a.name as app_name, b.name, b.closed_at, b.cancelled_at, b.created_at
+        "select b.id, b.app_id, a.name as app_name, b.name, b.closed_at, b.cancelled_at, b.purged_at, b.created_at
          from batch b join app a on a.id = b.app_id
          where a.publisher_id = $1
          order by b.id desc
@@ -138,6 +140,7 @@ pub async fn status(connection: &mut PgConnection, batch: &BatchRow) -> ApiResul
         validator_failures: validator_failures as u64,
         recent_validator_failures: recent_validator_failures.into_iter().map(failure).collect(),
         created_at: batch.created_at,
+        files_deleted_at: batch.purged_at,
     })
 }
 

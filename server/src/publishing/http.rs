@@ -2,7 +2,7 @@
 //! handler takes a [`PublisherAuth`] and looks things up through it.
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -38,7 +38,7 @@ pub fn router() -> Router<AppState> {
         .route(&format!("{API_PREFIX}/files/missing"), post(missing_files))
         .route(&format!("{API_PREFIX}/files/{{sha256}}"), put(put_file))
         .route(&format!("{API_PREFIX}/batches"), post(create_batch).get(list_batches))
-        .route(&format!("{API_PREFIX}/batches/{{id}}"), get(batch_status))
+        .route(&format!("{API_PREFIX}/batches/{{id}}"), get(batch_status).delete(delete_batch))
         .route(&format!("{API_PREFIX}/batches/{{id}}/work-units"), post(add_work_units))
         .route(&format!("{API_PREFIX}/batches/{{id}}/close"), post(close_batch))
         .route(&format!("{API_PREFIX}/batches/{{id}}/results"), get(batch_results))
@@ -330,6 +330,8 @@ async fn missing_files(
     let hashes: Vec<String> = request.sha256.iter().map(Sha256Hash::to_hex).collect();
     let mut connection = state.pool.acquire().await?;
     let unknown = super::files_unknown_to(&mut connection, publisher.id, &hashes).await?;
+    let known: Vec<String> = hashes.iter().filter(|hash| !unknown.contains(hash)).cloned().collect();
+    crate::blobs::retention::promise(&mut connection, &known).await?;
     let missing = request.sha256.into_iter().filter(|hash| unknown.contains(&hash.to_hex())).collect();
     Ok(Json(MissingFilesResponse { missing }))
 }

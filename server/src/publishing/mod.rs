@@ -372,6 +372,13 @@ pub async fn add_work_units(
             }
         })?;
     }
+    let mut named: Vec<String> = stdin.iter().flatten().cloned().collect();
+    named.extend(file_hashes);
+    if let Some(deleted) = crate::blobs::retention::first_deleted(&mut *connection, &named).await? {
+        return Err(ApiError::Conflict(format!(
+            "input {deleted} was deleted under the project's retention: upload it again"
+        )));
+    }
     sqlx::query(
         "insert into replica (work_unit_id)
          select w.id from work_unit w, generate_series(1, w.target_replicas)

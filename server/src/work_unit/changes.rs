@@ -4,6 +4,7 @@
 use sqlx::PgConnection;
 
 use super::decide::{Decision, End, RecheckEnd, Trust, Withdrawal};
+use super::states::Validation;
 use crate::credit::{self, CreditGrant};
 use crate::trust::HostEffects;
 use crate::validator::comparisons;
@@ -131,6 +132,15 @@ impl Changes {
             .bind(credit)
             .execute(&mut *connection)
             .await?;
+            let invalid: Vec<i64> = self
+                .judged
+                .iter()
+                .filter(|(_, state, _)| *state == Validation::Invalid.as_str())
+                .map(|(replica_id, _, _)| *replica_id)
+                .collect();
+            if !invalid.is_empty() {
+                crate::blobs::retention::release_invalid_outputs(connection, &invalid).await?;
+            }
         }
         if !self.new_replicas.is_empty() {
             let (work_units, priorities, counts) = unzip3(&self.new_replicas);

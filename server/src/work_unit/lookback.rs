@@ -31,14 +31,18 @@ pub async fn recheck_caught(connection: &mut PgConnection, rules: Rules) -> Resu
     .fetch_optional(&mut *transaction)
     .await?;
     let Some(caught) = caught else { return Ok(false) };
-    // Locked in id order, as every writer of work units does; waiting is fine here.
+    // Locked in id order, as every writer of work units does; waiting is fine here. The
+    // batch's share lock keeps retention from purging it while its work units are reopened
+    // (a purged batch's files are gone, so its results can no longer be checked).
     let work_unit_ids: Vec<i64> = sqlx::query_scalar(
         "select w.id from replica r
          join work_unit w on w.canonical_replica_id = r.id
+         join batch b on b.id = w.batch_id
          where r.host_id = $1 and r.on_trust and w.accepted_on_trust and w.recheck is null
            and w.state = 'validated' and w.finished_at >= $2 - make_interval(secs => $3)
+           and b.purged_at is null
          order by w.id limit $4
-         for no key update of w",
+         for no key update of w for key share of b",
     )
     .bind(caught.host_id)
     .bind(caught.caught_at)

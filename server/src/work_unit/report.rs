@@ -4,7 +4,7 @@
 //! A report is idempotent: reporting a replica that is already over changes nothing and is
 //! acknowledged again, so a client that lost the answer can simply retry. A report that can
 //! only be a mistake or an attack (an unknown replica, another host's replica, an output
-//! that was never uploaded) rejects the whole request and stores nothing.
+//! that was never uploaded nor carried inline) rejects the whole request and stores nothing.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -150,12 +150,16 @@ async fn record_reports(
     let mut columns = ReportColumns::default();
     for (row, report) in reports {
         let (outcome, output_sha256, output_bytes, reason) = match &report.outcome {
-            ReportedOutcome::Success { output_hash, .. } => {
+            ReportedOutcome::Success { output_hash, output_bytes } => {
                 let output_sha256 = output_hash.to_hex();
-                if row.uploaded_sha256.as_deref() != Some(output_sha256.as_str()) {
+                if report.output.is_some() {
+                    // Carried inline: checked against the report and stored already.
+                    (Outcome::Success, Some(output_sha256), Some(*output_bytes as i64), None)
+                } else if row.uploaded_sha256.as_deref() != Some(output_sha256.as_str()) {
                     return Err(WorkUnitError::NotUploaded { replica_id: row.id, output: *output_hash });
+                } else {
+                    (Outcome::Success, Some(output_sha256), row.uploaded_bytes, None)
                 }
-                (Outcome::Success, Some(output_sha256), row.uploaded_bytes, None)
             }
             ReportedOutcome::Error { reason } => {
                 (Outcome::ClientError, None, None, Some(truncate_to_boundary(reason, MAX_REASON_BYTES)))
@@ -174,6 +178,7 @@ async fn record_reports(
         columns.outcome.push(outcome.as_str());
         columns.output_sha256.push(output_sha256);
         columns.output_bytes.push(output_bytes);
+        columns.inline.push(report.output.is_some());
         columns.fuel_used.push(i64::try_from(report.fuel_used).unwrap_or(i64::MAX));
         columns.run_time_ms.push(i64::try_from(report.run_time_ms).unwrap_or(i64::MAX));
         columns.exit_status.push(report.exit_status);
@@ -185,7 +190,7 @@ async fn record_reports(
         return Ok(HashSet::new());
     }
     // The state is re-checked here, under the work unit's lock; a success must still match
-    // the output that was uploaded for it.
+    // the output that was uploaded for it, unless it carried its output inline.
     let recorded: Vec<i64> = sqlx::query_scalar(&format!(
         "update replica r
          set state = 'over', outcome = u.outcome::replica_outcome, received_at = now(),
@@ -194,13 +199,13 @@ async fn record_reports(
              exit_status = u.exit_status, stderr = u.stderr, error_reason = u.error_reason,
              instrumentation_version = u.instrumentation_version
          from unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
-                     $7::int[], $8::text[], $9::text[], $10::int[])
+                     $7::int[], $8::text[], $9::text[], $10::int[], $11::bool[])
                   as u(id, outcome, output_sha256, output_bytes, fuel_used, run_time_ms, exit_status, stderr,
-                       error_reason, instrumentation_version),
+                       error_reason, instrumentation_version, inline),
               work_unit w
          where r.id = u.id and w.id = r.work_unit_id
            and {AWAITS_REPORT}
-           and (u.output_sha256 is null or r.uploaded_sha256 = u.output_sha256)
+           and (u.output_sha256 is null or u.inline or r.uploaded_sha256 = u.output_sha256)
          returning r.id"
     ))
     .bind(columns.id)
@@ -213,6 +218,7 @@ async fn record_reports(
     .bind(columns.stderr)
     .bind(columns.error_reason)
     .bind(columns.instrumentation_version)
+    .bind(columns.inline)
     .fetch_all(connection)
     .await?;
     Ok(recorded.into_iter().collect())
@@ -231,6 +237,8 @@ struct ReportColumns {
     stderr: Vec<String>,
     error_reason: Vec<Option<String>>,
     instrumentation_version: Vec<i32>,
+    /// Whether the report carried its output (see [`crate::blobs::inline`]).
+    inline: Vec<bool>,
 }
 
 /// The last `max` bytes of `text` (the end of standard error says most), cut on a

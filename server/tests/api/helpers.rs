@@ -31,6 +31,7 @@ pub struct TestApp {
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     rules: wasmgrid_server::work_unit::Rules,
+    retention: Duration,
     /// The server's blob store.
     pub blobs: std::sync::Arc<dyn wasmgrid_server::blobs::BlobStore>,
     /// Where its metrics are scraped, when `metrics_listen` was set.
@@ -69,6 +70,7 @@ impl TestApp {
         config.scheduler.private_grid = true;
         adjust(&mut config);
         let rules = wasmgrid_server::work_unit::Rules::from(&config.scheduler);
+        let retention = config.blobs.retention;
         let app = wasmgrid_server::build(config).await.expect("server starts");
         let address = format!("http://{}", app.local_addr());
         let pool = app.state().pool.clone();
@@ -86,6 +88,7 @@ impl TestApp {
             shutdown: Some(shutdown),
             server: Some(server),
             rules,
+            retention,
             blobs,
             metrics_url,
         }
@@ -103,8 +106,12 @@ impl TestApp {
 
     /// Runs the background sweeps (deadlines, credit) until they have nothing left to do.
     pub async fn sweep(&self) {
-        let sweeper =
-            wasmgrid_server::sweeps::Sweeper { pool: self.pool.clone(), blobs: self.blobs.clone(), rules: self.rules };
+        let sweeper = wasmgrid_server::sweeps::Sweeper {
+            pool: self.pool.clone(),
+            blobs: self.blobs.clone(),
+            rules: self.rules,
+            retention: self.retention,
+        };
         sweeper.run_once().await.expect("sweeps run");
     }
 
@@ -191,8 +198,7 @@ impl TestApp {
 
     async fn publish_module(&self, app_id: i64, module: &[u8], specs: Vec<WorkUnitSpec>) -> Published {
         let mut transaction = self.pool.begin().await.unwrap();
-        let store = wasmgrid_server::blobs::DirectoryStore::open(self.data_dir.path().join("blobs")).unwrap();
-        let module = wasmgrid_server::blobs::store_bytes(&mut transaction, &store, module).await.unwrap();
+        let module = wasmgrid_server::blobs::store_bytes(&mut transaction, self.blobs.as_ref(), module).await.unwrap();
         publishing::add_app_version(&mut transaction, app_id, module).await.unwrap();
         let batch_id = publishing::create_batch(&mut transaction, app_id, "batch", &specs).await.unwrap();
         transaction.commit().await.unwrap();
@@ -349,6 +355,7 @@ pub fn success(replica_id: i64, output: &[u8]) -> ReplicaReport {
         exit_status: Some(0),
         stderr: String::new(),
         instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
+        output: None,
     }
 }
 
@@ -361,6 +368,7 @@ pub fn failure(replica_id: i64, reason: &str) -> ReplicaReport {
         exit_status: Some(1),
         stderr: "trap".into(),
         instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
+        output: None,
     }
 }
 

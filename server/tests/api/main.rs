@@ -22,6 +22,7 @@ mod openapi;
 mod publishers;
 mod quotas;
 mod registration;
+mod retention;
 mod signing;
 mod state_machine;
 mod uploads;

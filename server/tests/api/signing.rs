@@ -206,6 +206,7 @@ fn refusal(replica_id: i64) -> ReplicaReport {
         exit_status: None,
         stderr: String::new(),
         instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
+        output: None,
     }
 }
 

@@ -65,6 +65,7 @@ impl ScriptedHost {
             exit_status: Some(0),
             stderr: String::new(),
             instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
+            output: None,
         };
         let reply = self
             .client

@@ -282,6 +282,7 @@ async fn host_loop(
                 exit_status: Some(0),
                 stderr: String::new(),
                 instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
+                output: None,
             });
         }
         drop(permit);

@@ -4,8 +4,12 @@
 //! with quorum 2 straight into the database, and drives simulated volunteers over real HTTP
 //! with the real client library: each asks for work, uploads a fixed output for every
 //! replica it got (no Wasm runs) and reports them in its next request, until every work
-//! unit is validated. It prints throughput, request latencies and peak memory. It is a
-//! measurement, not a test: nothing here fails on a timing.
+//! unit is validated. It prints throughput, request latencies and peak memory, and where
+//! the time went: CPU seconds of the server, of PostgreSQL and of the volunteers, and the
+//! statements that took the database's time (`pg_stat_statements`). Before the loop it runs
+//! pgbench on the same cluster, and quotes replicas per second as a ratio to pgbench's
+//! transactions per second, a figure that travels between machines. It is a measurement,
+//! not a test: nothing here fails on a timing.
 //!
 //! ```sh
 //! cargo build --release -p wasmgrid-server -p wasmgrid-e2e && target/release/bench-server
@@ -22,7 +26,7 @@ use tokio::sync::{Mutex, watch};
 use wasmgrid_client::api::ServerClient;
 use wasmgrid_e2e::bench::{BenchServer, load_bench_work_units, ms, peak_rss_kib, percentile, register_simulated_host};
 use wasmgrid_protocol::Sha256Hash;
-use wasmgrid_protocol::api::{ReplicaReport, ReportedOutcome, SchedulerRequest};
+use wasmgrid_protocol::api::{InlineOutput, ReplicaReport, ReportedOutcome, SchedulerRequest};
 use wasmgrid_server::publishing::AppReplication;
 
 #[derive(Parser)]
@@ -37,6 +41,20 @@ struct Args {
     /// Replicas each volunteer asks for per scheduler request.
     #[arg(long, default_value_t = 32)]
     batch: u32,
+    /// Keep the blobs in an S3 API server (the `s3s-fs` binary, started here) instead of
+    /// the data directory.
+    #[arg(long)]
+    s3: bool,
+    /// Seconds each pgbench script runs (0: no pgbench).
+    #[arg(long, default_value_t = 20)]
+    pgbench_seconds: u64,
+    /// pgbench's client connections.
+    #[arg(long, default_value_t = 8)]
+    pgbench_clients: u32,
+    /// The server's --inline-output-limit: 0 has every output uploaded before its report,
+    /// as before outputs could travel inside reports.
+    #[arg(long, default_value_t = wasmgrid_server::blobs::inline::DEFAULT_INLINE_OUTPUT_LIMIT)]
+    inline_output_limit: u64,
 }
 
 /// Every replica returns this output, so every quorum agrees.
@@ -57,29 +75,59 @@ struct Counters {
     failed_requests: AtomicU64,
 }
 
+mod breakdown;
+mod pgbench;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let server = BenchServer::start(&[
-        "--sweep-interval",
-        "1",
-        "--idle-retry-after",
-        "1",
-        "--daily-quota-per-core",
-        "1000000",
-        // The simulated volunteers are established hosts, all on this one address.
-        "--initial-daily-quota-per-core",
-        "1000000",
-        "--accounts-per-address",
-        "100000",
-        "--hosts-per-address",
-        "100000",
-        "--max-connections",
-        "32",
-    ])
+    let bucket = args.s3.then(wasmgrid_server::blobs::test_s3::fresh_bucket);
+    let inline_limit = args.inline_output_limit.to_string();
+    let mut store_args: Vec<&str> = vec!["--inline-output-limit", &inline_limit];
+    let bucket_url = bucket.as_ref().map(|bucket| bucket.url.to_string());
+    if let Some(url) = &bucket_url {
+        store_args.extend(["--blob-store", url.as_str()]);
+    }
+    let store_env = bucket.as_ref().map(|bucket| bucket.env()).unwrap_or_default();
+    let mut server = BenchServer::start_with_env(
+        &[
+            "--sweep-interval",
+            "1",
+            "--idle-retry-after",
+            "1",
+            "--daily-quota-per-core",
+            "1000000",
+            // The simulated volunteers are established hosts, all on this one address.
+            "--initial-daily-quota-per-core",
+            "1000000",
+            "--accounts-per-address",
+            "100000",
+            "--hosts-per-address",
+            "100000",
+            "--max-connections",
+            "32",
+        ]
+        .into_iter()
+        .chain(store_args)
+        .collect::<Vec<_>>(),
+        &store_env,
+    )
     .await?;
+    // The per-statement figures need the extension loaded as the cluster starts.
+    sqlx::query("alter system set shared_preload_libraries = 'pg_stat_statements'").execute(&server.pool).await?;
+    server.restart().await?;
+    sqlx::query("create extension if not exists pg_stat_statements").execute(&server.pool).await?;
     let (pool, url, data_path, server_pid) =
         (server.pool.clone(), server.url.clone(), server.data_dir.clone(), server.pid);
+    let cluster_dir = data_path.join("postgres");
+
+    let pgbench = if args.pgbench_seconds > 0 {
+        println!("pgbench -N and pgbench on the same cluster, {} s each...", args.pgbench_seconds);
+        let options = wasmgrid_server::database::embedded::connect_options_for(&cluster_dir, "wasmgrid");
+        Some(pgbench::run(&options, args.pgbench_clients, args.pgbench_seconds).await?)
+    } else {
+        None
+    };
 
     println!("loading {} work units (quorum 2)...", args.work_units);
     let load_started = Instant::now();
@@ -88,6 +136,8 @@ async fn main() -> anyhow::Result<()> {
 
     let volunteers = register_volunteers(&url, args.volunteers).await?;
     println!("{} volunteers registered; running...", volunteers.len());
+    sqlx::query("select pg_stat_statements_reset()").execute(&pool).await?;
+    let cpu_before = breakdown::CpuSeconds::now(server_pid, &cluster_dir);
 
     let latencies = Arc::new(Latencies::default());
     let counters = Arc::new(Counters::default());
@@ -110,6 +160,9 @@ async fn main() -> anyhow::Result<()> {
         worker.await??;
     }
     let run_time = started.elapsed();
+    let cpu = breakdown::CpuSeconds::now(server_pid, &cluster_dir).since(cpu_before);
+    let statements = breakdown::top_statements(&pool, 12).await?;
+    let statement_ms = breakdown::total_statement_ms(&pool).await?;
 
     let valid_replicas: i64 =
         sqlx::query_scalar("select count(*) from replica where validate_state = 'valid'").fetch_one(&pool).await?;
@@ -158,6 +211,62 @@ async fn main() -> anyhow::Result<()> {
     println!("server peak memory (VmHWM)      {:>9} MiB", server_peak / 1024);
     println!("PostgreSQL peak memory (sum)    {:>9} MiB", postgres_peak / 1024);
     println!("credit granted                  {:>12.1}  (expected {valid_replicas}.0: one per valid replica)", credit);
+    println!("blob store                      {:>12}", if args.s3 { "S3 (s3s-fs)" } else { "directory" });
+    println!("inline output limit             {:>12}  (outputs of {} bytes)", args.inline_output_limit, OUTPUT.len());
+
+    let replicas_per_second = valid_replicas as f64 / seconds;
+    if let Some(pgbench) = &pgbench {
+        println!();
+        println!(
+            "pgbench -N (simple-update)      {:>12.0} TPS  ({} clients, {} s)",
+            pgbench.simple_update_tps, pgbench.clients, pgbench.seconds
+        );
+        println!("pgbench (TPC-B-like)            {:>12.0} TPS", pgbench.tpcb_tps);
+        println!(
+            "replicas/s over pgbench -N TPS  {:>12.3}  (over plain pgbench TPS: {:.3})",
+            replicas_per_second / pgbench.simple_update_tps,
+            replicas_per_second / pgbench.tpcb_tps
+        );
+    }
+
+    let cpu_total = cpu.server + cpu.postgres + cpu.volunteers;
+    println!();
+    println!("CPU seconds over the run ({:.1} s of wall time on this machine's cores):", run_time.as_secs_f64());
+    for (side, seconds) in
+        [("server", cpu.server), ("PostgreSQL", cpu.postgres), ("volunteers (this process)", cpu.volunteers)]
+    {
+        println!(
+            "  {side:<28}{seconds:>8.1} s  {:>5.1}%  {:>7.1} µs per validated replica",
+            100.0 * seconds / cpu_total.max(f64::EPSILON),
+            1e6 * seconds / (valid_replicas.max(1) as f64)
+        );
+    }
+    let requests = (scheduler.len() + upload.len()) as f64;
+    println!(
+        "  per request: {:.0} µs of server CPU and {:.0} µs of PostgreSQL CPU ({} requests)",
+        1e6 * cpu.server / requests.max(1.0),
+        1e6 * cpu.postgres / requests.max(1.0),
+        requests
+    );
+    println!();
+    println!(
+        "statements by execution time ({:.1} s in all, {:.0} µs per validated replica):",
+        statement_ms / 1000.0,
+        1000.0 * statement_ms / valid_replicas.max(1) as f64
+    );
+    for statement in &statements {
+        let mut query: String = statement.query.chars().take(110).collect();
+        if statement.query.chars().count() > 110 {
+            query.push('…');
+        }
+        println!(
+            "  {:>5.1}%  {:>9} calls  {:>7.3} ms mean  {:>5.2} per replica  {query}",
+            100.0 * statement.total_ms / statement_ms.max(f64::EPSILON),
+            statement.calls,
+            statement.mean_ms,
+            statement.calls as f64 / valid_replicas.max(1) as f64,
+        );
+    }
 
     server.stop().await
 }
@@ -208,18 +317,23 @@ async fn volunteer_loop(
             }
         };
         latencies.scheduler.lock().await.push(sent.elapsed());
+        // What may travel inside a report, as this reply says.
+        let inline_limit = reply.inline_output_limit;
         counters.reported.fetch_add(reply.acknowledged.len() as u64, Ordering::Relaxed);
         counters.dispatched.fetch_add(reply.assignments.len() as u64, Ordering::Relaxed);
         for assignment in &reply.assignments {
-            let sent = Instant::now();
-            if let Err(error) =
-                client.upload_output_as(&token, assignment.replica_id, output_hash, output.clone()).await
-            {
-                counters.failed_requests.fetch_add(1, Ordering::Relaxed);
-                eprintln!("upload failed: {error}");
-                continue;
+            let inline = OUTPUT.len() as u64 <= inline_limit;
+            if !inline {
+                let sent = Instant::now();
+                if let Err(error) =
+                    client.upload_output_as(&token, assignment.replica_id, output_hash, output.clone()).await
+                {
+                    counters.failed_requests.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("upload failed: {error}");
+                    continue;
+                }
+                latencies.upload.lock().await.push(sent.elapsed());
             }
-            latencies.upload.lock().await.push(sent.elapsed());
             reports.push(ReplicaReport {
                 replica_id: assignment.replica_id,
                 outcome: ReportedOutcome::Success { output_hash, output_bytes: OUTPUT.len() as u64 },
@@ -228,6 +342,7 @@ async fn volunteer_loop(
                 exit_status: Some(0),
                 stderr: String::new(),
                 instrumentation_version: wasmgrid_sandbox::INSTRUMENTATION_VERSION,
+                output: inline.then(|| InlineOutput(OUTPUT.to_vec())),
             });
         }
         if reply.assignments.is_empty() && reports.is_empty() {

@@ -1,0 +1,134 @@
+//! Small outputs inside scheduler reports: accepted in place of an upload when they match
+//! their report and fit the server's limit; refused whole, with nothing recorded, when not.
+
+use reqwest::StatusCode;
+use wasmgrid_protocol::Sha256Hash;
+use wasmgrid_protocol::api::{InlineOutput, ReplicaReport, ReportedOutcome};
+use wasmgrid_server::blobs::inline::DEFAULT_INLINE_OUTPUT_LIMIT;
+
+use crate::helpers::{TestApp, Volunteer, failure, policy, success};
+
+fn inline(replica_id: i64, output: &[u8]) -> ReplicaReport {
+    ReplicaReport { output: Some(InlineOutput(output.to_vec())), ..success(replica_id, output) }
+}
+
+async fn state_of(app: &TestApp, replica_id: i64) -> String {
+    sqlx::query_scalar("select state::text from replica where id = $1")
+        .bind(replica_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+async fn one_replica(volunteer: &Volunteer) -> i64 {
+    volunteer.fetch(1).await[0].replica_id
+}
+
+#[tokio::test]
+async fn a_quorum_reported_with_outputs_inline_validates_without_uploads() {
+    let app = TestApp::spawn().await;
+    let work_unit = app.publish(1, policy(2, 2)).await[0];
+    let (alice, bob) = (app.volunteer("alice").await, app.volunteer("bob").await);
+    let (a, b) = (one_replica(&alice).await, one_replica(&bob).await);
+
+    let reply = alice.request(vec![inline(a, b"inline answer")], 0).await.unwrap();
+    assert_eq!(reply.acknowledged, vec![a]);
+    assert_eq!(reply.inline_output_limit, DEFAULT_INLINE_OUTPUT_LIMIT, "the server names its limit");
+    bob.request(vec![inline(b, b"inline answer")], 0).await.unwrap();
+
+    assert_eq!(app.work_unit(work_unit).await.state, "validated");
+    assert_eq!(app.count("select count(*) from output_upload").await, 0, "no upload was logged");
+    let served = app.client.download_blob(&Sha256Hash::of(b"inline answer")).await.unwrap();
+    assert_eq!(served.as_ref(), b"inline answer");
+}
+
+#[tokio::test]
+async fn inline_and_uploaded_outputs_mix_in_one_quorum_and_one_request() {
+    let app = TestApp::spawn().await;
+    let work_units = app.publish(2, policy(2, 2)).await;
+    let (alice, bob) = (app.volunteer("alice").await, app.volunteer("bob").await);
+    let alices: Vec<i64> = alice.fetch(2).await.iter().map(|assignment| assignment.replica_id).collect();
+    let bobs: Vec<i64> = bob.fetch(2).await.iter().map(|assignment| assignment.replica_id).collect();
+
+    alice.upload(alices[0], b"same").await.unwrap();
+    alice.request(vec![success(alices[0], b"same"), inline(alices[1], b"other")], 0).await.unwrap();
+    bob.request(vec![inline(bobs[0], b"same"), inline(bobs[1], b"other")], 0).await.unwrap();
+
+    for work_unit in work_units {
+        assert_eq!(app.work_unit(work_unit).await.state, "validated");
+    }
+}
+
+#[tokio::test]
+async fn an_inline_output_that_does_not_match_its_report_refuses_the_request() {
+    let app = TestApp::spawn().await;
+    app.publish(2, policy(1, 1)).await;
+    let alice = app.volunteer("alice").await;
+    let replicas: Vec<i64> = alice.fetch(2).await.iter().map(|assignment| assignment.replica_id).collect();
+    let honest = inline(replicas[0], b"fine");
+    let cases = [
+        (
+            "another hash",
+            ReplicaReport { output: Some(InlineOutput(b"swapped".to_vec())), ..success(replicas[1], b"claimed") },
+        ),
+        (
+            "another size",
+            ReplicaReport {
+                outcome: ReportedOutcome::Success { output_hash: Sha256Hash::of(b"sized"), output_bytes: 99 },
+                ..inline(replicas[1], b"sized")
+            },
+        ),
+        ("a failure", ReplicaReport { output: Some(InlineOutput(b"x".to_vec())), ..failure(replicas[1], "trap") }),
+    ];
+    for (what, bad) in cases {
+        let refused = alice.request(vec![honest.clone(), bad], 0).await.unwrap_err();
+        assert_eq!(refused.status(), Some(StatusCode::BAD_REQUEST), "{what}: {refused}");
+        assert_eq!(state_of(&app, replicas[0]).await, "in_progress", "{what}: nothing of the request was recorded");
+    }
+    assert_eq!(app.count("select count(*) from blob where origin = 'output'").await, 0, "nothing was stored");
+}
+
+#[tokio::test]
+async fn an_inline_output_over_the_limit_is_refused_and_can_be_uploaded_instead() {
+    let app = TestApp::spawn_with(|config| config.scheduler.inline_output_limit = 16).await;
+    app.publish(1, policy(1, 1)).await;
+    let alice = app.volunteer("alice").await;
+    let replica = one_replica(&alice).await;
+    let output = b"seventeen bytes!!";
+
+    let refused = alice.request(vec![inline(replica, output)], 0).await.unwrap_err();
+    assert_eq!(refused.status(), Some(StatusCode::PAYLOAD_TOO_LARGE), "{refused}");
+    assert!(refused.to_string().contains("upload it instead"), "{refused}");
+    assert_eq!(state_of(&app, replica).await, "in_progress");
+
+    let reply = alice.succeed(replica, output).await;
+    assert_eq!(reply.acknowledged, vec![replica]);
+    assert_eq!(reply.inline_output_limit, 16);
+}
+
+#[tokio::test]
+async fn a_server_that_takes_no_inline_outputs_says_so_and_refuses_them() {
+    let app = TestApp::spawn_with(|config| config.scheduler.inline_output_limit = 0).await;
+    app.publish(1, policy(1, 1)).await;
+    let alice = app.volunteer("alice").await;
+    let replica = one_replica(&alice).await;
+
+    let refused = alice.request(vec![inline(replica, b"x")], 0).await.unwrap_err();
+    assert_eq!(refused.status(), Some(StatusCode::PAYLOAD_TOO_LARGE));
+    assert_eq!(alice.succeed(replica, b"x").await.inline_output_limit, 0);
+}
+
+#[tokio::test]
+async fn an_inline_report_sent_again_is_acknowledged_and_changes_nothing() {
+    let app = TestApp::spawn().await;
+    let work_unit = app.publish(1, policy(1, 1)).await[0];
+    let alice = app.volunteer("alice").await;
+    let replica = one_replica(&alice).await;
+
+    alice.request(vec![inline(replica, b"once")], 0).await.unwrap();
+    let again = alice.request(vec![inline(replica, b"once")], 0).await.unwrap();
+
+    assert_eq!(again.acknowledged, vec![replica]);
+    assert_eq!(app.work_unit(work_unit).await.state, "validated");
+    assert_eq!(app.count("select count(*) from credit_grant").await, 1, "credited once");
+}

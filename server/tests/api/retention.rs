@@ -1,0 +1,351 @@
+//! Retention: a batch's inputs and outputs go a set time after it ends, or when its
+//! publisher deletes it; what live batches share is kept; outputs that lost validation go
+//! soon; several sweepers at once, and a sweep cut short, delete each blob once.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use wasmgrid_protocol::Sha256Hash;
+use wasmgrid_protocol::api::blob_path;
+use wasmgrid_server::blobs::{self, retention};
+use wasmgrid_server::publishing::WorkUnitSpec;
+
+use crate::helpers::{TestApp, policy};
+
+/// Stores `bytes` as a publisher's file.
+async fn stored(app: &TestApp, bytes: &[u8]) -> Sha256Hash {
+    let mut connection = app.pool.acquire().await.unwrap();
+    blobs::store_bytes(&mut connection, app.blobs.as_ref(), bytes).await.unwrap()
+}
+
+/// A work unit reading `stdin` and the file `data`, replicated as `quorum` of `replicas`.
+fn reading(name: &str, stdin: Sha256Hash, data: Sha256Hash, quorum: u32, replicas: u32) -> WorkUnitSpec {
+    WorkUnitSpec {
+        stdin: Some(stdin),
+        files: vec![("data".into(), data)],
+        policy: policy(quorum, replicas),
+        ..WorkUnitSpec::new(name)
+    }
+}
+
+/// As if the batch had ended `days` ago (and its files were stored before that).
+async fn age(app: &TestApp, batch_id: i64, days: u32) {
+    sqlx::query("update batch set ended_at = now() - make_interval(days => $2) where id = $1")
+        .bind(batch_id)
+        .bind(days as i32)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("update blob set held_until = held_until - make_interval(days => $1)")
+        .bind(days as i32)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+}
+
+async fn download_status(app: &TestApp, hash: &Sha256Hash) -> StatusCode {
+    app.client.request(Method::GET, &blob_path(hash)).send().await.unwrap().status()
+}
+
+async fn in_store(app: &TestApp, hash: Sha256Hash) -> bool {
+    app.blobs.size(hash).await.unwrap().is_some()
+}
+
+async fn deleted(app: &TestApp, hash: &Sha256Hash) -> bool {
+    sqlx::query_scalar("select deleted_at is not null from blob where sha256 = $1")
+        .bind(hash.to_hex())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+async fn with_retention(days: u64) -> TestApp {
+    TestApp::spawn_with(|config| config.blobs.retention = Duration::from_secs(days * 24 * 3600)).await
+}
+
+#[tokio::test]
+async fn a_batchs_inputs_and_outputs_are_deleted_once_its_retention_is_over() {
+    let app = with_retention(30).await;
+    let (stdin, data) = (stored(&app, b"stdin of one").await, stored(&app, b"file of one").await);
+    let published = app.publish_app(vec![reading("one", stdin, data, 1, 1)], Default::default()).await;
+    let alice = app.volunteer("alice").await;
+    let assignment = alice.fetch(1).await.remove(0);
+    alice.succeed(assignment.replica_id, b"the answer").await;
+    let output = Sha256Hash::of(b"the answer");
+    app.sweep().await;
+    let credit_before = app.host(alice.host_id).await.total_credit;
+
+    // Ended, and kept for the retention.
+    age(&app, published.batch_id, 29).await;
+    app.sweep().await;
+    for hash in [stdin, data, output] {
+        assert_eq!(download_status(&app, &hash).await, StatusCode::OK, "{hash} is kept within the retention");
+    }
+
+    age(&app, published.batch_id, 31).await;
+    app.sweep().await;
+
+    for hash in [stdin, data, output] {
+        assert!(deleted(&app, &hash).await, "{hash} is marked deleted");
+        assert!(!in_store(&app, hash).await, "{hash} is gone from the store");
+        assert_eq!(download_status(&app, &hash).await, StatusCode::GONE);
+    }
+    // The module stays with its app version; the rows and the credit stay on record.
+    assert_eq!(download_status(&app, &assignment.module.sha256).await, StatusCode::OK);
+    assert_eq!(app.work_unit(assignment.work_unit_id).await.state, "validated");
+    assert_eq!(app.host(alice.host_id).await.total_credit, credit_before);
+    let purged: bool = sqlx::query_scalar("select purged_at is not null from batch where id = $1")
+        .bind(published.batch_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(purged);
+}
+
+#[tokio::test]
+async fn a_running_batch_keeps_its_files_however_old() {
+    let app = with_retention(1).await;
+    let (stdin, data) = (stored(&app, b"slow stdin").await, stored(&app, b"slow file").await);
+    let published = app.publish_app(vec![reading("slow", stdin, data, 2, 2)], Default::default()).await;
+    let alice = app.volunteer("alice").await;
+    let replica = alice.fetch(1).await[0].replica_id;
+    alice.succeed(replica, b"half a quorum").await;
+    sqlx::query("update batch set created_at = now() - interval '90 days', closed_at = now() - interval '90 days' where id = $1")
+        .bind(published.batch_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    app.sweep().await;
+
+    for hash in [stdin, data, Sha256Hash::of(b"half a quorum")] {
+        assert!(in_store(&app, hash).await && !deleted(&app, &hash).await, "{hash} is kept while the batch runs");
+    }
+    let ended: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar("select ended_at from batch where id = $1")
+        .bind(published.batch_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(ended, None);
+}
+
+#[tokio::test]
+async fn files_a_live_batch_shares_are_kept_until_it_ends_too() {
+    let app = with_retention(30).await;
+    let (stdin, data) = (stored(&app, b"shared stdin").await, stored(&app, b"shared file").await);
+    let only_old = stored(&app, b"only the old batch's file").await;
+    let old = app
+        .publish_app(vec![reading("a", stdin, data, 1, 1), reading("b", stdin, only_old, 1, 1)], Default::default())
+        .await;
+    let alice = app.volunteer("alice").await;
+    for assignment in alice.fetch(2).await {
+        alice.succeed(assignment.replica_id, b"same answer").await;
+    }
+    let new = app.publish_version(old.app_id, vec![reading("c", stdin, data, 2, 2)]).await;
+    let replica = alice.fetch(1).await[0].replica_id;
+    alice.succeed(replica, b"same answer").await;
+    app.sweep().await;
+
+    age(&app, old.batch_id, 31).await;
+    app.sweep().await;
+
+    assert!(deleted(&app, &only_old).await && !in_store(&app, only_old).await, "the old batch's own file goes");
+    for hash in [stdin, data, Sha256Hash::of(b"same answer")] {
+        assert!(!deleted(&app, &hash).await && in_store(&app, hash).await, "{hash} is kept for the live batch");
+        assert_eq!(download_status(&app, &hash).await, StatusCode::OK);
+    }
+
+    // The new batch ends; once its retention is over too, the shared files go.
+    let bob = app.volunteer("bob").await;
+    let replica = bob.fetch(1).await[0].replica_id;
+    bob.succeed(replica, b"same answer").await;
+    app.sweep().await;
+    assert_eq!(app.work_unit(new.work_units[0]).await.state, "validated");
+    age(&app, new.batch_id, 31).await;
+    app.sweep().await;
+    for hash in [stdin, data, Sha256Hash::of(b"same answer")] {
+        assert!(deleted(&app, &hash).await && !in_store(&app, hash).await, "{hash} goes with the last batch");
+    }
+}
+
+#[tokio::test]
+async fn a_publisher_may_delete_a_batch_sooner_and_no_one_else_may() {
+    let app = with_retention(30).await;
+    let (stdin, data) = (stored(&app, b"stdin to delete").await, stored(&app, b"file to delete").await);
+    let published = app.publish_app(vec![reading("x", stdin, data, 2, 2)], Default::default()).await;
+    let alice = app.volunteer("alice").await;
+    let replica = alice.fetch(1).await[0].replica_id;
+    alice.succeed(replica, b"partial").await;
+    let owner = app.publisher_token("tests").await;
+    let stranger = app.publisher_token("someone else").await;
+    let delete = |token: String| {
+        app.client.request(Method::DELETE, &format!("/api/v1/batches/{}", published.batch_id)).bearer_auth(token).send()
+    };
+
+    assert_eq!(delete(stranger).await.unwrap().status(), StatusCode::NOT_FOUND);
+    let deleted_status = delete(owner.clone()).await.unwrap();
+    assert_eq!(deleted_status.status(), StatusCode::OK);
+    let status: serde_json::Value = deleted_status.json().await.unwrap();
+    assert_eq!(status["state"], "cancelled");
+    app.sweep().await;
+
+    for hash in [stdin, data, Sha256Hash::of(b"partial")] {
+        assert_eq!(download_status(&app, &hash).await, StatusCode::GONE, "{hash} is deleted at the next sweep");
+        assert!(!in_store(&app, hash).await);
+    }
+    let again = delete(owner.clone()).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK, "deleting twice changes nothing");
+    let status: serde_json::Value = again.json().await.unwrap();
+    assert!(status["files_deleted_at"].is_string(), "{status}");
+}
+
+#[tokio::test]
+async fn an_output_that_lost_validation_is_deleted_soon_after() {
+    let app = with_retention(30).await;
+    app.publish(1, policy(2, 3)).await;
+    let volunteers = [app.volunteer("a").await, app.volunteer("b").await, app.volunteer("c").await];
+    let mut replicas = Vec::new();
+    for volunteer in &volunteers {
+        replicas.push(volunteer.fetch(1).await[0].replica_id);
+    }
+    // The odd one out reports first, so the quorum forms after it and judges it.
+    volunteers[2].succeed(replicas[2], b"outvoted").await;
+    volunteers[0].succeed(replicas[0], b"agreed").await;
+    volunteers[1].succeed(replicas[1], b"agreed").await;
+    app.sweep().await;
+    let (agreed, outvoted) = (Sha256Hash::of(b"agreed"), Sha256Hash::of(b"outvoted"));
+    assert!(in_store(&app, outvoted).await, "kept for a while, for whoever looks into the disagreement");
+
+    sqlx::query("update blob_release set check_after = now()").execute(&app.pool).await.unwrap();
+    app.sweep().await;
+
+    assert!(deleted(&app, &outvoted).await && !in_store(&app, outvoted).await);
+    assert_eq!(download_status(&app, &outvoted).await, StatusCode::GONE);
+    assert!(!deleted(&app, &agreed).await && in_store(&app, agreed).await, "the valid output stays");
+}
+
+#[tokio::test]
+async fn bytes_deleted_by_retention_come_back_when_stored_again() {
+    let app = with_retention(30).await;
+    let (stdin, data) = (stored(&app, b"reused stdin").await, stored(&app, b"reused file").await);
+    let old = app.publish_app(vec![reading("old", stdin, data, 1, 1)], Default::default()).await;
+    let alice = app.volunteer("alice").await;
+    let replica = alice.fetch(1).await[0].replica_id;
+    alice.succeed(replica, b"an answer").await;
+    age(&app, old.batch_id, 31).await;
+    app.sweep().await;
+    assert!(deleted(&app, &stdin).await);
+
+    // Named again without being uploaded again: refused, with what to do.
+    let mut transaction = app.pool.begin().await.unwrap();
+    let batch = wasmgrid_server::publishing::open_batch(&mut transaction, old.app_id, "again", false).await.unwrap();
+    let refused =
+        wasmgrid_server::publishing::add_work_units(&mut transaction, batch, &[reading("new", stdin, data, 1, 1)])
+            .await
+            .unwrap_err();
+    assert!(refused.to_string().contains("upload it again"), "{refused}");
+    drop(transaction);
+
+    // Uploaded again: back, and a new batch runs on it.
+    assert_eq!(stored(&app, b"reused stdin").await, stdin);
+    assert_eq!(stored(&app, b"reused file").await, data);
+    assert!(!deleted(&app, &stdin).await && in_store(&app, stdin).await);
+    app.publish_version(old.app_id, vec![reading("new", stdin, data, 1, 1)]).await;
+    let assignment = alice.fetch(1).await.remove(0);
+    assert_eq!(assignment.stdin.as_ref().map(|blob| blob.sha256), Some(stdin));
+    assert_eq!(app.client.download_blob(&stdin).await.unwrap().as_ref(), b"reused stdin");
+    // The same output as the purged batch's is stored again too.
+    alice.succeed(assignment.replica_id, b"an answer").await;
+    assert!(!deleted(&app, &Sha256Hash::of(b"an answer")).await);
+    assert_eq!(app.client.download_blob(&Sha256Hash::of(b"an answer")).await.unwrap().as_ref(), b"an answer");
+}
+
+#[tokio::test]
+async fn a_sweep_cut_short_after_deleting_bytes_is_finished_by_the_next() {
+    let app = with_retention(30).await;
+    let (stdin, data) = (stored(&app, b"stdin of a crash").await, stored(&app, b"file of a crash").await);
+    let published = app.publish_app(vec![reading("crash", stdin, data, 1, 1)], Default::default()).await;
+    let alice = app.volunteer("alice").await;
+    let replica = alice.fetch(1).await[0].replica_id;
+    alice.succeed(replica, b"crash output").await;
+    app.sweep().await;
+    age(&app, published.batch_id, 31).await;
+    // The batch is purged, and a sweeper deleted one blob's bytes, then died before it
+    // committed: the blob is still queued, and its row not marked.
+    let mut connection = app.pool.acquire().await.unwrap();
+    while retention::purge_due_batches(&mut connection, Duration::from_secs(30 * 24 * 3600)).await.unwrap() {}
+    app.blobs.delete(stdin).await.unwrap();
+    assert!(!deleted(&app, &stdin).await);
+    assert_eq!(download_status(&app, &stdin).await, StatusCode::NOT_FOUND, "never served half-deleted");
+
+    app.sweep().await;
+
+    for hash in [stdin, data, Sha256Hash::of(b"crash output")] {
+        assert!(deleted(&app, &hash).await && !in_store(&app, hash).await, "{hash} is finished");
+    }
+    assert_eq!(app.count("select count(*) from blob_release").await, 0);
+}
+
+#[tokio::test]
+async fn a_purge_cut_short_leaves_the_batch_to_purge_again() {
+    let app = with_retention(30).await;
+    let (stdin, data) = (stored(&app, b"stdin of a rollback").await, stored(&app, b"file of a rollback").await);
+    let published = app.publish_app(vec![reading("r", stdin, data, 1, 1)], Default::default()).await;
+    let alice = app.volunteer("alice").await;
+    let replica = alice.fetch(1).await[0].replica_id;
+    alice.succeed(replica, b"rollback output").await;
+    app.sweep().await;
+    age(&app, published.batch_id, 31).await;
+
+    // A purge whose transaction never commits (the process died mid-way) leaves nothing.
+    let mut transaction = app.pool.begin().await.unwrap();
+    assert!(retention::purge_due_batches(&mut transaction, Duration::from_secs(30 * 24 * 3600)).await.unwrap());
+    drop(transaction);
+    assert_eq!(app.count("select count(*) from blob_release").await, 0);
+    assert_eq!(app.count("select count(*) from batch where purged_at is not null").await, 0);
+
+    app.sweep().await;
+
+    for hash in [stdin, data, Sha256Hash::of(b"rollback output")] {
+        assert!(deleted(&app, &hash).await && !in_store(&app, hash).await, "{hash} is deleted the next time");
+    }
+}
+
+#[tokio::test]
+async fn two_servers_sweeping_at_once_delete_each_blob_once() {
+    let bucket = wasmgrid_server::blobs::test_s3::fresh_bucket();
+    let on_bucket = |config: &mut wasmgrid_server::ServerConfig| {
+        config.blobs.store = Some(bucket.url.clone());
+        config.blobs.s3_settings = bucket.settings();
+    };
+    let first = TestApp::spawn_with(on_bucket).await;
+    let second = TestApp::spawn_on(first.database_url.clone(), on_bucket).await;
+    let mut specs = Vec::new();
+    let mut inputs = Vec::new();
+    for i in 0..120 {
+        let stdin = stored(&first, format!("stdin {i}").as_bytes()).await;
+        let data = stored(&first, format!("file {i}").as_bytes()).await;
+        inputs.extend([stdin, data]);
+        specs.push(reading(&format!("wu-{i}"), stdin, data, 1, 1));
+    }
+    let published = first.publish_app(specs, Default::default()).await;
+    sqlx::query("update batch set deleted_at = now() where id = $1")
+        .bind(published.batch_id)
+        .execute(&first.pool)
+        .await
+        .unwrap();
+    wasmgrid_server::work_unit::cancel::cancel_batch(
+        &mut first.pool.acquire().await.unwrap(),
+        published.batch_id,
+        wasmgrid_server::work_unit::Rules::from(&wasmgrid_server::config::SchedulerConfig::default()),
+    )
+    .await
+    .unwrap();
+
+    tokio::join!(first.sweep(), second.sweep());
+
+    for hash in &inputs {
+        assert!(deleted(&first, hash).await && !in_store(&first, *hash).await, "{hash} is deleted");
+    }
+    assert_eq!(first.count("select count(*) from blob_release").await, 0);
+}

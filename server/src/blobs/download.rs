@@ -82,13 +82,11 @@ pub(super) async fn get_blob(
         return Err(not_found());
     }
     drop(connection);
-    if let Some(valid_for) = state.blob_redirect {
-        if if_none_match_hits(&headers, &etag) {
-            return Ok(with_cache_headers(StatusCode::NOT_MODIFIED.into_response(), &etag));
-        }
-        if let Some(url) = state.blobs.download_url(hash, valid_for).await.map_err(internal)? {
-            return redirect_to(&url);
-        }
+    // A client that has the blob already is answered here, below; anyone else is sent on.
+    if let Some(valid_for) = state.blob_redirect.filter(|_| !if_none_match_hits(&headers, &etag))
+        && let Some(url) = state.blobs.download_url(hash, valid_for).await.map_err(internal)?
+    {
+        return redirect_to(&url);
     }
     let total = state.blobs.size(hash).await.map_err(internal)?.ok_or_else(not_found)?;
     if if_none_match_hits(&headers, &etag) {

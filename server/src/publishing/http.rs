@@ -620,15 +620,7 @@ async fn delete_batch(
     PublisherAuth(publisher): PublisherAuth,
     ApiPath(batch_id): ApiPath<i64>,
 ) -> ApiResult<Json<BatchStatus>> {
-    let batch = owned_batch(&state, publisher.id, batch_id).await?;
-    let mut connection = state.pool.acquire().await?;
-    work_unit::cancel::cancel_batch(&mut connection, batch.id, (&*state.scheduler).into()).await?;
-    sqlx::query("update batch set deleted_at = coalesce(deleted_at, now()) where id = $1")
-        .bind(batch.id)
-        .execute(&mut *connection)
-        .await?;
-    let batch = batches::find_owned(&mut connection, publisher.id, batch_id).await?;
-    Ok(Json(batches::status(&mut connection, &batch).await?))
+    end_batch(&state, publisher.id, batch_id, true).await
 }
 
 /// Cancels a batch: its unfinished work units end.
@@ -648,9 +640,21 @@ async fn cancel_batch(
     PublisherAuth(publisher): PublisherAuth,
     ApiPath(batch_id): ApiPath<i64>,
 ) -> ApiResult<Json<BatchStatus>> {
-    let batch = owned_batch(&state, publisher.id, batch_id).await?;
+    end_batch(&state, publisher.id, batch_id, false).await
+}
+
+/// Cancels the publisher's batch `batch_id` (what still runs ends) and, when `delete`, marks
+/// it for retention to delete its files at the next sweep; returns its status.
+async fn end_batch(state: &AppState, publisher_id: i64, batch_id: i64, delete: bool) -> ApiResult<Json<BatchStatus>> {
+    let batch = owned_batch(state, publisher_id, batch_id).await?;
     let mut connection = state.pool.acquire().await?;
     work_unit::cancel::cancel_batch(&mut connection, batch.id, (&*state.scheduler).into()).await?;
-    let batch = batches::find_owned(&mut connection, publisher.id, batch_id).await?;
+    if delete {
+        sqlx::query("update batch set deleted_at = coalesce(deleted_at, now()) where id = $1")
+            .bind(batch.id)
+            .execute(&mut *connection)
+            .await?;
+    }
+    let batch = batches::find_owned(&mut connection, publisher_id, batch_id).await?;
     Ok(Json(batches::status(&mut connection, &batch).await?))
 }

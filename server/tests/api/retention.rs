@@ -10,7 +10,7 @@ use wasmgrid_protocol::api::blob_path;
 use wasmgrid_server::blobs::{self, retention};
 use wasmgrid_server::publishing::WorkUnitSpec;
 
-use crate::helpers::{TestApp, policy};
+use crate::helpers::{Published, TestApp, policy};
 
 /// Stores `bytes` as a publisher's file.
 async fn stored(app: &TestApp, bytes: &[u8]) -> Sha256Hash {
@@ -41,6 +41,21 @@ async fn age(app: &TestApp, batch_id: i64, days: u32) {
         .execute(&app.pool)
         .await
         .unwrap();
+}
+
+/// A batch of one work unit, with a stdin and a file of its own, run and validated, and
+/// ended `days` ago; returns it, and its stdin, file and output.
+async fn ended_batch(app: &TestApp, tag: &str, days: u32) -> (Published, [Sha256Hash; 3]) {
+    let stdin = stored(app, format!("stdin of {tag}").as_bytes()).await;
+    let data = stored(app, format!("file of {tag}").as_bytes()).await;
+    let published = app.publish_app(vec![reading(tag, stdin, data, 1, 1)], Default::default()).await;
+    let volunteer = app.volunteer(&format!("volunteer of {tag}")).await;
+    let replica = volunteer.fetch(1).await[0].replica_id;
+    let output = format!("output of {tag}");
+    volunteer.succeed(replica, output.as_bytes()).await;
+    app.sweep().await;
+    age(app, published.batch_id, days).await;
+    (published, [stdin, data, Sha256Hash::of(output.as_bytes())])
 }
 
 async fn download_status(app: &TestApp, hash: &Sha256Hash) -> StatusCode {
@@ -263,13 +278,8 @@ async fn bytes_deleted_by_retention_come_back_when_stored_again() {
 #[tokio::test]
 async fn a_sweep_cut_short_after_deleting_bytes_is_finished_by_the_next() {
     let app = with_retention(30).await;
-    let (stdin, data) = (stored(&app, b"stdin of a crash").await, stored(&app, b"file of a crash").await);
-    let published = app.publish_app(vec![reading("crash", stdin, data, 1, 1)], Default::default()).await;
-    let alice = app.volunteer("alice").await;
-    let replica = alice.fetch(1).await[0].replica_id;
-    alice.succeed(replica, b"crash output").await;
-    app.sweep().await;
-    age(&app, published.batch_id, 31).await;
+    let (_, files) = ended_batch(&app, "a crash", 31).await;
+    let stdin = files[0];
     // The batch is purged, and a sweeper deleted one blob's bytes, then died before it
     // committed: the blob is still queued, and its row not marked.
     let mut connection = app.pool.acquire().await.unwrap();
@@ -280,7 +290,7 @@ async fn a_sweep_cut_short_after_deleting_bytes_is_finished_by_the_next() {
 
     app.sweep().await;
 
-    for hash in [stdin, data, Sha256Hash::of(b"crash output")] {
+    for hash in files {
         assert!(deleted(&app, &hash).await && !in_store(&app, hash).await, "{hash} is finished");
     }
     assert_eq!(app.count("select count(*) from blob_release").await, 0);
@@ -289,13 +299,7 @@ async fn a_sweep_cut_short_after_deleting_bytes_is_finished_by_the_next() {
 #[tokio::test]
 async fn a_purge_cut_short_leaves_the_batch_to_purge_again() {
     let app = with_retention(30).await;
-    let (stdin, data) = (stored(&app, b"stdin of a rollback").await, stored(&app, b"file of a rollback").await);
-    let published = app.publish_app(vec![reading("r", stdin, data, 1, 1)], Default::default()).await;
-    let alice = app.volunteer("alice").await;
-    let replica = alice.fetch(1).await[0].replica_id;
-    alice.succeed(replica, b"rollback output").await;
-    app.sweep().await;
-    age(&app, published.batch_id, 31).await;
+    let (_, files) = ended_batch(&app, "a rollback", 31).await;
 
     // A purge whose transaction never commits (the process died mid-way) leaves nothing.
     let mut transaction = app.pool.begin().await.unwrap();
@@ -306,7 +310,7 @@ async fn a_purge_cut_short_leaves_the_batch_to_purge_again() {
 
     app.sweep().await;
 
-    for hash in [stdin, data, Sha256Hash::of(b"rollback output")] {
+    for hash in files {
         assert!(deleted(&app, &hash).await && !in_store(&app, hash).await, "{hash} is deleted the next time");
     }
 }

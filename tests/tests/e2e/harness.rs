@@ -261,14 +261,19 @@ async fn spawn_server(
         }
     }
     let mut child = command.spawn().expect("the server binary starts");
-    let stdout = child.stdout.take().unwrap();
+    let url = announced_url(&mut child).await;
+    (child, url)
+}
+
+/// The URL a server process started with its standard output piped says it listens at.
+pub async fn announced_url(server: &mut Child) -> String {
+    let stdout = server.stdout.take().expect("the server's standard output is piped");
     let line = tokio::time::timeout(Duration::from_secs(60), BufReader::new(stdout).lines().next_line())
         .await
         .expect("the server announces itself")
         .unwrap()
         .expect("an announcement line");
-    let url = line.rsplit(' ').next().expect("a URL").to_owned();
-    (child, url)
+    line.rsplit(' ').next().expect("a URL").to_owned()
 }
 
 /// The port of a URL the server announced.

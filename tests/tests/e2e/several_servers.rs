@@ -9,13 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 use wasmgrid_server::blobs::test_s3::{TestBucket, fresh_bucket};
 use wasmgrid_server::database::test_cluster;
 
-use crate::harness::{Publisher, Volunteer, binary, example_module, port_of, signal};
+use crate::harness::{Publisher, Volunteer, announced_url, binary, example_module, port_of, signal};
 
 const WORK_UNITS: i64 = 24;
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -36,13 +35,7 @@ async fn start_server(database_url: &str, bucket: &TestBucket) -> (Child, String
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true);
     let mut child = command.spawn().expect("the server binary starts");
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::time::timeout(Duration::from_secs(60), BufReader::new(stdout).lines().next_line())
-        .await
-        .expect("the server announces itself")
-        .unwrap()
-        .expect("an announcement line");
-    let url = line.rsplit(' ').next().expect("a URL").to_owned();
+    let url = announced_url(&mut child).await;
     (child, url, data_dir)
 }
 

@@ -16,6 +16,9 @@ alter table batch add column if not exists deleted_at timestamptz;
 -- When its files were handed to the sweep below: from then on, none of its rows keeps a blob.
 alter table batch add column if not exists purged_at timestamptz;
 create index if not exists batch_not_purged on batch (id) where purged_at is null;
+-- Whether a batch still waits for a recheck, asked of every ended batch at every sweep: few
+-- work units wait at once, so this stays tiny.
+create index if not exists work_unit_recheck_pending on work_unit (batch_id) where recheck = 'pending';
 
 -- Blobs that may have lost their last reference: named by a purged batch, or the output of
 -- a replica found invalid. The sweep deletes each whose bytes nothing live needs any more.

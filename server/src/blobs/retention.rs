@@ -41,25 +41,25 @@ pub const PROMISED_FOR: Duration = Duration::from_secs(24 * 3600);
 /// How soon to look again at a blob whose row was locked by someone storing or naming it.
 const BUSY_RETRY: Duration = Duration::from_secs(5);
 
+/// Whether batch `b` has work still to do: a work unit active or waiting for a recheck.
+const BATCH_BUSY: &str = "(exists (select 1 from work_unit w where w.batch_id = b.id and w.state = 'active')
+     or exists (select 1 from work_unit w where w.batch_id = b.id and w.recheck = 'pending'))";
+
 /// Stamps `ended_at` on batches that ended, and clears it on batches a recheck reopened.
 /// Returns how many batches it stamped.
 pub async fn note_ended_batches(connection: &mut PgConnection) -> sqlx::Result<u64> {
-    sqlx::query(
+    sqlx::query(&format!(
         "update batch b set ended_at = null
-         where b.ended_at is not null and b.purged_at is null
-           and (exists (select 1 from work_unit w where w.batch_id = b.id and w.state = 'active')
-                or exists (select 1 from work_unit w where w.batch_id = b.id and w.recheck = 'pending'))",
-    )
+         where b.ended_at is not null and b.purged_at is null and {BATCH_BUSY}"
+    ))
     .execute(&mut *connection)
     .await?;
-    let stamped = sqlx::query(
+    let stamped = sqlx::query(&format!(
         "update batch b
          set ended_at = greatest(b.closed_at, b.cancelled_at,
                                  (select max(w.finished_at) from work_unit w where w.batch_id = b.id))
-         where b.ended_at is null and b.purged_at is null and b.closed_at is not null
-           and not exists (select 1 from work_unit w where w.batch_id = b.id and w.state = 'active')
-           and not exists (select 1 from work_unit w where w.batch_id = b.id and w.recheck = 'pending')",
-    )
+         where b.ended_at is null and b.purged_at is null and b.closed_at is not null and not {BATCH_BUSY}"
+    ))
     .execute(connection)
     .await?;
     Ok(stamped.rows_affected())
@@ -74,36 +74,34 @@ const NAMED_BY_BATCH: &str = "
     union select r.uploaded_sha256 from replica r join work_unit w on w.id = r.work_unit_id
           where w.batch_id = $1 and r.uploaded_sha256 is not null";
 
-/// Purges one batch whose retention is over, or that its publisher deleted: queues the
-/// blobs it names and marks it purged. Returns whether there was one.
+/// Purges one batch whose retention is over, or that its publisher deleted, and that has
+/// nothing left to do: queues the blobs it names and marks it purged. Returns whether it
+/// purged one (a deleted batch still busy waits for a later sweep).
 pub async fn purge_due_batches(connection: &mut PgConnection, retention: Duration) -> sqlx::Result<bool> {
     let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
     // The batch row's lock keeps a recheck (which takes it too) from reopening the batch
     // while its files are queued; a recheck that came first shows in the question below.
-    let due: Option<(i64, bool)> = sqlx::query_as(
-        "select id, deleted_at is not null from batch
-         where purged_at is null
-           and (deleted_at is not null or ended_at < now() - make_interval(secs => $1))
-         order by id limit 1
-         for update skip locked",
-    )
+    let due: Option<(i64, bool)> = sqlx::query_as(&format!(
+        "select b.id, b.deleted_at is not null from batch b
+         where b.purged_at is null
+           and (b.deleted_at is not null or b.ended_at < now() - make_interval(secs => $1))
+           and not {BATCH_BUSY}
+         order by b.id limit 1
+         for update skip locked"
+    ))
     .bind(retention.as_secs_f64())
     .fetch_optional(&mut *transaction)
     .await?;
     let Some((batch_id, deleted_by_publisher)) = due else { return Ok(false) };
-    let busy: bool = sqlx::query_scalar(
-        "select exists (select 1 from work_unit w where w.batch_id = $1
-                        and (w.state = 'active' or w.recheck = 'pending'))",
-    )
-    .bind(batch_id)
-    .fetch_one(&mut *transaction)
-    .await?;
+    let busy: bool = sqlx::query_scalar(&format!("select {BATCH_BUSY} from batch b where b.id = $1"))
+        .bind(batch_id)
+        .fetch_one(&mut *transaction)
+        .await?;
     if busy {
-        // Reopened by a recheck (or a deletion whose cancellation is still under way): it
-        // ends again later.
+        // Reopened by a recheck between the two questions: it ends again later.
         sqlx::query("update batch set ended_at = null where id = $1").bind(batch_id).execute(&mut *transaction).await?;
         transaction.commit().await?;
-        return Ok(true);
+        return Ok(false);
     }
     let queued = sqlx::query(&format!(
         "insert into blob_release (sha256)

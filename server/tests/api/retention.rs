@@ -276,6 +276,32 @@ async fn bytes_deleted_by_retention_come_back_when_stored_again() {
 }
 
 #[tokio::test]
+async fn a_batch_waiting_for_a_recheck_keeps_its_files_even_when_deleted_until_the_recheck_ends() {
+    let app = with_retention(30).await;
+    let (published, files) = ended_batch(&app, "a recheck", 31).await;
+    // A host caught cheating had its result in this batch sent to be checked again.
+    let recheck = "update work_unit set recheck = $2::recheck_state where batch_id = $1";
+    sqlx::query(recheck).bind(published.batch_id).bind("pending").execute(&app.pool).await.unwrap();
+    sqlx::query("update batch set deleted_at = now() where id = $1")
+        .bind(published.batch_id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    // The sweep finishes (it does not wait on the busy batch) and deletes nothing of it.
+    tokio::time::timeout(Duration::from_secs(60), app.sweep()).await.expect("the sweep ends");
+    for hash in files {
+        assert!(!deleted(&app, &hash).await && in_store(&app, hash).await, "{hash} is kept for the recheck");
+    }
+
+    sqlx::query(recheck).bind(published.batch_id).bind("confirmed").execute(&app.pool).await.unwrap();
+    app.sweep().await;
+    for hash in files {
+        assert!(deleted(&app, &hash).await && !in_store(&app, hash).await, "{hash} goes once the recheck ended");
+    }
+}
+
+#[tokio::test]
 async fn a_sweep_cut_short_after_deleting_bytes_is_finished_by_the_next() {
     let app = with_retention(30).await;
     let (_, files) = ended_batch(&app, "a crash", 31).await;

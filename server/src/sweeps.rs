@@ -20,8 +20,12 @@ use crate::work_unit::ban::take_back_from_banned;
 use crate::work_unit::deadlines::expire_deadlines;
 use crate::work_unit::lookback::recheck_caught;
 
-/// Uploads the sweep of unreported outputs decides about per round.
+/// Uploads the sweep of unreported outputs decides about per round (and blobs retention does).
 const UPLOAD_BATCH: usize = 500;
+/// Batches retention purges per sweep round, at most.
+const PURGES_PER_ROUND: usize = 20;
+/// Rounds of [`UPLOAD_BATCH`] blobs retention releases per sweep round, at most.
+const RELEASE_ROUNDS: usize = 10;
 
 /// Everything the sweeps work on.
 #[derive(Clone)]
@@ -35,7 +39,8 @@ pub struct Sweeper {
 }
 
 impl Sweeper {
-    /// Runs every sweep until there is nothing left to do. For tests and for the loop below.
+    /// Runs every sweep until there is nothing left to do (retention: up to its share of a
+    /// round). For tests and for the loop below.
     pub async fn run_once(&self) -> anyhow::Result<()> {
         let mut connection = self.pool.acquire().await?;
         while expire_deadlines(&mut connection, self.rules).await? > 0 {}
@@ -51,11 +56,22 @@ impl Sweeper {
         }
         drop(connection);
         while unreported::sweep(&self.pool, self.blobs.as_ref(), UPLOAD_BATCH).await?.total() == UPLOAD_BATCH {}
+        // Retention takes a bounded share of each round, so that a backlog (the first start
+        // of a version with retention, on a project with years of batches) never holds up
+        // deadlines and credit; the rest waits for the next rounds.
         let mut connection = self.pool.acquire().await?;
         retention::note_ended_batches(&mut connection).await?;
-        while retention::purge_due_batches(&mut connection, self.retention).await? {}
+        for _ in 0..PURGES_PER_ROUND {
+            if !retention::purge_due_batches(&mut connection, self.retention).await? {
+                break;
+            }
+        }
         drop(connection);
-        while retention::release_blobs(&self.pool, self.blobs.as_ref(), UPLOAD_BATCH).await?.total() == UPLOAD_BATCH {}
+        for _ in 0..RELEASE_ROUNDS {
+            if retention::release_blobs(&self.pool, self.blobs.as_ref(), UPLOAD_BATCH).await?.total() < UPLOAD_BATCH {
+                break;
+            }
+        }
         Ok(())
     }
 }

@@ -61,7 +61,7 @@ async fn scheduler_request(
     let inline_outputs = blobs::inline::checked(&request.reports, state.scheduler.inline_output_limit)?;
 
     let mut transaction = state.pool.begin().await?;
-    blobs::inline::store(&mut transaction, state.blobs.as_ref(), &inline_outputs).await?;
+    blobs::inline::store(&mut transaction, state.blobs.as_ref(), host.id, &inline_outputs).await?;
     let mut effects = HostEffects::default();
     // The reports' effects on trust are applied with the request's own, once, at the end.
     let acknowledged = report::report(&mut transaction, &host, &request.reports, (&*state.scheduler).into())

@@ -6,8 +6,9 @@
 //! An inline output is checked against its report (a success, its size, its hash) before
 //! anything is stored, and stored in the report's transaction with its blob row held as an
 //! upload holds it, so that the sweep of unreported outputs never deletes bytes a report is
-//! about to name. Reported in the same transaction, it needs no upload log: nothing is left
-//! unreported if the transaction commits, and nothing is recorded if it does not.
+//! about to name. Only the outputs of the host's own replicas that still await a report are
+//! stored, and each is logged as an upload is: a report acknowledged without being recorded
+//! (a retry racing another) leaves nothing that the sweep of unreported outputs misses.
 
 use std::collections::BTreeMap;
 
@@ -18,15 +19,25 @@ use wasmgrid_protocol::api::{ReplicaReport, ReportedOutcome};
 
 use super::{BlobStore, SpooledContent};
 use crate::http::error::{ApiError, ApiResult};
+use crate::work_unit::AWAITS_REPORT;
 
 /// Outputs up to this size may travel inside reports, unless the operator says otherwise.
 pub const DEFAULT_INLINE_OUTPUT_LIMIT: u64 = 64 << 10;
 
-/// The inline outputs of `reports` by hash, each checked against the report that carries
-/// it: a success that claims these bytes' size and hash, within `limit`. Any report that
-/// fails the check refuses the whole request, as an upload under a wrong hash does.
-pub fn checked(reports: &[ReplicaReport], limit: u64) -> ApiResult<BTreeMap<Sha256Hash, Bytes>> {
-    let mut outputs = BTreeMap::new();
+/// Inline outputs of one request, checked against their reports.
+#[derive(Default)]
+pub struct InlineOutputs {
+    /// The bytes, by hash.
+    bytes: BTreeMap<Sha256Hash, Bytes>,
+    /// Which replica carried which output.
+    replicas: Vec<(i64, Sha256Hash)>,
+}
+
+/// The inline outputs of `reports`, each checked against the report that carries it: a
+/// success that claims these bytes' size and hash, within `limit`. Any report that fails
+/// the check refuses the whole request, as an upload under a wrong hash does.
+pub fn checked(reports: &[ReplicaReport], limit: u64) -> ApiResult<InlineOutputs> {
+    let mut outputs = InlineOutputs::default();
     for report in reports {
         let Some(output) = &report.output else { continue };
         let ReportedOutcome::Success { output_hash, output_bytes } = &report.outcome else {
@@ -56,24 +67,44 @@ pub fn checked(reports: &[ReplicaReport], limit: u64) -> ApiResult<BTreeMap<Sha2
                 report.replica_id
             )));
         }
-        outputs.entry(hash).or_insert_with(|| Bytes::copy_from_slice(&output.0));
+        outputs.bytes.entry(hash).or_insert_with(|| Bytes::copy_from_slice(&output.0));
+        outputs.replicas.push((report.replica_id, hash));
     }
     Ok(outputs)
 }
 
-/// Stores `outputs` as blobs in the caller's transaction: their rows created or held (share
-/// locked until it ends, which keeps the sweeps from deleting them), then their bytes put
-/// in the store, which keeps what it has and puts back what a sweep deleted.
+/// Stores the outputs of `host_id`'s replicas that still await their report as blobs, in
+/// the caller's transaction: logged as uploads (so that the sweep of unreported outputs
+/// deletes any the report then does not record), their rows created or held (share locked
+/// until it ends, which keeps the sweeps from deleting them), then their bytes put in the
+/// store, which keeps what it has and puts back what a sweep deleted. The outputs of other
+/// replicas are not stored: their reports are refused, or acknowledged and ignored.
 pub async fn store(
     connection: &mut PgConnection,
     store: &dyn BlobStore,
-    outputs: &BTreeMap<Sha256Hash, Bytes>,
+    host_id: i64,
+    outputs: &InlineOutputs,
 ) -> ApiResult<()> {
-    if outputs.is_empty() {
+    if outputs.replicas.is_empty() {
         return Ok(());
     }
-    let hashes: Vec<String> = outputs.keys().map(Sha256Hash::to_hex).collect();
-    let sizes: Vec<i64> = outputs.values().map(|bytes| bytes.len() as i64).collect();
+    let replica_ids: Vec<i64> = outputs.replicas.iter().map(|(id, _)| *id).collect();
+    let awaiting: Vec<i64> = sqlx::query_scalar(&format!(
+        "select r.id from replica r where r.id = any($1) and r.host_id = $2 and {AWAITS_REPORT}"
+    ))
+    .bind(&replica_ids)
+    .bind(host_id)
+    .fetch_all(&mut *connection)
+    .await?;
+    let accepted: Vec<(i64, Sha256Hash)> =
+        outputs.replicas.iter().filter(|(id, _)| awaiting.contains(id)).copied().collect();
+    if accepted.is_empty() {
+        return Ok(());
+    }
+    let to_store: BTreeMap<Sha256Hash, Bytes> =
+        accepted.iter().map(|(_, hash)| (*hash, outputs.bytes[hash].clone())).collect();
+    let hashes: Vec<String> = to_store.keys().map(Sha256Hash::to_hex).collect();
+    let sizes: Vec<i64> = to_store.values().map(|bytes| bytes.len() as i64).collect();
     // A row can vanish between the statements (a sweep deleted it) or appear (an upload
     // committed it); each turn sees them settle, as an upload's hold does.
     let mut held = false;
@@ -110,7 +141,19 @@ pub async fn store(
     if !held {
         return Err(ApiError::Unavailable);
     }
-    for (hash, bytes) in outputs {
+    let (logged_replicas, logged_hashes): (Vec<i64>, Vec<String>) =
+        accepted.iter().map(|(id, hash)| (*id, hash.to_hex())).unzip();
+    sqlx::query(
+        "insert into output_upload (replica_id, sha256, check_after)
+         select u.replica_id, u.sha256, now() + make_interval(secs => $3)
+         from unnest($1::int8[], $2::text[]) as u(replica_id, sha256)",
+    )
+    .bind(&logged_replicas)
+    .bind(&logged_hashes)
+    .bind(super::unreported::RECHECK.as_secs_f64())
+    .execute(&mut *connection)
+    .await?;
+    for (hash, bytes) in &to_store {
         super::put_content(store, *hash, SpooledContent::Memory(bytes.clone())).await?;
     }
     Ok(())

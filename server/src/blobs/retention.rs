@@ -14,11 +14,12 @@
 //!    still needs them: a module, an input or a valid output of a batch not purged, an
 //!    upload a replica may still report, or a promise to a publisher that it is stored.
 //!
-//! A blob's bytes are deleted only while the sweep holds its row's lock, which every store
-//! of the same bytes and every work unit naming them (through its foreign key) takes too:
-//! whoever comes second sees what the first did. Each decision is a transaction of its own,
-//! and a crash between deleting bytes and committing leaves the blob queued and its row not
-//! marked; the next sweep deletes the (missing) bytes again and marks it.
+//! A blob is marked deleted, and its bytes deleted, only while the sweep holds its row's
+//! lock, which every store of the same bytes and every work unit naming them (through its
+//! foreign key) takes too: whoever comes second sees what the first did. The mark is
+//! committed before the bytes go, so no row that is not marked ever names missing bytes; a
+//! crash in between leaves the blob marked and still queued, and the next sweep deletes its
+//! bytes. Storing the bytes again clears the mark.
 
 use std::time::Duration;
 
@@ -107,6 +108,7 @@ pub async fn purge_due_batches(connection: &mut PgConnection, retention: Duratio
         "insert into blob_release (sha256)
          select named.sha256 from ({NAMED_BY_BATCH}) named
          where exists (select 1 from blob b where b.sha256 = named.sha256 and b.deleted_at is null)
+         order by named.sha256
          on conflict (sha256) do update set check_after = least(blob_release.check_after, excluded.check_after)"
     ))
     .bind(batch_id)
@@ -166,7 +168,10 @@ impl Released {
 enum Decision {
     LookAgain(Duration),
     Keep,
+    /// Mark the blob deleted, then delete its bytes.
     Delete(Sha256Hash),
+    /// Marked already (a sweep stopped between the two): delete its bytes.
+    DeleteBytes(Sha256Hash),
 }
 
 /// Decides about at most `limit` queued blobs that are due.
@@ -200,9 +205,9 @@ pub async fn release_blobs(pool: &PgPool, store: &dyn BlobStore, limit: usize) -
                 released.kept += 1;
             }
             Decision::Delete(blob) => {
-                // Bytes first, under the row's lock; see the module's comment for a crash
-                // between this and the commit.
-                store.delete(blob).await?;
+                // The mark first, committed: from then on nobody is told the blob is there
+                // (downloads, a publisher's missing files, new work units all see it), and
+                // a crash before the bytes go leaves it marked and queued for the next sweep.
                 sqlx::query("update blob set deleted_at = now(), held_until = null where sha256 = $1")
                     .bind(&hash)
                     .execute(&mut *transaction)
@@ -213,6 +218,14 @@ pub async fn release_blobs(pool: &PgPool, store: &dyn BlobStore, limit: usize) -
                     .bind(&hash)
                     .execute(&mut *transaction)
                     .await?;
+                transaction.commit().await?;
+                delete_marked_bytes(pool, store, blob).await?;
+                released.deleted += 1;
+                continue;
+            }
+            Decision::DeleteBytes(blob) => {
+                // Marked by a sweep that stopped before the bytes went; the row is locked.
+                store.delete(blob).await?;
                 sqlx::query("delete from blob_release where sha256 = $1")
                     .bind(&hash)
                     .execute(&mut *transaction)
@@ -226,6 +239,23 @@ pub async fn release_blobs(pool: &PgPool, store: &dyn BlobStore, limit: usize) -
         tracing::info!(deleted = released.deleted, "deleted the files of purged batches and invalid outputs");
     }
     Ok(released)
+}
+
+/// Deletes the bytes of a blob marked deleted, under its row's lock, and takes it off the
+/// queue. A store that brought the blob back meanwhile cleared the mark: its bytes stay.
+async fn delete_marked_bytes(pool: &PgPool, store: &dyn BlobStore, blob: Sha256Hash) -> anyhow::Result<()> {
+    let mut transaction = pool.begin().await?;
+    let still_deleted: Option<bool> =
+        sqlx::query_scalar("select deleted_at is not null from blob where sha256 = $1 for update")
+            .bind(blob.to_hex())
+            .fetch_optional(&mut *transaction)
+            .await?;
+    if still_deleted == Some(true) {
+        store.delete(blob).await?;
+    }
+    sqlx::query("delete from blob_release where sha256 = $1").bind(blob.to_hex()).execute(&mut *transaction).await?;
+    transaction.commit().await?;
+    Ok(())
 }
 
 async fn decide(connection: &mut PgConnection, hash: &str) -> anyhow::Result<Decision> {
@@ -250,7 +280,7 @@ async fn decide(connection: &mut PgConnection, hash: &str) -> anyhow::Result<Dec
         return Ok(if exists { Decision::LookAgain(BUSY_RETRY) } else { Decision::Keep });
     };
     if blob.deleted {
-        return Ok(Decision::Keep);
+        return Ok(Decision::DeleteBytes(hash.parse()?));
     }
     if let Some(seconds) = blob.promised_for.filter(|seconds| *seconds > 0.0) {
         return Ok(Decision::LookAgain(Duration::from_secs_f64(seconds) + BUSY_RETRY));

@@ -37,7 +37,11 @@ async fn a_quorum_reported_with_outputs_inline_validates_without_uploads() {
     bob.request(vec![inline(b, b"inline answer")], 0).await.unwrap();
 
     assert_eq!(app.work_unit(work_unit).await.state, "validated");
-    assert_eq!(app.count("select count(*) from output_upload").await, 0, "no upload was logged");
+    assert_eq!(
+        app.count("select count(*) from replica where uploaded_sha256 is not null").await,
+        0,
+        "nothing uploaded"
+    );
     let served = app.client.download_blob(&Sha256Hash::of(b"inline answer")).await.unwrap();
     assert_eq!(served.as_ref(), b"inline answer");
 }
@@ -86,6 +90,38 @@ async fn an_inline_output_that_does_not_match_its_report_refuses_the_request() {
         assert_eq!(state_of(&app, replicas[0]).await, "in_progress", "{what}: nothing of the request was recorded");
     }
     assert_eq!(app.count("select count(*) from blob where origin = 'output'").await, 0, "nothing was stored");
+}
+
+#[tokio::test]
+async fn outputs_inline_for_replicas_not_awaiting_this_hosts_report_are_not_stored() {
+    let app = TestApp::spawn().await;
+    app.publish(2, policy(1, 1)).await;
+    let (alice, mallory) = (app.volunteer("alice").await, app.volunteer("mallory").await);
+    let alices = one_replica(&alice).await;
+    let stored = |output: &'static [u8]| {
+        let hash = Sha256Hash::of(output).to_hex();
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("select count(*) from blob where sha256 = $1")
+                .bind(hash)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+
+    // Another host's replica: refused, and its bytes never reach the store.
+    let refused = mallory.request(vec![inline(alices, b"planted")], 0).await.unwrap_err();
+    assert_eq!(refused.status(), Some(StatusCode::FORBIDDEN));
+    assert_eq!(stored(b"planted").await, 0);
+    assert!(app.blobs.size(Sha256Hash::of(b"planted")).await.unwrap().is_none());
+
+    // A replica already reported: acknowledged again, and the new bytes are not kept.
+    alice.request(vec![inline(alices, b"the answer")], 0).await.unwrap();
+    let again = alice.request(vec![inline(alices, b"second thoughts")], 0).await.unwrap();
+    assert_eq!(again.acknowledged, vec![alices]);
+    assert_eq!(stored(b"second thoughts").await, 0);
+    assert_eq!(stored(b"the answer").await, 1);
 }
 
 #[tokio::test]

@@ -302,17 +302,21 @@ async fn a_batch_waiting_for_a_recheck_keeps_its_files_even_when_deleted_until_t
 }
 
 #[tokio::test]
-async fn a_sweep_cut_short_after_deleting_bytes_is_finished_by_the_next() {
+async fn a_sweep_cut_short_between_the_mark_and_the_bytes_is_finished_by_the_next() {
     let app = with_retention(30).await;
     let (_, files) = ended_batch(&app, "a crash", 31).await;
     let stdin = files[0];
-    // The batch is purged, and a sweeper deleted one blob's bytes, then died before it
-    // committed: the blob is still queued, and its row not marked.
+    // The batch is purged, and a sweeper marked one blob deleted and committed, then died
+    // before it deleted the bytes: the blob is marked, still queued, its bytes still there.
     let mut connection = app.pool.acquire().await.unwrap();
     while retention::purge_due_batches(&mut connection, Duration::from_secs(30 * 24 * 3600)).await.unwrap() {}
-    app.blobs.delete(stdin).await.unwrap();
-    assert!(!deleted(&app, &stdin).await);
-    assert_eq!(download_status(&app, &stdin).await, StatusCode::NOT_FOUND, "never served half-deleted");
+    sqlx::query("update blob set deleted_at = now() where sha256 = $1")
+        .bind(stdin.to_hex())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert!(in_store(&app, stdin).await);
+    assert_eq!(download_status(&app, &stdin).await, StatusCode::GONE, "marked is never served");
 
     app.sweep().await;
 
@@ -320,6 +324,27 @@ async fn a_sweep_cut_short_after_deleting_bytes_is_finished_by_the_next() {
         assert!(deleted(&app, &hash).await && !in_store(&app, hash).await, "{hash} is finished");
     }
     assert_eq!(app.count("select count(*) from blob_release").await, 0);
+}
+
+#[tokio::test]
+async fn a_store_of_the_bytes_between_the_mark_and_the_bytes_keeps_them() {
+    let app = with_retention(30).await;
+    let (_, files) = ended_batch(&app, "a race", 31).await;
+    let stdin = files[0];
+    let mut connection = app.pool.acquire().await.unwrap();
+    while retention::purge_due_batches(&mut connection, Duration::from_secs(30 * 24 * 3600)).await.unwrap() {}
+    sqlx::query("update blob set deleted_at = now() where sha256 = $1")
+        .bind(stdin.to_hex())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    // A publisher stores the same bytes again before the sweep gets to them.
+    assert_eq!(stored(&app, b"stdin of a race").await, stdin);
+
+    app.sweep().await;
+
+    assert!(!deleted(&app, &stdin).await && in_store(&app, stdin).await, "the stored-again bytes stay");
+    assert_eq!(download_status(&app, &stdin).await, StatusCode::OK);
 }
 
 #[tokio::test]

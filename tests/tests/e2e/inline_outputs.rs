@@ -7,7 +7,8 @@ use crate::harness::{Server, Volunteer, single, workunit};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 const VALIDATED: &str = "select count(*) from work_unit where state = 'validated'";
-const UPLOADS: &str = "select count(*) from output_upload";
+/// Replicas whose output was uploaded on its own (an inline output is not).
+const UPLOADED: &str = "select count(*) from replica where uploaded_sha256 is not null";
 
 #[tokio::test]
 async fn small_outputs_go_inside_the_reports_and_need_no_upload() {
@@ -18,7 +19,7 @@ async fn small_outputs_go_inside_the_reports_and_need_no_upload() {
     volunteer.run_until_idle(TIMEOUT).await;
 
     assert_eq!(server.count(VALIDATED).await, 3);
-    assert_eq!(server.count(UPLOADS).await, 0, "no output was uploaded on its own");
+    assert_eq!(server.count(UPLOADED).await, 0, "no output was uploaded on its own");
     assert_eq!(server.count("select count(*) from replica where output_sha256 is not null").await, 3);
 }
 
@@ -31,5 +32,5 @@ async fn outputs_are_uploaded_to_a_server_that_takes_none_inline() {
     volunteer.run_until_idle(TIMEOUT).await;
 
     assert_eq!(server.count(VALIDATED).await, 3);
-    assert_eq!(server.count(UPLOADS).await, 3, "each output was uploaded before its report");
+    assert_eq!(server.count(UPLOADED).await, 3, "each output was uploaded before its report");
 }

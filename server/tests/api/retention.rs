@@ -58,6 +58,18 @@ async fn ended_batch(app: &TestApp, tag: &str, days: u32) -> (Published, [Sha256
     (published, [stdin, data, Sha256Hash::of(output.as_bytes())])
 }
 
+/// What a sweep stopped between its two steps leaves: the ended batches purged and `blob`
+/// marked deleted and still queued, its bytes still in the store.
+async fn purge_and_mark_only(app: &TestApp, blob: Sha256Hash) {
+    let mut connection = app.pool.acquire().await.unwrap();
+    while retention::purge_due_batches(&mut connection, Duration::from_secs(30 * 24 * 3600)).await.unwrap() {}
+    sqlx::query("update blob set deleted_at = now() where sha256 = $1")
+        .bind(blob.to_hex())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+}
+
 async fn download_status(app: &TestApp, hash: &Sha256Hash) -> StatusCode {
     app.client.request(Method::GET, &blob_path(hash)).send().await.unwrap().status()
 }
@@ -308,13 +320,7 @@ async fn a_sweep_cut_short_between_the_mark_and_the_bytes_is_finished_by_the_nex
     let stdin = files[0];
     // The batch is purged, and a sweeper marked one blob deleted and committed, then died
     // before it deleted the bytes: the blob is marked, still queued, its bytes still there.
-    let mut connection = app.pool.acquire().await.unwrap();
-    while retention::purge_due_batches(&mut connection, Duration::from_secs(30 * 24 * 3600)).await.unwrap() {}
-    sqlx::query("update blob set deleted_at = now() where sha256 = $1")
-        .bind(stdin.to_hex())
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    purge_and_mark_only(&app, stdin).await;
     assert!(in_store(&app, stdin).await);
     assert_eq!(download_status(&app, &stdin).await, StatusCode::GONE, "marked is never served");
 
@@ -331,13 +337,7 @@ async fn a_store_of_the_bytes_between_the_mark_and_the_bytes_keeps_them() {
     let app = with_retention(30).await;
     let (_, files) = ended_batch(&app, "a race", 31).await;
     let stdin = files[0];
-    let mut connection = app.pool.acquire().await.unwrap();
-    while retention::purge_due_batches(&mut connection, Duration::from_secs(30 * 24 * 3600)).await.unwrap() {}
-    sqlx::query("update blob set deleted_at = now() where sha256 = $1")
-        .bind(stdin.to_hex())
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    purge_and_mark_only(&app, stdin).await;
     // A publisher stores the same bytes again before the sweep gets to them.
     assert_eq!(stored(&app, b"stdin of a race").await, stdin);
 

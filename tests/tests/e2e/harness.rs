@@ -401,17 +401,22 @@ impl Server {
     /// A publisher token made by `wasmgrid-server token create` on this running server's
     /// database.
     pub async fn publisher(&self, name: &str) -> Publisher {
-        let output = Command::new(binary("wasmgrid-server"))
-            .args(["token", "create", "--scope", "publish", "--name", name, "--json"])
-            .env("DATABASE_URL", &self.database_url)
-            .env("RUST_LOG", "warn")
-            .output()
-            .await
-            .unwrap();
-        assert!(output.status.success(), "token create failed: {}", String::from_utf8_lossy(&output.stderr));
-        let created: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        Publisher { server_url: self.url.clone(), token: created["token"].as_str().unwrap().to_owned() }
+        Publisher { server_url: self.url.clone(), token: publisher_token(&self.database_url, name).await }
     }
+}
+
+/// A publisher token for `name` made by `wasmgrid-server token create` on `database_url`.
+pub async fn publisher_token(database_url: &str, name: &str) -> String {
+    let output = Command::new(binary("wasmgrid-server"))
+        .args(["token", "create", "--scope", "publish", "--name", name, "--json"])
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "token create failed: {}", String::from_utf8_lossy(&output.stderr));
+    let created: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    created["token"].as_str().unwrap().to_owned()
 }
 
 impl Publisher {

@@ -14,7 +14,7 @@ use tokio::process::{Child, Command};
 use wasmgrid_server::blobs::test_s3::{TestBucket, fresh_bucket};
 use wasmgrid_server::database::test_cluster;
 
-use crate::harness::{Publisher, Volunteer, announced_url, binary, example_module, port_of, signal};
+use crate::harness::{Publisher, Volunteer, announced_url, binary, example_module, port_of, publisher_token, signal};
 
 const WORK_UNITS: i64 = 24;
 const TIMEOUT: Duration = Duration::from_secs(180);
@@ -63,20 +63,6 @@ async fn load_balancer(backends: Vec<SocketAddr>) -> SocketAddr {
     address
 }
 
-/// A publisher token made by `wasmgrid-server token create` on the shared database.
-async fn publisher_token(database_url: &str) -> String {
-    let output = Command::new(binary("wasmgrid-server"))
-        .args(["token", "create", "--scope", "publish", "--name", "scientist", "--json"])
-        .env("DATABASE_URL", database_url)
-        .env("RUST_LOG", "warn")
-        .output()
-        .await
-        .unwrap();
-    assert!(output.status.success(), "token create failed: {}", String::from_utf8_lossy(&output.stderr));
-    let created: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    created["token"].as_str().unwrap().to_owned()
-}
-
 fn socket_address(url: &str) -> SocketAddr {
     format!("127.0.0.1:{}", port_of(url)).parse().unwrap()
 }
@@ -93,7 +79,8 @@ async fn two_servers_sharing_only_the_database_and_object_store_survive_one_dyin
 
     // Published through the balancer with the real publishing commands: the module and the
     // inputs land in the bucket, whichever server stored them.
-    let scientist = Publisher { server_url: balancer_url.clone(), token: publisher_token(&database_url).await };
+    let scientist =
+        Publisher { server_url: balancer_url.clone(), token: publisher_token(&database_url, "scientist").await };
     let primes = example_module("primes");
     scientist.json(&["app", "create", "primes"]).await;
     scientist.json(&["app", "publish", "primes", primes.to_str().unwrap()]).await;

@@ -78,13 +78,18 @@ pub struct StatementTime {
     pub calls: i64,
     pub total_ms: f64,
     pub mean_ms: f64,
+    /// Mean planning time (custom plans are planned again on every call).
+    pub mean_plan_ms: f64,
+    /// Shared buffers read or hit per call: the work done, where the time also counts waits.
+    pub blocks_per_call: f64,
 }
 
 /// The statements that took the most execution time since the statistics were reset.
 pub async fn top_statements(pool: &sqlx::PgPool, limit: i64) -> sqlx::Result<Vec<StatementTime>> {
     sqlx::query_as(
         "select regexp_replace(query, '\\s+', ' ', 'g') as query, calls,
-                total_exec_time as total_ms, mean_exec_time as mean_ms
+                total_exec_time as total_ms, mean_exec_time as mean_ms, mean_plan_time as mean_plan_ms,
+                (shared_blks_hit + shared_blks_read)::float8 / greatest(calls, 1) as blocks_per_call
          from pg_stat_statements where dbid = (select oid from pg_database where datname = current_database())
          order by total_exec_time desc limit $1",
     )

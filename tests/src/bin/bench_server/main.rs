@@ -6,9 +6,9 @@
 //! replica it got (no Wasm runs) and reports them in its next request, until every work
 //! unit is validated. It prints throughput, request latencies and peak memory, and where
 //! the time went: CPU seconds of the server, of PostgreSQL and of the volunteers, and the
-//! statements that took the database's time (`pg_stat_statements`). Before the loop it runs
-//! pgbench on the same cluster, and quotes replicas per second as a ratio to pgbench's
-//! transactions per second, a figure that travels between machines. It is a measurement,
+//! statements that took the database's time (`pg_stat_statements`). Before and after the
+//! loop it runs pgbench on the same cluster, and quotes replicas per second as a ratio to
+//! pgbench's mean transactions per second, a figure that travels between machines. It is a measurement,
 //! not a test: nothing here fails on a timing.
 //!
 //! ```sh
@@ -55,6 +55,9 @@ struct Args {
     /// as before outputs could travel inside reports.
     #[arg(long, default_value_t = wasmgrid_server::blobs::inline::DEFAULT_INLINE_OUTPUT_LIMIT)]
     inline_output_limit: u64,
+    /// How many of the statements that took the most time to list.
+    #[arg(long, default_value_t = 12)]
+    statements: i64,
 }
 
 /// Every replica returns this output, so every quorum agrees.
@@ -117,6 +120,9 @@ async fn main() -> anyhow::Result<()> {
     sqlx::query("alter system set shared_preload_libraries = 'pg_stat_statements'").execute(&server.pool).await?;
     server.restart().await?;
     sqlx::query("create extension if not exists pg_stat_statements").execute(&server.pool).await?;
+    // Planning counts apart: a custom plan is made again on every call.
+    sqlx::query("alter system set pg_stat_statements.track_planning = on").execute(&server.pool).await?;
+    sqlx::query("select pg_reload_conf()").execute(&server.pool).await?;
     let (pool, url, data_path, server_pid) =
         (server.pool.clone(), server.url.clone(), server.data_dir.clone(), server.pid);
     let cluster_dir = data_path.join("postgres");
@@ -161,12 +167,22 @@ async fn main() -> anyhow::Result<()> {
     }
     let run_time = started.elapsed();
     let cpu = breakdown::CpuSeconds::now(server_pid, &cluster_dir).since(cpu_before);
-    let statements = breakdown::top_statements(&pool, 12).await?;
+    let statements = breakdown::top_statements(&pool, args.statements).await?;
     let statement_ms = breakdown::total_statement_ms(&pool).await?;
 
     let valid_replicas: i64 =
         sqlx::query_scalar("select count(*) from replica where validate_state = 'valid'").fetch_one(&pool).await?;
     let credit = wait_for_credit(&pool).await?;
+    // pgbench again, so that the ratio is to this machine's speed around the loop, not only
+    // before it: its speed drifts on the scale of a run here.
+    let pgbench_after = match &pgbench {
+        Some(before) => {
+            println!("pgbench -N and pgbench again...");
+            let options = wasmgrid_server::database::embedded::connect_options_for(&cluster_dir, "wasmgrid");
+            Some(pgbench::run(&options, before.clients, before.seconds).await?)
+        }
+        None => None,
+    };
     let server_peak = peak_rss_kib(server_pid);
     let postgres_peak = postgres_peak_rss_kib(&data_path);
 
@@ -215,17 +231,22 @@ async fn main() -> anyhow::Result<()> {
     println!("inline output limit             {:>12}  (outputs of {} bytes)", args.inline_output_limit, OUTPUT.len());
 
     let replicas_per_second = valid_replicas as f64 / seconds;
-    if let Some(pgbench) = &pgbench {
+    if let (Some(before), Some(after)) = (&pgbench, &pgbench_after) {
         println!();
         println!(
-            "pgbench -N (simple-update)      {:>12.0} TPS  ({} clients, {} s)",
-            pgbench.simple_update_tps, pgbench.clients, pgbench.seconds
+            "pgbench -N (simple-update)      {:>12.0} TPS before the loop, {:.0} after  ({} clients, {} s each)",
+            before.simple_update_tps, after.simple_update_tps, before.clients, before.seconds
         );
-        println!("pgbench (TPC-B-like)            {:>12.0} TPS", pgbench.tpcb_tps);
         println!(
-            "replicas/s over pgbench -N TPS  {:>12.3}  (over plain pgbench TPS: {:.3})",
-            replicas_per_second / pgbench.simple_update_tps,
-            replicas_per_second / pgbench.tpcb_tps
+            "pgbench (TPC-B-like)            {:>12.0} TPS before the loop, {:.0} after",
+            before.tpcb_tps, after.tpcb_tps
+        );
+        let simple_update_tps = (before.simple_update_tps + after.simple_update_tps) / 2.0;
+        let tpcb_tps = (before.tpcb_tps + after.tpcb_tps) / 2.0;
+        println!(
+            "replicas/s over pgbench -N TPS  {:>12.3}  (over plain pgbench TPS: {:.3}; both the mean of before and after)",
+            replicas_per_second / simple_update_tps,
+            replicas_per_second / tpcb_tps
         );
     }
 
@@ -260,10 +281,12 @@ async fn main() -> anyhow::Result<()> {
             query.push('…');
         }
         println!(
-            "  {:>5.1}%  {:>9} calls  {:>7.3} ms mean  {:>5.2} per replica  {query}",
+            "  {:>5.1}%  {:>7} calls  {:>7.3} ms mean  {:>6.3} ms planning  {:>6.0} blocks  {:>5.2} per replica  {query}",
             100.0 * statement.total_ms / statement_ms.max(f64::EPSILON),
             statement.calls,
             statement.mean_ms,
+            statement.mean_plan_ms,
+            statement.blocks_per_call,
             statement.calls as f64 / valid_replicas.max(1) as f64,
         );
     }

@@ -8,8 +8,8 @@
 //! the time went: CPU seconds of the server, of PostgreSQL and of the volunteers, and the
 //! statements that took the database's time (`pg_stat_statements`). Before and after the
 //! loop it runs pgbench on the same cluster, and quotes replicas per second as a ratio to
-//! pgbench's mean transactions per second, a figure that travels between machines. It is a measurement,
-//! not a test: nothing here fails on a timing.
+//! pgbench's mean transactions per second, a figure that travels between machines. It is a
+//! measurement, not a test: nothing here fails on a timing.
 //!
 //! ```sh
 //! cargo build --release -p wasmgrid-server -p wasmgrid-e2e && target/release/bench-server

@@ -9,9 +9,11 @@
 
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::process::Command;
+use wasmgrid_client::api::ServerClient;
 use wasmgrid_protocol::Sha256Hash;
+use wasmgrid_protocol::api::RegisterHostRequest;
+use wasmgrid_protocol::publish::{CreateAppRequest, ValidatorSpec};
 
 use crate::harness::{Server, test_artifact_dir};
 
@@ -22,57 +24,39 @@ const SCHEMATHESIS_VERSION: &str = "4.32.5";
 async fn schemathesis_finds_no_server_error_and_no_answer_that_breaks_the_document() {
     let server = Server::start().await;
     let publisher = server.publisher("schemathesis").await;
-    let http = reqwest::Client::new();
     let api = format!("{}/api/v1", server.url);
-
-    let account: serde_json::Value = http
-        .post(format!("{api}/accounts"))
-        .json(&json!({"name": "schemathesis"}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let account_key = account["account_key"].as_str().unwrap();
-    let host: serde_json::Value = http
-        .post(format!("{api}/hosts"))
-        .bearer_auth(account_key)
-        .json(&json!({"name": "fuzzed", "os": "linux", "arch": "x86_64", "cores": 2, "memory_bytes": 1u64 << 30,
-                      "client_version": "schemathesis"}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
+    let volunteers = ServerClient::new(&server.url).unwrap();
+    let account = volunteers.create_account("schemathesis").await.unwrap();
+    let host = volunteers
+        .register_host(
+            &account.account_key,
+            &RegisterHostRequest {
+                name: "fuzzed".into(),
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                cores: 2,
+                memory_bytes: 1 << 30,
+                client_version: "schemathesis".into(),
+            },
+        )
         .await
         .unwrap();
-    let host_token = host["host_token"].as_str().unwrap();
+    let (account_key, host_token) = (account.account_key.as_str(), host.host_token.as_str());
 
     // A published module, so that downloads are tried on a blob that exists (ranges,
     // conditions) as well as on hashes that do not.
     let module = wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "_start")))"#).unwrap();
     let module_hash = Sha256Hash::of(&module);
-    http.post(format!("{api}/apps"))
-        .bearer_auth(&publisher.token)
-        .json(&json!({"name": "fuzzed"}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
-    http.post(format!("{api}/apps/fuzzed/versions"))
-        .bearer_auth(&publisher.token)
-        .header("content-type", "application/octet-stream")
-        .body(module)
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    let publishing = publisher.client();
+    let app = CreateAppRequest {
+        name: "fuzzed".into(),
+        description: String::new(),
+        validator: ValidatorSpec::Bitwise,
+        distinct_networks: true,
+        adaptive_replication: false,
+    };
+    publishing.create_app(&app).await.unwrap();
+    publishing.publish_version("fuzzed", module.into(), None).await.unwrap();
 
     let report_dir = test_artifact_dir().join("schemathesis");
     std::fs::create_dir_all(&report_dir).unwrap();
@@ -104,7 +88,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_that_breaks_the_docume
         let after = stdout.split(label).nth(1).unwrap_or_else(|| panic!("no {label:?} in:\n{stdout}"));
         after.trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse::<usize>().unwrap()
     };
-    let operations = document_operations(&http, &api).await;
+    let operations = document_operations(&reqwest::Client::new(), &api).await;
     assert_eq!(count("Selected:"), operations, "{stdout}");
     assert_eq!(count("Tested:"), operations, "Schemathesis did not test every operation:\n{stdout}");
 }

@@ -3,9 +3,9 @@
 //!
 //! Counters are counted where things happen: requests by route and status (by the router's
 //! route template, never the raw path, so an attacker cannot make series without end),
-//! replicas claimed and reported, validator runs, blob-store failures, sweeps. Gauges of the
-//! queue are read at scrape time from the status page's cached counts, so a scraper costs
-//! the database no more than a visitor of that page. Each server has a registry of its own:
+//! replicas claimed, reported and judged, validator runs, failed blob-store operations,
+//! sweeps. Gauges of the queue are read at scrape time from the status page's cached counts,
+//! so a scraper costs the database no more than a visitor of that page. Each server has a registry of its own:
 //! several servers in one process (the tests) do not mix their figures.
 
 use std::sync::Arc;
@@ -23,6 +23,8 @@ use prometheus::{
 use tokio::net::TcpListener;
 
 use crate::http::AppState;
+use crate::work_unit::Judgements;
+use crate::work_unit::states::Validation;
 
 /// Every metric the server exports, registered in its own registry.
 pub struct Metrics {
@@ -31,8 +33,9 @@ pub struct Metrics {
     http_duration: HistogramVec,
     pub replicas_claimed: IntCounter,
     pub replicas_reported: IntCounterVec,
+    replicas_validated: IntCounterVec,
     pub validator_runs: IntCounterVec,
-    pub blob_store_errors: IntCounter,
+    blob_store_errors: IntCounterVec,
     pub database_busy: IntCounter,
     sweeps: IntCounterVec,
     sweep_duration: Histogram,
@@ -69,7 +72,7 @@ impl Metrics {
         }
         let r = &registry;
         let latency_buckets = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-        Ok(Self {
+        let metrics = Self {
             http_requests: register(
                 r,
                 IntCounterVec::new(
@@ -99,6 +102,13 @@ impl Metrics {
                     &["outcome"],
                 )?,
             )?,
+            replicas_validated: register(
+                r,
+                IntCounterVec::new(
+                    opts("replicas_validated_total", "Replicas the validation judged, by judgement"),
+                    &["result"],
+                )?,
+            )?,
             validator_runs: register(
                 r,
                 IntCounterVec::new(
@@ -108,10 +118,14 @@ impl Metrics {
             )?,
             blob_store_errors: register(
                 r,
-                IntCounter::with_opts(opts(
-                    "blob_store_errors_total",
-                    "Requests the blob store failed: no room for an upload, or an error reading or writing",
-                ))?,
+                IntCounterVec::new(
+                    opts(
+                        "blob_store_errors_total",
+                        "Blob-store operations that failed, by operation (no_room: an upload refused for want \
+                         of space)",
+                    ),
+                    &["operation"],
+                )?,
             )?,
             database_busy: register(
                 r,
@@ -170,7 +184,27 @@ impl Metrics {
                 ))?,
             )?,
             registry,
-        })
+        };
+        // Every series a dashboard alerts on exists from the start, at zero.
+        for operation in BlobOperation::ALL {
+            metrics.blob_store_errors.with_label_values(&[operation.as_str()]);
+        }
+        for judgement in [Validation::Valid, Validation::Invalid] {
+            metrics.replicas_validated.with_label_values(&[judgement.as_str()]);
+        }
+        Ok(metrics)
+    }
+
+    /// Counts the replicas a committed transaction judged.
+    pub fn count_judgements(&self, judgements: &Judgements) {
+        for (judgement, count) in judgements.iter() {
+            self.replicas_validated.with_label_values(&[judgement]).inc_by(count);
+        }
+    }
+
+    /// Counts one failed operation of the blob store.
+    pub fn blob_store_error(&self, operation: BlobOperation) {
+        self.blob_store_errors.with_label_values(&[operation.as_str()]).inc();
     }
 
     /// Counts one answered request.
@@ -220,6 +254,35 @@ impl Metrics {
         }
         self.active_hosts.set(status.active_hosts);
         Ok(())
+    }
+}
+
+/// What a blob store was asked to do, as the errors metric labels it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlobOperation {
+    Put,
+    Read,
+    Size,
+    Delete,
+    Presign,
+    Space,
+    /// Not an error of the store's: an upload refused because the store is full.
+    NoRoom,
+}
+
+impl BlobOperation {
+    const ALL: [Self; 7] = [Self::Put, Self::Read, Self::Size, Self::Delete, Self::Presign, Self::Space, Self::NoRoom];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Put => "put",
+            Self::Read => "read",
+            Self::Size => "size",
+            Self::Delete => "delete",
+            Self::Presign => "presign",
+            Self::Space => "space",
+            Self::NoRoom => "no_room",
+        }
     }
 }
 

@@ -10,11 +10,13 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::availability;
+use crate::blobs::counted::CountedStore;
 use crate::blobs::s3::S3Store;
 use crate::blobs::{BlobStore, DirectoryStore};
 use crate::config::ServerConfig;
 use crate::database::Database;
 use crate::http::{self, AppState, connections};
+use crate::metrics::SharedMetrics;
 use crate::sweeps;
 use crate::validator::comparisons;
 use crate::validator::wasm::ValidatorRunner;
@@ -37,7 +39,8 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
         .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
     let database =
         Database::open_with(&config.database, &config.data_dir, config.max_database_connections, config.schema).await?;
-    let blobs = open_blob_store(&config).await?;
+    let metrics: SharedMetrics = Arc::default();
+    let blobs: Arc<dyn BlobStore> = Arc::new(CountedStore::new(open_blob_store(&config).await?, metrics.clone()));
     let listener =
         TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
     let metrics_listener = match config.metrics_listen {
@@ -64,7 +67,7 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
         started_at: Instant::now(),
         site: Arc::new(config.site.clone()),
         availability: Arc::default(),
-        metrics: Arc::default(),
+        metrics,
     };
     Ok(App { listener, metrics_listener, connection_limits, state, database, config })
 }
@@ -128,13 +131,9 @@ impl App {
             blobs: state.blobs.clone(),
             rules: Rules::from(&config.scheduler),
             retention: config.blobs.retention,
+            metrics: state.metrics.clone(),
         };
-        let sweeper = tokio::spawn(sweeps::run_periodically(
-            sweeper,
-            config.sweep_interval,
-            state.metrics.clone(),
-            sweeps_stopped,
-        ));
+        let sweeper = tokio::spawn(sweeps::run_periodically(sweeper, config.sweep_interval, sweeps_stopped));
         let supervisor = database.embedded.clone().map(|embedded| {
             let stop = stop_sweeps.subscribe();
             tokio::spawn(async move { embedded.supervise(stop).await })

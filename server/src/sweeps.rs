@@ -36,6 +36,8 @@ pub struct Sweeper {
     pub rules: Rules,
     /// How long a batch's files are kept after it ends.
     pub retention: Duration,
+    /// Where the sweeps count their rounds and what their decisions judge.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Sweeper {
@@ -43,7 +45,7 @@ impl Sweeper {
     /// round). For tests and for the loop below.
     pub async fn run_once(&self) -> anyhow::Result<()> {
         let mut connection = self.pool.acquire().await?;
-        while expire_deadlines(&mut connection, self.rules).await? > 0 {}
+        while expire_deadlines(&mut connection, self.rules, &self.metrics).await? > 0 {}
         while take_back_from_banned(&mut connection, self.rules).await? > 0 {}
         while recheck_caught(&mut connection, self.rules).await? {}
         loop {
@@ -78,13 +80,9 @@ impl Sweeper {
 
 /// Runs the sweeps every `interval` until `shutdown` fires, which also cuts a sweep short
 /// (its transaction rolls back). A failing sweep backs off (see [`crate::background`]);
-/// missed ticks are skipped rather than run in a burst. Each round is counted in `metrics`.
-pub async fn run_periodically(
-    sweeper: Sweeper,
-    interval: Duration,
-    metrics: Arc<crate::metrics::Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// missed ticks are skipped rather than run in a burst. Each round is counted in the
+/// sweeper's metrics.
+pub async fn run_periodically(sweeper: Sweeper, interval: Duration, mut shutdown: watch::Receiver<bool>) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut failures = background::Failures::new("the background sweeps", interval);
@@ -98,7 +96,7 @@ pub async fn run_periodically(
             swept = sweeper.run_once() => swept,
             _ = shutdown.changed() => break,
         };
-        metrics.observe_sweep(swept.is_ok(), started.elapsed());
+        sweeper.metrics.observe_sweep(swept.is_ok(), started.elapsed());
         match swept {
             Ok(()) => failures.succeeded(),
             Err(error) => {

@@ -64,9 +64,9 @@ async fn scheduler_request(
     blobs::inline::store(&mut transaction, state.blobs.as_ref(), host.id, &inline_outputs).await?;
     let mut effects = HostEffects::default();
     // The reports' effects on trust are applied with the request's own, once, at the end.
-    let acknowledged = report::report(&mut transaction, &host, &request.reports, (&*state.scheduler).into())
-        .await?
-        .merge_into(&mut effects);
+    let reported = report::report(&mut transaction, &host, &request.reports, (&*state.scheduler).into()).await?;
+    let judgements = reported.judgements().clone();
+    let acknowledged = reported.merge_into(&mut effects);
     let mut reconciled = match &request.held_replicas {
         Some(held) => {
             let reported: HashSet<i64> = request.reports.iter().map(|report| report.replica_id).collect();
@@ -94,6 +94,7 @@ async fn scheduler_request(
     effects.apply(&mut transaction, state.scheduler.daily_quota_per_core).await?;
     transaction.commit().await?;
     state.metrics.replicas_claimed.inc_by(claimed);
+    state.metrics.count_judgements(&judgements);
     for report in &request.reports {
         let outcome = match report.outcome {
             ReportedOutcome::Success { .. } => "success",

@@ -9,6 +9,7 @@
 //! Published blobs (modules, inputs) are served to anyone with their hash; an uploaded
 //! output only once a replica reported it (see [`unreported`]).
 
+pub mod counted;
 pub(crate) mod download;
 pub mod inline;
 pub mod retention;

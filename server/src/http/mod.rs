@@ -121,7 +121,7 @@ async fn advise_retry(
             state.availability.database.retry_after()
         }
         Some(FailedDependency::BlobStore) => {
-            state.metrics.blob_store_errors.inc();
+            state.metrics.blob_store_error(crate::metrics::BlobOperation::NoRoom);
             state.availability.blob_store.failed(&"no space left for an upload");
             state.availability.blob_store.retry_after()
         }

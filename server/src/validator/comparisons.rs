@@ -144,8 +144,11 @@ pub async fn compare_waiting(pool: &PgPool, runner: &ValidatorRunner, rules: Rul
                 compare_work_unit(pool, runner, id).await?;
                 let mut transaction = pool.begin().await?;
                 let compared = Compared { work_unit_id: id };
-                work_unit::advance(&mut transaction, &[id], compared, rules).await?.apply(&mut transaction).await?;
+                let advanced = work_unit::advance(&mut transaction, &[id], compared, rules).await?;
+                let judgements = advanced.judgements().clone();
+                advanced.apply(&mut transaction).await?;
                 transaction.commit().await?;
+                runner.metrics().count_judgements(&judgements);
                 anyhow::Ok(())
             };
             match moved_on.await {

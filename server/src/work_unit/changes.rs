@@ -3,6 +3,7 @@
 
 use sqlx::PgConnection;
 
+use super::Judgements;
 use super::decide::{Decision, End, RecheckEnd, Trust, Withdrawal};
 use super::states::Validation;
 use crate::credit::{self, CreditGrant};
@@ -26,7 +27,7 @@ pub struct Changes {
     /// (work unit, reason).
     failed: Vec<(i64, String)>,
     /// (replica, new validation state, credit).
-    judged: Vec<(i64, &'static str, Option<f64>)>,
+    judged: Vec<(i64, Validation, Option<f64>)>,
     grants: Vec<CreditGrant>,
     /// (work unit, priority, how many).
     new_replicas: Vec<(i64, i32, i32)>,
@@ -66,7 +67,7 @@ impl Changes {
         }
         self.withdrawals.extend(decision.withdrawals);
         for judged in decision.judged {
-            self.judged.push((judged.replica_id, judged.validation.as_str(), judged.credit));
+            self.judged.push((judged.replica_id, judged.validation, judged.credit));
         }
         self.grants.extend(decision.grants);
         if let Some(new) = decision.new_replicas {
@@ -82,6 +83,15 @@ impl Changes {
                 Trust::Invalid { host_id, app_version_id } => effects.invalid(host_id, app_version_id),
             }
         }
+    }
+
+    /// The replicas judged, by judgement.
+    pub fn judgements(&self) -> Judgements {
+        let mut judgements = Judgements::default();
+        for (_, validation, _) in &self.judged {
+            judgements.add(*validation);
+        }
+        judgements
     }
 
     pub async fn write(self, connection: &mut PgConnection) -> sqlx::Result<()> {
@@ -121,6 +131,7 @@ impl Changes {
         }
         if !self.judged.is_empty() {
             let (ids, states, credit) = unzip3(&self.judged);
+            let states: Vec<&str> = states.into_iter().map(Validation::as_str).collect();
             sqlx::query(
                 "update replica r
                  set validate_state = u.state::validate_state, credit = coalesce(u.credit, r.credit)
@@ -135,7 +146,7 @@ impl Changes {
             let invalid: Vec<i64> = self
                 .judged
                 .iter()
-                .filter(|(_, state, _)| *state == Validation::Invalid.as_str())
+                .filter(|(_, state, _)| *state == Validation::Invalid)
                 .map(|(replica_id, _, _)| *replica_id)
                 .collect();
             if !invalid.is_empty() {

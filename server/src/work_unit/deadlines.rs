@@ -5,14 +5,20 @@
 use sqlx::PgConnection;
 
 use super::{Event, Rules, WorkUnitError, advance};
+use crate::metrics::Metrics;
 use crate::trust::HostEffects;
 
 /// Work units whose deadlines are handled per transaction.
 const DEADLINE_BATCH: i64 = 500;
 
 /// Marks up to a batch of replicas past their deadline as "no reply" and moves their work
-/// units on. Returns how many replicas timed out.
-pub async fn expire_deadlines(connection: &mut PgConnection, rules: Rules) -> Result<usize, WorkUnitError> {
+/// units on, counting in `metrics` the replicas that judged. Returns how many replicas
+/// timed out.
+pub async fn expire_deadlines(
+    connection: &mut PgConnection,
+    rules: Rules,
+    metrics: &Metrics,
+) -> Result<usize, WorkUnitError> {
     let mut transaction = sqlx::Connection::begin(&mut *connection).await?;
     // Locked here, skipping those locked elsewhere; `advance` locking them again is free.
     let work_unit_ids: Vec<i64> = sqlx::query_scalar(
@@ -29,8 +35,11 @@ pub async fn expire_deadlines(connection: &mut PgConnection, rules: Rules) -> Re
         return Ok(0);
     }
     let event = MissedDeadlines { work_unit_ids: work_unit_ids.clone() };
-    let expired = advance(&mut transaction, &work_unit_ids, event, rules).await?.apply(&mut transaction).await?;
+    let advanced = advance(&mut transaction, &work_unit_ids, event, rules).await?;
+    let judgements = advanced.judgements().clone();
+    let expired = advanced.apply(&mut transaction).await?;
     transaction.commit().await?;
+    metrics.count_judgements(&judgements);
     if expired > 0 {
         tracing::info!(replicas = expired, "replicas missed their deadline");
     }

@@ -29,7 +29,7 @@ pub mod lookback;
 pub mod report;
 pub mod states;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 
 use sqlx::PgConnection;
@@ -105,9 +105,30 @@ pub struct Advanced<T> {
     output: T,
     trust: HostEffects,
     rules: Rules,
+    judgements: Judgements,
+}
+
+/// How many replicas an event's decisions judged, by judgement (`valid`, `invalid`, ...):
+/// for the metrics, counted by the caller once its transaction has committed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Judgements(BTreeMap<&'static str, u64>);
+
+impl Judgements {
+    pub fn add(&mut self, judgement: Validation) {
+        *self.0.entry(judgement.as_str()).or_default() += 1;
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.0.iter().map(|(judgement, count)| (*judgement, *count))
+    }
 }
 
 impl<T> Advanced<T> {
+    /// The replicas the decisions judged.
+    pub fn judgements(&self) -> &Judgements {
+        &self.judgements
+    }
+
     /// Applies the effects on the hosts' trust; returns the event's output.
     pub async fn apply(self, connection: &mut PgConnection) -> sqlx::Result<T> {
         self.trust.apply(connection, self.rules.max_daily_quota).await?;
@@ -156,7 +177,7 @@ pub async fn advance<E: Event>(
     let mut trust = HostEffects::default();
     let output = event.record(connection, &mut trust).await?;
     if ids.is_empty() {
-        return Ok(Advanced { output, trust, rules });
+        return Ok(Advanced { output, trust, rules, judgements: Judgements::default() });
     }
 
     let (work_units, mut replicas) = load(connection, &ids, rules).await?;
@@ -178,8 +199,9 @@ pub async fn advance<E: Event>(
         };
         changes.add(work_unit.id, decision, &mut trust);
     }
+    let judgements = changes.judgements();
     changes.write(connection).await?;
-    Ok(Advanced { output, trust, rules })
+    Ok(Advanced { output, trust, rules, judgements })
 }
 
 #[derive(sqlx::FromRow)]

@@ -36,6 +36,7 @@ pub struct TestApp {
     pub blobs: std::sync::Arc<dyn wasmgrid_server::blobs::BlobStore>,
     /// Where its metrics are scraped, when `metrics_listen` was set.
     pub metrics_url: Option<String>,
+    metrics: std::sync::Arc<wasmgrid_server::metrics::Metrics>,
 }
 
 impl TestApp {
@@ -76,6 +77,7 @@ impl TestApp {
         let pool = app.state().pool.clone();
         let blobs = app.state().blobs.clone();
         let metrics_url = app.metrics_addr().map(|address| format!("http://{address}/metrics"));
+        let metrics = app.state().metrics.clone();
         let (shutdown, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;
@@ -91,6 +93,7 @@ impl TestApp {
             retention,
             blobs,
             metrics_url,
+            metrics,
         }
     }
 
@@ -111,6 +114,7 @@ impl TestApp {
             blobs: self.blobs.clone(),
             rules: self.rules,
             retention: self.retention,
+            metrics: self.metrics.clone(),
         };
         sweeper.run_once().await.expect("sweeps run");
     }

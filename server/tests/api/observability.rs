@@ -67,6 +67,8 @@ async fn the_metrics_listener_counts_requests_replicas_and_the_queue() {
     assert_eq!(value(&scrape, "wasmgrid_http_request_duration_seconds_count", &latency), Some(4.0));
     assert_eq!(value(&scrape, "wasmgrid_replicas_claimed_total", &[]), Some(2.0));
     assert_eq!(value(&scrape, "wasmgrid_replicas_reported_total", &[("outcome", "success")]), Some(2.0));
+    assert_eq!(value(&scrape, "wasmgrid_replicas_validated_total", &[("result", "valid")]), Some(2.0));
+    assert_eq!(value(&scrape, "wasmgrid_replicas_validated_total", &[("result", "invalid")]), Some(0.0));
 
     let work_units: HashMap<String, f64> = ["active", "validated"]
         .iter()
@@ -82,10 +84,42 @@ async fn the_metrics_listener_counts_requests_replicas_and_the_queue() {
     for name in ["wasmgrid_database_pool_timeouts_total", "wasmgrid_blob_store_errors_total"] {
         assert_eq!(value(&scrape, name, &[]), Some(0.0), "{name}");
     }
+    for operation in ["put", "read", "size", "delete", "presign", "space", "no_room"] {
+        let errors = value(&scrape, "wasmgrid_blob_store_errors_total", &[("operation", operation)]);
+        assert_eq!(errors, Some(0.0), "{operation}");
+    }
     // The periodic sweep runs once as the server starts (then hourly, in the tests).
     let since_sweep = value(&scrape, "wasmgrid_seconds_since_last_sweep", &[]).unwrap();
     assert!((0.0..120.0).contains(&since_sweep), "{since_sweep}");
     assert_eq!(value(&scrape, "wasmgrid_sweeps_total", &[("result", "ok")]), Some(1.0));
+}
+
+/// A store that fails (here the blob directory turned into a file, as a disk gone bad or a
+/// bucket gone would) is counted by operation, wherever the failure happens.
+#[tokio::test]
+async fn a_failing_blob_store_is_counted_by_operation() {
+    let app = TestApp::spawn_with(|config| config.metrics_listen = Some("127.0.0.1:0".parse().unwrap())).await;
+    app.publish(1, policy(1, 1)).await;
+    let volunteer = app.volunteer("volunteer").await;
+    let assignment = volunteer.fetch(1).await.pop().unwrap();
+    let blobs = app.data_dir.path().join("blobs");
+    std::fs::rename(&blobs, app.data_dir.path().join("blobs-gone")).unwrap();
+    std::fs::write(&blobs, b"not a directory").unwrap();
+
+    let module = app.client.request(reqwest::Method::GET, &assignment.module.url).send().await.unwrap();
+    assert_eq!(module.status(), 500, "{}", assignment.module.url);
+    let upload = volunteer
+        .client
+        .upload_output(&volunteer.token, assignment.replica_id, bytes::Bytes::from_static(b"result"))
+        .await;
+    assert!(upload.is_err(), "an upload cannot be stored");
+
+    let scrape = scrape(&app).await;
+    let errors = |operation| value(&scrape, "wasmgrid_blob_store_errors_total", &[("operation", operation)]);
+    // The download asks the store for the blob's size first, and fails there.
+    assert_eq!(errors("size"), Some(1.0));
+    assert_eq!(errors("put"), Some(1.0));
+    assert_eq!(errors("no_room"), Some(0.0), "a broken store is not a full one");
 }
 
 #[tokio::test]

@@ -130,6 +130,11 @@ async fn two_servers_sharing_only_the_database_and_object_store_survive_one_dyin
             .await,
         0
     );
+    // Nor handed out again: the quorum's two replicas of each work unit are all there are (a
+    // reply lost with the dying server goes out again as the same replicas), and each ran
+    // to success: none was given up on and replaced.
+    assert_eq!(count("select count(*) from replica").await, 2 * WORK_UNITS);
+    assert_eq!(count("select count(*) from replica where outcome is distinct from 'success'").await, 0);
     // Nothing lost: every canonical output is in the bucket, and the scientist downloads
     // each through the balancer, which only the survivor answers now.
     let out = tempfile::tempdir().unwrap();

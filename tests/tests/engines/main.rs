@@ -18,6 +18,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 use wasmgrid_e2e::bench::build_workunits;
 use wasmgrid_protocol::api::RunLimits;
@@ -240,31 +241,82 @@ const EXEC_SCRATCH_BYTES: u64 = 1 << 30;
 const CROSS_RUSTFLAGS: &str = "-D warnings";
 
 /// The client for `target`, cross-built with Debian's cross compiler in a target directory
-/// of its own (so this build never waits on the one running the tests).
+/// of its own (so this build never waits on the one running the tests). For aarch64, the
+/// build it shares with the sandbox's tests.
 fn cross_client(target: &str) -> PathBuf {
+    if target == AARCH64 {
+        return aarch64_build().client.clone();
+    }
     cross_build_client(target, &format!("{}-gcc", gnu_triple(target))).join("wasmgrid")
 }
 
 /// Builds the client for `target`, linked and its C compiled by `gcc`; returns the directory
 /// the binary is in.
 fn cross_build_client(target: &str, gcc: &str) -> PathBuf {
-    let target_dir = workspace().join("target/cross");
-    let linker = format!("CARGO_TARGET_{}_LINKER", target.to_uppercase().replace('-', "_"));
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(workspace())
-        .args(["build", "--quiet", "-p", "wasmgrid-client", "--target", target])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env("RUSTFLAGS", CROSS_RUSTFLAGS)
-        .env(linker, gcc)
-        .env(format!("CC_{}", target.replace('-', "_")), gcc)
-        .status()
-        .unwrap();
+    let status = cross_cargo(&["build", "--quiet", "-p", "wasmgrid-client"], target, gcc).status().unwrap();
     assert!(
         status.success(),
         "cross-building the client for {target} failed: it needs `rustup target add {target}` and Debian's {gcc}"
     );
-    target_dir.join(target).join("debug")
+    workspace().join("target/cross").join(target).join("debug")
+}
+
+/// `cargo <args>` for `target`, in the cross builds' target directory, linked and its C
+/// compiled by `gcc`.
+fn cross_cargo(args: &[&str], target: &str, gcc: &str) -> Command {
+    let linker = format!("CARGO_TARGET_{}_LINKER", target.to_uppercase().replace('-', "_"));
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command
+        .current_dir(workspace())
+        .args(args)
+        .args(["--target", target])
+        .arg("--target-dir")
+        .arg(workspace().join("target/cross"))
+        .env("RUSTFLAGS", CROSS_RUSTFLAGS)
+        .env(linker, gcc)
+        .env(format!("CC_{}", target.replace('-', "_")), gcc);
+    command
+}
+
+const AARCH64: &str = "aarch64-unknown-linux-gnu";
+
+/// The client and the sandbox's test programs, cross-built for aarch64 by one cargo run.
+struct Aarch64Build {
+    client: PathBuf,
+    sandbox_tests: Vec<PathBuf>,
+}
+
+/// Builds (once) the client and the sandbox's tests for aarch64 together, so that they share
+/// one build of every dependency: built apart, the sandbox alone turns on fewer features of
+/// crates both use (tokio's, say), and wasmtime and everything under it would be compiled
+/// twice for one CPU. The client's own tests come along; they are built, not run.
+fn aarch64_build() -> &'static Aarch64Build {
+    static BUILD: OnceLock<Aarch64Build> = OnceLock::new();
+    BUILD.get_or_init(|| {
+        let gcc = format!("{}-gcc", gnu_triple(AARCH64));
+        let args = ["test", "--no-run", "--message-format", "json", "-p", "wasmgrid-sandbox", "-p", "wasmgrid-client"];
+        let output = cross_cargo(&args, AARCH64, &gcc).output().unwrap();
+        assert!(
+            output.status.success(),
+            "cross-building for {AARCH64} failed (it needs `rustup target add {AARCH64}` and Debian's {gcc}):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let mut client = None;
+        let mut sandbox_tests = Vec::new();
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            let Some(executable) = message["executable"].as_str() else { continue };
+            let package = message["package_id"].as_str().unwrap_or_default();
+            let is_test = message["profile"]["test"].as_bool().unwrap_or(false);
+            if is_test && package.contains("wasmgrid-sandbox") {
+                sandbox_tests.push(PathBuf::from(executable));
+            } else if !is_test && message["target"]["name"] == "wasmgrid" {
+                client = Some(PathBuf::from(executable));
+            }
+        }
+        let client = client.expect("the cargo run built the client");
+        Aarch64Build { client, sandbox_tests }
+    })
 }
 
 fn gnu_triple(target: &str) -> String {
@@ -439,31 +491,36 @@ fn every_engine_and_cpu_computes_the_same_archive_and_fuel() {
 /// sandbox keeps its contract on the other CPU volunteers have most, not only its answers.
 #[test]
 fn the_sandbox_suite_passes_on_aarch64_under_qemu() {
-    let target = "aarch64-unknown-linux-gnu";
+    let target = AARCH64;
     let triple = gnu_triple(target);
-    let gcc = format!("{triple}-gcc");
-    let variable = |name: &str| format!("CARGO_TARGET_{}_{name}", target.to_uppercase().replace('-', "_"));
-    let output = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(workspace())
-        .args(["test", "--quiet", "-p", "wasmgrid-sandbox", "--target", target])
-        .arg("--target-dir")
-        .arg(workspace().join("target/cross"))
-        .env("RUSTFLAGS", CROSS_RUSTFLAGS)
-        .env(variable("LINKER"), &gcc)
-        .env(variable("RUNNER"), format!("qemu-aarch64 -L /usr/{triple}"))
-        .env(format!("CC_{}", target.replace('-', "_")), &gcc)
-        // qemu-user keeps the memory of every module instance the process ever had (about
-        // 80 MiB each): the random modules' differential run takes 20 modules here, not 300.
-        .env("WASMGRID_RANDOM_MODULES", "20")
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "the sandbox's tests failed on {target} under qemu:\n{stdout}\n{stderr}");
-    let passed: usize = stdout
-        .lines()
-        .filter_map(|line| line.strip_prefix("test result: ok. "))
-        .filter_map(|rest| rest.split(' ').next()?.parse::<usize>().ok())
-        .sum();
+    let sandbox_tests = &aarch64_build().sandbox_tests;
+    assert!(!sandbox_tests.is_empty(), "the sandbox's tests were not built");
+    let mut passed = 0;
+    for program in sandbox_tests {
+        let output = Command::new("qemu-aarch64")
+            .arg("-L")
+            .arg(format!("/usr/{triple}"))
+            .arg(program)
+            // Where `cargo test` would run it.
+            .current_dir(workspace().join("sandbox"))
+            .env("CARGO_MANIFEST_DIR", workspace().join("sandbox"))
+            // qemu-user keeps the memory of every module instance the process ever had (about
+            // 80 MiB each): the random modules' differential run takes 20 modules here, not 300.
+            .env("WASMGRID_RANDOM_MODULES", "20")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "the sandbox's tests in {} failed on {target} under qemu:\n{stdout}\n{stderr}",
+            program.display()
+        );
+        passed += stdout
+            .lines()
+            .filter_map(|line| line.strip_prefix("test result: ok. "))
+            .filter_map(|rest| rest.split(' ').next()?.parse::<usize>().ok())
+            .sum::<usize>();
+    }
     eprintln!("{passed} sandbox tests passed on {target} under qemu");
-    assert!(passed > 40, "only {passed} tests ran:\n{stdout}");
+    assert!(passed > 40, "only {passed} tests ran, of {sandbox_tests:?}");
 }

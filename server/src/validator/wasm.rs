@@ -59,14 +59,14 @@ impl ValidatorRunner {
         Ok(Self { sandbox, blobs, work_dir, metrics })
     }
 
-    /// Compares outputs `a` and `b` with the validator module `validator`. An error means the
-    /// comparison could not be made at all (a missing blob, a full disk), not that the
-    /// validator failed.
     /// The server's metrics, which count what comparisons decide too.
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.metrics
     }
 
+    /// Compares outputs `a` and `b` with the validator module `validator`. An error means the
+    /// comparison could not be made at all (a missing blob, a full disk), not that the
+    /// validator failed.
     pub async fn compare(&self, validator: Sha256Hash, a: Sha256Hash, b: Sha256Hash) -> anyhow::Result<Comparison> {
         let comparison = self.run_comparison(validator, a, b).await;
         let result = match &comparison {

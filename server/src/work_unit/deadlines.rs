@@ -12,8 +12,8 @@ use crate::trust::HostEffects;
 const DEADLINE_BATCH: i64 = 500;
 
 /// Marks up to a batch of replicas past their deadline as "no reply" and moves their work
-/// units on, counting in `metrics` the replicas that judged. Returns how many replicas
-/// timed out.
+/// units on, counting in `metrics` the replicas their decisions judged. Returns how many
+/// replicas timed out.
 pub async fn expire_deadlines(
     connection: &mut PgConnection,
     rules: Rules,

@@ -5,8 +5,8 @@
 //! route template, never the raw path, so an attacker cannot make series without end),
 //! replicas claimed, reported and judged, validator runs, failed blob-store operations,
 //! sweeps. Gauges of the queue are read at scrape time from the status page's cached counts,
-//! so a scraper costs the database no more than a visitor of that page. Each server has a registry of its own:
-//! several servers in one process (the tests) do not mix their figures.
+//! so a scraper costs the database no more than a visitor of that page. Each server has a
+//! registry of its own: several servers in one process (the tests) do not mix their figures.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

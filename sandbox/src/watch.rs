@@ -10,6 +10,12 @@
 //!   fills the scratch directory there, and is stopped before it goes on);
 //! - while it waits inside a host call (a sleep in `poll_oneoff`), a timer wakes the run
 //!   every [`HOST_WAIT_CHECK`], so even a module that sleeps for a year is stopped in time.
+//!
+//! The checks that touch the scratch directory (reading the progress file, measuring the
+//! directory) are never made while the module is inside a host call, and a host call waits
+//! for one in progress to end. Only host calls change the directory, so the module never sees
+//! the watch: on Windows a rename over `progress` fails while the watch holds it open, and
+//! anywhere a file renamed while the directory is walked would look unmeasurable.
 
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -75,10 +81,11 @@ struct Checks {
     scratch_limit: u64,
     next_scratch_check: Instant,
     next_progress_check: Instant,
+    /// Whether the module is inside a host call, which may be changing the scratch directory.
+    in_host_call: bool,
 }
 
 impl Watch {
-    /// The watch over the run of `spec`, which started at `started`.
     /// The watch over the run of `spec`, which started at `started`, when `control` had been
     /// paused for `paused_before`.
     pub fn new(spec: &RunSpec, control: Arc<RunControl>, started: Instant, paused_before: Duration) -> Self {
@@ -93,6 +100,7 @@ impl Watch {
             scratch_limit: spec.scratch_limit_bytes,
             next_scratch_check: started,
             next_progress_check: started,
+            in_host_call: false,
         };
         Self { control, checks: Arc::new(Mutex::new(checks)) }
     }
@@ -100,8 +108,9 @@ impl Watch {
     /// The store's call hook: on every host call it records the fuel used so far (exact
     /// there: instrumented code writes its fuel count to the meter before every call), and
     /// on the way back into Wasm it makes the checks, since only host calls fill the scratch
-    /// directory and a module busy with them burns little fuel. Every crossing is also where
-    /// a paused run is held (see [`crate::pause`]).
+    /// directory and a module busy with them burns little fuel. It marks the time between as
+    /// inside a host call, for the checks made elsewhere meanwhile. Every crossing is also
+    /// where a paused run is held (see [`crate::pause`]).
     pub fn call_hook<T>(
         &self,
         meter: MeterHandle,
@@ -111,11 +120,15 @@ impl Watch {
             match hook {
                 CallHook::CallingHost => {
                     control.record_fuel_used(meter.fuel_used().max(0) as u64);
+                    // Taking the lock waits for a check of the directory in progress.
+                    lock(&checks).in_host_call = true;
                     control.pause.hold_at_host_call(|| control.must_hold());
                 }
                 CallHook::ReturningFromHost => {
                     control.pause.hold_at_host_call(|| control.must_hold());
-                    lock(&checks).run().map_err(wasmtime::Error::new)?;
+                    let mut checks = lock(&checks);
+                    checks.in_host_call = false;
+                    checks.run().map_err(wasmtime::Error::new)?;
                 }
                 // A run paused before it starts is held before its first instruction.
                 CallHook::CallingWasm => control.pause.hold_at_host_call(|| control.must_hold()),
@@ -191,8 +204,13 @@ impl Watch {
 }
 
 impl Checks {
+    /// Checks for a stop request and the deadline, and, when the module is not inside a host
+    /// call and their time has come, the progress file and the scratch directory's size.
     fn run(&mut self) -> Result<(), Interruption> {
         stop_or_deadline(&self.control, self.deadline, self.paused_before)?;
+        if self.in_host_call {
+            return Ok(());
+        }
         let now = Instant::now();
         if now >= self.next_progress_check {
             self.next_progress_check = now + PROGRESS_CHECK_INTERVAL;
@@ -264,14 +282,56 @@ fn open_regular_file(path: &Path) -> Option<std::fs::File> {
     }
 }
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
 mod tests {
-    use std::os::unix::ffi::OsStrExt;
-
     use super::*;
 
+    fn checks_of(scratch_dir: &Path, control: Arc<RunControl>) -> Checks {
+        let now = Instant::now();
+        Checks {
+            control,
+            deadline: now + Duration::from_secs(60),
+            paused_before: Duration::ZERO,
+            scratch_dir: scratch_dir.to_owned(),
+            scratch_limit: 16,
+            next_scratch_check: now,
+            next_progress_check: now,
+            in_host_call: false,
+        }
+    }
+
+    #[test]
+    fn the_scratch_directory_is_left_alone_while_the_module_is_inside_a_host_call() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(PROGRESS_FILE), "0.25").unwrap();
+        std::fs::write(dir.path().join("big"), [0; 64]).unwrap();
+        let control = Arc::new(RunControl::default());
+        let mut checks = checks_of(dir.path(), control.clone());
+
+        checks.in_host_call = true;
+        assert!(checks.run().is_ok(), "the scratch directory was measured during a host call");
+        assert_eq!(control.progress().fraction_done, None, "the progress file was read during a host call");
+
+        checks.in_host_call = false;
+        assert!(matches!(checks.run(), Err(Interruption::Broke(Limit::ScratchDisk))));
+        assert_eq!(control.progress().fraction_done, Some(0.25));
+    }
+
+    #[test]
+    fn a_stop_request_is_seen_inside_a_host_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = Arc::new(RunControl::default());
+        let mut checks = checks_of(dir.path(), control.clone());
+        checks.in_host_call = true;
+        control.stop(StopReason::Aborted);
+        assert!(matches!(checks.run(), Err(Interruption::Stopped(StopReason::Aborted))));
+    }
+
+    #[cfg(unix)]
     #[test]
     fn a_progress_file_that_is_a_fifo_or_a_link_is_not_read() {
+        use std::os::unix::ffi::OsStrExt;
+
         let dir = tempfile::tempdir().unwrap();
         let fifo = dir.path().join("fifo");
         let fifo_name = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();

@@ -43,3 +43,18 @@ fn fuel_and_the_reported_fraction_grow_while_a_module_runs() {
     assert_eq!(report.outcome, RunOutcome::Stopped(StopReason::Shutdown));
     assert!(report.fuel_used >= *samples.last().unwrap(), "the final count is at least the last sample");
 }
+
+/// The sandbox reads `progress` and measures the scratch directory while the module renames
+/// a new `progress` into place thousands of times: none of its calls may fail for that (on
+/// Windows a rename over a file another handle holds open does).
+#[test]
+fn a_module_renaming_its_progress_file_into_place_is_never_disturbed() {
+    let harness = Harness::default();
+    let limits = RunLimits { wall_time_seconds: 120, ..crate::LIMITS };
+    let spec = harness.spec(&wat("probes/renames.wat"), limits);
+    let control = Arc::new(RunControl::default());
+    let report = harness.sandbox.run(&spec, &control);
+    // A failed rename exits with its WASI errno.
+    assert_eq!(report.outcome, RunOutcome::Success, "exit status {:?}", report.exit_status);
+    assert_eq!(report.stdout, b"renamed\n");
+}

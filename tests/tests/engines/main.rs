@@ -116,6 +116,15 @@ fn workloads(scratch: &Path) -> Vec<Workload> {
             host_errors: false,
         },
         Workload {
+            name: "renames probe",
+            module: probe("renames"),
+            args: Vec::new(),
+            stdin: Vec::new(),
+            inputs: Vec::new(),
+            seed: 6,
+            host_errors: false,
+        },
+        Workload {
             name: "WASI probe",
             module: examples.join("wasi-probe.wasm"),
             args: strings(&["alpha", "β"]),
@@ -168,7 +177,13 @@ fn in_client(client: &Client, workload: &Workload, scratch: &Path) -> (Answer, S
         .output()
         .unwrap();
     let command = &client.command;
-    assert!(output.status.success(), "{command:?} exec failed: {}", String::from_utf8_lossy(&output.stderr));
+    // The report on standard output says why the module failed: its error and its stderr.
+    assert!(
+        output.status.success(),
+        "{command:?} exec failed: {}{}",
+        String::from_utf8_lossy(&output.stderr),
+        String::from_utf8_lossy(&output.stdout)
+    );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let answer = Answer {
         outcome: report["outcome"].as_str().unwrap().to_owned(),

@@ -116,11 +116,15 @@ pub async fn purge_due_batches(connection: &mut PgConnection, retention: Duratio
     .await?
     .rows_affected();
     if deleted_by_publisher {
-        // Its publisher wants the files gone now, promises to publishers notwithstanding:
-        // a submission that still names one is refused, saying to upload it again.
+        // Its publisher wants the files gone now, its own promises notwithstanding (a
+        // submission that still names one is refused, saying to upload it again). A file
+        // another publisher stored too is that publisher's as well: its promise stands.
         sqlx::query(&format!(
             "update blob b set held_until = null from ({NAMED_BY_BATCH}) named
-             where b.sha256 = named.sha256 and b.held_until is not null"
+             where b.sha256 = named.sha256 and b.held_until is not null
+               and not exists (select 1 from publisher_file f, batch deleted, app a
+                               where deleted.id = $1 and a.id = deleted.app_id
+                                 and f.sha256 = b.sha256 and f.publisher_id <> a.publisher_id)"
         ))
         .bind(batch_id)
         .execute(&mut *transaction)

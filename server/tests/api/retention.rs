@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
+use wasmgrid_client::publish::client::PublisherClient;
 use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::blob_path;
 use wasmgrid_server::blobs::{self, retention};
@@ -224,6 +225,58 @@ async fn a_publisher_may_delete_a_batch_sooner_and_no_one_else_may() {
     assert_eq!(again.status(), StatusCode::OK, "deleting twice changes nothing");
     let status: serde_json::Value = again.json().await.unwrap();
     assert!(status["files_deleted_at"].is_string(), "{status}");
+}
+
+/// A publisher deleting its batch cuts short the promises of the files only it stored; a
+/// file another publisher uploaded too stays for that publisher's promise, then goes.
+#[tokio::test]
+async fn a_deleted_batch_keeps_the_promise_made_to_another_publisher_of_the_same_file() {
+    let app = with_retention(30).await;
+    let owner = PublisherClient::new(app.client.clone(), app.publisher_token("tests").await);
+    let other = PublisherClient::new(app.client.clone(), app.publisher_token("someone else").await);
+    let files = tempfile::tempdir().unwrap();
+    let upload = async |publisher: &PublisherClient, bytes: &[u8]| {
+        let hash = Sha256Hash::of(bytes);
+        let path = files.path().join(hash.to_hex());
+        std::fs::write(&path, bytes).unwrap();
+        publisher.put_file(hash, &path).await.unwrap();
+        hash
+    };
+    let shared = upload(&owner, b"a file both publishers uploaded").await;
+    assert_eq!(upload(&other, b"a file both publishers uploaded").await, shared);
+    let owners_only = upload(&owner, b"a file only its owner uploaded").await;
+    let published = app.publish_app(vec![reading("x", shared, owners_only, 1, 1)], Default::default()).await;
+
+    let response = app
+        .client
+        .request(Method::DELETE, &format!("/api/v1/batches/{}", published.batch_id))
+        .bearer_auth(app.publisher_token("tests").await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    app.sweep().await;
+
+    assert!(deleted(&app, &owners_only).await, "the owner's own file goes at once");
+    assert!(!deleted(&app, &shared).await, "the other publisher was promised the shared file");
+    assert!(in_store(&app, shared).await);
+    assert_eq!(other.missing_files(vec![shared]).await.unwrap(), Vec::<Sha256Hash>::new());
+
+    // Once that promise has lapsed, nothing keeps the shared file either.
+    sqlx::query("update blob set held_until = now() - interval '1 second' where sha256 = $1")
+        .bind(shared.to_hex())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("update blob_release set check_after = now() where sha256 = $1")
+        .bind(shared.to_hex())
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.sweep().await;
+    assert!(deleted(&app, &shared).await);
+    assert!(!in_store(&app, shared).await);
+    assert_eq!(other.missing_files(vec![shared]).await.unwrap(), vec![shared], "told to upload it again");
 }
 
 #[tokio::test]

@@ -8,8 +8,9 @@
 //! 1. [`note_ended_batches`] stamps a batch's `ended_at` once it is closed and nothing in it
 //!    is active or waiting for a recheck.
 //! 2. [`purge_due_batches`] takes a batch whose retention is over (or that was deleted),
-//!    queues every blob its rows name in `blob_release`, and marks it purged: from then on
-//!    its rows keep nothing.
+//!    ends its replicas still running, queues every blob its rows name in `blob_release`,
+//!    and marks it purged: from then on its rows keep nothing, and no late result is
+//!    stored for it.
 //! 3. [`release_blobs`] takes each queued blob and deletes its bytes unless something live
 //!    still needs them: a module, an input or a valid output of a batch not purged, an
 //!    upload a replica may still report, or a promise to a publisher that it is stored.
@@ -104,6 +105,17 @@ pub async fn purge_due_batches(connection: &mut PgConnection, retention: Duratio
         transaction.commit().await?;
         return Ok(false);
     }
+    // Replicas still running (of work units validated without them) can no longer be
+    // checked: they end here, before anything they uploaded is queued below, and their
+    // hosts are told to abort them. Uploads lock the replica too, so none slips in after.
+    sqlx::query(
+        "update replica r set state = 'over', outcome = 'didnt_need'
+         from work_unit w
+         where w.id = r.work_unit_id and w.batch_id = $1 and r.state = 'in_progress'",
+    )
+    .bind(batch_id)
+    .execute(&mut *transaction)
+    .await?;
     let queued = sqlx::query(&format!(
         "insert into blob_release (sha256)
          select named.sha256 from ({NAMED_BY_BATCH}) named

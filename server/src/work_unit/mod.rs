@@ -47,16 +47,20 @@ use states::{Outcome, Recheck, ReplicaState, Validation, WorkUnitState};
 /// Whether replica `r` (a SQL alias) still waits for its report: it runs, or it missed its
 /// deadline while its work unit still needs an answer, or after the work unit was validated
 /// but by no more than its deadline's length again, so that a late result counts (checked
-/// against the canonical one, and credited if it agrees). Past that, or once its work unit
-/// failed or was cancelled, a late report changes nothing and what it uploaded is let go,
-/// so nothing waits on a volunteer who never returns. Reports, uploads, the scheduler and
-/// the sweeps all ask this one question.
+/// against the canonical one, and credited if it agrees). Past that, once its work unit
+/// failed or was cancelled, or once retention purged its batch (the canonical output is
+/// gone; the purge ends the replicas still running too), a late report changes nothing and
+/// what it uploaded is let go, so nothing waits on a volunteer who never returns and nothing
+/// is stored for a batch whose files were deleted. Reports, uploads, the scheduler and the
+/// sweeps all ask this one question.
 pub const AWAITS_REPORT: &str = "(r.state = 'in_progress'
      or (r.outcome = 'no_reply'
          and exists (select 1 from work_unit aw
                      where aw.id = r.work_unit_id
                        and (aw.state = 'active'
-                            or (aw.state = 'validated' and now() < r.deadline_at + aw.delay_bound)))))";
+                            or (aw.state = 'validated' and now() < r.deadline_at + aw.delay_bound
+                                and not exists (select 1 from batch ab
+                                                where ab.id = aw.batch_id and ab.purged_at is not null))))))";
 
 /// Something that happened to work units, which [`advance`] moves on afterwards.
 pub trait Event: Send {

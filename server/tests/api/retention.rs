@@ -7,11 +7,11 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use wasmgrid_client::publish::client::PublisherClient;
 use wasmgrid_protocol::Sha256Hash;
-use wasmgrid_protocol::api::blob_path;
+use wasmgrid_protocol::api::{SchedulerRequest, blob_path};
 use wasmgrid_server::blobs::{self, retention};
 use wasmgrid_server::publishing::WorkUnitSpec;
 
-use crate::helpers::{Published, TestApp, policy};
+use crate::helpers::{Published, TestApp, policy, success};
 
 /// Stores `bytes` as a publisher's file.
 async fn stored(app: &TestApp, bytes: &[u8]) -> Sha256Hash {
@@ -277,6 +277,56 @@ async fn a_deleted_batch_keeps_the_promise_made_to_another_publisher_of_the_same
     assert!(deleted(&app, &shared).await);
     assert!(!in_store(&app, shared).await);
     assert_eq!(other.missing_files(vec![shared]).await.unwrap(), vec![shared], "told to upload it again");
+}
+
+/// Once a batch is purged its canonical output is gone, so late results cannot be checked:
+/// a replica still running ends with the purge, and neither it nor one that missed its
+/// deadline may store an output any more (nothing would ever delete it).
+#[tokio::test]
+async fn no_late_result_is_stored_for_a_purged_batch() {
+    let app = with_retention(30).await;
+    let (stdin, data) = (stored(&app, b"stdin of late").await, stored(&app, b"file of late").await);
+    let published = app.publish_app(vec![reading("late", stdin, data, 1, 3)], Default::default()).await;
+    let (alice, bob, carol) = (app.volunteer("alice").await, app.volunteer("bob").await, app.volunteer("carol").await);
+    let (alices, bobs, carols) =
+        (alice.fetch(1).await[0].replica_id, bob.fetch(1).await[0].replica_id, carol.fetch(1).await[0].replica_id);
+    app.expire(carols).await;
+    app.sweep().await;
+    alice.succeed(alices, b"on time").await;
+    app.sweep().await;
+    assert_eq!(app.work_unit(published.work_units[0]).await.state, "validated");
+
+    let response = app
+        .client
+        .request(Method::DELETE, &format!("/api/v1/batches/{}", published.batch_id))
+        .bearer_auth(app.publisher_token("tests").await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    app.sweep().await;
+
+    for (volunteer, replica, output) in [(&bob, bobs, &b"still running"[..]), (&carol, carols, &b"missed its time"[..])]
+    {
+        let refused = volunteer.upload(replica, output).await.unwrap_err();
+        assert_eq!(refused.status(), Some(StatusCode::CONFLICT), "replica {replica}: {refused}");
+        let reply = volunteer.request(vec![success(replica, output)], 0).await.unwrap();
+        assert_eq!(reply.acknowledged, vec![replica], "a late report is acknowledged and changes nothing");
+        let blobs = app.count(&format!("select count(*) from blob where sha256 = '{}'", Sha256Hash::of(output))).await;
+        assert_eq!(blobs, 0, "nothing is stored for replica {replica}");
+    }
+    let bobs_state: (String, String) = sqlx::query_as("select state::text, outcome::text from replica where id = $1")
+        .bind(bobs)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(bobs_state, ("over".to_owned(), "didnt_need".to_owned()));
+    let reply = bob
+        .client
+        .scheduler(&bob.token, &SchedulerRequest { held_replicas: Some(vec![bobs]), ..SchedulerRequest::default() })
+        .await
+        .unwrap();
+    assert_eq!(reply.abort, vec![bobs], "bob is told to stop running it");
 }
 
 #[tokio::test]

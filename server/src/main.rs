@@ -569,3 +569,20 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
         tracing::info!("shutting down");
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batchs_files_are_kept_thirty_days_unless_the_operator_says_otherwise() {
+        let retention_of = |args: &[&str]| match Cli::try_parse_from(args).unwrap().command {
+            Command::Serve { retention, .. } => retention,
+            _ => unreachable!("the command is serve"),
+        };
+        let thirty_days = Duration::from_secs(30 * 24 * 3600);
+        assert_eq!(retention_of(&["wasmgrid-server", "serve"]), thirty_days);
+        assert_eq!(wasmgrid_server::blobs::retention::DEFAULT_RETENTION, thirty_days);
+        assert_eq!(retention_of(&["wasmgrid-server", "serve", "--retention", "7d"]), thirty_days / 30 * 7);
+    }
+}

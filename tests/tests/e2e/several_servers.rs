@@ -19,14 +19,34 @@ use crate::harness::{Publisher, Volunteer, announced_url, binary, example_module
 const WORK_UNITS: i64 = 24;
 const TIMEOUT: Duration = Duration::from_secs(180);
 
+/// How a server is told where its blobs go.
+enum BlobStoreGiven {
+    Flag,
+    /// `WASMGRID_BLOB_STORE`, as a service unit's environment file would set it.
+    Environment,
+}
+
 /// A server process with a data directory of its own, its blobs in `bucket`.
-async fn start_server(database_url: &str, bucket: &TestBucket) -> (Child, String, tempfile::TempDir) {
+async fn start_server(
+    database_url: &str,
+    bucket: &TestBucket,
+    given: BlobStoreGiven,
+) -> (Child, String, tempfile::TempDir) {
     let data_dir = tempfile::tempdir().unwrap();
     let mut command = Command::new(binary("wasmgrid-server"));
+    command.args(["serve", "--listen", "127.0.0.1:0", "--private-grid", "true", "--idle-retry-after", "1"]).args([
+        "--sweep-interval",
+        "1",
+        "--accounts-per-address",
+        "100000",
+        "--hosts-per-address",
+        "100000",
+    ]);
+    match given {
+        BlobStoreGiven::Flag => command.args(["--blob-store", bucket.url.as_str()]),
+        BlobStoreGiven::Environment => command.env("WASMGRID_BLOB_STORE", bucket.url.as_str()),
+    };
     command
-        .args(["serve", "--listen", "127.0.0.1:0", "--private-grid", "true", "--idle-retry-after", "1"])
-        .args(["--sweep-interval", "1", "--accounts-per-address", "100000", "--hosts-per-address", "100000"])
-        .args(["--blob-store", bucket.url.as_str()])
         .arg("--data-dir")
         .arg(data_dir.path())
         .envs(bucket.env())
@@ -71,8 +91,9 @@ fn socket_address(url: &str) -> SocketAddr {
 async fn two_servers_sharing_only_the_database_and_object_store_survive_one_dying() {
     let bucket = fresh_bucket();
     let database_url = test_cluster::fresh_database_url().await;
-    let (mut first, first_url, first_dir) = start_server(&database_url, &bucket).await;
-    let (mut second, second_url, second_dir) = start_server(&database_url, &bucket).await;
+    let (mut first, first_url, first_dir) = start_server(&database_url, &bucket, BlobStoreGiven::Flag).await;
+    // The survivor, told by its environment: every output must reach the bucket through it.
+    let (mut second, second_url, second_dir) = start_server(&database_url, &bucket, BlobStoreGiven::Environment).await;
     assert_ne!(first_dir.path(), second_dir.path());
     let balancer = load_balancer(vec![socket_address(&first_url), socket_address(&second_url)]).await;
     let balancer_url = format!("http://{balancer}");

@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path as ObjectPath;
 use object_store::signer::Signer;
-use object_store::{GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart};
+use object_store::{GetOptions, GetRange, MultipartUpload, ObjectStore, PutPayload};
 use tokio::io::AsyncReadExt;
 use tokio_util::io::StreamReader;
 use url::Url;
@@ -108,28 +109,44 @@ impl S3Store {
             self.store.put(path, PutPayload::from(bytes)).await.map_err(to_io)?;
             return Ok(());
         }
-        let upload = self.store.put_multipart(path).await.map_err(to_io)?;
-        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
-        let mut buffer = vec![0u8; 1 << 20];
-        loop {
-            let read = match file.read(&mut buffer).await {
-                Ok(read) => read,
-                Err(error) => {
-                    let _ = writer.abort().await;
-                    return Err(error);
-                }
-            };
-            if read == 0 {
-                break;
-            }
-            if let Err(error) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
-                return Err(to_io(error));
-            }
-            writer.write(&buffer[..read]);
+        let mut upload = self.store.put_multipart(path).await.map_err(to_io)?;
+        let sent = match send_parts(upload.as_mut(), &mut file).await {
+            Ok(()) => upload.complete().await.map(drop).map_err(to_io),
+            Err(error) => Err(error),
+        };
+        if sent.is_err() {
+            // An upload left open keeps its parts in the bucket, unseen but paid for.
+            let _ = upload.abort().await;
         }
-        writer.finish().await.map_err(to_io)?;
-        Ok(())
+        sent
     }
+}
+
+/// Sends `file` as the parts of `upload`, [`PARTS_IN_FLIGHT`] at a time, and waits until
+/// every part is stored. Every part but the last is [`PART_BYTES`] long, as S3 requires.
+async fn send_parts(upload: &mut dyn MultipartUpload, file: &mut tokio::fs::File) -> io::Result<()> {
+    let mut in_flight: FuturesUnordered<object_store::UploadPart> = FuturesUnordered::new();
+    loop {
+        let mut part = Vec::with_capacity(PART_BYTES);
+        (&mut *file).take(PART_BYTES as u64).read_to_end(&mut part).await?;
+        if part.is_empty() {
+            break;
+        }
+        if in_flight.len() == PARTS_IN_FLIGHT
+            && let Some(stored) = in_flight.next().await
+        {
+            stored.map_err(to_io)?;
+        }
+        let last = part.len() < PART_BYTES;
+        in_flight.push(upload.put_part(PutPayload::from(part)));
+        if last {
+            break;
+        }
+    }
+    while let Some(stored) = in_flight.next().await {
+        stored.map_err(to_io)?;
+    }
+    Ok(())
 }
 
 impl BlobStore for S3Store {

@@ -80,14 +80,19 @@ async fn a_work_unit_runs_with_its_blobs_in_the_object_store() {
 async fn an_output_larger_than_a_part_goes_up_in_parts_and_comes_back_whole() {
     let bucket = fresh_bucket();
     let app = TestApp::spawn_with(on_bucket(&bucket, None)).await;
-    app.publish(1, policy(1, 1)).await;
+    app.publish(2, policy(1, 1)).await;
     let alice = app.volunteer("alice").await;
-    // Two whole parts of 8 MiB and a short last one.
+    let replicas = alice.fetch(2).await;
+    // Two whole parts of 8 MiB and nothing more: no empty last part is sent.
+    let whole_parts: Vec<u8> = (0..16 << 20).map(|i: u32| (i % 239) as u8).collect();
+    alice.succeed(replicas[1].replica_id, &whole_parts).await;
+    let served = app.client.download_blob(&Sha256Hash::of(&whole_parts)).await.unwrap();
+    assert!(served == whole_parts, "the output of two whole parts comes back whole");
+
+    // Two whole parts and a short last one.
     let output: Vec<u8> = (0..(16 << 20) + 12_345).map(|i: u32| (i % 241) as u8).collect();
     let hash = Sha256Hash::of(&output);
-
-    let replica = alice.fetch(1).await[0].replica_id;
-    alice.succeed(replica, &output).await;
+    alice.succeed(replicas[0].replica_id, &output).await;
 
     let served = app.client.download_blob(&hash).await.unwrap();
     assert_eq!(served.len(), output.len());

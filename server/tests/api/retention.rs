@@ -87,6 +87,18 @@ async fn deleted(app: &TestApp, hash: &Sha256Hash) -> bool {
         .unwrap()
 }
 
+/// Batch `batch_id` deleted by its publisher (the tests' own), over the API.
+async fn deleted_by_its_publisher(app: &TestApp, batch_id: i64) {
+    let response = app
+        .client
+        .request(Method::DELETE, &format!("/api/v1/batches/{batch_id}"))
+        .bearer_auth(app.publisher_token("tests").await)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
 async fn with_retention(days: u64) -> TestApp {
     TestApp::spawn_with(|config| config.blobs.retention = Duration::from_secs(days * 24 * 3600)).await
 }
@@ -247,14 +259,7 @@ async fn a_deleted_batch_keeps_the_promise_made_to_another_publisher_of_the_same
     let owners_only = upload(&owner, b"a file only its owner uploaded").await;
     let published = app.publish_app(vec![reading("x", shared, owners_only, 1, 1)], Default::default()).await;
 
-    let response = app
-        .client
-        .request(Method::DELETE, &format!("/api/v1/batches/{}", published.batch_id))
-        .bearer_auth(app.publisher_token("tests").await)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    deleted_by_its_publisher(&app, published.batch_id).await;
     app.sweep().await;
 
     assert!(deleted(&app, &owners_only).await, "the owner's own file goes at once");
@@ -296,14 +301,7 @@ async fn no_late_result_is_stored_for_a_purged_batch() {
     app.sweep().await;
     assert_eq!(app.work_unit(published.work_units[0]).await.state, "validated");
 
-    let response = app
-        .client
-        .request(Method::DELETE, &format!("/api/v1/batches/{}", published.batch_id))
-        .bearer_auth(app.publisher_token("tests").await)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    deleted_by_its_publisher(&app, published.batch_id).await;
     app.sweep().await;
 
     for (volunteer, replica, output) in [(&bob, bobs, &b"still running"[..]), (&carol, carols, &b"missed its time"[..])]

@@ -722,7 +722,9 @@ const MAX_SCRATCH_ENTRIES: usize = 100_000;
 /// `None` when they cannot all be counted, which counts as over quota: a tree deeper than
 /// [`MAX_SCRATCH_DEPTH`] or with more than [`MAX_SCRATCH_ENTRIES`] entries, or one the host
 /// cannot walk (a module working from directory handles can nest directories past the
-/// host's path length limit, where a walk by path cannot follow).
+/// host's path length limit, where a walk by path cannot follow). The module may be
+/// renaming and deleting meanwhile: an entry gone between the listing and its measure held
+/// nothing.
 pub fn scratch_bytes(dir: &Path) -> Option<u64> {
     let mut entries_left = MAX_SCRATCH_ENTRIES;
     tree_bytes(dir, 0, &mut entries_left)
@@ -733,14 +735,23 @@ fn tree_bytes(dir: &Path, depth: usize, entries_left: &mut usize) -> Option<u64>
         return None;
     }
     let mut total = 0u64;
-    for entry in std::fs::read_dir(dir).ok()? {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && depth > 0 => return Some(0),
+        Err(_) => return None,
+    };
+    for entry in entries {
         let entry = entry.ok()?;
         *entries_left = entries_left.checked_sub(1)?;
         let kind = entry.file_type().ok()?;
         let bytes = if kind.is_dir() {
             tree_bytes(&entry.path(), depth + 1, entries_left)?
         } else if kind.is_file() {
-            entry.metadata().ok()?.len()
+            match entry.metadata() {
+                Ok(metadata) => metadata.len(),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => 0,
+                Err(_) => return None,
+            }
         } else {
             0
         };

@@ -11,11 +11,12 @@
 //! - while it waits inside a host call (a sleep in `poll_oneoff`), a timer wakes the run
 //!   every [`HOST_WAIT_CHECK`], so even a module that sleeps for a year is stopped in time.
 //!
-//! The checks that touch the scratch directory (reading the progress file, measuring the
-//! directory) are never made while the module is inside a host call, and a host call waits
-//! for one in progress to end. Only host calls change the directory, so the module never sees
-//! the watch: on Windows a rename over `progress` fails while the watch holds it open, and
-//! anywhere a file renamed while the directory is walked would look unmeasurable.
+//! The progress file is never read while the module is inside a host call, and a host call
+//! waits for a read in progress to end: only host calls change the file, and on Windows a
+//! rename over `progress` fails while another handle holds it open. The scratch directory is
+//! measured at any time (a module that fills it and then sleeps in a host call is stopped
+//! all the same); the walk opens no file, and counts a file renamed or deleted under it as
+//! holding nothing.
 
 use std::fmt;
 use std::future::{Future, poll_fn};
@@ -81,7 +82,7 @@ struct Checks {
     scratch_limit: u64,
     next_scratch_check: Instant,
     next_progress_check: Instant,
-    /// Whether the module is inside a host call, which may be changing the scratch directory.
+    /// Whether the module is inside a host call, which may be replacing the progress file.
     in_host_call: bool,
 }
 
@@ -120,15 +121,12 @@ impl Watch {
             match hook {
                 CallHook::CallingHost => {
                     control.record_fuel_used(meter.fuel_used().max(0) as u64);
-                    // Taking the lock waits for a check of the directory in progress.
-                    lock(&checks).in_host_call = true;
+                    entering_host_call(&checks);
                     control.pause.hold_at_host_call(|| control.must_hold());
                 }
                 CallHook::ReturningFromHost => {
                     control.pause.hold_at_host_call(|| control.must_hold());
-                    let mut checks = lock(&checks);
-                    checks.in_host_call = false;
-                    checks.run().map_err(wasmtime::Error::new)?;
+                    returning_from_host_call(&checks).map_err(wasmtime::Error::new)?;
                 }
                 // A run paused before it starts is held before its first instruction.
                 CallHook::CallingWasm => control.pause.hold_at_host_call(|| control.must_hold()),
@@ -203,16 +201,27 @@ impl Watch {
     }
 }
 
+/// The module calls the host. Taking the lock waits for a read of the progress file in
+/// progress on another thread.
+fn entering_host_call(checks: &Mutex<Checks>) {
+    lock(checks).in_host_call = true;
+}
+
+/// The module is back from the host: the checks, whose time has come, are made here.
+fn returning_from_host_call(checks: &Mutex<Checks>) -> Result<(), Interruption> {
+    let mut checks = lock(checks);
+    checks.in_host_call = false;
+    checks.run()
+}
+
 impl Checks {
-    /// Checks for a stop request and the deadline, and, when the module is not inside a host
-    /// call and their time has come, the progress file and the scratch directory's size.
+    /// Checks for a stop request and the deadline, and, when their time has come, the
+    /// scratch directory's size and (when the module is not inside a host call) the
+    /// progress file.
     fn run(&mut self) -> Result<(), Interruption> {
         stop_or_deadline(&self.control, self.deadline, self.paused_before)?;
-        if self.in_host_call {
-            return Ok(());
-        }
         let now = Instant::now();
-        if now >= self.next_progress_check {
+        if now >= self.next_progress_check && !self.in_host_call {
             self.next_progress_check = now + PROGRESS_CHECK_INTERVAL;
             if let Some(fraction) = read_fraction_done(&self.scratch_dir.join(PROGRESS_FILE)) {
                 self.control.record_fraction_done(fraction);
@@ -228,8 +237,8 @@ impl Checks {
     }
 }
 
-/// The checks are only ever taken on the run's own thread, one at a time; a panic while
-/// holding them cannot leave them inconsistent.
+/// The checks are taken one at a time, on the run's thread or its watch thread; a panic
+/// while holding them cannot leave them inconsistent.
 fn lock(checks: &Mutex<Checks>) -> std::sync::MutexGuard<'_, Checks> {
     checks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -300,31 +309,66 @@ mod tests {
         }
     }
 
+    /// As the watch thread takes the checks.
+    fn check_from_outside(checks: &Mutex<Checks>) -> Result<(), Interruption> {
+        lock(checks).run()
+    }
+
     #[test]
-    fn the_scratch_directory_is_left_alone_while_the_module_is_inside_a_host_call() {
+    fn the_progress_file_is_read_only_while_the_module_is_outside_host_calls() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(PROGRESS_FILE), "0.25").unwrap();
-        std::fs::write(dir.path().join("big"), [0; 64]).unwrap();
         let control = Arc::new(RunControl::default());
-        let mut checks = checks_of(dir.path(), control.clone());
+        let checks = Mutex::new(checks_of(dir.path(), control.clone()));
 
-        checks.in_host_call = true;
-        assert!(checks.run().is_ok(), "the scratch directory was measured during a host call");
+        entering_host_call(&checks);
+        assert!(check_from_outside(&checks).is_ok());
         assert_eq!(control.progress().fraction_done, None, "the progress file was read during a host call");
 
-        checks.in_host_call = false;
-        assert!(matches!(checks.run(), Err(Interruption::Broke(Limit::ScratchDisk))));
-        assert_eq!(control.progress().fraction_done, Some(0.25));
+        assert!(returning_from_host_call(&checks).is_ok());
+        assert_eq!(control.progress().fraction_done, Some(0.25), "read on the way back");
+        std::fs::write(dir.path().join(PROGRESS_FILE), "0.5").unwrap();
+        lock(&checks).next_progress_check = Instant::now();
+        assert!(check_from_outside(&checks).is_ok());
+        assert_eq!(control.progress().fraction_done, Some(0.5), "read from outside while the module computes");
+    }
+
+    #[test]
+    fn a_host_call_waits_for_a_read_of_the_progress_file_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let checks = Mutex::new(checks_of(dir.path(), Arc::new(RunControl::default())));
+        let entered = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let held = lock(&checks);
+            scope.spawn(|| {
+                entering_host_call(&checks);
+                entered.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!entered.load(std::sync::atomic::Ordering::SeqCst), "the host call went ahead of the check");
+            drop(held);
+        });
+        assert!(lock(&checks).in_host_call);
+    }
+
+    #[test]
+    fn the_scratch_limit_holds_inside_a_host_call() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("big"), [0; 64]).unwrap();
+        let checks = Mutex::new(checks_of(dir.path(), Arc::new(RunControl::default())));
+        // A module that filled its scratch directory and then sleeps in `poll_oneoff`.
+        entering_host_call(&checks);
+        assert!(matches!(check_from_outside(&checks), Err(Interruption::Broke(Limit::ScratchDisk))));
     }
 
     #[test]
     fn a_stop_request_is_seen_inside_a_host_call() {
         let dir = tempfile::tempdir().unwrap();
         let control = Arc::new(RunControl::default());
-        let mut checks = checks_of(dir.path(), control.clone());
-        checks.in_host_call = true;
+        let checks = Mutex::new(checks_of(dir.path(), control.clone()));
+        entering_host_call(&checks);
         control.stop(StopReason::Aborted);
-        assert!(matches!(checks.run(), Err(Interruption::Stopped(StopReason::Aborted))));
+        assert!(matches!(check_from_outside(&checks), Err(Interruption::Stopped(StopReason::Aborted))));
     }
 
     #[cfg(unix)]

@@ -43,6 +43,9 @@ pub const PROMISED_FOR: Duration = Duration::from_secs(24 * 3600);
 /// How soon to look again at a blob whose row was locked by someone storing or naming it.
 const BUSY_RETRY: Duration = Duration::from_secs(5);
 
+/// PostgreSQL's error for a row lock that `nowait` did not wait for.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
 /// Whether batch `b` has work still to do: a work unit active or waiting for a recheck.
 const BATCH_BUSY: &str = "(exists (select 1 from work_unit w where w.batch_id = b.id and w.state = 'active')
      or exists (select 1 from work_unit w where w.batch_id = b.id and w.recheck = 'pending'))";
@@ -107,7 +110,24 @@ pub async fn purge_due_batches(connection: &mut PgConnection, retention: Duratio
     }
     // Replicas still running (of work units validated without them) can no longer be
     // checked: they end here, before anything they uploaded is queued below, and their
-    // hosts are told to abort them. Uploads lock the replica too, so none slips in after.
+    // hosts are told to abort them. Uploads lock the replica too, so none slips in after;
+    // one storing its output now holds the lock, and the batch is purged at a later sweep
+    // rather than holding the batch's lock (which a recheck waits for) until it ends.
+    let running = sqlx::query(
+        "select r.id from replica r join work_unit w on w.id = r.work_unit_id
+         where w.batch_id = $1 and r.state = 'in_progress'
+         order by r.id for no key update of r nowait",
+    )
+    .bind(batch_id)
+    .execute(&mut *transaction)
+    .await;
+    if let Err(sqlx::Error::Database(error)) = &running
+        && error.code().as_deref() == Some(LOCK_NOT_AVAILABLE)
+    {
+        tracing::debug!(batch.id = batch_id, "a replica of a batch to purge is busy; purging it later");
+        return Ok(false);
+    }
+    running?;
     sqlx::query(
         "update replica r set state = 'over', outcome = 'didnt_need'
          from work_unit w

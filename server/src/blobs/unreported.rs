@@ -6,7 +6,8 @@
 //! Every upload is logged in `output_upload`. The sweep takes each logged upload once it is
 //! due and decides:
 //! - a replica may still report the bytes (see [`AWAITS_REPORT`]): look again later;
-//! - the bytes are published, or a replica reported them: they stay, the log is dropped;
+//! - the bytes are published, or a replica reported them: they stay, the log is dropped
+//!   (reported only in batches retention purged, they are queued for its sweep instead);
 //! - otherwise the blob's bytes and row are deleted, with the log (other logs of the same
 //!   bytes then find them gone).
 //!
@@ -75,6 +76,9 @@ enum Decision {
     LookAgain(Duration),
     /// Forget the upload; its bytes stay (or are gone already).
     Keep,
+    /// Forget the upload, and queue its blob for retention's sweep (see
+    /// [`super::retention`]).
+    Release,
     /// Delete the blob, bytes and row, and forget the upload.
     Delete(Sha256Hash),
 }
@@ -105,6 +109,14 @@ pub async fn sweep(pool: &PgPool, store: &dyn BlobStore, limit: usize) -> anyhow
                 swept.waiting += 1;
             }
             Decision::Keep => {
+                sqlx::query("delete from output_upload where id = $1").bind(log_id).execute(&mut *transaction).await?;
+                swept.kept += 1;
+            }
+            Decision::Release => {
+                sqlx::query("insert into blob_release (sha256) values ($1) on conflict (sha256) do nothing")
+                    .bind(&hash)
+                    .execute(&mut *transaction)
+                    .await?;
                 sqlx::query("delete from output_upload where id = $1").bind(log_id).execute(&mut *transaction).await?;
                 swept.kept += 1;
             }
@@ -157,5 +169,21 @@ async fn decide(connection: &mut PgConnection, hash: &str) -> anyhow::Result<Dec
         .bind(hash)
         .fetch_one(&mut *connection)
         .await?;
-    if origin == "output" && !reported { Ok(Decision::Delete(hash.parse()?)) } else { Ok(Decision::Keep) }
+    if origin != "output" {
+        return Ok(Decision::Keep);
+    }
+    if !reported {
+        return Ok(Decision::Delete(hash.parse()?));
+    }
+    // Reported only in batches retention purged (an upload that raced the purge stored the
+    // bytes again): retention's sweep decides, and keeps the row the reports name.
+    let reported_live: bool = sqlx::query_scalar(
+        "select exists (select 1 from replica r join work_unit w on w.id = r.work_unit_id
+                        join batch b on b.id = w.batch_id
+                        where r.output_sha256 = $1 and b.purged_at is null)",
+    )
+    .bind(hash)
+    .fetch_one(&mut *connection)
+    .await?;
+    Ok(if reported_live { Decision::Keep } else { Decision::Release })
 }

@@ -327,6 +327,78 @@ async fn no_late_result_is_stored_for_a_purged_batch() {
     assert_eq!(reply.abort, vec![bobs], "bob is told to stop running it");
 }
 
+/// A purge finds a replica of the batch locked (its output being stored right now): it
+/// does not wait with the batch locked, and purges the batch at a later sweep.
+#[tokio::test]
+async fn a_purge_steps_aside_for_an_upload_in_progress() {
+    let app = with_retention(30).await;
+    let (stdin, data) = (stored(&app, b"stdin of busy").await, stored(&app, b"file of busy").await);
+    let published = app.publish_app(vec![reading("busy", stdin, data, 1, 2)], Default::default()).await;
+    let (alice, bob) = (app.volunteer("alice").await, app.volunteer("bob").await);
+    let (alices, bobs) = (alice.fetch(1).await[0].replica_id, bob.fetch(1).await[0].replica_id);
+    alice.succeed(alices, b"done").await;
+    deleted_by_its_publisher(&app, published.batch_id).await;
+    let purged = async || -> bool {
+        sqlx::query_scalar("select purged_at is not null from batch where id = $1")
+            .bind(published.batch_id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+
+    // Bob's upload, holding his replica's row as it stores the bytes.
+    let mut upload = app.pool.begin().await.unwrap();
+    sqlx::query("select id from replica where id = $1 for no key update")
+        .bind(bobs)
+        .execute(&mut *upload)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), app.sweep()).await.expect("the sweep does not wait for the upload");
+    assert!(!purged().await, "not purged while the upload holds the replica");
+
+    upload.rollback().await.unwrap();
+    app.sweep().await;
+    assert!(purged().await);
+    assert!(deleted(&app, &Sha256Hash::of(b"done")).await);
+}
+
+/// An upload that raced the purge (it began while the batch still counted as live) stores
+/// the canonical output's bytes again after retention deleted them: the upload sweep hands
+/// them back to retention, which deletes them again, instead of keeping them for ever.
+#[tokio::test]
+async fn an_output_stored_again_by_an_upload_racing_the_purge_is_deleted_again() {
+    let app = with_retention(30).await;
+    let (stdin, data) = (stored(&app, b"stdin of raced").await, stored(&app, b"file of raced").await);
+    let published = app.publish_app(vec![reading("raced", stdin, data, 1, 2)], Default::default()).await;
+    let (alice, carol) = (app.volunteer("alice").await, app.volunteer("carol").await);
+    let (alices, carols) = (alice.fetch(1).await[0].replica_id, carol.fetch(1).await[0].replica_id);
+    app.expire(carols).await;
+    app.sweep().await;
+    alice.succeed(alices, b"the answer").await;
+    let output = Sha256Hash::of(b"the answer");
+    deleted_by_its_publisher(&app, published.batch_id).await;
+    app.sweep().await;
+    assert!(deleted(&app, &output).await);
+
+    // The race, replayed: carol's upload as it went while the batch was not yet purged.
+    let set_purged = |purged: bool| {
+        sqlx::query("update batch set purged_at = case when $2 then now() end where id = $1")
+            .bind(published.batch_id)
+            .bind(purged)
+            .execute(&app.pool)
+    };
+    set_purged(false).await.unwrap();
+    carol.upload(carols, b"the answer").await.unwrap();
+    set_purged(true).await.unwrap();
+    assert!(in_store(&app, output).await, "stored again");
+    sqlx::query("update output_upload set check_after = now()").execute(&app.pool).await.unwrap();
+
+    app.sweep().await;
+    app.sweep().await;
+    assert!(deleted(&app, &output).await, "marked deleted again");
+    assert!(!in_store(&app, output).await, "its bytes are gone again");
+}
+
 #[tokio::test]
 async fn an_output_that_lost_validation_is_deleted_soon_after() {
     let app = with_retention(30).await;

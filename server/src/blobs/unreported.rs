@@ -165,25 +165,22 @@ async fn decide(connection: &mut PgConnection, hash: &str) -> anyhow::Result<Dec
     if held {
         return Ok(Decision::LookAgain(RECHECK));
     }
-    let reported: bool = sqlx::query_scalar("select exists (select 1 from replica where output_sha256 = $1)")
-        .bind(hash)
-        .fetch_one(&mut *connection)
-        .await?;
     if origin != "output" {
         return Ok(Decision::Keep);
     }
-    if !reported {
-        return Ok(Decision::Delete(hash.parse()?));
-    }
     // Reported only in batches retention purged (an upload that raced the purge stored the
     // bytes again): retention's sweep decides, and keeps the row the reports name.
-    let reported_live: bool = sqlx::query_scalar(
-        "select exists (select 1 from replica r join work_unit w on w.id = r.work_unit_id
+    let (reported, reported_live): (bool, bool) = sqlx::query_as(
+        "select exists (select 1 from replica where output_sha256 = $1),
+                exists (select 1 from replica r join work_unit w on w.id = r.work_unit_id
                         join batch b on b.id = w.batch_id
                         where r.output_sha256 = $1 and b.purged_at is null)",
     )
     .bind(hash)
     .fetch_one(&mut *connection)
     .await?;
+    if !reported {
+        return Ok(Decision::Delete(hash.parse()?));
+    }
     Ok(if reported_live { Decision::Keep } else { Decision::Release })
 }

@@ -29,6 +29,22 @@ fn reading(name: &str, stdin: Sha256Hash, data: Sha256Hash, quorum: u32, replica
     }
 }
 
+/// A batch of one work unit named `tag`, with a stdin and a file of its own, replicated as
+/// `quorum` of `replicas`.
+async fn one_work_unit(app: &TestApp, tag: &str, quorum: u32, replicas: u32) -> Published {
+    let stdin = stored(app, format!("stdin of {tag}").as_bytes()).await;
+    let data = stored(app, format!("file of {tag}").as_bytes()).await;
+    app.publish_app(vec![reading(tag, stdin, data, quorum, replicas)], Default::default()).await
+}
+
+async fn purged(app: &TestApp, batch_id: i64) -> bool {
+    sqlx::query_scalar("select purged_at is not null from batch where id = $1")
+        .bind(batch_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
 /// As if the batch had ended `days` ago (and its files were stored before that).
 async fn age(app: &TestApp, batch_id: i64, days: u32) {
     sqlx::query("update batch set ended_at = now() - make_interval(days => $2) where id = $1")
@@ -134,12 +150,7 @@ async fn a_batchs_inputs_and_outputs_are_deleted_once_its_retention_is_over() {
     assert_eq!(download_status(&app, &assignment.module.sha256).await, StatusCode::OK);
     assert_eq!(app.work_unit(assignment.work_unit_id).await.state, "validated");
     assert_eq!(app.host(alice.host_id).await.total_credit, credit_before);
-    let purged: bool = sqlx::query_scalar("select purged_at is not null from batch where id = $1")
-        .bind(published.batch_id)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    assert!(purged);
+    assert!(purged(&app, published.batch_id).await);
 }
 
 #[tokio::test]
@@ -290,8 +301,7 @@ async fn a_deleted_batch_keeps_the_promise_made_to_another_publisher_of_the_same
 #[tokio::test]
 async fn no_late_result_is_stored_for_a_purged_batch() {
     let app = with_retention(30).await;
-    let (stdin, data) = (stored(&app, b"stdin of late").await, stored(&app, b"file of late").await);
-    let published = app.publish_app(vec![reading("late", stdin, data, 1, 3)], Default::default()).await;
+    let published = one_work_unit(&app, "late", 1, 3).await;
     let (alice, bob, carol) = (app.volunteer("alice").await, app.volunteer("bob").await, app.volunteer("carol").await);
     let (alices, bobs, carols) =
         (alice.fetch(1).await[0].replica_id, bob.fetch(1).await[0].replica_id, carol.fetch(1).await[0].replica_id);
@@ -332,19 +342,11 @@ async fn no_late_result_is_stored_for_a_purged_batch() {
 #[tokio::test]
 async fn a_purge_steps_aside_for_an_upload_in_progress() {
     let app = with_retention(30).await;
-    let (stdin, data) = (stored(&app, b"stdin of busy").await, stored(&app, b"file of busy").await);
-    let published = app.publish_app(vec![reading("busy", stdin, data, 1, 2)], Default::default()).await;
+    let published = one_work_unit(&app, "busy", 1, 2).await;
     let (alice, bob) = (app.volunteer("alice").await, app.volunteer("bob").await);
     let (alices, bobs) = (alice.fetch(1).await[0].replica_id, bob.fetch(1).await[0].replica_id);
     alice.succeed(alices, b"done").await;
     deleted_by_its_publisher(&app, published.batch_id).await;
-    let purged = async || -> bool {
-        sqlx::query_scalar("select purged_at is not null from batch where id = $1")
-            .bind(published.batch_id)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap()
-    };
 
     // Bob's upload, holding his replica's row as it stores the bytes.
     let mut upload = app.pool.begin().await.unwrap();
@@ -354,11 +356,11 @@ async fn a_purge_steps_aside_for_an_upload_in_progress() {
         .await
         .unwrap();
     tokio::time::timeout(Duration::from_secs(30), app.sweep()).await.expect("the sweep does not wait for the upload");
-    assert!(!purged().await, "not purged while the upload holds the replica");
+    assert!(!purged(&app, published.batch_id).await, "not purged while the upload holds the replica");
 
     upload.rollback().await.unwrap();
     app.sweep().await;
-    assert!(purged().await);
+    assert!(purged(&app, published.batch_id).await);
     assert!(deleted(&app, &Sha256Hash::of(b"done")).await);
 }
 
@@ -368,8 +370,7 @@ async fn a_purge_steps_aside_for_an_upload_in_progress() {
 #[tokio::test]
 async fn an_output_stored_again_by_an_upload_racing_the_purge_is_deleted_again() {
     let app = with_retention(30).await;
-    let (stdin, data) = (stored(&app, b"stdin of raced").await, stored(&app, b"file of raced").await);
-    let published = app.publish_app(vec![reading("raced", stdin, data, 1, 2)], Default::default()).await;
+    let published = one_work_unit(&app, "raced", 1, 2).await;
     let (alice, carol) = (app.volunteer("alice").await, app.volunteer("carol").await);
     let (alices, carols) = (alice.fetch(1).await[0].replica_id, carol.fetch(1).await[0].replica_id);
     app.expire(carols).await;

@@ -78,8 +78,11 @@ pub struct StatementTime {
     pub calls: i64,
     pub total_ms: f64,
     pub mean_ms: f64,
-    /// Mean planning time (custom plans are planned again on every call).
-    pub mean_plan_ms: f64,
+    /// Planning time per call: a custom plan is made again on every call, a generic one
+    /// once per connection.
+    pub plan_ms_per_call: f64,
+    /// How many times the statement was planned.
+    pub plans: i64,
     /// Shared buffers read or hit per call: the work done, where the time also counts waits.
     pub blocks_per_call: f64,
 }
@@ -88,7 +91,8 @@ pub struct StatementTime {
 pub async fn top_statements(pool: &sqlx::PgPool, limit: i64) -> sqlx::Result<Vec<StatementTime>> {
     sqlx::query_as(
         "select regexp_replace(query, '\\s+', ' ', 'g') as query, calls,
-                total_exec_time as total_ms, mean_exec_time as mean_ms, mean_plan_time as mean_plan_ms,
+                total_exec_time as total_ms, mean_exec_time as mean_ms,
+                total_plan_time / greatest(calls, 1) as plan_ms_per_call, plans,
                 (shared_blks_hit + shared_blks_read)::float8 / greatest(calls, 1) as blocks_per_call
          from pg_stat_statements where dbid = (select oid from pg_database where datname = current_database())
          order by total_exec_time desc limit $1",
@@ -98,10 +102,12 @@ pub async fn top_statements(pool: &sqlx::PgPool, limit: i64) -> sqlx::Result<Vec
     .await
 }
 
-/// Execution time of every statement of the server's database, in milliseconds.
-pub async fn total_statement_ms(pool: &sqlx::PgPool) -> sqlx::Result<f64> {
-    sqlx::query_scalar(
-        "select coalesce(sum(total_exec_time), 0)::float8 from pg_stat_statements
+/// Execution and planning time of every statement of the server's database, in
+/// milliseconds.
+pub async fn total_statement_ms(pool: &sqlx::PgPool) -> sqlx::Result<(f64, f64)> {
+    sqlx::query_as(
+        "select coalesce(sum(total_exec_time), 0)::float8, coalesce(sum(total_plan_time), 0)::float8
+         from pg_stat_statements
          where dbid = (select oid from pg_database where datname = current_database())",
     )
     .fetch_one(pool)

@@ -55,6 +55,9 @@ struct Args {
     /// as before outputs could travel inside reports.
     #[arg(long, default_value_t = wasmgrid_server::blobs::inline::DEFAULT_INLINE_OUTPUT_LIMIT)]
     inline_output_limit: u64,
+    /// The server's --max-connections: the database connections it opens.
+    #[arg(long, default_value_t = 32)]
+    database_connections: u32,
     /// How many of the statements that took the most time to list.
     #[arg(long, default_value_t = 12)]
     statements: i64,
@@ -86,7 +89,9 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let bucket = args.s3.then(wasmgrid_server::blobs::test_s3::fresh_bucket);
     let inline_limit = args.inline_output_limit.to_string();
-    let mut store_args: Vec<&str> = vec!["--inline-output-limit", &inline_limit];
+    let database_connections = args.database_connections.to_string();
+    let mut store_args: Vec<&str> =
+        vec!["--inline-output-limit", &inline_limit, "--max-connections", &database_connections];
     let bucket_url = bucket.as_ref().map(|bucket| bucket.url.to_string());
     if let Some(url) = &bucket_url {
         store_args.extend(["--blob-store", url.as_str()]);
@@ -107,8 +112,6 @@ async fn main() -> anyhow::Result<()> {
             "100000",
             "--hosts-per-address",
             "100000",
-            "--max-connections",
-            "32",
         ]
         .into_iter()
         .chain(store_args)
@@ -168,7 +171,7 @@ async fn main() -> anyhow::Result<()> {
     let run_time = started.elapsed();
     let cpu = breakdown::CpuSeconds::now(server_pid, &cluster_dir).since(cpu_before);
     let statements = breakdown::top_statements(&pool, args.statements).await?;
-    let statement_ms = breakdown::total_statement_ms(&pool).await?;
+    let (statement_ms, planning_ms) = breakdown::total_statement_ms(&pool).await?;
 
     let valid_replicas: i64 =
         sqlx::query_scalar("select count(*) from replica where validate_state = 'valid'").fetch_one(&pool).await?;
@@ -271,9 +274,11 @@ async fn main() -> anyhow::Result<()> {
     );
     println!();
     println!(
-        "statements by execution time ({:.1} s in all, {:.0} µs per validated replica):",
+        "statements by execution time ({:.1} s in all, {:.0} µs per validated replica; planning {:.1} s, {:.0} µs):",
         statement_ms / 1000.0,
-        1000.0 * statement_ms / valid_replicas.max(1) as f64
+        1000.0 * statement_ms / valid_replicas.max(1) as f64,
+        planning_ms / 1000.0,
+        1000.0 * planning_ms / valid_replicas.max(1) as f64
     );
     for statement in &statements {
         let mut query: String = statement.query.chars().take(110).collect();
@@ -281,11 +286,12 @@ async fn main() -> anyhow::Result<()> {
             query.push('…');
         }
         println!(
-            "  {:>5.1}%  {:>7} calls  {:>7.3} ms mean  {:>6.3} ms planning  {:>6.0} blocks  {:>5.2} per replica  {query}",
+            "  {:>5.1}%  {:>7} calls  {:>7.3} ms mean  {:>6.3} ms planning ({:>5} plans)  {:>6.0} blocks  {:>5.2} per replica  {query}",
             100.0 * statement.total_ms / statement_ms.max(f64::EPSILON),
             statement.calls,
             statement.mean_ms,
-            statement.mean_plan_ms,
+            statement.plan_ms_per_call,
+            statement.plans,
             statement.blocks_per_call,
             statement.calls as f64 / valid_replicas.max(1) as f64,
         );

@@ -13,6 +13,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub database: DatabaseLocation,
     pub max_database_connections: u32,
+    /// Scheduler requests whose transactions run at once (see [`crate::work_fetch`]).
+    pub max_scheduler_transactions: u32,
     pub scheduler: SchedulerConfig,
     /// How often the background sweeps (deadlines, credit) run.
     pub sweep_interval: Duration,
@@ -86,6 +88,7 @@ impl ServerConfig {
             data_dir,
             database,
             max_database_connections: 32,
+            max_scheduler_transactions: default_scheduler_transactions(),
             scheduler: SchedulerConfig::default(),
             sweep_interval: Duration::from_secs(5),
             site: SiteConfig::default(),
@@ -97,6 +100,15 @@ impl ServerConfig {
             blobs: BlobSettings::default(),
         }
     }
+}
+
+/// Scheduler transactions at once, unless the operator says otherwise: two per core of this
+/// machine, which is the database's own when it is the embedded one. Each writes rows its
+/// neighbours lock and scan past; beyond a few per database core they only wait on each
+/// other, and throughput falls (see README, "Benchmarks").
+pub fn default_scheduler_transactions() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    u32::try_from(cores * 2).unwrap_or(u32::MAX)
 }
 
 /// How work is handed out.

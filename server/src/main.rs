@@ -51,6 +51,11 @@ enum Command {
         /// Most database connections this process opens.
         #[arg(long, default_value_t = 32)]
         max_connections: u32,
+        /// Scheduler requests whose transactions run at once; more wait for a turn [default:
+        /// twice this machine's cores]. With an external database, aim for two or three per
+        /// core of the database machine, summed over every server process.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        max_scheduler_transactions: Option<u32>,
         /// Seconds between background sweeps (missed deadlines, credit).
         #[arg(long, default_value_t = 5)]
         sweep_interval: u64,
@@ -321,6 +326,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             database_url,
             max_connections,
+            max_scheduler_transactions,
             sweep_interval,
             idle_retry_after,
             busy_retry_after,
@@ -357,6 +363,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let mut config = ServerConfig::new(listen, data_dir, database);
             config.max_database_connections = max_connections;
+            if let Some(turns) = max_scheduler_transactions {
+                config.max_scheduler_transactions = turns;
+            }
             config.sweep_interval = Duration::from_secs(sweep_interval.max(1));
             config.scheduler.idle_retry_after = Duration::from_secs(idle_retry_after);
             config.scheduler.busy_retry_after = Duration::from_secs(busy_retry_after);

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub validator_runs: IntCounterVec,
     blob_store_errors: IntCounterVec,
     pub database_busy: IntCounter,
+    /// Scheduler requests waiting for a turn to run their transaction.
+    pub scheduler_waiting: IntGauge,
     sweeps: IntCounterVec,
     sweep_duration: Histogram,
     last_sweep: std::sync::Mutex<Option<Instant>>,
@@ -132,6 +134,13 @@ impl Metrics {
                 IntCounter::with_opts(opts(
                     "database_pool_timeouts_total",
                     "Requests that waited for a database connection until the wait ran out (answered 503)",
+                ))?,
+            )?,
+            scheduler_waiting: register(
+                r,
+                IntGauge::with_opts(opts(
+                    "scheduler_requests_waiting",
+                    "Scheduler requests waiting for a turn at the database (--max-scheduler-transactions run at once)",
                 ))?,
             )?,
             sweeps: register(

@@ -61,6 +61,7 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
         sandbox,
         stats: Arc::default(),
         exports: Arc::default(),
+        scheduler_turns: Arc::new(tokio::sync::Semaphore::new(config.max_scheduler_transactions.max(1) as usize)),
         password_hashing: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
         )),

@@ -40,6 +40,8 @@ pub struct AppState {
     pub sandbox: Arc<wasmgrid_sandbox::Sandbox>,
     /// The statistics that count whole tables, counted at most every few seconds.
     pub stats: Arc<crate::stats::StatsCache>,
+    /// Turns to run a scheduler request's transaction (see [`crate::work_fetch`]).
+    pub scheduler_turns: Arc<tokio::sync::Semaphore>,
     /// Turns to hash a password (see `web::account`).
     pub password_hashing: Arc<tokio::sync::Semaphore>,
     /// Today's statistics exports.

@@ -128,8 +128,12 @@ pub async fn claim_replicas(
         return Ok(Vec::new());
     }
     // Twice as many candidates as wanted are locked, because the replicas of one work unit
-    // sit next to each other in the queue and only one of them may be taken.
-    let claimed: Vec<Claimed> = sqlx::query_as(
+    // sit next to each other in the queue and only one of them may be taken. The number is
+    // written into the statement, rounded up to a power of two (a handful of statements in
+    // all): a plan made once for a limit it cannot see walks the whole queue, and the
+    // scheduler's transaction keeps its plans (see `crate::work_fetch`).
+    let candidates = candidate_limit(allowed);
+    let claimed: Vec<Claimed> = sqlx::query_as(&format!(
         "with candidate as (
              select r.id, r.work_unit_id, r.priority
              from replica r
@@ -148,7 +152,7 @@ pub async fn claim_replicas(
                    select 1 from module_refusal refused
                    where refused.host_id = $1 and refused.app_version_id = w.app_version_id)
              order by r.priority desc, r.id
-             limit $4 * 2
+             limit {candidates}
              for no key update of r skip locked
          ),
          chosen as (
@@ -173,8 +177,8 @@ pub async fn claim_replicas(
          where r.id = chosen.id and w.id = r.work_unit_id
          returning r.id as replica_id, r.work_unit_id, r.deadline_at,
                    exists (select 1 from app_version v join app a on a.id = v.app_id
-                           where v.id = w.app_version_id and a.adaptive_replication) as adaptive",
-    )
+                           where v.id = w.app_version_id and a.adaptive_replication) as adaptive"
+    ))
     .bind(host.id)
     .bind(host.account_id)
     .bind(scheduler.believed_memory(host.memory_bytes))
@@ -193,6 +197,12 @@ pub async fn claim_replicas(
         send_alone_on_trust(connection, host, &claimed, &scheduler.adaptive).await?;
     }
     describe_assignments(connection, claimed).await
+}
+
+/// How many unsent replicas a claim for `allowed` of them locks and looks at: twice as many,
+/// rounded up to a power of two.
+fn candidate_limit(allowed: i64) -> u64 {
+    (allowed.clamp(1, 1 << 20) as u64 * 2).next_power_of_two()
 }
 
 #[derive(sqlx::FromRow)]
@@ -431,4 +441,19 @@ pub async fn abandon_unneeded_replicas(connection: &mut PgConnection, host_id: i
     .bind(host_id)
     .fetch_all(connection)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::candidate_limit;
+
+    #[test]
+    fn a_claim_looks_at_twice_what_it_may_take_rounded_up_to_a_power_of_two() {
+        assert_eq!(candidate_limit(0), 2);
+        assert_eq!(candidate_limit(1), 2);
+        assert_eq!(candidate_limit(3), 8);
+        assert_eq!(candidate_limit(32), 64);
+        assert_eq!(candidate_limit(33), 128);
+        assert_eq!(candidate_limit(i64::MAX), 1 << 21);
+    }
 }

@@ -94,6 +94,62 @@ async fn the_metrics_listener_counts_requests_replicas_and_the_queue() {
     assert_eq!(value(&scrape, "wasmgrid_sweeps_total", &[("result", "ok")]), Some(1.0));
 }
 
+/// Scheduler requests beyond `--max-scheduler-transactions` wait for a turn in the server,
+/// not in the database, and the metrics count them; each is served once a turn is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduler_requests_beyond_the_turns_wait_in_the_server_and_are_counted() {
+    let app = TestApp::spawn_with(|config| {
+        config.max_scheduler_transactions = 1;
+        config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    app.publish(3, policy(1, 1)).await;
+    let volunteers = [app.volunteer("first").await, app.volunteer("second").await, app.volunteer("third").await];
+    let waiting = |scrape: &Scrape| value(scrape, "wasmgrid_scheduler_requests_waiting", &[]);
+    assert_eq!(waiting(&scrape(&app).await), Some(0.0));
+
+    // The first host's claim waits, inside its transaction and its turn, for its account's
+    // claim lock, which this session holds.
+    let mut blocker = app.pool.acquire().await.unwrap();
+    sqlx::query("select pg_advisory_lock($1)").bind(volunteers[0].account_id).execute(&mut *blocker).await.unwrap();
+    let first = tokio::spawn({
+        let volunteer = volunteers[0].clone();
+        async move { volunteer.fetch(1).await }
+    });
+    let lock_waits = "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and wait_event = 'advisory'";
+    wait_until(|| async { app.count(lock_waits).await == 1 }).await;
+    let others: Vec<_> = volunteers[1..]
+        .iter()
+        .cloned()
+        .map(|volunteer| tokio::spawn(async move { volunteer.fetch(1).await }))
+        .collect();
+    wait_until(|| async { waiting(&scrape(&app).await) == Some(2.0) }).await;
+    // Still waiting, and for the turn: no second scheduler transaction reached the database.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(others.iter().all(|request| !request.is_finished()));
+    assert_eq!(app.count(lock_waits).await, 1);
+    assert_eq!(app.count("select count(*) from replica where state = 'in_progress'").await, 0);
+
+    sqlx::query("select pg_advisory_unlock($1)").bind(volunteers[0].account_id).execute(&mut *blocker).await.unwrap();
+    assert_eq!(first.await.unwrap().len(), 1);
+    for request in others {
+        assert_eq!(request.await.unwrap().len(), 1);
+    }
+    assert_eq!(waiting(&scrape(&app).await), Some(0.0));
+    assert_eq!(app.count("select count(*) from replica where state = 'in_progress'").await, 3);
+}
+
+/// Polls `condition` every 20 ms for up to ten seconds.
+async fn wait_until<F: std::future::Future<Output = bool>>(condition: impl Fn() -> F) {
+    for _ in 0..500 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the condition did not hold within ten seconds");
+}
+
 /// A store that fails (here the blob directory turned into a file, as a disk gone bad or a
 /// bucket gone would) is counted by operation, wherever the failure happens.
 #[tokio::test]

@@ -126,12 +126,20 @@ pub async fn start_announced_server(mut command: Command, log: &Path) -> anyhow:
     Ok((child, url))
 }
 
+/// `cargo`, for a build a test or benchmark runs itself: the cargo running the tests, without
+/// the lints CI runs as it compiles this workspace (see `.ci/run`), which are not for the
+/// example work units nor for the builds for other platforms.
+pub fn cargo() -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.env_remove("RUSTC_WORKSPACE_WRAPPER").env_remove("CLIPPY_ARGS");
+    command
+}
+
 /// Builds the example work units in `workunits/` for `target` (`None`: this machine) and
 /// returns the directory holding the results.
 pub fn build_workunits(target: Option<&str>) -> anyhow::Result<PathBuf> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../workunits").canonicalize()?;
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = std::process::Command::new(cargo);
+    let mut command = cargo();
     command.current_dir(&workspace).args(["build", "--release", "--quiet"]);
     if let Some(target) = target {
         command.args(["--target", target]);

@@ -4,7 +4,9 @@
 //! - in the real client, `wasmgrid exec` (wasmtime on this machine's CPU, x86_64);
 //! - in the client cross-built for aarch64, under Debian's `qemu-user` (and for riscv64 and
 //!   s390x in the fuller run, `WASMGRID_CROSS_TARGETS`; see README "Testing");
-//! - in the client cross-built for Windows with Debian's MinGW-w64, under Debian's `wine`;
+//! - in the fuller run, in the client cross-built for Windows with Debian's MinGW-w64, under
+//!   Debian's `wine` (`x86_64-pc-windows-gnu` in `WASMGRID_CROSS_TARGETS`: its build takes
+//!   seven minutes of CI's two cores);
 //! - in a second engine: Node's V8, with the browser volunteer's own runtime
 //!   (`web/static/contribute/`: the pass built for the browser, its WASI, limits and output
 //!   archive), through `tests/node/run_browser_runtime.mjs`.
@@ -280,7 +282,7 @@ fn cross_build_client(target: &str, gcc: &str) -> PathBuf {
 /// compiled by `gcc`.
 fn cross_cargo(args: &[&str], target: &str, gcc: &str) -> Command {
     let linker = format!("CARGO_TARGET_{}_LINKER", target.to_uppercase().replace('-', "_"));
-    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let mut command = wasmgrid_e2e::bench::cargo();
     command
         .current_dir(workspace())
         .args(args)
@@ -391,15 +393,20 @@ fn windows_client(scratch: &Path) -> Client {
 /// Debian's 64-bit wine loader (the `wine` package's `wine` wrapper wants 32-bit wine too).
 const WINE: &str = "/usr/lib/wine/wine64";
 
-/// The targets besides this machine's: aarch64 always, more when `WASMGRID_CROSS_TARGETS`
-/// names them (comma-separated Rust target triples).
+/// The Linux targets besides this machine's, run under qemu: aarch64 always, more when
+/// `WASMGRID_CROSS_TARGETS` names them.
 fn cross_targets() -> Vec<String> {
-    let mut targets = vec!["aarch64-unknown-linux-gnu".to_owned()];
-    if let Ok(more) = std::env::var("WASMGRID_CROSS_TARGETS") {
-        targets.extend(more.split(',').map(str::trim).filter(|target| !target.is_empty()).map(str::to_owned));
-        targets.dedup();
-    }
+    let mut targets = vec![AARCH64.to_owned()];
+    targets.extend(fuller_run_targets().into_iter().filter(|target| target != WINDOWS));
+    targets.dedup();
     targets
+}
+
+/// The targets the fuller run adds: `WASMGRID_CROSS_TARGETS`, comma-separated Rust target
+/// triples.
+fn fuller_run_targets() -> Vec<String> {
+    let named = std::env::var("WASMGRID_CROSS_TARGETS").unwrap_or_default();
+    named.split(',').map(str::trim).filter(|target| !target.is_empty()).map(str::to_owned).collect()
 }
 
 /// The hostile corpus (workunits/hostile), each module with the limits its attack meets, as
@@ -480,7 +487,11 @@ fn every_engine_and_cpu_computes_the_same_archive_and_fuel() {
     for target in cross_targets() {
         engines.push((format!("wasmtime, {target} under qemu"), under_qemu(&target, cross_client(&target))));
     }
-    engines.push(("wasmtime, x86_64 Windows under wine".into(), windows_client(scratch.path())));
+    if fuller_run_targets().iter().any(|target| target == WINDOWS) {
+        engines.push(("wasmtime, x86_64 Windows under wine".into(), windows_client(scratch.path())));
+    } else {
+        eprintln!("the Windows client under wine runs in the fuller run: WASMGRID_CROSS_TARGETS={WINDOWS}");
+    }
     for workload in workloads(scratch.path()) {
         let (reference, error) = in_client(&engines[0].1, &workload, scratch.path());
         assert_eq!(reference.outcome, "success", "{}: {reference:?} {error}", workload.name);

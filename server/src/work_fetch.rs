@@ -83,10 +83,11 @@ async fn scheduler_request(
     };
     let mut transaction = state.pool.begin().await?;
     sqlx::query("set local plan_cache_mode = force_generic_plan").execute(&mut *transaction).await?;
-    blobs::inline::store(&mut transaction, state.blobs.as_ref(), host.id, &inline_outputs).await?;
+    let stored_inline = blobs::inline::store(&mut transaction, state.blobs.as_ref(), host.id, &inline_outputs).await?;
     let mut effects = HostEffects::default();
     // The reports' effects on trust are applied with the request's own, once, at the end.
     let reported = report::report(&mut transaction, &host, &request.reports, (&*state.scheduler).into()).await?;
+    blobs::inline::log_unrecorded(&mut transaction, stored_inline).await?;
     let judgements = reported.judgements().clone();
     let acknowledged = reported.merge_into(&mut effects);
     let mut reconciled = match &request.held_replicas {

@@ -7,8 +7,11 @@
 //! anything is stored, and stored in the report's transaction with its blob row held as an
 //! upload holds it, so that the sweep of unreported outputs never deletes bytes a report is
 //! about to name. Only the outputs of the host's own replicas that still await a report are
-//! stored, and each is logged as an upload is: a report acknowledged without being recorded
-//! (a retry racing another) leaves nothing that the sweep of unreported outputs misses.
+//! stored. Once the reports are recorded, in the same transaction, an output whose report
+//! was acknowledged without being recorded (a retry racing another) is logged as an upload
+//! is, so that the sweep of unreported outputs misses nothing; the others are reported
+//! outputs from the moment the transaction commits, and need no log (nor the sweep's visit
+//! that would delete it: a write and a delete per replica).
 
 use std::collections::BTreeMap;
 
@@ -73,20 +76,24 @@ pub fn checked(reports: &[ReplicaReport], limit: u64) -> ApiResult<InlineOutputs
     Ok(outputs)
 }
 
+/// Inline outputs stored, by replica, for [`log_unrecorded`] once the reports are recorded.
+#[must_use = "outputs whose reports were not recorded must be logged"]
+pub struct Stored(Vec<(i64, Sha256Hash)>);
+
 /// Stores the outputs of `host_id`'s replicas that still await their report as blobs, in
-/// the caller's transaction: logged as uploads (so that the sweep of unreported outputs
-/// deletes any the report then does not record), their rows created or held (share locked
-/// until it ends, which keeps the sweeps from deleting them), then their bytes put in the
-/// store, which keeps what it has and puts back what a sweep deleted. The outputs of other
-/// replicas are not stored: their reports are refused, or acknowledged and ignored.
+/// the caller's transaction: their rows created or held (share locked until it ends, which
+/// keeps the sweeps from deleting them), then their bytes put in the store, which keeps
+/// what it has and puts back what a sweep deleted. The outputs of other replicas are not
+/// stored: their reports are refused, or acknowledged and ignored. The caller records the
+/// reports, then passes what this returns to [`log_unrecorded`].
 pub async fn store(
     connection: &mut PgConnection,
     store: &dyn BlobStore,
     host_id: i64,
     outputs: &InlineOutputs,
-) -> ApiResult<()> {
+) -> ApiResult<Stored> {
     if outputs.replicas.is_empty() {
-        return Ok(());
+        return Ok(Stored(Vec::new()));
     }
     let replica_ids: Vec<i64> = outputs.replicas.iter().map(|(id, _)| *id).collect();
     let awaiting: Vec<i64> = sqlx::query_scalar(&format!(
@@ -99,7 +106,7 @@ pub async fn store(
     let accepted: Vec<(i64, Sha256Hash)> =
         outputs.replicas.iter().filter(|(id, _)| awaiting.contains(id)).copied().collect();
     if accepted.is_empty() {
-        return Ok(());
+        return Ok(Stored(accepted));
     }
     let to_store: BTreeMap<Sha256Hash, Bytes> =
         accepted.iter().map(|(_, hash)| (*hash, outputs.bytes[hash].clone())).collect();
@@ -141,20 +148,30 @@ pub async fn store(
     if !held {
         return Err(ApiError::Unavailable);
     }
-    let (logged_replicas, logged_hashes): (Vec<i64>, Vec<String>) =
-        accepted.iter().map(|(id, hash)| (*id, hash.to_hex())).unzip();
-    sqlx::query(
-        "insert into output_upload (replica_id, sha256, check_after)
-         select u.replica_id, u.sha256, now() + make_interval(secs => $3)
-         from unnest($1::int8[], $2::text[]) as u(replica_id, sha256)",
-    )
-    .bind(&logged_replicas)
-    .bind(&logged_hashes)
-    .bind(super::unreported::RECHECK.as_secs_f64())
-    .execute(&mut *connection)
-    .await?;
     for (hash, bytes) in &to_store {
         super::put_content(store, *hash, SpooledContent::Memory(bytes.clone())).await?;
     }
+    Ok(Stored(accepted))
+}
+
+/// Logs, as uploads, the outputs [`store`] stored whose replicas do not name them now that
+/// the reports are recorded: the sweep of unreported outputs then decides about them, as
+/// about any upload. Still in the caller's transaction, so nothing commits unlogged.
+pub async fn log_unrecorded(connection: &mut PgConnection, stored: Stored) -> sqlx::Result<()> {
+    if stored.0.is_empty() {
+        return Ok(());
+    }
+    let (replicas, hashes): (Vec<i64>, Vec<String>) = stored.0.iter().map(|(id, hash)| (*id, hash.to_hex())).unzip();
+    sqlx::query(
+        "insert into output_upload (replica_id, sha256, check_after)
+         select u.replica_id, u.sha256, now() + make_interval(secs => $3)
+         from unnest($1::int8[], $2::text[]) as u(replica_id, sha256)
+         where not exists (select 1 from replica r where r.id = u.replica_id and r.output_sha256 = u.sha256)",
+    )
+    .bind(&replicas)
+    .bind(&hashes)
+    .bind(super::unreported::RECHECK.as_secs_f64())
+    .execute(connection)
+    .await?;
     Ok(())
 }

@@ -168,3 +168,67 @@ async fn an_inline_report_sent_again_is_acknowledged_and_changes_nothing() {
     assert_eq!(app.work_unit(work_unit).await.state, "validated");
     assert_eq!(app.count("select count(*) from credit_grant").await, 1, "credited once");
 }
+
+/// An inline output whose report is recorded needs no upload log (nor the sweep's visit); one
+/// stored by a retry that another request's report overtook is logged, and the sweep of
+/// unreported outputs deletes it while the recorded output stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_inline_outputs_left_unreported_by_a_racing_retry_are_logged_for_the_sweep() {
+    let app = TestApp::spawn().await;
+    let work_unit = app.publish(1, policy(1, 1)).await[0];
+    let alice = app.volunteer("alice").await;
+    let replica = one_replica(&alice).await;
+    let (recorded, overtaken) = (b"the answer recorded".as_slice(), b"a retry that says otherwise".as_slice());
+    let blob_exists = |output: &[u8]| format!("select count(*) from blob where sha256 = '{}'", Sha256Hash::of(output));
+
+    // Both requests store their output, then queue for the work unit's lock, which this
+    // session holds; the first in the queue records its report.
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query("select id from work_unit where id = $1 for update")
+        .bind(work_unit)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let lock_waits = "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and wait_event in ('tuple', 'transactionid')";
+    let first = tokio::spawn({
+        let alice = alice.clone();
+        async move { alice.request(vec![inline(replica, recorded)], 0).await }
+    });
+    wait_for(&app, lock_waits, 1).await;
+    let second = tokio::spawn({
+        let alice = alice.clone();
+        async move { alice.request(vec![inline(replica, overtaken)], 0).await }
+    });
+    wait_for(&app, lock_waits, 2).await;
+    holder.commit().await.unwrap();
+    assert_eq!(first.await.unwrap().unwrap().acknowledged, vec![replica]);
+    assert_eq!(second.await.unwrap().unwrap().acknowledged, vec![replica], "a retry is acknowledged");
+
+    let output: String = sqlx::query_scalar("select output_sha256 from replica where id = $1")
+        .bind(replica)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(output, Sha256Hash::of(recorded).to_hex());
+    let logged: Vec<String> =
+        sqlx::query_scalar("select sha256 from output_upload").fetch_all(&app.pool).await.unwrap();
+    assert_eq!(logged, vec![Sha256Hash::of(overtaken).to_hex()], "only the output no report names is logged");
+
+    sqlx::query("update output_upload set check_after = now()").execute(&app.pool).await.unwrap();
+    app.sweep().await;
+    assert_eq!(app.count(&blob_exists(overtaken)).await, 0);
+    assert!(app.blobs.size(Sha256Hash::of(overtaken)).await.unwrap().is_none());
+    assert_eq!(app.count(&blob_exists(recorded)).await, 1);
+    assert_eq!(app.client.download_blob(&Sha256Hash::of(recorded)).await.unwrap().as_ref(), recorded);
+}
+
+/// Polls until `sql` counts `wanted`, for up to ten seconds.
+async fn wait_for(app: &TestApp, sql: &str, wanted: i64) {
+    for _ in 0..500 {
+        if app.count(sql).await == wanted {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("`{sql}` did not reach {wanted} within ten seconds");
+}

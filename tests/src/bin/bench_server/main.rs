@@ -58,6 +58,9 @@ struct Args {
     /// The server's --max-connections: the database connections it opens.
     #[arg(long, default_value_t = 32)]
     database_connections: u32,
+    /// The server's --max-scheduler-transactions [default: the server's own].
+    #[arg(long)]
+    scheduler_transactions: Option<u32>,
     /// How many of the statements that took the most time to list.
     #[arg(long, default_value_t = 12)]
     statements: i64,
@@ -90,8 +93,12 @@ async fn main() -> anyhow::Result<()> {
     let bucket = args.s3.then(wasmgrid_server::blobs::test_s3::fresh_bucket);
     let inline_limit = args.inline_output_limit.to_string();
     let database_connections = args.database_connections.to_string();
+    let scheduler_transactions = args.scheduler_transactions.map(|turns| turns.to_string());
     let mut store_args: Vec<&str> =
         vec!["--inline-output-limit", &inline_limit, "--max-connections", &database_connections];
+    if let Some(turns) = &scheduler_transactions {
+        store_args.extend(["--max-scheduler-transactions", turns.as_str()]);
+    }
     let bucket_url = bucket.as_ref().map(|bucket| bucket.url.to_string());
     if let Some(url) = &bucket_url {
         store_args.extend(["--blob-store", url.as_str()]);

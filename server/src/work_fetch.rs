@@ -87,9 +87,9 @@ async fn scheduler_request(
     let mut effects = HostEffects::default();
     // The reports' effects on trust are applied with the request's own, once, at the end.
     let reported = report::report(&mut transaction, &host, &request.reports, (&*state.scheduler).into()).await?;
-    blobs::inline::log_unrecorded(&mut transaction, stored_inline).await?;
     let judgements = reported.judgements().clone();
-    let acknowledged = reported.merge_into(&mut effects);
+    let report::Reported { acknowledged, recorded } = reported.merge_into(&mut effects);
+    blobs::inline::log_unrecorded(&mut transaction, stored_inline, &recorded).await?;
     let mut reconciled = match &request.held_replicas {
         Some(held) => {
             let reported: HashSet<i64> = request.reports.iter().map(|report| report.replica_id).collect();

@@ -11,9 +11,9 @@
 //! was acknowledged without being recorded (a retry racing another) is logged as an upload
 //! is, so that the sweep of unreported outputs misses nothing; the others are reported
 //! outputs from the moment the transaction commits, and need no log (nor the sweep's visit
-//! that would delete it: a write and a delete per replica).
+//! that would delete it: a write and a delete per replica, and a statement per request).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use bytes::Bytes;
 use sqlx::PgConnection;
@@ -154,19 +154,24 @@ pub async fn store(
     Ok(Stored(accepted))
 }
 
-/// Logs, as uploads, the outputs [`store`] stored whose replicas do not name them now that
-/// the reports are recorded: the sweep of unreported outputs then decides about them, as
-/// about any upload. Still in the caller's transaction, so nothing commits unlogged.
-pub async fn log_unrecorded(connection: &mut PgConnection, stored: Stored) -> sqlx::Result<()> {
-    if stored.0.is_empty() {
+/// Logs, as uploads, the outputs [`store`] stored whose reports were not `recorded` in this
+/// transaction: the sweep of unreported outputs then decides about them, as about any
+/// upload (keeping those a replica reported all the same, as an earlier retry may have).
+/// Still in the caller's transaction, so nothing commits unlogged.
+pub async fn log_unrecorded(
+    connection: &mut PgConnection,
+    stored: Stored,
+    recorded: &HashSet<i64>,
+) -> sqlx::Result<()> {
+    let (replicas, hashes): (Vec<i64>, Vec<String>) =
+        stored.0.iter().filter(|(id, _)| !recorded.contains(id)).map(|(id, hash)| (*id, hash.to_hex())).unzip();
+    if replicas.is_empty() {
         return Ok(());
     }
-    let (replicas, hashes): (Vec<i64>, Vec<String>) = stored.0.iter().map(|(id, hash)| (*id, hash.to_hex())).unzip();
     sqlx::query(
         "insert into output_upload (replica_id, sha256, check_after)
          select u.replica_id, u.sha256, now() + make_interval(secs => $3)
-         from unnest($1::int8[], $2::text[]) as u(replica_id, sha256)
-         where not exists (select 1 from replica r where r.id = u.replica_id and r.output_sha256 = u.sha256)",
+         from unnest($1::int8[], $2::text[]) as u(replica_id, sha256)",
     )
     .bind(&replicas)
     .bind(&hashes)

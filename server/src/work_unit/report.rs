@@ -36,15 +36,22 @@ impl ReportedReplica {
     }
 }
 
-/// Records `reports` from `host` and moves their work units on; returns the ids it
-/// acknowledges (all of them: a report of a replica that no longer waits for one is
-/// acknowledged and changes nothing).
+/// What became of a request's reports.
+pub struct Reported {
+    /// The replicas acknowledged: all of them (a report of a replica that no longer waits
+    /// for one is acknowledged and changes nothing).
+    pub acknowledged: Vec<i64>,
+    /// The replicas whose reports were recorded by this call.
+    pub recorded: HashSet<i64>,
+}
+
+/// Records `reports` from `host` and moves their work units on.
 pub async fn report(
     connection: &mut PgConnection,
     host: &Host,
     reports: &[ReplicaReport],
     rules: Rules,
-) -> Result<Advanced<Vec<i64>>, WorkUnitError> {
+) -> Result<Advanced<Reported>, WorkUnitError> {
     let mut by_id: HashMap<i64, &ReplicaReport> = HashMap::new();
     for report in reports {
         if let Some(earlier) = by_id.insert(report.replica_id, report)
@@ -81,9 +88,9 @@ struct Reports<'a> {
 }
 
 impl Event for Reports<'_> {
-    type Output = Vec<i64>;
+    type Output = Reported;
 
-    async fn record(self, connection: &mut PgConnection, effects: &mut HostEffects) -> Result<Vec<i64>, WorkUnitError> {
+    async fn record(self, connection: &mut PgConnection, effects: &mut HostEffects) -> Result<Reported, WorkUnitError> {
         // Read again, locked, now that the work units are: an upload may have replaced the
         // output since, or a retry of this report may have recorded it. The upload takes the
         // replica's lock too, so what is checked below is what is recorded.
@@ -112,7 +119,7 @@ impl Event for Reports<'_> {
                 _ => {}
             }
         }
-        Ok(self.acknowledged)
+        Ok(Reported { acknowledged: self.acknowledged, recorded })
     }
 }
 

@@ -13,8 +13,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub database: DatabaseLocation,
     pub max_database_connections: u32,
-    /// Scheduler requests whose transactions run at once (see [`crate::work_fetch`]).
-    pub max_scheduler_transactions: u32,
+    /// Scheduler requests whose transactions run at once (see [`crate::work_fetch`]);
+    /// `None`: [`default_scheduler_transactions`].
+    pub max_scheduler_transactions: Option<u32>,
     pub scheduler: SchedulerConfig,
     /// How often the background sweeps (deadlines, credit) run.
     pub sweep_interval: Duration,
@@ -88,7 +89,7 @@ impl ServerConfig {
             data_dir,
             database,
             max_database_connections: 32,
-            max_scheduler_transactions: default_scheduler_transactions(),
+            max_scheduler_transactions: None,
             scheduler: SchedulerConfig::default(),
             sweep_interval: Duration::from_secs(5),
             site: SiteConfig::default(),
@@ -103,12 +104,22 @@ impl ServerConfig {
 }
 
 /// Scheduler transactions at once, unless the operator says otherwise: two per core of this
-/// machine, which is the database's own when it is the embedded one. Each writes rows its
+/// machine, which is the database's own when it is the embedded one, and no more than half
+/// the `database_connections`, which every other request needs too. Each writes rows its
 /// neighbours lock and scan past; beyond a few per database core they only wait on each
 /// other, and throughput falls (see README, "Benchmarks").
-pub fn default_scheduler_transactions() -> u32 {
+pub fn default_scheduler_transactions(database_connections: u32) -> u32 {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    u32::try_from(cores * 2).unwrap_or(u32::MAX)
+    u32::try_from(cores * 2).unwrap_or(u32::MAX).min(database_connections / 2).max(1)
+}
+
+impl ServerConfig {
+    /// Scheduler transactions at once: the operator's number, or the default.
+    pub fn scheduler_transactions(&self) -> u32 {
+        self.max_scheduler_transactions
+            .unwrap_or_else(|| default_scheduler_transactions(self.max_database_connections))
+            .max(1)
+    }
 }
 
 /// How work is handed out.
@@ -254,5 +265,18 @@ mod tests {
         assert_eq!(adaptive.check_probability(1_000_000, 1_000_000), 0.05, "the floor");
         let probabilities: Vec<f64> = (10..500).map(|n| adaptive.check_probability(10, n)).collect();
         assert!(probabilities.windows(2).all(|pair| pair[1] <= pair[0]));
+    }
+
+    #[test]
+    fn scheduler_transactions_are_two_per_core_within_half_the_pool_unless_set() {
+        let cores = std::thread::available_parallelism().unwrap().get() as u32;
+        assert_eq!(default_scheduler_transactions(10_000), 2 * cores);
+        assert_eq!(default_scheduler_transactions(4), 2.min(2 * cores));
+        assert_eq!(default_scheduler_transactions(1), 1, "never none");
+        let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), "data".into(), DatabaseLocation::Embedded);
+        config.max_database_connections = 2;
+        assert_eq!(config.scheduler_transactions(), 1);
+        config.max_scheduler_transactions = Some(7);
+        assert_eq!(config.scheduler_transactions(), 7, "the operator's number");
     }
 }

@@ -52,8 +52,9 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         max_connections: u32,
         /// Scheduler requests whose transactions run at once; more wait for a turn [default:
-        /// twice this machine's cores]. With an external database, aim for two or three per
-        /// core of the database machine, summed over every server process.
+        /// twice this machine's cores, at most half of --max-connections]. With an external
+        /// database, aim for two or three per core of the database machine, summed over
+        /// every server process.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         max_scheduler_transactions: Option<u32>,
         /// Seconds between background sweeps (missed deadlines, credit).
@@ -363,9 +364,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let mut config = ServerConfig::new(listen, data_dir, database);
             config.max_database_connections = max_connections;
-            if let Some(turns) = max_scheduler_transactions {
-                config.max_scheduler_transactions = turns;
-            }
+            config.max_scheduler_transactions = max_scheduler_transactions;
             config.sweep_interval = Duration::from_secs(sweep_interval.max(1));
             config.scheduler.idle_retry_after = Duration::from_secs(idle_retry_after);
             config.scheduler.busy_retry_after = Duration::from_secs(busy_retry_after);

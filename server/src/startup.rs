@@ -52,6 +52,7 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
     let connection_limits = connection_limits(&config)?;
     let sandbox = wasmgrid_sandbox::Sandbox::new(&config.data_dir.join("compiled"))
         .context("cannot set up the sandbox for validator modules")?;
+    tracing::info!(scheduler_transactions = config.scheduler_transactions(), "scheduler requests at once");
     let state = AppState {
         pool: database.pool.clone(),
         blobs,
@@ -61,7 +62,7 @@ pub async fn build(config: ServerConfig) -> anyhow::Result<App> {
         sandbox,
         stats: Arc::default(),
         exports: Arc::default(),
-        scheduler_turns: Arc::new(tokio::sync::Semaphore::new(config.max_scheduler_transactions.max(1) as usize)),
+        scheduler_turns: Arc::new(tokio::sync::Semaphore::new(config.scheduler_transactions() as usize)),
         password_hashing: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
         )),

@@ -37,6 +37,23 @@ pub const MAX_REPORTS_PER_REQUEST: usize = 1000;
 /// server this far behind sheds load rather than queueing without end.
 const TURN_WAIT: Duration = Duration::from_secs(30);
 
+/// One request counted in a gauge of those waiting, for as long as it lives: also when the
+/// client goes away mid-wait and the request's future is dropped.
+struct Waiting<'a>(&'a prometheus::IntGauge);
+
+impl<'a> Waiting<'a> {
+    fn counted(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 pub fn router() -> Router<AppState> {
     Router::new().route(&format!("{API_PREFIX}/scheduler"), post(scheduler_request))
 }
@@ -76,9 +93,8 @@ async fn scheduler_request(
     let inline_outputs = blobs::inline::checked(&request.reports, state.scheduler.inline_output_limit)?;
 
     let _turn = {
-        state.metrics.scheduler_waiting.inc();
+        let _waiting = Waiting::counted(&state.metrics.scheduler_waiting);
         let turn = tokio::time::timeout(TURN_WAIT, state.scheduler_turns.acquire()).await;
-        state.metrics.scheduler_waiting.dec();
         turn.map_err(|_| ApiError::Unavailable)?.map_err(|_| ApiError::Unavailable)?
     };
     let mut transaction = state.pool.begin().await?;
@@ -88,8 +104,8 @@ async fn scheduler_request(
     // The reports' effects on trust are applied with the request's own, once, at the end.
     let reported = report::report(&mut transaction, &host, &request.reports, (&*state.scheduler).into()).await?;
     let judgements = reported.judgements().clone();
-    let report::Reported { acknowledged, recorded } = reported.merge_into(&mut effects);
-    blobs::inline::log_unrecorded(&mut transaction, stored_inline, &recorded).await?;
+    let report::Reported { acknowledged, recorded_running } = reported.merge_into(&mut effects);
+    blobs::inline::log_unrecorded(&mut transaction, stored_inline, &recorded_running).await?;
     let mut reconciled = match &request.held_replicas {
         Some(held) => {
             let reported: HashSet<i64> = request.reports.iter().map(|report| report.replica_id).collect();

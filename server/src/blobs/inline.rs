@@ -9,9 +9,11 @@
 //! about to name. Only the outputs of the host's own replicas that still await a report are
 //! stored. Once the reports are recorded, in the same transaction, an output whose report
 //! was acknowledged without being recorded (a retry racing another) is logged as an upload
-//! is, so that the sweep of unreported outputs misses nothing; the others are reported
-//! outputs from the moment the transaction commits, and need no log (nor the sweep's visit
-//! that would delete it: a write and a delete per replica, and a statement per request).
+//! is, so that the sweep of unreported outputs misses nothing, and so is one a late report
+//! recorded (its batch's purge does not lock it, and may have missed it). The others, the
+//! reports of running replicas recorded, are reported outputs from the moment the
+//! transaction commits, and need no log (nor the sweep's visit that would delete it: a
+//! write and a delete per replica, and a statement per request).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -148,23 +150,27 @@ pub async fn store(
     if !held {
         return Err(ApiError::Unavailable);
     }
-    for (hash, bytes) in &to_store {
-        super::put_content(store, *hash, SpooledContent::Memory(bytes.clone())).await?;
-    }
+    // At once: with an object store, one after the other would hold the transaction (and its
+    // turn) for a round trip per output.
+    futures::future::try_join_all(
+        to_store.iter().map(|(hash, bytes)| super::put_content(store, *hash, SpooledContent::Memory(bytes.clone()))),
+    )
+    .await?;
     Ok(Stored(accepted))
 }
 
-/// Logs, as uploads, the outputs [`store`] stored whose reports were not `recorded` in this
-/// transaction: the sweep of unreported outputs then decides about them, as about any
-/// upload (keeping those a replica reported all the same, as an earlier retry may have).
-/// Still in the caller's transaction, so nothing commits unlogged.
+/// Logs, as uploads, the outputs [`store`] stored but for those of running replicas whose
+/// reports were `recorded_running` in this transaction: the sweep of unreported outputs
+/// then decides about them, as about any upload (keeping those a replica reported in a batch
+/// still kept, as a late report or an earlier retry may have). Still in the caller's
+/// transaction, so nothing commits unlogged.
 pub async fn log_unrecorded(
     connection: &mut PgConnection,
     stored: Stored,
-    recorded: &HashSet<i64>,
+    recorded_running: &HashSet<i64>,
 ) -> sqlx::Result<()> {
     let (replicas, hashes): (Vec<i64>, Vec<String>) =
-        stored.0.iter().filter(|(id, _)| !recorded.contains(id)).map(|(id, hash)| (*id, hash.to_hex())).unzip();
+        stored.0.iter().filter(|(id, _)| !recorded_running.contains(id)).map(|(id, hash)| (*id, hash.to_hex())).unzip();
     if replicas.is_empty() {
         return Ok(());
     }

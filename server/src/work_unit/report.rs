@@ -26,6 +26,8 @@ struct ReportedReplica {
     host_id: Option<i64>,
     /// See [`AWAITS_REPORT`].
     awaits_report: bool,
+    /// Still running (in progress), not late.
+    running: bool,
     uploaded_sha256: Option<String>,
     uploaded_bytes: Option<i64>,
 }
@@ -41,8 +43,10 @@ pub struct Reported {
     /// The replicas acknowledged: all of them (a report of a replica that no longer waits
     /// for one is acknowledged and changes nothing).
     pub acknowledged: Vec<i64>,
-    /// The replicas whose reports were recorded by this call.
-    pub recorded: HashSet<i64>,
+    /// The replicas whose reports this call recorded while they were still running: not
+    /// late ones, whose reports may race the purge of their batch (which locks only the
+    /// running replicas), so that the outputs they name are still looked at by a sweep.
+    pub recorded_running: HashSet<i64>,
 }
 
 /// Records `reports` from `host` and moves their work units on.
@@ -103,6 +107,11 @@ impl Event for Reports<'_> {
             .map(|row| (row, self.reports[&row.id]))
             .collect();
         let recorded = record_reports(connection, &awaiting).await?;
+        let recorded_running = awaiting
+            .iter()
+            .filter(|(row, _)| row.running && recorded.contains(&row.id))
+            .map(|(row, _)| row.id)
+            .collect();
         for (row, report) in awaiting {
             if !recorded.contains(&row.id) {
                 continue;
@@ -119,7 +128,7 @@ impl Event for Reports<'_> {
                 _ => {}
             }
         }
-        Ok(Reported { acknowledged: self.acknowledged, recorded })
+        Ok(Reported { acknowledged: self.acknowledged, recorded_running })
     }
 }
 
@@ -134,7 +143,7 @@ async fn read_replicas(
         return Ok(HashMap::new());
     }
     let rows: Vec<ReportedReplica> = sqlx::query_as(&format!(
-        "select r.id, r.work_unit_id, r.host_id, {} as awaits_report,
+        "select r.id, r.work_unit_id, r.host_id, {} as awaits_report, r.state = 'in_progress' as running,
                 r.uploaded_sha256, b.bytes as uploaded_bytes
          from replica r left join blob b on b.sha256 = r.uploaded_sha256
          where r.id = any($1) order by r.id{}",

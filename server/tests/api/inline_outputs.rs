@@ -189,7 +189,9 @@ async fn only_inline_outputs_left_unreported_by_a_racing_retry_are_logged_for_th
         .execute(&mut *holder)
         .await
         .unwrap();
-    let lock_waits = "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and wait_event in ('tuple', 'transactionid')";
+    // This test's database only: the other tests share the cluster.
+    let lock_waits = "select count(*) from pg_stat_activity where datname = current_database() \
+                      and wait_event_type = 'Lock' and wait_event in ('tuple', 'transactionid')";
     let first = tokio::spawn({
         let alice = alice.clone();
         async move { alice.request(vec![inline(replica, recorded)], 0).await }
@@ -231,4 +233,28 @@ async fn wait_for(app: &TestApp, sql: &str, wanted: i64) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     panic!("`{sql}` did not reach {wanted} within ten seconds");
+}
+
+/// A late report's inline output is logged even though it is recorded: the purge of its
+/// batch does not lock replicas that are no longer running, so only the sweep of unreported
+/// outputs is sure to look at what it stored.
+#[tokio::test]
+async fn a_late_reports_inline_output_is_logged_for_the_sweep() {
+    let app = TestApp::spawn().await;
+    let work_unit = app.publish(1, policy(1, 1)).await[0];
+    let (alice, bob) = (app.volunteer("alice").await, app.volunteer("bob").await);
+    let late = one_replica(&alice).await;
+    app.expire(late).await;
+    app.sweep().await;
+    let sent_again = one_replica(&bob).await;
+    bob.request(vec![inline(sent_again, b"the answer")], 0).await.unwrap();
+    assert_eq!(app.work_unit(work_unit).await.state, "validated");
+    assert_eq!(app.count("select count(*) from output_upload").await, 0, "a running replica's output needs no log");
+
+    let reply = alice.request(vec![inline(late, b"the answer")], 0).await.unwrap();
+    assert_eq!(reply.acknowledged, vec![late]);
+    assert_eq!(state_of(&app, late).await, "over");
+    let logged: Vec<(i64, String)> =
+        sqlx::query_as("select replica_id, sha256 from output_upload").fetch_all(&app.pool).await.unwrap();
+    assert_eq!(logged, vec![(late, Sha256Hash::of(b"the answer").to_hex())]);
 }

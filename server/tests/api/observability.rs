@@ -99,7 +99,7 @@ async fn the_metrics_listener_counts_requests_replicas_and_the_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scheduler_requests_beyond_the_turns_wait_in_the_server_and_are_counted() {
     let app = TestApp::spawn_with(|config| {
-        config.max_scheduler_transactions = 1;
+        config.max_scheduler_transactions = Some(1);
         config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
@@ -116,7 +116,9 @@ async fn scheduler_requests_beyond_the_turns_wait_in_the_server_and_are_counted(
         let volunteer = volunteers[0].clone();
         async move { volunteer.fetch(1).await }
     });
-    let lock_waits = "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and wait_event = 'advisory'";
+    // This test's database only: the other tests share the cluster.
+    let lock_waits = "select count(*) from pg_stat_activity where datname = current_database() \
+                      and wait_event_type = 'Lock' and wait_event = 'advisory'";
     wait_until(|| async { app.count(lock_waits).await == 1 }).await;
     let others: Vec<_> = volunteers[1..]
         .iter()

@@ -512,3 +512,14 @@ impl Browser {
         self.post("/login", &[("csrf", &csrf), ("login", login), ("password", password)]).await
     }
 }
+
+/// Polls `condition` every 20 ms for up to ten seconds.
+pub async fn wait_until<F: std::future::Future<Output = bool>>(condition: impl Fn() -> F) {
+    for _ in 0..500 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the condition did not hold within ten seconds");
+}

@@ -6,7 +6,7 @@ use wasmgrid_protocol::Sha256Hash;
 use wasmgrid_protocol::api::{InlineOutput, ReplicaReport, ReportedOutcome};
 use wasmgrid_server::blobs::inline::DEFAULT_INLINE_OUTPUT_LIMIT;
 
-use crate::helpers::{TestApp, Volunteer, failure, policy, success};
+use crate::helpers::{TestApp, Volunteer, failure, policy, success, wait_until};
 
 fn inline(replica_id: i64, output: &[u8]) -> ReplicaReport {
     ReplicaReport { output: Some(InlineOutput(output.to_vec())), ..success(replica_id, output) }
@@ -196,12 +196,12 @@ async fn only_inline_outputs_left_unreported_by_a_racing_retry_are_logged_for_th
         let alice = alice.clone();
         async move { alice.request(vec![inline(replica, recorded)], 0).await }
     });
-    wait_for(&app, lock_waits, 1).await;
+    wait_until(|| async { app.count(lock_waits).await == 1 }).await;
     let second = tokio::spawn({
         let alice = alice.clone();
         async move { alice.request(vec![inline(replica, overtaken)], 0).await }
     });
-    wait_for(&app, lock_waits, 2).await;
+    wait_until(|| async { app.count(lock_waits).await == 2 }).await;
     holder.commit().await.unwrap();
     assert_eq!(first.await.unwrap().unwrap().acknowledged, vec![replica]);
     assert_eq!(second.await.unwrap().unwrap().acknowledged, vec![replica], "a retry is acknowledged");
@@ -222,17 +222,6 @@ async fn only_inline_outputs_left_unreported_by_a_racing_retry_are_logged_for_th
     assert!(app.blobs.size(Sha256Hash::of(overtaken)).await.unwrap().is_none());
     assert_eq!(app.count(&blob_exists(recorded)).await, 1);
     assert_eq!(app.client.download_blob(&Sha256Hash::of(recorded)).await.unwrap().as_ref(), recorded);
-}
-
-/// Polls until `sql` counts `wanted`, for up to ten seconds.
-async fn wait_for(app: &TestApp, sql: &str, wanted: i64) {
-    for _ in 0..500 {
-        if app.count(sql).await == wanted {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("`{sql}` did not reach {wanted} within ten seconds");
 }
 
 /// A late report's inline output is logged even though it is recorded: the purge of its

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use wasmgrid_server::database::test_cluster;
 
-use crate::helpers::{TestApp, policy};
+use crate::helpers::{TestApp, policy, wait_until};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_wasmgrid-server");
 
@@ -139,17 +139,6 @@ async fn scheduler_requests_beyond_the_turns_wait_in_the_server_and_are_counted(
     }
     assert_eq!(waiting(&scrape(&app).await), Some(0.0));
     assert_eq!(app.count("select count(*) from replica where state = 'in_progress'").await, 3);
-}
-
-/// Polls `condition` every 20 ms for up to ten seconds.
-async fn wait_until<F: std::future::Future<Output = bool>>(condition: impl Fn() -> F) {
-    for _ in 0..500 {
-        if condition().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the condition did not hold within ten seconds");
 }
 
 /// A store that fails (here the blob directory turned into a file, as a disk gone bad or a
